@@ -1,0 +1,88 @@
+package processor
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config is the processor's policy. Zero fields take the defaults of
+// DefaultConfig when passed through Normalize.
+type Config struct {
+	// KeyHeaders are the request headers that carry the idempotency key,
+	// lower-case. A request without any of them passes through untouched.
+	KeyHeaders []string
+	// ScopeHeaders are identity headers (set by a trusted filter, e.g. an
+	// auth filter's x-tenant-id) added to the scope next to :authority.
+	ScopeHeaders []string
+	// Methods is an optional allow-list; empty means every method takes part.
+	Methods []string
+	// LockTTL is how long an in-progress lock lives without renewal.
+	LockTTL time.Duration
+	// Heartbeat is how often the watchdog renews a held lock.
+	Heartbeat time.Duration
+	// Retention is how long a completed response is kept for replay.
+	Retention time.Duration
+	// MaxStoredBody caps the stored response body; a larger response is
+	// delivered in full but stored without its body.
+	MaxStoredBody int
+	// NoStore lists response statuses that release the key instead of
+	// storing it, so the client can retry.
+	NoStore StatusSet
+	// ExcludeHeaders are response headers never stored for replay, on top
+	// of the hop-by-hop, content-length, date and x-envoy-* headers.
+	ExcludeHeaders []string
+	// FailOpen lets requests through unguarded when the store fails.
+	FailOpen bool
+	// StoreTimeout bounds each store call on the request path; it must be
+	// well under Envoy's message_timeout so the client gets our 503, not
+	// Envoy's 504.
+	StoreTimeout time.Duration
+	// FinalizeTimeout bounds the store or release that runs after the
+	// response, on a context detached from the stream.
+	FinalizeTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults documented in the README.
+func DefaultConfig() Config {
+	return Config{
+		KeyHeaders:      []string{"idempotency-key", "x-idempotency-key"},
+		LockTTL:         30 * time.Second,
+		Heartbeat:       10 * time.Second,
+		Retention:       24 * time.Hour,
+		MaxStoredBody:   1 << 20,
+		NoStore:         MustParseStatusSet("5xx,408,425,429"),
+		ExcludeHeaders:  []string{"set-cookie"},
+		StoreTimeout:    time.Second,
+		FinalizeTimeout: 5 * time.Second,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.KeyHeaders) == 0 {
+		errs = append(errs, errors.New("at least one key header is required"))
+	}
+	for _, h := range append(append([]string{}, c.KeyHeaders...), c.ScopeHeaders...) {
+		if !validHeaderName(h) {
+			errs = append(errs, fmt.Errorf("header name %q must be a lower-case token", h))
+		}
+	}
+	if c.LockTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lock TTL %v must be at least 1s", c.LockTTL))
+	}
+	if c.Heartbeat <= 0 || c.Heartbeat >= c.LockTTL {
+		errs = append(errs, fmt.Errorf("heartbeat %v must be positive and shorter than the lock TTL %v", c.Heartbeat, c.LockTTL))
+	}
+	if c.Retention < c.LockTTL {
+		errs = append(errs, fmt.Errorf("retention %v must be at least the lock TTL %v", c.Retention, c.LockTTL))
+	}
+	if c.MaxStoredBody < 0 {
+		errs = append(errs, fmt.Errorf("max stored body %d must not be negative", c.MaxStoredBody))
+	}
+	if c.StoreTimeout <= 0 || c.FinalizeTimeout <= 0 {
+		errs = append(errs, errors.New("store and finalize timeouts must be positive"))
+	}
+	return errors.Join(errs...)
+}

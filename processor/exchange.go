@@ -1,0 +1,336 @@
+package processor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+)
+
+// lockState tracks the key this stream holds, which decides what an early
+// end of the stream means.
+type lockState int
+
+const (
+	lockNone      lockState = iota // no lock: not taking part, or refused
+	lockAcquired                   // acquired; the CONTINUE is not yet sent
+	lockForwarded                  // the request may have reached upstream
+	lockDone                       // stored, released, or given up
+)
+
+// exchange is the state of one stream, i.e. one HTTP request. Only the
+// Process goroutine touches it, apart from the watchdog it owns.
+type exchange struct {
+	srv *Server
+	ctx context.Context
+	log *slog.Logger
+
+	sawRequestHeaders bool
+	waitingBody       bool // key found; the fingerprint needs the body
+	method, path      string
+	key               string // composite store key; "" when not taking part
+	token             string
+	lock              lockState
+	dog               *watchdog
+
+	collecting bool // storing the response body
+	rec        Record
+	body       bytes.Buffer
+}
+
+func (s *Server) newExchange(ctx context.Context) *exchange {
+	return &exchange{
+		srv: s, ctx: ctx,
+		log: s.log.With("stream", s.streams.Add(1)),
+	}
+}
+
+// handle returns the one reply a message needs; an error ends the stream.
+func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	switch m := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return e.onRequestHeaders(m.RequestHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return e.onRequestBody(m.RequestBody)
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return e.onResponseHeaders(m.ResponseHeaders), nil
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return e.onResponseBody(m.ResponseBody), nil
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return continueRequestTrailers(), nil
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return continueResponseTrailers(), nil
+	default:
+		return nil, fmt.Errorf("processor: unexpected message %T", m)
+	}
+}
+
+// sent runs after a reply reached the stream: from then on an acquired
+// request may be upstream.
+func (e *exchange) sent() {
+	if e.lock == lockAcquired {
+		e.lock = lockForwarded
+	}
+}
+
+func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
+	if e.sawRequestHeaders {
+		return nil, errors.New("processor: request headers received twice")
+	}
+	e.sawRequestHeaders = true
+
+	var keys []string
+	scope := make([]string, 1+len(e.srv.cfg.ScopeHeaders))
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		name := hv.GetKey()
+		switch {
+		case name == ":method":
+			e.method = headerValue(hv)
+		case name == ":path":
+			e.path = headerValue(hv)
+		case name == ":authority":
+			scope[0] = string(bytes.ToLower([]byte(headerValue(hv))))
+		case e.srv.keyHdrs[name]:
+			keys = append(keys, headerValue(hv))
+		}
+		if i, ok := e.srv.scope[name]; ok {
+			scope[1+i] = headerValue(hv)
+		}
+	}
+	if len(keys) == 0 || (e.srv.methods != nil && !e.srv.methods[e.method]) {
+		e.srv.metrics.requests.WithLabelValues(outcomePassthrough).Inc()
+		resp := continueRequestHeaders()
+		resp.ModeOverride = skipRest()
+		return resp, nil
+	}
+	key, err := singleKey(keys)
+	if err != nil {
+		e.srv.metrics.requests.WithLabelValues(outcomeInvalidKey).Inc()
+		e.log.Info("invalid idempotency key", "reason", err.Error())
+		return problemReply(probInvalidKey, err.Error(), ""), nil
+	}
+	e.key = storeKey(scope, key)
+	if !h.GetEndOfStream() {
+		// BUFFERED: Envoy holds the headers until we answer the body.
+		e.waitingBody = true
+		return continueRequestHeaders(), nil
+	}
+	return e.decide(nil, continueRequestHeaders), nil
+}
+
+// singleKey parses every key header; several must agree.
+func singleKey(raw []string) (string, error) {
+	var key string
+	for i, r := range raw {
+		k, err := parseKey(r)
+		if err != nil {
+			return "", err
+		}
+		if i > 0 && k != key {
+			return "", errKeyConflict
+		}
+		key = k
+	}
+	return key, nil
+}
+
+func (e *exchange) onRequestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, error) {
+	if !e.waitingBody {
+		return continueRequestBody(), nil
+	}
+	if !b.GetEndOfStream() {
+		// Only BUFFERED mode (one complete body) gives a sound fingerprint.
+		return nil, errors.New("processor: request body is not buffered: configure request_body_mode BUFFERED")
+	}
+	e.waitingBody = false
+	return e.decide(b.GetBody(), continueRequestBody), nil
+}
+
+// decide takes or inspects the lock once the fingerprint is known.
+// cont builds the CONTINUE of the message being answered.
+func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	fp := fingerprint(e.method, e.path, body)
+	token, err := newToken()
+	if err != nil {
+		return e.storeFailed(err, cont)
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
+	start := time.Now()
+	acq, err := e.srv.store.Acquire(ctx, e.key, token, fp, e.srv.cfg.LockTTL)
+	cancel()
+	e.srv.metrics.observeStore("acquire", start, err)
+	if err != nil {
+		return e.storeFailed(err, cont)
+	}
+
+	switch {
+	case acq.State == StateAcquired:
+		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
+		e.token, e.lock = token, lockAcquired
+		e.rec.Fingerprint = fp
+		e.dog = e.srv.startWatchdog(e.ctx, e.log, e.key, token)
+		return cont()
+	case !bytes.Equal(acq.Fingerprint, fp):
+		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
+		return problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
+	case acq.State == StateInProgress:
+		e.srv.metrics.requests.WithLabelValues(outcomeConflict).Inc()
+		return problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
+			retryAfterSeconds(acq.LockTTL.Milliseconds()))
+	case acq.Record == nil || !acq.Record.BodyStored:
+		e.srv.metrics.requests.WithLabelValues(outcomeNotStored).Inc()
+		status := 0
+		if acq.Record != nil {
+			status = acq.Record.Status
+		}
+		return problemReply(probNotStored, fmt.Sprintf(
+			"The request with this idempotency key completed with status %d, but its response was too large to store; it will not run again.", status), "")
+	default:
+		e.srv.metrics.requests.WithLabelValues(outcomeReplayed).Inc()
+		hs := append(acq.Record.Headers[:len(acq.Record.Headers):len(acq.Record.Headers)],
+			Header{Name: replayedHeader, Value: "true"})
+		return immediate(acq.Record.Status, hs, acq.Record.Body, "idemproxy_replayed")
+	}
+}
+
+// storeFailed fails closed (503, nothing upstream) unless fail-open is set.
+func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	if e.srv.cfg.FailOpen {
+		e.srv.metrics.requests.WithLabelValues(outcomeFailOpen).Inc()
+		e.log.Warn("store failed; request let through unguarded (fail-open)", "error", err)
+		return cont()
+	}
+	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
+	e.log.Error("store failed; request refused (fail-closed)", "error", err)
+	return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
+}
+
+func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	if e.lock != lockForwarded {
+		resp := continueResponseHeaders()
+		resp.ModeOverride = skipResponseBody()
+		return resp
+	}
+	hs := h.GetHeaders().GetHeaders()
+	status := responseStatus(hs)
+	if status == 0 || e.srv.cfg.NoStore.Contains(status) {
+		e.release(resultReleasedStatus, "status", status)
+		resp := continueResponseHeaders()
+		resp.ModeOverride = skipResponseBody()
+		return resp
+	}
+	e.rec.Status = status
+	e.rec.Headers = e.srv.filter.storable(hs)
+	e.rec.BodyStored = true
+	if h.GetEndOfStream() {
+		e.complete()
+	} else {
+		e.collecting = true
+	}
+	return continueResponseHeaders()
+}
+
+func responseStatus(hs []*corev3.HeaderValue) int {
+	for _, h := range hs {
+		if h.GetKey() == ":status" {
+			if n, err := strconv.Atoi(headerValue(h)); err == nil && n >= 100 && n <= 599 {
+				return n
+			}
+			return 0
+		}
+	}
+	return 0
+}
+
+// onResponseBody keeps a copy of each chunk and lets it through unchanged.
+func (e *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if !e.collecting {
+		return continueResponseBody()
+	}
+	if e.rec.BodyStored {
+		if e.body.Len()+len(b.GetBody()) > e.srv.cfg.MaxStoredBody {
+			e.rec.BodyStored = false
+			e.body = bytes.Buffer{}
+		} else {
+			e.body.Write(b.GetBody())
+		}
+	}
+	if b.GetEndOfStream() {
+		// Stored before the last chunk goes out, so a client that saw the
+		// whole response and retries at once gets the replay, not a 409.
+		e.complete()
+	}
+	return continueResponseBody()
+}
+
+// complete stores the response for the retention period.
+func (e *exchange) complete() {
+	e.collecting = false
+	e.lock = lockDone
+	// The watchdog stops first: a renewal racing the completion would find
+	// the record completed and report a false lease loss.
+	e.dog.stop()
+	if e.rec.BodyStored {
+		e.rec.Body = e.body.Bytes()
+	}
+	ctx, cancel := e.srv.detached(e.ctx)
+	defer cancel()
+	start := time.Now()
+	err := e.srv.store.Complete(ctx, e.key, e.token, e.rec, e.srv.cfg.Retention)
+	e.srv.metrics.observeStore("complete", start, err)
+	switch {
+	case errors.Is(err, ErrLeaseLost):
+		e.srv.metrics.responses.WithLabelValues(resultLeaseLost).Inc()
+		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
+		e.log.Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", e.rec.Status)
+	case err != nil:
+		e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
+		e.log.Error("storing the response failed; the key stays locked until its TTL", "error", err, "status", e.rec.Status)
+	case e.rec.BodyStored:
+		e.srv.metrics.responses.WithLabelValues(resultStored).Inc()
+	default:
+		e.srv.metrics.responses.WithLabelValues(resultStoredNoBody).Inc()
+		e.log.Info("response stored without its body (over the cap)", "status", e.rec.Status, "cap", e.srv.cfg.MaxStoredBody)
+	}
+	e.body = bytes.Buffer{}
+}
+
+// release deletes our lock so the client can retry at once.
+func (e *exchange) release(result string, attrs ...any) {
+	e.lock = lockDone
+	e.dog.stop()
+	ctx, cancel := e.srv.detached(e.ctx)
+	defer cancel()
+	start := time.Now()
+	err := e.srv.store.Release(ctx, e.key, e.token)
+	e.srv.metrics.observeStore("release", start, err)
+	e.srv.metrics.responses.WithLabelValues(result).Inc()
+	if err != nil && !errors.Is(err, ErrLeaseLost) {
+		e.log.Error("releasing the lock failed; the key stays locked until its TTL", append(attrs, "error", err)...)
+		return
+	}
+	e.log.Debug("lock released", append(attrs, "result", result)...)
+}
+
+// finish runs when the stream ends, however it ends.
+func (e *exchange) finish() {
+	switch e.lock {
+	case lockAcquired:
+		// Our CONTINUE never went out: the request cannot be upstream.
+		e.release(resultReleasedEarly)
+	case lockForwarded:
+		// The request may have run, and we saw no final response: a re-run
+		// could execute it twice, so the lock is left to expire.
+		e.lock = lockDone
+		e.dog.stop()
+		e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
+		e.log.Warn("stream ended before the response completed; outcome unknown, lock left to expire",
+			"lock_ttl", e.srv.cfg.LockTTL.String())
+	}
+}

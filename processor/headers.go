@@ -1,0 +1,71 @@
+package processor
+
+import (
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+)
+
+// headerValue reads a header as current Envoy sends it (raw_value), falling
+// back to the legacy value field.
+func headerValue(h *corev3.HeaderValue) string {
+	if raw := h.GetRawValue(); len(raw) > 0 {
+		return string(raw)
+	}
+	return h.GetValue()
+}
+
+// hopByHop are the RFC 9110 section 7.6.1 connection-specific headers, plus
+// the ones that only describe one transfer (content-length: Envoy rewrites
+// the body framing; date: a replay is a new message).
+var hopByHop = map[string]bool{
+	"connection": true, "keep-alive": true, "proxy-connection": true,
+	"transfer-encoding": true, "upgrade": true, "te": true, "trailer": true,
+	"proxy-authenticate": true, "proxy-authorization": true,
+	"content-length": true, "date": true, replayedHeader: true,
+}
+
+// replayedHeader marks a replayed response (Stripe's name).
+const replayedHeader = "idempotent-replayed"
+
+// headerFilter decides which response headers are stored for replay.
+type headerFilter struct {
+	exclude map[string]bool
+}
+
+func newHeaderFilter(extra []string) headerFilter {
+	f := headerFilter{exclude: make(map[string]bool, len(hopByHop)+len(extra))}
+	for k := range hopByHop {
+		f.exclude[k] = true
+	}
+	for _, k := range extra {
+		f.exclude[strings.ToLower(k)] = true
+	}
+	return f
+}
+
+// storable returns the headers worth replaying, in their original order.
+// Headers named by the Connection header are hop-by-hop too.
+func (f headerFilter) storable(hs []*corev3.HeaderValue) []Header {
+	var connNamed map[string]bool
+	for _, h := range hs {
+		if h.GetKey() == "connection" {
+			for _, name := range strings.Split(headerValue(h), ",") {
+				if connNamed == nil {
+					connNamed = map[string]bool{}
+				}
+				connNamed[strings.ToLower(strings.TrimSpace(name))] = true
+			}
+		}
+	}
+	out := make([]Header, 0, len(hs))
+	for _, h := range hs {
+		name := strings.ToLower(h.GetKey())
+		if name == "" || strings.HasPrefix(name, ":") || strings.HasPrefix(name, "x-envoy-") ||
+			f.exclude[name] || connNamed[name] {
+			continue
+		}
+		out = append(out, Header{Name: name, Value: headerValue(h)})
+	}
+	return out
+}

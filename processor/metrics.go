@@ -1,0 +1,115 @@
+package processor
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Request outcomes: the decision taken for each request that reached us.
+const (
+	outcomePassthrough = "passthrough"
+	outcomeAcquired    = "acquired"
+	outcomeReplayed    = "replayed"
+	outcomeConflict    = "in_progress_conflict"
+	outcomeMismatch    = "fingerprint_mismatch"
+	outcomeInvalidKey  = "invalid_key"
+	outcomeStoreError  = "store_error"
+	outcomeFailOpen    = "fail_open"
+	outcomeNotStored   = "not_stored"
+)
+
+// Response results: what became of an acquired key.
+const (
+	resultStored         = "stored"
+	resultStoredNoBody   = "stored_without_body"
+	resultReleasedStatus = "released_status"
+	resultReleasedEarly  = "released_early"
+	resultUnknownOutcome = "unknown_outcome"
+	resultLeaseLost      = "lease_lost"
+	resultStoreError     = "store_error"
+)
+
+// Watchdog renewal results and the stages at which a lease can be lost.
+const (
+	renewOK    = "ok"
+	renewLost  = "lost"
+	renewError = "error"
+	stageRenew = "renew"
+	stageDone  = "complete"
+)
+
+// Metrics are the processor's Prometheus collectors.
+type Metrics struct {
+	requests  *prometheus.CounterVec
+	responses *prometheus.CounterVec
+	renewals  *prometheus.CounterVec
+	leaseLost *prometheus.CounterVec
+	redis     *prometheus.HistogramVec
+	streams   prometheus.Gauge
+}
+
+// NewMetrics creates the collectors and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_requests_total",
+			Help: "Requests that reached idemproxy, by the decision taken.",
+		}, []string{"outcome"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_responses_total",
+			Help: "What became of acquired keys: stored, released, or left to expire.",
+		}, []string{"result"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_lock_renewals_total",
+			Help: "Watchdog lock renewals by result (ok, lost, error).",
+		}, []string{"result"}),
+		leaseLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_leases_lost_total",
+			Help: "Locks found owned by someone else or expired, by stage (renew, complete).",
+		}, []string{"stage"}),
+		redis: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "idemproxy_redis_duration_seconds",
+			Help:    "Latency of store calls by operation and result.",
+			Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"op", "result"}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_active_streams",
+			Help: "ext_proc streams currently open.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.streams} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Pre-create the label values so dashboards see zeros, not gaps.
+	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored} {
+		m.requests.WithLabelValues(o)
+	}
+	for _, r := range []string{resultStored, resultStoredNoBody, resultReleasedStatus, resultReleasedEarly,
+		resultUnknownOutcome, resultLeaseLost, resultStoreError} {
+		m.responses.WithLabelValues(r)
+	}
+	for _, r := range []string{renewOK, renewLost, renewError} {
+		m.renewals.WithLabelValues(r)
+	}
+	m.leaseLost.WithLabelValues(stageRenew)
+	m.leaseLost.WithLabelValues(stageDone)
+	return m, nil
+}
+
+// observeStore records one store call's latency; a lost lease is a normal
+// answer, not an error.
+func (m *Metrics) observeStore(op string, start time.Time, err error) {
+	result := "ok"
+	switch {
+	case errors.Is(err, ErrLeaseLost):
+		result = "lost"
+	case err != nil:
+		result = "error"
+	}
+	m.redis.WithLabelValues(op, result).Observe(time.Since(start).Seconds())
+}

@@ -1,0 +1,105 @@
+package processor
+
+import (
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Builders for the replies Envoy expects: exactly one per message, of the
+// matching kind.
+
+func continueRequestHeaders() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+		RequestHeaders: &extprocv3.HeadersResponse{}}}
+}
+
+func continueRequestBody() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+		RequestBody: &extprocv3.BodyResponse{}}}
+}
+
+func continueResponseHeaders() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HeadersResponse{}}}
+}
+
+// continueResponseBody forwards the chunk unchanged: an empty BodyResponse
+// is Envoy's "no mutation".
+func continueResponseBody() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
+		ResponseBody: &extprocv3.BodyResponse{}}}
+}
+
+func continueRequestTrailers() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
+		RequestTrailers: &extprocv3.TrailersResponse{}}}
+}
+
+func continueResponseTrailers() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+		ResponseTrailers: &extprocv3.TrailersResponse{}}}
+}
+
+// skipRest is the mode override that stops all further processing of this
+// request. Envoy copies body modes literally, so all six fields are set.
+func skipRest() *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SKIP,
+		RequestBodyMode:     filterv3.ProcessingMode_NONE,
+		ResponseBodyMode:    filterv3.ProcessingMode_NONE,
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
+	}
+}
+
+// skipResponseBody keeps the configured request modes but stops the
+// response body stream (a response we will not store).
+func skipResponseBody() *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+		RequestBodyMode:     filterv3.ProcessingMode_BUFFERED,
+		ResponseBodyMode:    filterv3.ProcessingMode_NONE,
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
+	}
+}
+
+// immediate answers the client directly; Envoy sends nothing upstream (or
+// drops the upstream response, when answering response headers).
+func immediate(status int, headers []Header, body []byte, details string) *extprocv3.ProcessingResponse {
+	set := make([]*corev3.HeaderValueOption, 0, len(headers))
+	seen := make(map[string]bool, len(headers))
+	for _, h := range headers {
+		set = append(set, &corev3.HeaderValueOption{
+			// Current Envoy reads raw_value only; setting value too is an error.
+			Header: &corev3.HeaderValue{Key: h.Name, RawValue: []byte(h.Value)},
+			// Envoy's ext_proc ignores append_action and reads only the
+			// deprecated append flag (checked against Envoy 1.40): the first
+			// line of a name replaces whatever Envoy put there, the next
+			// ones are added, so repeated headers survive in order.
+			Append: wrapperspb.Bool(seen[h.Name]),
+		})
+		seen[h.Name] = true
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(status)},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: set},
+			Body:    body,
+			Details: details,
+		}}}
+}
+
+// problemReply answers with an RFC 9457 problem; retryAfter is omitted when "".
+func problemReply(p problemType, detail, retryAfter string) *extprocv3.ProcessingResponse {
+	hs := []Header{{Name: "content-type", Value: problemContentType}}
+	if retryAfter != "" {
+		hs = append(hs, Header{Name: "retry-after", Value: retryAfter})
+	}
+	return immediate(p.status, hs, p.body(detail), "idemproxy_"+p.slug)
+}

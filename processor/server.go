@@ -1,0 +1,132 @@
+// Package processor decides, per HTTP request that Envoy streams to it over
+// ext_proc, whether the request runs upstream, waits (409), is refused (422)
+// or is answered from a stored response, and stores the response it lets
+// through.
+package processor
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Server implements Envoy's ExternalProcessor service.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+
+	cfg     Config
+	store   Store
+	metrics *Metrics
+	log     *slog.Logger
+	filter  headerFilter
+	keyHdrs map[string]bool
+	methods map[string]bool
+	scope   map[string]int
+	streams atomic.Uint64
+}
+
+// Options are the collaborators of a Server.
+type Options struct {
+	Store   Store
+	Metrics *Metrics     // nil: collected into a private registry
+	Logger  *slog.Logger // nil: slog.Default()
+}
+
+// New validates cfg and builds a Server.
+func New(cfg Config, opts Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("processor: invalid config: %w", err)
+	}
+	if opts.Store == nil {
+		return nil, errors.New("processor: a store is required")
+	}
+	if opts.Metrics == nil {
+		m, err := NewMetrics(prometheus.NewRegistry())
+		if err != nil {
+			return nil, fmt.Errorf("processor: metrics: %w", err)
+		}
+		opts.Metrics = m
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{
+		cfg: cfg, store: opts.Store, metrics: opts.Metrics, log: opts.Logger,
+		filter:  newHeaderFilter(cfg.ExcludeHeaders),
+		keyHdrs: map[string]bool{},
+		scope:   map[string]int{},
+	}
+	for _, h := range cfg.KeyHeaders {
+		s.keyHdrs[h] = true
+	}
+	for i, h := range cfg.ScopeHeaders {
+		s.scope[h] = i
+	}
+	if len(cfg.Methods) > 0 {
+		s.methods = map[string]bool{}
+		for _, m := range cfg.Methods {
+			s.methods[strings.ToUpper(m)] = true
+		}
+	}
+	return s, nil
+}
+
+// Process serves one HTTP request's stream: one reply per message, in order.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	ctx := stream.Context()
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+
+	ex := s.newExchange(ctx)
+	defer ex.finish()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			// Envoy cancels the stream even after a normal request, so EOF
+			// and Canceled are ends, not failures; finish() decides from the
+			// protocol state what the end means for the lock.
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
+			}
+			ex.log.Warn("ext_proc stream receive failed", "error", err)
+			return err
+		}
+		resp, err := ex.handle(req)
+		if err != nil {
+			ex.log.Warn("ext_proc protocol violation", "error", err)
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		if err := stream.Send(resp); err != nil {
+			ex.log.Info("ext_proc stream send failed", "error", err)
+			return nil
+		}
+		ex.sent()
+	}
+}
+
+// newToken makes an owner token that no other request can guess or repeat.
+func newToken() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("processor: owner token: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// detached returns a context for work that must finish after Envoy resets
+// the stream (store the response, release the lock): it keeps the stream's
+// values but not its cancellation, and has its own deadline.
+func (s *Server) detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), s.cfg.FinalizeTimeout)
+}
