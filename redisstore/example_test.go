@@ -1,0 +1,55 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/redisstore"
+)
+
+// Example shows one request going through the store: acquire the key, do
+// the work, store the response. It needs a Redis, so it is not run.
+func Example() {
+	ctx := context.Background()
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	defer client.Close()
+	store := redisstore.New(client, redisstore.Options{Prefix: "idemproxy:"})
+
+	// The processor builds the key from the route and the Idempotency-Key
+	// header; the store hashes it before it reaches Redis.
+	key := "POST /orders\x00idempotency-key-123"
+	fingerprint := []byte("sha256 of method, path and body")
+	token, err := redisstore.NewToken()
+	if err != nil {
+		fmt.Println("no token:", err)
+		return
+	}
+
+	acq, err := store.Acquire(ctx, key, token, fingerprint, 30*time.Second)
+	if err != nil {
+		fmt.Println("store unavailable:", err)
+		return
+	}
+	switch acq.State {
+	case processor.StateAcquired:
+		// Forward the request upstream, calling store.Renew while it runs.
+		rec := processor.Record{
+			Fingerprint: fingerprint,
+			Status:      201,
+			Headers:     []processor.Header{{Name: "content-type", Value: "application/json"}},
+			Body:        []byte(`{"id":1}`),
+			BodyStored:  true,
+		}
+		if err := store.Complete(ctx, key, token, rec, 24*time.Hour); err != nil {
+			fmt.Println("response not stored:", err)
+		}
+	case processor.StateInProgress:
+		fmt.Println("busy; retry after", acq.LockTTL)
+	case processor.StateCompleted:
+		fmt.Println("replay status", acq.Record.Status)
+	}
+}

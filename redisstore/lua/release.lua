@@ -1,0 +1,13 @@
+-- release: delete an in-progress record, only for its owner, so a retry need
+-- not wait for the lock to expire. A completed record is never deleted.
+--
+-- KEYS[1]  record hash
+-- ARGV[1]  owner token
+--
+-- Returns 1 when deleted, 0 when the token does not own an in-progress record.
+local v = redis.call("HMGET", KEYS[1], "st", "tok")
+if v[1] == "p" and v[2] == ARGV[1] then
+  redis.call("DEL", KEYS[1])
+  return 1
+end
+return 0

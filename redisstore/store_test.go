@@ -1,0 +1,236 @@
+package redisstore
+
+import (
+	"encoding/hex"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/redisstore/redistest"
+)
+
+// newTestStore starts a Redis for one test and returns a store on it and a
+// client for looking at what the store wrote.
+func newTestStore(t *testing.T) (*Store, *redis.Client, *redistest.Server) {
+	t.Helper()
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	return New(c, Options{}), c, srv
+}
+
+// token returns a fresh owner token.
+func token(t *testing.T) string {
+	t.Helper()
+	tok, err := NewToken()
+	require.NoError(t, err)
+	return tok
+}
+
+// snapshot returns the fields and remaining TTL of the record for key.
+func snapshot(t *testing.T, s *Store, c *redis.Client, key string) (map[string]string, time.Duration) {
+	t.Helper()
+	fields, err := c.HGetAll(t.Context(), s.RedisKey(key)).Result()
+	require.NoError(t, err)
+	ttl, err := c.PTTL(t.Context(), s.RedisKey(key)).Result()
+	require.NoError(t, err)
+	return fields, ttl
+}
+
+// binaryBytes holds every byte value, so it is not valid UTF-8 and holds NUL.
+func binaryBytes() []byte {
+	b := make([]byte, 256)
+	for i := range b {
+		b[i] = byte(255 - i)
+	}
+	return b
+}
+
+// sampleRecord is a response with repeated headers and a binary body.
+func sampleRecord() processor.Record {
+	return processor.Record{
+		Fingerprint: []byte("\x00fp\xff"),
+		Status:      201,
+		Headers: []processor.Header{
+			{Name: "set-cookie", Value: "a=1"},
+			{Name: "content-type", Value: "application/octet-stream"},
+			{Name: "set-cookie", Value: "b=2"},
+		},
+		Body:       binaryBytes(),
+		BodyStored: true,
+	}
+}
+
+func TestStore_Acquire(t *testing.T) {
+	t.Parallel()
+	s, c, _ := newTestStore(t)
+	const lockTTL = 10 * time.Second
+
+	t.Run("free key is acquired as an in-progress record", func(t *testing.T) {
+		tok := token(t)
+		acq, err := s.Acquire(t.Context(), "free", tok, []byte("\x00fp"), lockTTL)
+		require.NoError(t, err)
+		require.Equal(t, processor.Acquisition{State: processor.StateAcquired}, acq)
+
+		fields, ttl := snapshot(t, s, c, "free")
+		require.Equal(t, map[string]string{"st": "p", "tok": tok, "fp": "\x00fp"}, fields)
+		require.Greater(t, ttl, lockTTL-time.Second)
+		require.LessOrEqual(t, ttl, lockTTL)
+	})
+
+	t.Run("held key reports the holder's fingerprint and remaining lock", func(t *testing.T) {
+		_, err := s.Acquire(t.Context(), "held", token(t), []byte("first"), lockTTL)
+		require.NoError(t, err)
+
+		acq, err := s.Acquire(t.Context(), "held", token(t), []byte("second"), time.Hour)
+		require.NoError(t, err)
+		require.Equal(t, processor.StateInProgress, acq.State)
+		require.Equal(t, []byte("first"), acq.Fingerprint)
+		require.Greater(t, acq.LockTTL, time.Duration(0))
+		require.LessOrEqual(t, acq.LockTTL, lockTTL)
+		require.Nil(t, acq.Record)
+	})
+
+	t.Run("the owner acquiring again is in progress too", func(t *testing.T) {
+		tok := token(t)
+		_, err := s.Acquire(t.Context(), "again", tok, nil, lockTTL)
+		require.NoError(t, err)
+		acq, err := s.Acquire(t.Context(), "again", tok, nil, lockTTL)
+		require.NoError(t, err)
+		require.Equal(t, processor.StateInProgress, acq.State)
+	})
+
+	t.Run("completed key returns the full stored record", func(t *testing.T) {
+		tok := token(t)
+		_, err := s.Acquire(t.Context(), "done", tok, []byte("\x00fp\xff"), lockTTL)
+		require.NoError(t, err)
+		rec := sampleRecord()
+		require.NoError(t, s.Complete(t.Context(), "done", tok, rec, time.Hour))
+
+		acq, err := s.Acquire(t.Context(), "done", token(t), []byte("other"), lockTTL)
+		require.NoError(t, err)
+		require.Equal(t, processor.StateCompleted, acq.State)
+		require.Equal(t, rec.Fingerprint, acq.Fingerprint)
+		require.Equal(t, &rec, acq.Record)
+	})
+
+	t.Run("completed key without a stored body says so", func(t *testing.T) {
+		tok := token(t)
+		_, err := s.Acquire(t.Context(), "big", tok, []byte("fp"), lockTTL)
+		require.NoError(t, err)
+		rec := processor.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped")}
+		require.NoError(t, s.Complete(t.Context(), "big", tok, rec, time.Hour))
+
+		acq, err := s.Acquire(t.Context(), "big", token(t), nil, lockTTL)
+		require.NoError(t, err)
+		require.Equal(t, processor.StateCompleted, acq.State)
+		require.False(t, acq.Record.BodyStored)
+		require.Nil(t, acq.Record.Body)
+		require.Empty(t, acq.Record.Headers)
+		require.Equal(t, 200, acq.Record.Status)
+	})
+
+	t.Run("exactly one of many concurrent callers acquires", func(t *testing.T) {
+		const callers = 64
+		states := make(chan processor.State, callers)
+		errs := make(chan error, callers)
+		var wg sync.WaitGroup
+		for range callers {
+			tok := token(t)
+			wg.Go(func() {
+				acq, err := s.Acquire(t.Context(), "race", tok, []byte(tok), lockTTL)
+				errs <- err
+				states <- acq.State
+			})
+		}
+		wg.Wait()
+		close(states)
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		count := map[processor.State]int{}
+		for st := range states {
+			count[st]++
+		}
+		require.Equal(t, map[processor.State]int{
+			processor.StateAcquired:   1,
+			processor.StateInProgress: callers - 1,
+		}, count)
+	})
+
+	t.Run("a record stored by another program is a corrupt record", func(t *testing.T) {
+		require.NoError(t, c.HSet(t.Context(), s.RedisKey("alien"), "st", "c", "fp", "x").Err())
+		_, err := s.Acquire(t.Context(), "alien", token(t), nil, lockTTL)
+		require.ErrorIs(t, err, ErrCorruptRecord)
+	})
+}
+
+func TestStore_Acquire_arguments(t *testing.T) {
+	t.Parallel()
+	// A nil client proves the arguments are refused before Redis is used.
+	s := New(nil, Options{})
+	for name, ttl := range map[string]time.Duration{"zero": 0, "negative": -time.Second} {
+		t.Run(name+" lock TTL is refused", func(t *testing.T) {
+			_, err := s.Acquire(t.Context(), "k", "tok", nil, ttl)
+			require.ErrorIs(t, err, ErrInvalidArgument)
+			require.ErrorIs(t, s.Renew(t.Context(), "k", "tok", ttl), ErrInvalidArgument)
+			require.ErrorIs(t, s.Complete(t.Context(), "k", "tok", processor.Record{}, ttl), ErrInvalidArgument)
+		})
+	}
+	t.Run("empty token is refused", func(t *testing.T) {
+		_, err := s.Acquire(t.Context(), "k", "", nil, time.Second)
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		require.ErrorIs(t, s.Renew(t.Context(), "k", "", time.Second), ErrInvalidArgument)
+		require.ErrorIs(t, s.Complete(t.Context(), "k", "", processor.Record{}, time.Second), ErrInvalidArgument)
+		require.ErrorIs(t, s.Release(t.Context(), "k", ""), ErrInvalidArgument)
+	})
+}
+
+func TestMillis(t *testing.T) {
+	t.Run("whole milliseconds are kept", func(t *testing.T) {
+		require.Equal(t, int64(1500), millis(1500*time.Millisecond))
+	})
+	t.Run("fractions round up so at least 1 ms", func(t *testing.T) {
+		require.Equal(t, int64(1), millis(time.Nanosecond))
+		require.Equal(t, int64(2), millis(1001*time.Microsecond))
+	})
+}
+
+func TestStore_RedisKey(t *testing.T) {
+	s := New(nil, Options{})
+	t.Run("same key gives the same redis key", func(t *testing.T) {
+		require.Equal(t, s.RedisKey("a\x00b"), s.RedisKey("a\x00b"))
+	})
+	t.Run("different keys give different redis keys", func(t *testing.T) {
+		require.NotEqual(t, s.RedisKey("a"), s.RedisKey("b"))
+	})
+	t.Run("key is prefixed, hashed and hash-tagged", func(t *testing.T) {
+		secret := strings.Repeat("secret-", 1000)
+		rk := s.RedisKey(secret)
+		require.True(t, strings.HasPrefix(rk, DefaultPrefix+"{"), rk)
+		require.True(t, strings.HasSuffix(rk, "}"), rk)
+		require.Len(t, rk, len(DefaultPrefix)+34)
+		require.NotContains(t, rk, "secret")
+		_, err := hex.DecodeString(rk[len(DefaultPrefix)+1 : len(rk)-1])
+		require.NoError(t, err)
+	})
+	t.Run("custom prefix is used", func(t *testing.T) {
+		rk := New(nil, Options{Prefix: "app:"}).RedisKey("k")
+		require.True(t, strings.HasPrefix(rk, "app:{"), rk)
+	})
+}
+
+func TestNewToken(t *testing.T) {
+	t.Run("tokens are 32 hex digits and differ", func(t *testing.T) {
+		a, b := token(t), token(t)
+		require.Len(t, a, 32)
+		_, err := hex.DecodeString(a)
+		require.NoError(t, err)
+		require.NotEqual(t, a, b)
+	})
+}
