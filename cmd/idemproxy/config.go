@@ -1,0 +1,169 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemproxy/idemproxy/processor"
+)
+
+// settings is everything the process is configured with. Defaults live in
+// defineFlags, next to each flag's environment variable.
+type settings struct {
+	GRPCAddr        string
+	AdminAddr       string
+	RedisURL        string
+	RedisTimeout    time.Duration
+	RedisPrefix     string
+	Reflection      bool
+	MaxMessageBytes int
+	ShutdownGrace   time.Duration
+	HealthInterval  time.Duration
+	LogLevel        slog.Level
+	Processor       processor.Config
+}
+
+// usageError marks bad configuration: main exits 2 for it.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// envPrefix is shared by every flag's environment variable.
+const envPrefix = "IDEMPROXY_"
+
+// parseSettings reads flags, then environment variables for flags not given
+// on the command line, then validates the whole once.
+func parseSettings(args []string, getenv func(string) string, stderr io.Writer) (settings, error) {
+	s := settings{Processor: processor.DefaultConfig()}
+	fs := flag.NewFlagSet("idemproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	defineFlags(fs, &s)
+	if err := fs.Parse(args); err != nil {
+		return s, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return s, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		if v := getenv(env); v != "" && !given[f.Name] {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return s, usageError{err}
+	}
+	if err := s.validate(); err != nil {
+		return s, usageError{err}
+	}
+	return s, nil
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func defineFlags(fs *flag.FlagSet, s *settings) {
+	p := &s.Processor
+	fs.StringVar(&s.GRPCAddr, "grpc-addr", ":50051", "ext_proc gRPC listen address")
+	fs.StringVar(&s.AdminAddr, "admin-addr", ":9090", "admin HTTP listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&s.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user and password allowed)")
+	fs.DurationVar(&s.RedisTimeout, "redis-timeout", time.Second, "bound on each Redis call on the request path (keep under Envoy's message_timeout)")
+	fs.StringVar(&s.RedisPrefix, "redis-prefix", "idemproxy:", "prefix of every Redis key")
+	fs.BoolVar(&s.Reflection, "reflection", true, "register gRPC server reflection (for grpcurl)")
+	fs.IntVar(&s.MaxMessageBytes, "max-message-bytes", 16<<20, "largest gRPC message accepted; must exceed Envoy's request buffer limit")
+	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long in-flight streams may take to finish")
+	fs.DurationVar(&s.HealthInterval, "health-interval", time.Second, "how often Redis is pinged for readiness and gRPC health")
+	fs.TextVar(&s.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	fs.DurationVar(&p.LockTTL, "lock-ttl", p.LockTTL, "lifetime of an in-progress lock without renewal")
+	fs.DurationVar(&p.Heartbeat, "heartbeat", p.Heartbeat, "watchdog renewal interval (shorter than --lock-ttl)")
+	fs.DurationVar(&p.Retention, "retention", p.Retention, "how long a completed response is kept for replay")
+	fs.Var(listFlag{&p.KeyHeaders}, "key-headers", "comma list of headers carrying the idempotency key")
+	fs.Var(listFlag{&p.ScopeHeaders}, "scope-headers", "comma list of trusted identity headers added to the key scope (e.g. x-tenant-id)")
+	fs.Var(methodsFlag{&p.Methods}, "methods", "comma list of methods that take part (empty: all)")
+	fs.IntVar(&p.MaxStoredBody, "max-body-bytes", p.MaxStoredBody, "largest response body stored for replay")
+	fs.Func("no-store-statuses", "response statuses that release the key instead of storing it (default \"5xx,408,425,429\")", func(v string) error {
+		set, err := processor.ParseStatusSet(v)
+		p.NoStore = set
+		return err
+	})
+	fs.Var(listFlag{&p.ExcludeHeaders}, "exclude-headers", "response headers never replayed, besides hop-by-hop, content-length, date and x-envoy-*")
+	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
+	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
+}
+
+func (s *settings) validate() error {
+	var errs []error
+	if s.GRPCAddr == "" || s.AdminAddr == "" {
+		errs = append(errs, errors.New("--grpc-addr and --admin-addr must not be empty"))
+	}
+	if _, err := redis.ParseURL(s.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("--redis-url: %w", err))
+	}
+	if s.RedisTimeout <= 0 {
+		errs = append(errs, errors.New("--redis-timeout must be positive"))
+	}
+	if s.MaxMessageBytes < 1<<20 {
+		errs = append(errs, errors.New("--max-message-bytes must be at least 1048576"))
+	}
+	if s.ShutdownGrace < 0 || s.HealthInterval <= 0 {
+		errs = append(errs, errors.New("--shutdown-grace must not be negative and --health-interval must be positive"))
+	}
+	s.Processor.StoreTimeout = s.RedisTimeout
+	if err := s.Processor.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// listFlag is a comma-separated list of lower-case names.
+type listFlag struct{ dst *[]string }
+
+func (l listFlag) String() string {
+	if l.dst == nil {
+		return ""
+	}
+	return strings.Join(*l.dst, ",")
+}
+
+func (l listFlag) Set(v string) error {
+	*l.dst = nil
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.ToLower(strings.TrimSpace(part)); part != "" {
+			*l.dst = append(*l.dst, part)
+		}
+	}
+	return nil
+}
+
+// methodsFlag is a comma-separated list of upper-case methods.
+type methodsFlag struct{ dst *[]string }
+
+func (m methodsFlag) String() string { return listFlag(m).String() }
+
+func (m methodsFlag) Set(v string) error {
+	if err := listFlag(m).Set(v); err != nil {
+		return err
+	}
+	for i, method := range *m.dst {
+		method = strings.ToUpper(method)
+		if strings.Trim(method, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != "" {
+			return fmt.Errorf("%q is not an HTTP method", method)
+		}
+		(*m.dst)[i] = method
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/redisstore"
+)
+
+// run wires the server and serves until ctx ends, then shuts down
+// gracefully. Tests call it directly.
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	s, err := parseSettings(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.LogLevel}))
+
+	rdb, err := newRedisClient(s)
+	if err != nil {
+		return usageError{err}
+	}
+	defer rdb.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := processor.NewMetrics(reg)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	proc, err := processor.New(s.Processor, processor.Options{
+		Store:   redisstore.New(rdb, redisstore.Options{Prefix: s.RedisPrefix}),
+		Metrics: metrics,
+		Logger:  log,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+
+	grpcLis, err := net.Listen("tcp", s.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	adminLis, err := net.Listen("tcp", s.AdminAddr)
+	if err != nil {
+		grpcLis.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(s.MaxMessageBytes))
+	extprocv3.RegisterExternalProcessorServer(gs, proc)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	if s.Reflection {
+		reflection.Register(gs)
+	}
+	checker := newHealthChecker(rdb, hs, s.HealthInterval, s.RedisTimeout, log)
+	admin := &http.Server{Handler: adminHandler(reg, checker), ReadHeaderTimeout: 5 * time.Second}
+
+	log.Info("grpc listening", "addr", grpcLis.Addr().String())
+	log.Info("admin listening", "addr", adminLis.Addr().String())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { checker.run(gctx); return nil })
+	g.Go(func() error {
+		if err := gs.Serve(grpcLis); err != nil {
+			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("admin server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "grace", s.ShutdownGrace.String())
+		checker.shutdown()
+		stopGRPC(gs, s.ShutdownGrace, log)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer cancel()
+		return admin.Shutdown(sctx)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
+
+// stopGRPC lets in-flight streams finish, then cuts the rest. A stream cut
+// here leaves its lock to expire: its request may be upstream.
+func stopGRPC(gs *grpc.Server, grace time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		log.Warn("grace period over; closing the remaining streams")
+		gs.Stop()
+		<-done
+	}
+}
+
+// newRedisClient applies our timeouts to the URL's options: every Redis
+// call must fail fast enough for the client to get our 503, not Envoy's 504.
+func newRedisClient(s settings) (*redis.Client, error) {
+	opts, err := redis.ParseURL(s.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	opts.DialTimeout = s.RedisTimeout
+	opts.ReadTimeout = s.RedisTimeout
+	opts.WriteTimeout = s.RedisTimeout
+	opts.PoolTimeout = s.RedisTimeout
+	opts.MaxRetries = 1
+	// go-redis retries a refused dial 5 times, 100 ms apart, by default:
+	// 0.5 s of a client's wait spent on a Redis that is gone. Fail at once;
+	// the health checker notices recovery within its interval.
+	opts.DialerRetries = 1
+	opts.DialerRetryTimeout = 10 * time.Millisecond
+	opts.ContextTimeoutEnabled = true
+	return redis.NewClient(opts), nil
+}
