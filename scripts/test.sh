@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (redis-server, Envoy), then
+# runs vet and the whole suite with the race detector. The tests start their
+# own Redis, Envoy, idemproxy and backend on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+ensure_go
+ensure_redis
+ensure_envoy
+note "Envoy: $ENVOY_BIN"
+
+note "go vet ./..."
+go vet ./...
+note "go test -race ./..."
+go test -race -count=1 -timeout 12m "$@" ./...
