@@ -18,30 +18,44 @@ import (
 // stack is the demo, started for one test: Redis, the backend, idemproxy
 // and Envoy with the shipped envoy.yaml.
 type stack struct {
-	redis      *redistest.Server
-	backend    string // base URL
-	idemproxy  *process
-	adminURL   string // idemproxy admin
-	envoy      *process
-	url        string // Envoy listener base URL
-	envoyAdmin int
-	client     *http.Client
+	redis       *redistest.Server
+	backendProc *process
+	backendAddr string
+	backend     string // base URL
+	idemproxy   *process
+	adminURL    string // idemproxy admin
+	envoy       *process
+	url         string // Envoy listener base URL
+	envoyAdmin  int
+	client      *http.Client
+}
+
+// stackConfig varies a stack from the shipped defaults.
+type stackConfig struct {
+	idemproxyArgs []string
+	// routeTimeout replaces the routes' 60 s timeout in envoy.yaml.
+	routeTimeout string
 }
 
 // startStack starts everything; idemproxyArgs are added to idemproxy's flags.
 func startStack(t *testing.T, idemproxyArgs ...string) *stack {
 	t.Helper()
+	return startStackWith(t, stackConfig{idemproxyArgs: idemproxyArgs})
+}
+
+func startStackWith(t *testing.T, c stackConfig) *stack {
+	t.Helper()
 	envoyBin := envoyBinary(t)
 	s := &stack{redis: redistest.Start(t)}
 
-	be := startProcess(t, "backend", filepath.Join(binDir, "backend"), "--addr", "127.0.0.1:0", "--slow-delay", "5s")
-	backendAddr := be.logAddr(t, "listening")
-	s.backend = "http://" + backendAddr
+	s.backendProc = startBackend(t, "127.0.0.1:0")
+	s.backendAddr = s.backendProc.logAddr(t, "listening")
+	s.backend = "http://" + s.backendAddr
 
 	args := append([]string{
 		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--redis-url", s.redis.URL(), "--log-level", "debug",
-	}, idemproxyArgs...)
+	}, c.idemproxyArgs...)
 	s.idemproxy = startProcess(t, "idemproxy", filepath.Join(binDir, "idemproxy"), args...)
 	grpcAddr := s.idemproxy.logAddr(t, "grpc listening")
 	s.adminURL = "http://" + s.idemproxy.logAddr(t, "admin listening")
@@ -54,7 +68,8 @@ func startStack(t *testing.T, idemproxyArgs ...string) *stack {
 		return resp.StatusCode == http.StatusOK
 	})
 
-	ports := envoyPorts{listener: freePort(t), admin: freePort(t), idemproxy: grpcAddr, backend: backendAddr}
+	ports := envoyPorts{listener: freePort(t), admin: freePort(t), idemproxy: grpcAddr, backend: s.backendAddr,
+		routeTimeout: c.routeTimeout}
 	cfg := renderConfig(t, "envoy.yaml", ports)
 	s.envoy = startEnvoy(t, envoyBin, cfg, ports.admin)
 	s.envoyAdmin = ports.admin
@@ -145,4 +160,10 @@ func (s *stack) metric(t testing.TB, series string) float64 {
 	}
 	require.FailNow(t, "metric not found", series)
 	return 0
+}
+
+// startBackend runs the mock backend; its slow job takes 5 s by default.
+func startBackend(t *testing.T, addr string) *process {
+	t.Helper()
+	return startProcess(t, "backend", filepath.Join(binDir, "backend"), "--addr", addr, "--slow-delay", "5s")
 }

@@ -59,7 +59,7 @@ func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return e.onRequestBody(m.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return e.onResponseHeaders(m.ResponseHeaders), nil
+		return e.onResponseHeaders(m.ResponseHeaders, originOf(req)), nil
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		return e.onResponseBody(m.ResponseBody), nil
 	case *extprocv3.ProcessingRequest_RequestTrailers:
@@ -211,19 +211,26 @@ func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingRespo
 	return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
 }
 
-func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOrigin) *extprocv3.ProcessingResponse {
+	skipBody := continueResponseHeaders()
+	skipBody.ModeOverride = skipResponseBody()
 	if e.lock != lockForwarded {
-		resp := continueResponseHeaders()
-		resp.ModeOverride = skipResponseBody()
-		return resp
+		return skipBody
 	}
 	hs := h.GetHeaders().GetHeaders()
 	status := responseStatus(hs)
-	if status == 0 || e.srv.cfg.NoStore.Contains(status) {
+	switch {
+	case origin == originNeverSent:
+		e.release(resultReleasedStatus, "status", status, "local_reply", true)
+		return skipBody
+	case origin == originLocalUnknown:
+		// Envoy gave up waiting (timeout, reset): the upstream may still
+		// run the request, so a retry must not, until the lock expires.
+		e.abandon("local reply after the request was sent", "status", status)
+		return skipBody
+	case status == 0 || e.srv.cfg.NoStore.Contains(status):
 		e.release(resultReleasedStatus, "status", status)
-		resp := continueResponseHeaders()
-		resp.ModeOverride = skipResponseBody()
-		return resp
+		return skipBody
 	}
 	e.rec.Status = status
 	e.rec.Headers = e.srv.filter.storable(hs)
@@ -325,12 +332,18 @@ func (e *exchange) finish() {
 		// Our CONTINUE never went out: the request cannot be upstream.
 		e.release(resultReleasedEarly)
 	case lockForwarded:
-		// The request may have run, and we saw no final response: a re-run
-		// could execute it twice, so the lock is left to expire.
-		e.lock = lockDone
-		e.dog.stop()
-		e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
-		e.log.Warn("stream ended before the response completed; outcome unknown, lock left to expire",
-			"lock_ttl", e.srv.cfg.LockTTL.String())
+		e.abandon("stream ended before the response completed")
 	}
+}
+
+// abandon handles an unknown outcome: the request may have run and we saw
+// no final response, so a re-run could execute it twice. The lock is left
+// to expire after its TTL; retries until then get 409.
+func (e *exchange) abandon(why string, attrs ...any) {
+	e.lock = lockDone
+	e.collecting = false
+	e.dog.stop()
+	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
+	e.log.Warn("outcome unknown; lock left to expire: "+why,
+		append(attrs, "lock_ttl", e.srv.cfg.LockTTL.String())...)
 }
