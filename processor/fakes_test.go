@@ -1,0 +1,253 @@
+package processor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+var _ extprocv3.ExternalProcessor_ProcessServer = (*fakeStream)(nil)
+
+// streamItem is what one Recv returns. cancelFirst cancels the stream
+// context before the item is delivered, as Envoy does when it resets the
+// side stream right after its last message.
+type streamItem struct {
+	req         *extprocv3.ProcessingRequest
+	err         error
+	cancelFirst bool
+}
+
+// fakeStream is an ext_proc stream driven by the test: Recv takes scripted
+// items in order, Send records replies. The embedded ServerStream is nil:
+// the processor must not call its other methods.
+type fakeStream struct {
+	grpc.ServerStream
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	in     chan streamItem
+	out    chan *extprocv3.ProcessingResponse
+
+	mu         sync.Mutex
+	sends      int
+	failSendAt int // 1-based Send call that fails; 0: none
+}
+
+func newFakeStream(ctx context.Context) *fakeStream {
+	ctx, cancel := context.WithCancel(ctx)
+	return &fakeStream{
+		ctx: ctx, cancel: cancel,
+		in:  make(chan streamItem, 64),
+		out: make(chan *extprocv3.ProcessingResponse, 64),
+	}
+}
+
+func (f *fakeStream) Context() context.Context { return f.ctx }
+
+// Recv returns the next scripted item; once the context is canceled with
+// nothing queued it fails like grpc-go does, with codes.Canceled.
+func (f *fakeStream) Recv() (*extprocv3.ProcessingRequest, error) {
+	select {
+	case it := <-f.in:
+		if it.cancelFirst {
+			f.cancel()
+		}
+		return it.req, it.err
+	case <-f.ctx.Done():
+		return nil, status.Error(codes.Canceled, "context canceled")
+	}
+}
+
+func (f *fakeStream) Send(resp *extprocv3.ProcessingResponse) error {
+	f.mu.Lock()
+	f.sends++
+	fail := f.sends == f.failSendAt
+	f.mu.Unlock()
+	if fail {
+		// A send fails because the stream is gone: its context ends too.
+		f.cancel()
+		return errors.New("fake stream: send failed")
+	}
+	f.out <- resp
+	return nil
+}
+
+// storeCall is one recorded Store call. ctxErr is the context's error at
+// the time of the call, hasDeadline whether the context was bounded.
+type storeCall struct {
+	op, key, token string
+	fp             []byte
+	rec            Record
+	ctxErr         error
+	hasDeadline    bool
+}
+
+// storeEntry is one key; rec is nil while the key is in progress.
+type storeEntry struct {
+	token string
+	fp    []byte
+	ttl   time.Duration
+	rec   *Record
+}
+
+// fakeStore is an in-memory Store with the real semantics (in progress,
+// completed, fingerprints, ownership) that records every call and can be
+// told to fail an operation.
+type fakeStore struct {
+	mu      sync.Mutex
+	entries map[string]*storeEntry
+	calls   []storeCall
+	fail    map[string]error // op -> error returned instead of acting
+}
+
+var _ Store = (*fakeStore)(nil)
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{entries: map[string]*storeEntry{}, fail: map[string]error{}}
+}
+
+// record logs a call and returns the error the test asked op to fail with.
+func (s *fakeStore) record(ctx context.Context, c storeCall) error {
+	c.ctxErr = ctx.Err()
+	_, c.hasDeadline = ctx.Deadline()
+	s.calls = append(s.calls, c)
+	return s.fail[c.op]
+}
+
+func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, lockTTL time.Duration) (Acquisition, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "acquire", key: key, token: token, fp: fp}); err != nil {
+		return Acquisition{}, err
+	}
+	e, ok := s.entries[key]
+	switch {
+	case !ok:
+		s.entries[key] = &storeEntry{token: token, fp: bytes.Clone(fp), ttl: lockTTL}
+		return Acquisition{State: StateAcquired}, nil
+	case e.rec == nil:
+		return Acquisition{State: StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
+	default:
+		rec := cloneRecord(*e.rec)
+		return Acquisition{State: StateCompleted, Fingerprint: bytes.Clone(e.fp), Record: &rec}, nil
+	}
+}
+
+func (s *fakeStore) Renew(ctx context.Context, key, token string, lockTTL time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "renew", key: key, token: token}); err != nil {
+		return err
+	}
+	e, ok := s.entries[key]
+	if !ok || e.rec != nil || e.token != token {
+		return ErrLeaseLost
+	}
+	e.ttl = lockTTL
+	return nil
+}
+
+func (s *fakeStore) Complete(ctx context.Context, key, token string, rec Record, _ time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "complete", key: key, token: token, rec: cloneRecord(rec)}); err != nil {
+		return err
+	}
+	e, ok := s.entries[key]
+	if !ok || e.rec != nil || e.token != token {
+		return ErrLeaseLost
+	}
+	stored := cloneRecord(rec)
+	e.rec, e.token = &stored, ""
+	return nil
+}
+
+func (s *fakeStore) Release(ctx context.Context, key, token string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "release", key: key, token: token}); err != nil {
+		return err
+	}
+	e, ok := s.entries[key]
+	if !ok || e.rec != nil || e.token != token {
+		return ErrLeaseLost
+	}
+	delete(s.entries, key)
+	return nil
+}
+
+// failOn makes every later call of op return err.
+func (s *fakeStore) failOn(op string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail[op] = err
+}
+
+// steal hands an in-progress key to another owner, as if the lock had
+// expired and another request had taken it.
+func (s *fakeStore) steal(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries[key].token = "thief"
+}
+
+func (s *fakeStore) seedInProgress(key string, fp []byte, ttl time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries[key] = &storeEntry{token: "other", fp: fp, ttl: ttl}
+}
+
+func (s *fakeStore) seedCompleted(key string, rec Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries[key] = &storeEntry{fp: rec.Fingerprint, rec: &rec}
+}
+
+// callsOf returns the recorded calls of op ("" for all), in order.
+func (s *fakeStore) callsOf(op string) []storeCall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []storeCall
+	for _, c := range s.calls {
+		if op == "" || c.op == op {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// ops lists the operations called, in order, renewals left out: their
+// number depends on timing.
+func (s *fakeStore) ops() []string {
+	var out []string
+	for _, c := range s.callsOf("") {
+		if c.op != "renew" {
+			out = append(out, c.op)
+		}
+	}
+	return out
+}
+
+func (s *fakeStore) entry(key string) (storeEntry, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[key]
+	if !ok {
+		return storeEntry{}, false
+	}
+	return *e, true
+}
+
+func cloneRecord(r Record) Record {
+	r.Fingerprint = bytes.Clone(r.Fingerprint)
+	r.Headers = append([]Header(nil), r.Headers...)
+	r.Body = bytes.Clone(r.Body)
+	return r
+}

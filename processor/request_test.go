@@ -1,0 +1,271 @@
+package processor
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestServer_Process_passthrough(t *testing.T) {
+	tests := []struct {
+		name    string
+		methods []string
+		headers []string
+	}{
+		{"no key header", nil, []string{":method", "POST", ":path", "/", ":authority", testAuthority}},
+		{"method not in the allow-list", []string{"POST"},
+			[]string{":method", "GET", ":path", "/", ":authority", testAuthority, "idempotency-key", "k"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, reg := newTestServer(t, store, func(c *Config) { c.Methods = tc.methods })
+			out, err := run(t, srv, endEOF, reqHeaders(false, tc.headers...))
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			require.NotNil(t, out[0].GetRequestHeaders())
+			require.Equal(t, "CONTINUE", out[0].GetRequestHeaders().GetResponse().GetStatus().String())
+			requireSkipRest(t, out[0].GetModeOverride())
+			require.Empty(t, store.callsOf(""))
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomePassthrough))
+		})
+	}
+}
+
+func TestServer_Process_methodAllowListTakesPart(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, func(c *Config) { c.Methods = []string{"post"} })
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+	require.NoError(t, err)
+	require.Len(t, out, 1)
+	requireContinue(t, out[0])
+	require.Equal(t, []string{"acquire"}, store.ops())
+}
+
+func TestServer_Process_invalidKey(t *testing.T) {
+	tests := []struct{ name, key string }{
+		{"empty", ""},
+		{"only spaces", "   "},
+		{"empty quoted string", `""`},
+		{"unterminated quote", `"abc`},
+		{"quote inside a quoted string", `"a"b"`},
+		{"bad escape", `"a\x"`},
+		{"control character", "a\x01b"},
+		{"control character when quoted", "\"a\tb\""},
+		{"inner space", "a b"},
+		{"non-ASCII", "clé"},
+		{"too long", strings.Repeat("k", 256)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, reg := newTestServer(t, store, nil)
+			out, err := run(t, srv, endEOF, keyed("POST", tc.key, true))
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			_, hs := requireProblem(t, out[0], 400, "invalid-key")
+			require.Empty(t, headerGet(hs, "retry-after"))
+			require.Empty(t, store.callsOf(""))
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeInvalidKey))
+		})
+	}
+}
+
+func TestServer_Process_quotedKeyEqualsBareKey(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+
+	out, err := run(t, srv, endCanceled, keyed("POST", "order-1", true))
+	require.NoError(t, err)
+	requireContinue(t, out[0])
+
+	out, err = run(t, srv, endCanceled, keyed("POST", `"order-1"`, true))
+	require.NoError(t, err)
+	requireProblem(t, out[0], 409, "in-progress")
+
+	acq := store.callsOf("acquire")
+	require.Len(t, acq, 2)
+	require.Equal(t, acq[0].key, acq[1].key)
+	require.Equal(t, keyOf("order-1"), acq[0].key)
+}
+
+func TestServer_Process_twoKeyHeaders(t *testing.T) {
+	tests := []struct {
+		name, first, second string
+		wantStatus          int
+	}{
+		{"same value", "k-1", `"k-1"`, 0},
+		{"different values", "k-1", "k-2", 400},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, _ := newTestServer(t, store, nil)
+			out, err := run(t, srv, endEOF, reqHeaders(true, ":method", "POST", ":path", "/", ":authority", testAuthority,
+				"idempotency-key", tc.first, "x-idempotency-key", tc.second))
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			if tc.wantStatus == 0 {
+				requireContinue(t, out[0])
+				return
+			}
+			p, _ := requireProblem(t, out[0], tc.wantStatus, "invalid-key")
+			require.Contains(t, p.Detail, "several different")
+			require.Empty(t, store.callsOf(""))
+		})
+	}
+}
+
+func TestServer_Process_decidesAtHeadersWithoutBody(t *testing.T) {
+	store := newFakeStore()
+	srv, reg := newTestServer(t, store, nil)
+	out, err := run(t, srv, endEOF, keyed("GET", "k", true))
+	require.NoError(t, err)
+	require.Len(t, out, 1)
+	requireContinue(t, out[0])
+	acq := store.callsOf("acquire")
+	require.Len(t, acq, 1)
+	require.Equal(t, fingerprint("GET", "/charge?x=1", nil), acq[0].fp)
+	require.True(t, acq[0].hasDeadline, "acquire must be bounded by the store timeout")
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeAcquired))
+}
+
+func TestServer_Process_decidesAtBufferedBody(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+	s := serve(t, srv)
+
+	requireContinue(t, s.roundTrip(keyed("POST", "k", false)))
+	require.Empty(t, store.callsOf(""), "the fingerprint needs the body")
+
+	requireContinue(t, s.roundTrip(reqBody(`{"amount":10}`, true)))
+	acq := store.callsOf("acquire")
+	require.Len(t, acq, 1)
+	require.Equal(t, fingerprint("POST", "/charge?x=1", []byte(`{"amount":10}`)), acq[0].fp)
+	s.end(endEOF)
+	require.NoError(t, s.wait())
+}
+
+func TestServer_Process_inProgress(t *testing.T) {
+	fp := fingerprint("POST", "/charge?x=1", nil)
+	tests := []struct {
+		name      string
+		remaining time.Duration
+		want      int
+	}{
+		{"rounds the remaining lock time up", 2500 * time.Millisecond, 3},
+		{"at least one second", 0, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			store.seedInProgress(keyOf("k"), fp, tc.remaining)
+			srv, reg := newTestServer(t, store, nil)
+			out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+			require.NoError(t, err)
+			_, hs := requireProblem(t, out[0], 409, "in-progress")
+			require.Equal(t, strconv.Itoa(tc.want), headerGet(hs, "retry-after"))
+			require.Equal(t, []string{"acquire"}, store.ops())
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeConflict))
+		})
+	}
+}
+
+func TestServer_Process_fingerprintMismatch(t *testing.T) {
+	other := fingerprint("POST", "/charge?x=1", []byte("another body"))
+	tests := []struct {
+		name string
+		seed func(*fakeStore)
+	}{
+		{"in progress", func(s *fakeStore) { s.seedInProgress(keyOf("k"), other, time.Second) }},
+		{"completed", func(s *fakeStore) {
+			s.seedCompleted(keyOf("k"), Record{Fingerprint: other, Status: 200, Body: []byte("x"), BodyStored: true})
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			tc.seed(store)
+			srv, reg := newTestServer(t, store, nil)
+			out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("a body", true))
+			require.NoError(t, err)
+			require.Len(t, out, 2)
+			requireContinue(t, out[0])
+			requireProblem(t, out[1], 422, "fingerprint-mismatch")
+			require.Equal(t, []string{"acquire"}, store.ops())
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeMismatch))
+		})
+	}
+}
+
+func TestServer_Process_replaysCompleted(t *testing.T) {
+	store := newFakeStore()
+	store.seedCompleted(keyOf("k"), Record{
+		Fingerprint: fingerprint("POST", "/charge?x=1", nil),
+		Status:      201,
+		Headers:     []Header{{"content-type", "application/json"}, {"x-a", "1"}, {"x-a", "2"}},
+		Body:        []byte(`{"id":"ch_1"}`),
+		BodyStored:  true,
+	})
+	srv, reg := newTestServer(t, store, nil)
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+	require.NoError(t, err)
+	require.Len(t, out, 1)
+
+	ir, hs := immediateOf(t, out[0])
+	require.EqualValues(t, 201, ir.GetStatus().GetCode())
+	require.Equal(t, `{"id":"ch_1"}`, string(ir.GetBody()))
+	require.Equal(t, []Header{
+		{"content-type", "application/json"}, {"x-a", "1"}, {"x-a", "2"}, {"idempotent-replayed", "true"},
+	}, hs)
+	// The first line of a name replaces, the next ones add.
+	var appends []bool
+	for _, o := range ir.GetHeaders().GetSetHeaders() {
+		appends = append(appends, o.GetAppend().GetValue())
+	}
+	require.Equal(t, []bool{false, false, true, false}, appends)
+	require.Equal(t, []string{"acquire"}, store.ops())
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeReplayed))
+}
+
+func TestServer_Process_completedWithoutBody(t *testing.T) {
+	store := newFakeStore()
+	store.seedCompleted(keyOf("k"), Record{Fingerprint: fingerprint("POST", "/charge?x=1", nil), Status: 201})
+	srv, reg := newTestServer(t, store, nil)
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+	require.NoError(t, err)
+	p, _ := requireProblem(t, out[0], 409, "response-not-stored")
+	require.Contains(t, p.Detail, "status 201")
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeNotStored))
+}
+
+func TestServer_Process_storeError(t *testing.T) {
+	t.Run("fails closed", func(t *testing.T) {
+		store := newFakeStore()
+		store.failOn("acquire", errRedisDown)
+		srv, reg := newTestServer(t, store, nil)
+		out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("b", true))
+		require.NoError(t, err)
+		require.Len(t, out, 2)
+		_, hs := requireProblem(t, out[1], 503, "store-unavailable")
+		require.Equal(t, "1", headerGet(hs, "retry-after"))
+		require.Equal(t, []string{"acquire"}, store.ops())
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeStoreError))
+	})
+	t.Run("fails open when told to", func(t *testing.T) {
+		store := newFakeStore()
+		store.failOn("acquire", errRedisDown)
+		srv, reg := newTestServer(t, store, func(c *Config) { c.FailOpen = true })
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "200"), respBody("x", true))
+		require.NoError(t, err)
+		require.Len(t, out, 3)
+		requireContinue(t, out[0])
+		// Nothing to store: the response body is not streamed to us.
+		require.Equal(t, "NONE", out[1].GetModeOverride().GetResponseBodyMode().String())
+		require.Equal(t, []string{"acquire"}, store.ops())
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeFailOpen))
+	})
+}

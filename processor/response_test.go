@@ -1,0 +1,183 @@
+package processor
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+)
+
+var errRedisDown = errors.New("redis: connection refused")
+
+func TestServer_Process_storesStreamedResponse(t *testing.T) {
+	store := newFakeStore()
+	srv, reg := newTestServer(t, store, nil)
+	s := serve(t, srv)
+
+	requireContinue(t, s.roundTrip(keyed("POST", "k", false)))
+	requireContinue(t, s.roundTrip(reqBody("amount=10", true)))
+	requireContinue(t, s.roundTrip(respHeaders(false,
+		":status", "200",
+		"content-type", "application/json",
+		"set-cookie", "session=secret",
+		"date", "Mon, 01 Jan 2024 00:00:00 GMT",
+		"content-length", "17",
+		"connection", "keep-alive, x-hop",
+		"x-hop", "1",
+		"x-envoy-upstream-service-time", "3",
+		"x-a", "1",
+		"x-a", "2",
+	)))
+	// STREAMED chunks are pipelined; each gets an unmodified reply.
+	for _, chunk := range []*extprocv3.ProcessingRequest{respBody(`{"id":`, false), respBody(`"ch_1"}`, false), respBody("", true)} {
+		s.send(chunk)
+	}
+	for range 3 {
+		r := s.reply()
+		require.True(t, proto.Equal(&extprocv3.BodyResponse{}, r.GetResponseBody()), "want an empty BodyResponse, got %v", r)
+		require.Nil(t, r.GetModeOverride())
+	}
+
+	require.Equal(t, []string{"acquire", "complete"}, store.ops())
+	done := store.callsOf("complete")[0]
+	require.Equal(t, keyOf("k"), done.key)
+	require.Equal(t, store.callsOf("acquire")[0].token, done.token)
+	require.Equal(t, Record{
+		Fingerprint: fingerprint("POST", "/charge?x=1", []byte("amount=10")),
+		Status:      200,
+		Headers:     []Header{{"content-type", "application/json"}, {"x-a", "1"}, {"x-a", "2"}},
+		Body:        []byte(`{"id":"ch_1"}`),
+		BodyStored:  true,
+	}, done.rec)
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStored))
+
+	s.end(endCanceled)
+	require.NoError(t, s.wait())
+	require.Equal(t, []string{"acquire", "complete"}, store.ops(), "the end after a stored response changes nothing")
+
+	// The retry is replayed from the record.
+	out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("amount=10", true))
+	require.NoError(t, err)
+	ir, hs := immediateOf(t, out[1])
+	require.EqualValues(t, 200, ir.GetStatus().GetCode())
+	require.Equal(t, `{"id":"ch_1"}`, string(ir.GetBody()))
+	require.Equal(t, "true", headerGet(hs, "idempotent-replayed"))
+}
+
+func TestServer_Process_responseHeadersEndStream(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+	out, err := run(t, srv, endCanceled, keyed("DELETE", "k", true), respHeaders(true, ":status", "204", "x-id", "7"))
+	require.NoError(t, err)
+	require.Len(t, out, 2)
+	requireContinue(t, out[1])
+	require.Equal(t, []string{"acquire", "complete"}, store.ops())
+	rec := store.callsOf("complete")[0].rec
+	require.Equal(t, 204, rec.Status)
+	require.True(t, rec.BodyStored)
+	require.Empty(t, rec.Body)
+	require.Equal(t, []Header{{"x-id", "7"}}, rec.Headers)
+}
+
+func TestServer_Process_releasesNoStoreStatus(t *testing.T) {
+	for _, code := range []string{"500", "503", "429", "408"} {
+		t.Run("status "+code, func(t *testing.T) {
+			store := newFakeStore()
+			srv, reg := newTestServer(t, store, nil)
+			out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", code))
+			require.NoError(t, err)
+			require.Len(t, out, 2)
+			require.NotNil(t, out[1].GetResponseHeaders())
+			mode := out[1].GetModeOverride()
+			require.NotNil(t, mode)
+			require.Equal(t, "NONE", mode.GetResponseBodyMode().String())
+			require.Equal(t, "SEND", mode.GetRequestHeaderMode().String())
+			require.Equal(t, "SEND", mode.GetResponseHeaderMode().String())
+			require.Equal(t, "BUFFERED", mode.GetRequestBodyMode().String())
+			require.Equal(t, "SKIP", mode.GetRequestTrailerMode().String())
+			require.Equal(t, "SKIP", mode.GetResponseTrailerMode().String())
+
+			require.Equal(t, []string{"acquire", "release"}, store.ops())
+			rel := store.callsOf("release")[0]
+			require.Equal(t, store.callsOf("acquire")[0].token, rel.token)
+			_, held := store.entry(keyOf("k"))
+			require.False(t, held, "the client may retry at once")
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultReleasedStatus))
+		})
+	}
+}
+
+func TestServer_Process_bodyOverCap(t *testing.T) {
+	store := newFakeStore()
+	srv, reg := newTestServer(t, store, func(c *Config) { c.MaxStoredBody = 10 })
+	out, err := run(t, srv, endCanceled,
+		keyed("POST", "k", true),
+		respHeaders(false, ":status", "201"),
+		respBody("hello ", false), respBody("world ", false), respBody("again", true))
+	require.NoError(t, err)
+	require.Len(t, out, 5)
+	for _, r := range out[2:] {
+		require.True(t, proto.Equal(&extprocv3.BodyResponse{}, r.GetResponseBody()), "the client still gets every chunk")
+	}
+	require.Equal(t, []string{"acquire", "complete"}, store.ops())
+	rec := store.callsOf("complete")[0].rec
+	require.Equal(t, 201, rec.Status)
+	require.False(t, rec.BodyStored)
+	require.Empty(t, rec.Body)
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStoredNoBody))
+
+	// The retry learns why it cannot be replayed.
+	out, err = run(t, srv, endEOF, keyed("POST", "k", true))
+	require.NoError(t, err)
+	p, _ := requireProblem(t, out[0], 409, "response-not-stored")
+	require.Contains(t, p.Detail, "201")
+}
+
+func TestServer_Process_completesOnDetachedContext(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+	s := serve(t, srv)
+	requireContinue(t, s.roundTrip(keyed("POST", "k", true)))
+	requireContinue(t, s.roundTrip(respHeaders(false, ":status", "200")))
+	// Envoy resets the side stream as soon as the last chunk is out.
+	s.st.in <- streamItem{req: respBody("done", true), cancelFirst: true}
+	require.NoError(t, s.wait())
+
+	done := store.callsOf("complete")
+	require.Len(t, done, 1)
+	require.NoError(t, done[0].ctxErr, "complete must not run on the canceled stream context")
+	require.True(t, done[0].hasDeadline, "complete must have its own timeout")
+	require.Equal(t, "done", string(done[0].rec.Body))
+}
+
+func TestServer_Process_completeLeaseLost(t *testing.T) {
+	store := newFakeStore()
+	srv, reg := newTestServer(t, store, nil)
+	s := serve(t, srv)
+	requireContinue(t, s.roundTrip(keyed("POST", "k", true)))
+	store.steal(keyOf("k"))
+	requireContinue(t, s.roundTrip(respHeaders(true, ":status", "200")))
+	s.end(endEOF)
+	require.NoError(t, s.wait())
+
+	e, ok := store.entry(keyOf("k"))
+	require.True(t, ok)
+	require.Equal(t, "thief", e.token, "the new owner's record is not overwritten")
+	require.Nil(t, e.rec)
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_leases_lost_total", "stage", stageDone))
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultLeaseLost))
+}
+
+func TestServer_Process_completeStoreError(t *testing.T) {
+	store := newFakeStore()
+	store.failOn("complete", errRedisDown)
+	srv, reg := newTestServer(t, store, nil)
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(true, ":status", "200"))
+	require.NoError(t, err)
+	requireContinue(t, out[1])
+	require.Equal(t, []string{"acquire", "complete"}, store.ops(), "no release: the request ran, the lock must expire")
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStoreError))
+}

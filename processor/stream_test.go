@@ -1,0 +1,194 @@
+package processor
+
+import (
+	"errors"
+	"testing"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestServer_Process_endAfterForward(t *testing.T) {
+	// The request went upstream and no final response was seen: the
+	// outcome is unknown, so the lock must stay until its TTL.
+	cases := map[string][]*extprocv3.ProcessingRequest{
+		"before the response":        {keyed("POST", "k", true)},
+		"after the response headers": {keyed("POST", "k", true), respHeaders(false, ":status", "200")},
+		"during the response body": {keyed("POST", "k", false), reqBody("b", true),
+			respHeaders(false, ":status", "200"), respBody("partial", false)},
+	}
+	for name, reqs := range cases {
+		for _, kind := range endKinds {
+			t.Run(name+" by "+string(kind), func(t *testing.T) {
+				store := newFakeStore()
+				srv, reg := newTestServer(t, store, nil)
+				out, err := run(t, srv, kind, reqs...)
+				require.NoError(t, err)
+				require.Len(t, out, len(reqs))
+				require.Equal(t, []string{"acquire"}, store.ops(), "neither release nor complete")
+				e, held := store.entry(keyOf("k"))
+				require.True(t, held)
+				require.Nil(t, e.rec)
+				require.False(t, watchdogRunning(), "the watchdog stops with the stream")
+				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultUnknownOutcome))
+			})
+		}
+	}
+}
+
+func TestServer_Process_endBeforeAcquire(t *testing.T) {
+	for _, kind := range endKinds {
+		t.Run("ended by "+string(kind), func(t *testing.T) {
+			store := newFakeStore()
+			srv, _ := newTestServer(t, store, nil)
+			out, err := run(t, srv, kind, keyed("POST", "k", false))
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			require.Empty(t, store.callsOf(""))
+		})
+	}
+	t.Run("with no message at all", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, nil)
+		out, err := run(t, srv, endCanceled)
+		require.NoError(t, err)
+		require.Empty(t, out)
+		require.Empty(t, store.callsOf(""))
+	})
+}
+
+func TestServer_Process_sendFailsAfterAcquire(t *testing.T) {
+	tests := []struct {
+		name string
+		reqs []*extprocv3.ProcessingRequest
+		fail int
+	}{
+		{"continue of the headers", []*extprocv3.ProcessingRequest{keyed("POST", "k", true)}, 1},
+		{"continue of the body", []*extprocv3.ProcessingRequest{keyed("POST", "k", false), reqBody("b", true)}, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, reg := newTestServer(t, store, nil)
+			st := newFakeStream(t.Context())
+			st.failSendAt = tc.fail
+			s := serveStream(t, srv, st)
+			for _, r := range tc.reqs {
+				s.send(r)
+			}
+			require.NoError(t, s.wait())
+
+			// The CONTINUE never reached Envoy: the request is not upstream.
+			require.Equal(t, []string{"acquire", "release"}, store.ops())
+			calls := store.callsOf("")
+			require.Equal(t, calls[0].token, calls[1].token)
+			require.Error(t, st.ctx.Err())
+			require.NoError(t, calls[1].ctxErr, "release must not run on the dead stream's context")
+			require.True(t, calls[1].hasDeadline, "release must have its own timeout")
+			_, held := store.entry(keyOf("k"))
+			require.False(t, held)
+			require.False(t, watchdogRunning())
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultReleasedEarly))
+		})
+	}
+}
+
+func TestServer_Process_recvError(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+	s := serve(t, srv)
+	requireContinue(t, s.roundTrip(keyed("POST", "k", true)))
+	broken := status.Error(codes.Unavailable, "transport is closing")
+	s.st.in <- streamItem{err: broken}
+	require.ErrorIs(t, s.wait(), broken)
+	require.Equal(t, []string{"acquire"}, store.ops(), "the request may be upstream: no release")
+}
+
+func TestServer_Process_protocolViolations(t *testing.T) {
+	tests := []struct {
+		name string
+		reqs []*extprocv3.ProcessingRequest
+	}{
+		{"message without a request", []*extprocv3.ProcessingRequest{{}}},
+		{"request headers twice", []*extprocv3.ProcessingRequest{keyed("POST", "k", false), keyed("POST", "k", false)}},
+		{"streamed request body", []*extprocv3.ProcessingRequest{keyed("POST", "k", false), reqBody("part", false)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, _ := newTestServer(t, store, nil)
+			s := serve(t, srv)
+			for _, r := range tc.reqs {
+				s.send(r)
+			}
+			err := s.wait()
+			require.Equal(t, codes.InvalidArgument, status.Code(err), "got %v", err)
+			require.Len(t, s.st.out, len(tc.reqs)-1, "every valid message before got its reply")
+			require.Empty(t, store.callsOf(""))
+		})
+	}
+}
+
+func TestServer_Process_oddButValidMessages(t *testing.T) {
+	tests := []struct {
+		name  string
+		req   *extprocv3.ProcessingRequest
+		check func(*testing.T, *extprocv3.ProcessingResponse)
+	}{
+		{"body before headers", reqBody("x", true), requireContinue},
+		{"response headers without a lock", respHeaders(false, ":status", "200"), func(t *testing.T, r *extprocv3.ProcessingResponse) {
+			require.NotNil(t, r.GetResponseHeaders())
+			require.Equal(t, "NONE", r.GetModeOverride().GetResponseBodyMode().String())
+		}},
+		{"response body without a lock", respBody("x", true), requireContinue},
+		{"request trailers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{}},
+			func(t *testing.T, r *extprocv3.ProcessingResponse) { require.NotNil(t, r.GetRequestTrailers()) }},
+		{"response trailers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{
+			ResponseTrailers: &extprocv3.HttpTrailers{}}},
+			func(t *testing.T, r *extprocv3.ProcessingResponse) { require.NotNil(t, r.GetResponseTrailers()) }},
+		{"nil request headers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{}},
+			func(t *testing.T, r *extprocv3.ProcessingResponse) { requireSkipRest(t, r.GetModeOverride()) }},
+		{"request headers without a header map", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+			RequestHeaders: &extprocv3.HttpHeaders{EndOfStream: true}}},
+			func(t *testing.T, r *extprocv3.ProcessingResponse) { requireSkipRest(t, r.GetModeOverride()) }},
+		{"nil response headers", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{}},
+			func(t *testing.T, r *extprocv3.ProcessingResponse) { require.NotNil(t, r.GetResponseHeaders()) }},
+		{"nil request body", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{}}, requireContinue},
+		{"nil response body", &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{}}, requireContinue},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, _ := newTestServer(t, store, nil)
+			out, err := run(t, srv, endEOF, tc.req)
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			tc.check(t, out[0])
+			require.Empty(t, store.callsOf(""))
+		})
+	}
+}
+
+func TestServer_Process_nilHeadersAfterAcquire(t *testing.T) {
+	// Response headers without :status cannot be stored: release the key.
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true),
+		&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{}})
+	require.NoError(t, err)
+	require.Len(t, out, 2)
+	require.Equal(t, "NONE", out[1].GetModeOverride().GetResponseBodyMode().String())
+	require.Equal(t, []string{"acquire", "release"}, store.ops())
+}
+
+func TestServer_Process_releaseErrorIsSwallowed(t *testing.T) {
+	store := newFakeStore()
+	store.failOn("release", errors.New("redis: i/o timeout"))
+	srv, _ := newTestServer(t, store, nil)
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "500"))
+	require.NoError(t, err)
+	require.Len(t, out, 2)
+	require.Equal(t, []string{"acquire", "release"}, store.ops())
+}
