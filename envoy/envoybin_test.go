@@ -55,7 +55,9 @@ type envoyPorts struct {
 	listener, admin int
 	idemproxy       string // host:port
 	backend         string // host:port
-	routeTimeout    string // replaces "timeout: 60s" when set
+	// edits are further exact replacements, each matching once, for tests
+	// that need one setting changed.
+	edits [][2]string
 }
 
 // renderConfig rewrites the shipped envoy.yaml for this test's ports. Every
@@ -79,9 +81,9 @@ func renderConfig(t *testing.T, src string, p envoyPorts) string {
 		require.Equal(t, 1, strings.Count(cfg, r[0]), "%s: expected exactly one %q", src, r[0])
 		cfg = strings.Replace(cfg, r[0], r[1], 1)
 	}
-	if p.routeTimeout != "" {
-		require.Equal(t, 1, strings.Count(cfg, "timeout: 60s"), "%s: expected one route timeout", src)
-		cfg = strings.Replace(cfg, "timeout: 60s", "timeout: "+p.routeTimeout, 1)
+	for _, r := range p.edits {
+		require.Equal(t, 1, strings.Count(cfg, r[0]), "%s: expected exactly one %q", src, r[0])
+		cfg = strings.Replace(cfg, r[0], r[1], 1)
 	}
 	out := filepath.Join(t.TempDir(), "envoy.yaml")
 	require.NoError(t, os.WriteFile(out, []byte(cfg), 0o600))

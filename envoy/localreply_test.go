@@ -38,7 +38,7 @@ func TestEndToEnd_BackendUnreachable(t *testing.T) {
 func TestEndToEnd_UpstreamTimeout(t *testing.T) {
 	s := startStackWith(t, stackConfig{
 		idemproxyArgs: []string{"--lock-ttl", "2s", "--heartbeat", "500ms"},
-		routeTimeout:  "1s",
+		envoyEdits:    [][2]string{{"timeout: 60s", "timeout: 1s"}},
 	})
 	key := newKey(t)
 	start := time.Now()

@@ -33,8 +33,8 @@ type stack struct {
 // stackConfig varies a stack from the shipped defaults.
 type stackConfig struct {
 	idemproxyArgs []string
-	// routeTimeout replaces the routes' 60 s timeout in envoy.yaml.
-	routeTimeout string
+	// envoyEdits change envoy.yaml: exact replacements, each matching once.
+	envoyEdits [][2]string
 }
 
 // startStack starts everything; idemproxyArgs are added to idemproxy's flags.
@@ -69,7 +69,7 @@ func startStackWith(t *testing.T, c stackConfig) *stack {
 	})
 
 	ports := envoyPorts{listener: freePort(t), admin: freePort(t), idemproxy: grpcAddr, backend: s.backendAddr,
-		routeTimeout: c.routeTimeout}
+		edits: c.envoyEdits}
 	cfg := renderConfig(t, "envoy.yaml", ports)
 	s.envoy = startEnvoy(t, envoyBin, cfg, ports.admin)
 	s.envoyAdmin = ports.admin

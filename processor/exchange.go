@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
@@ -55,7 +56,7 @@ func (s *Server) newExchange(ctx context.Context) *exchange {
 func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
 	switch m := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return e.onRequestHeaders(m.RequestHeaders)
+		return e.onRequestHeaders(m.RequestHeaders, req.GetProtocolConfig())
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return e.onRequestBody(m.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
@@ -79,7 +80,7 @@ func (e *exchange) sent() {
 	}
 }
 
-func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
+func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration) (*extprocv3.ProcessingResponse, error) {
 	if e.sawRequestHeaders {
 		return nil, errors.New("processor: request headers received twice")
 	}
@@ -116,6 +117,14 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Proces
 		return problemReply(probInvalidKey, err.Error(), ""), nil
 	}
 	e.key = storeKey(scope, key)
+	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
+		// Without the buffered body there is no fingerprint, and answering
+		// the headers would let the request upstream unguarded.
+		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
+		e.log.Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
+			"request_body_mode", pc.GetRequestBodyMode().String())
+		return problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), nil
+	}
 	if !h.GetEndOfStream() {
 		// BUFFERED: Envoy holds the headers until we answer the body.
 		e.waitingBody = true

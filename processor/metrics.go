@@ -9,15 +9,16 @@ import (
 
 // Request outcomes: the decision taken for each request that reached us.
 const (
-	outcomePassthrough = "passthrough"
-	outcomeAcquired    = "acquired"
-	outcomeReplayed    = "replayed"
-	outcomeConflict    = "in_progress_conflict"
-	outcomeMismatch    = "fingerprint_mismatch"
-	outcomeInvalidKey  = "invalid_key"
-	outcomeStoreError  = "store_error"
-	outcomeFailOpen    = "fail_open"
-	outcomeNotStored   = "not_stored"
+	outcomePassthrough   = "passthrough"
+	outcomeAcquired      = "acquired"
+	outcomeReplayed      = "replayed"
+	outcomeConflict      = "in_progress_conflict"
+	outcomeMismatch      = "fingerprint_mismatch"
+	outcomeInvalidKey    = "invalid_key"
+	outcomeStoreError    = "store_error"
+	outcomeFailOpen      = "fail_open"
+	outcomeNotStored     = "not_stored"
+	outcomeMisconfigured = "misconfigured"
 )
 
 // Response results: what became of an acquired key.
@@ -86,7 +87,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored} {
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured} {
 		m.requests.WithLabelValues(o)
 	}
 	for _, r := range []string{resultStored, resultStoredNoBody, resultReleasedStatus, resultReleasedEarly,

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/stretchr/testify/require"
 )
 
@@ -267,5 +269,35 @@ func TestServer_Process_storeError(t *testing.T) {
 		require.Equal(t, "NONE", out[1].GetModeOverride().GetResponseBodyMode().String())
 		require.Equal(t, []string{"acquire"}, store.ops())
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeFailOpen))
+	})
+}
+
+func TestServer_Process_bodyNotBuffered(t *testing.T) {
+	modes := map[string]filterv3.ProcessingMode_BodySendMode{
+		"none":     filterv3.ProcessingMode_NONE,
+		"streamed": filterv3.ProcessingMode_STREAMED,
+	}
+	for name, mode := range modes {
+		t.Run("request body mode "+name+" is refused before anything goes upstream", func(t *testing.T) {
+			store := newFakeStore()
+			srv, reg := newTestServer(t, store, nil)
+			req := keyed("POST", "k", false)
+			req.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: mode}
+			out, err := run(t, srv, endEOF, req)
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			requireProblem(t, out[0], 500, "misconfigured")
+			require.Empty(t, store.callsOf(""))
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeMisconfigured))
+		})
+	}
+	t.Run("a request without a body needs no buffering", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, nil)
+		req := keyed("GET", "k", true)
+		req.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: filterv3.ProcessingMode_NONE}
+		out, err := run(t, srv, endEOF, req)
+		require.NoError(t, err)
+		requireContinue(t, out[0])
 	})
 }
