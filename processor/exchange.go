@@ -28,9 +28,11 @@ const (
 // exchange is the state of one stream, i.e. one HTTP request. Only the
 // Process goroutine touches it, apart from the watchdog it owns.
 type exchange struct {
-	srv *Server
-	ctx context.Context
-	log *slog.Logger
+	srv       *Server
+	ctx       context.Context
+	log       *slog.Logger
+	pol       policy
+	policyErr error // invalid per-route metadata: every keyed request is refused
 
 	sawRequestHeaders bool
 	waitingBody       bool // key found; the fingerprint needs the body
@@ -46,10 +48,12 @@ type exchange struct {
 }
 
 func (s *Server) newExchange(ctx context.Context) *exchange {
-	return &exchange{
+	e := &exchange{
 		srv: s, ctx: ctx,
 		log: s.log.With("stream", s.streams.Add(1)),
 	}
+	e.pol, e.policyErr = s.policyFor(ctx)
+	return e
 }
 
 // handle returns the one reply a message needs; an error ends the stream.
@@ -104,7 +108,20 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 			scope[1+i] = headerValue(hv)
 		}
 	}
-	if len(keys) == 0 || (e.srv.methods != nil && !e.srv.methods[e.method]) {
+	if e.policyErr != nil {
+		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
+		e.log.Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
+			"error", e.policyErr.Error())
+		return problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), nil
+	}
+	if e.srv.methods != nil && !e.srv.methods[e.method] {
+		keys = nil
+	}
+	if len(keys) == 0 && e.pol.keyRequired {
+		e.srv.metrics.requests.WithLabelValues(outcomeKeyRequired).Inc()
+		return problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), nil
+	}
+	if len(keys) == 0 {
 		e.srv.metrics.requests.WithLabelValues(outcomePassthrough).Inc()
 		resp := continueRequestHeaders()
 		resp.ModeOverride = skipRest()
@@ -171,7 +188,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
 	start := time.Now()
-	acq, err := e.srv.store.Acquire(ctx, e.key, token, fp, e.srv.cfg.LockTTL)
+	acq, err := e.srv.store.Acquire(ctx, e.key, token, fp, e.pol.lockTTL)
 	cancel()
 	e.srv.metrics.observeStore("acquire", start, err)
 	if err != nil {
@@ -183,7 +200,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
 		e.token, e.lock = token, lockAcquired
 		e.rec.Fingerprint = fp
-		e.dog = e.srv.startWatchdog(e.ctx, e.log, e.key, token)
+		e.dog = e.srv.startWatchdog(e.ctx, e.log, e.key, token, e.pol)
 		return cont()
 	case !bytes.Equal(acq.Fingerprint, fp):
 		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
@@ -298,7 +315,7 @@ func (e *exchange) complete() {
 	ctx, cancel := e.srv.detached(e.ctx)
 	defer cancel()
 	start := time.Now()
-	err := e.srv.store.Complete(ctx, e.key, e.token, e.rec, e.srv.cfg.Retention)
+	err := e.srv.store.Complete(ctx, e.key, e.token, e.rec, e.pol.retention)
 	e.srv.metrics.observeStore("complete", start, err)
 	switch {
 	case errors.Is(err, ErrLeaseLost):
@@ -354,5 +371,5 @@ func (e *exchange) abandon(why string, attrs ...any) {
 	e.dog.stop()
 	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
 	e.log.Warn("outcome unknown; lock left to expire: "+why,
-		append(attrs, "lock_ttl", e.srv.cfg.LockTTL.String())...)
+		append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
 }

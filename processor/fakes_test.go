@@ -84,6 +84,7 @@ func (f *fakeStream) Send(resp *extprocv3.ProcessingResponse) error {
 type storeCall struct {
 	op, key, token string
 	fp             []byte
+	ttl            time.Duration // lock TTL or retention asked for
 	rec            Record
 	ctxErr         error
 	hasDeadline    bool
@@ -124,7 +125,7 @@ func (s *fakeStore) record(ctx context.Context, c storeCall) error {
 func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, lockTTL time.Duration) (Acquisition, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.record(ctx, storeCall{op: "acquire", key: key, token: token, fp: fp}); err != nil {
+	if err := s.record(ctx, storeCall{op: "acquire", key: key, token: token, fp: fp, ttl: lockTTL}); err != nil {
 		return Acquisition{}, err
 	}
 	e, ok := s.entries[key]
@@ -143,7 +144,7 @@ func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, l
 func (s *fakeStore) Renew(ctx context.Context, key, token string, lockTTL time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.record(ctx, storeCall{op: "renew", key: key, token: token}); err != nil {
+	if err := s.record(ctx, storeCall{op: "renew", key: key, token: token, ttl: lockTTL}); err != nil {
 		return err
 	}
 	e, ok := s.entries[key]
@@ -154,10 +155,10 @@ func (s *fakeStore) Renew(ctx context.Context, key, token string, lockTTL time.D
 	return nil
 }
 
-func (s *fakeStore) Complete(ctx context.Context, key, token string, rec Record, _ time.Duration) error {
+func (s *fakeStore) Complete(ctx context.Context, key, token string, rec Record, retention time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.record(ctx, storeCall{op: "complete", key: key, token: token, rec: cloneRecord(rec)}); err != nil {
+	if err := s.record(ctx, storeCall{op: "complete", key: key, token: token, rec: cloneRecord(rec), ttl: retention}); err != nil {
 		return err
 	}
 	e, ok := s.entries[key]

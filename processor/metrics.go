@@ -19,6 +19,7 @@ const (
 	outcomeFailOpen      = "fail_open"
 	outcomeNotStored     = "not_stored"
 	outcomeMisconfigured = "misconfigured"
+	outcomeKeyRequired   = "key_required"
 )
 
 // Response results: what became of an acquired key.
@@ -87,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured} {
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired} {
 		m.requests.WithLabelValues(o)
 	}
 	for _, r := range []string{resultStored, resultStoredNoBody, resultReleasedStatus, resultReleasedEarly,

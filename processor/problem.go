@@ -17,6 +17,7 @@ const problemBase = "urn:idemproxy:problem:"
 
 var (
 	probInvalidKey    = problemType{"invalid-key", "Invalid idempotency key", 400}
+	probKeyRequired   = problemType{"key-required", "Idempotency key required", 400}
 	probInProgress    = problemType{"in-progress", "A request with this idempotency key is in progress", 409}
 	probMismatch      = problemType{"fingerprint-mismatch", "Idempotency key reused with a different request", 422}
 	probNotStored     = problemType{"response-not-stored", "The original response was not stored", 409}

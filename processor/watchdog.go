@@ -17,12 +17,12 @@ type watchdog struct {
 	once   sync.Once
 }
 
-func (s *Server) startWatchdog(ctx context.Context, log *slog.Logger, key, token string) *watchdog {
+func (s *Server) startWatchdog(ctx context.Context, log *slog.Logger, key, token string, p policy) *watchdog {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &watchdog{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
-		t := time.NewTicker(s.cfg.Heartbeat)
+		t := time.NewTicker(p.heartbeat)
 		defer t.Stop()
 		for {
 			select {
@@ -30,7 +30,7 @@ func (s *Server) startWatchdog(ctx context.Context, log *slog.Logger, key, token
 				return
 			case <-t.C:
 			}
-			if lost := s.renew(ctx, log, key, token); lost {
+			if lost := s.renew(ctx, log, key, token, p.lockTTL); lost {
 				return
 			}
 		}
@@ -39,13 +39,13 @@ func (s *Server) startWatchdog(ctx context.Context, log *slog.Logger, key, token
 }
 
 // renew extends the lock once; it reports whether the lease is gone.
-func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string) bool {
+func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string, lockTTL time.Duration) bool {
 	// Bounded like every request-path call, so a slow Redis cannot stall
 	// the next heartbeat past the TTL unnoticed.
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
 	start := time.Now()
-	err := s.store.Renew(rctx, key, token, s.cfg.LockTTL)
+	err := s.store.Renew(rctx, key, token, lockTTL)
 	s.metrics.observeStore("renew", start, err)
 	switch {
 	case err == nil:

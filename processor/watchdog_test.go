@@ -122,7 +122,7 @@ func TestWatchdog_stop(t *testing.T) {
 	})
 	t.Run("twice", func(t *testing.T) {
 		srv, _ := newTestServer(t, newFakeStore(), fastHeartbeat)
-		w := srv.startWatchdog(t.Context(), srv.log, "k", "token")
+		w := srv.startWatchdog(t.Context(), srv.log, "k", "token", policy{lockTTL: srv.cfg.LockTTL, heartbeat: srv.cfg.Heartbeat})
 		w.stop()
 		w.stop()
 		require.False(t, watchdogRunning())

@@ -1,0 +1,79 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// Per-route policy: Envoy's ExtProcPerRoute.overrides.grpc_initial_metadata
+// sends these as gRPC metadata on each stream of a route, so a route can
+// change its settings without restarting idemproxy.
+const (
+	mdLockTTL     = "x-idemproxy-lock-ttl"     // duration, at least 1s
+	mdHeartbeat   = "x-idemproxy-heartbeat"    // duration, below the lock TTL
+	mdRetention   = "x-idemproxy-retention"    // duration, at least the lock TTL
+	mdKeyRequired = "x-idemproxy-key-required" // true: a request without a key gets 400
+)
+
+// policy is the part of the configuration a route may override.
+type policy struct {
+	lockTTL     time.Duration
+	heartbeat   time.Duration
+	retention   time.Duration
+	keyRequired bool
+}
+
+// policyFor starts from the server's configuration and applies the stream's
+// metadata. An invalid value is an operator error: the caller refuses the
+// request rather than guess.
+func (s *Server) policyFor(ctx context.Context) (policy, error) {
+	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention}
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return p, nil
+	}
+	var errs []error
+	duration := func(name string, dst *time.Duration) bool {
+		v := md.Get(name)
+		if len(v) == 0 {
+			return false
+		}
+		d, err := time.ParseDuration(v[len(v)-1])
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%q is not a positive duration", name, v[len(v)-1]))
+			return false
+		}
+		*dst = d
+		return true
+	}
+	ttlSet := duration(mdLockTTL, &p.lockTTL)
+	if !duration(mdHeartbeat, &p.heartbeat) && ttlSet && p.heartbeat >= p.lockTTL {
+		// A route that shortens the TTL below the global heartbeat still
+		// needs renewals in time: three per TTL.
+		p.heartbeat = p.lockTTL / 3
+	}
+	duration(mdRetention, &p.retention)
+	if v := md.Get(mdKeyRequired); len(v) > 0 {
+		b, err := strconv.ParseBool(v[len(v)-1])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q is not a boolean", mdKeyRequired, v[len(v)-1]))
+		}
+		p.keyRequired = b
+	}
+	if len(errs) == 0 {
+		switch {
+		case p.lockTTL < time.Second:
+			errs = append(errs, fmt.Errorf("%s %v must be at least 1s", mdLockTTL, p.lockTTL))
+		case p.heartbeat >= p.lockTTL:
+			errs = append(errs, fmt.Errorf("%s %v must be shorter than the lock TTL %v", mdHeartbeat, p.heartbeat, p.lockTTL))
+		case p.retention < p.lockTTL:
+			errs = append(errs, fmt.Errorf("%s %v must be at least the lock TTL %v", mdRetention, p.retention, p.lockTTL))
+		}
+	}
+	return p, errors.Join(errs...)
+}
