@@ -35,7 +35,7 @@ func TestEndToEnd_GracefulShutdown(t *testing.T) {
 	rdb := s.redis.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	keys, err := rdb.Keys(ctx, redisstore.DefaultPrefix+"*").Result()
+	keys, err := rdb.Keys(ctx, redisstore.DefaultPrefix+"{*}").Result() // the record, not its fence counter
 	require.NoError(t, err)
 	require.Len(t, keys, 1)
 	state, err := rdb.HGet(ctx, keys[0], "st").Result()

@@ -127,18 +127,28 @@ func (s *stack) do(t testing.TB, method, path, body string, headers ...string) r
 	return reply{status: resp.StatusCode, header: resp.Header, body: b, elapsed: time.Since(start)}
 }
 
-// executions is how often key reached the backend.
-func (s *stack) executions(t testing.TB, key string) int {
+// backendStats is the mock backend's /stats.
+type backendStats struct {
+	Total       int              `json:"total"`
+	Keys        map[string]int   `json:"keys"`
+	StaleFences map[string]int   `json:"stale_fences"`
+	Fences      map[string]int64 `json:"fences"`
+}
+
+func (s *stack) stats(t testing.TB) backendStats {
 	t.Helper()
 	resp, err := http.Get(s.backend + "/stats")
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	var st struct {
-		Total int            `json:"total"`
-		Keys  map[string]int `json:"keys"`
-	}
+	var st backendStats
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
-	return st.Keys[key]
+	return st
+}
+
+// executions is how often key reached the backend and ran.
+func (s *stack) executions(t testing.TB, key string) int {
+	t.Helper()
+	return s.stats(t).Keys[key]
 }
 
 // metric returns the value of one idemproxy metric line, e.g.

@@ -34,6 +34,13 @@ type Config struct {
 	ExcludeHeaders []string
 	// FailOpen lets requests through unguarded when the store fails.
 	FailOpen bool
+	// HoldUnknown keeps a key whose outcome is unknown (the request went
+	// upstream, no final response was seen) refused for the retention
+	// period, instead of letting its lock expire after the lock TTL.
+	HoldUnknown bool
+	// FenceHeader is the request header that carries the grant's fencing
+	// token upstream; empty disables it.
+	FenceHeader string
 	// StoreTimeout bounds each store call on the request path; it must be
 	// well under Envoy's message_timeout so the client gets our 503, not
 	// Envoy's 504.
@@ -53,6 +60,7 @@ func DefaultConfig() Config {
 		MaxStoredBody:   1 << 20,
 		NoStore:         MustParseStatusSet("5xx,408,425,429"),
 		ExcludeHeaders:  []string{"set-cookie"},
+		FenceHeader:     "idempotency-fence",
 		StoreTimeout:    time.Second,
 		FinalizeTimeout: 5 * time.Second,
 	}
@@ -64,7 +72,11 @@ func (c Config) Validate() error {
 	if len(c.KeyHeaders) == 0 {
 		errs = append(errs, errors.New("at least one key header is required"))
 	}
-	for _, h := range append(append([]string{}, c.KeyHeaders...), c.ScopeHeaders...) {
+	names := append(append([]string{}, c.KeyHeaders...), c.ScopeHeaders...)
+	if c.FenceHeader != "" {
+		names = append(names, c.FenceHeader)
+	}
+	for _, h := range names {
 		if !validHeaderName(h) {
 			errs = append(errs, fmt.Errorf("header name %q must be a lower-case token", h))
 		}

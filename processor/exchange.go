@@ -201,10 +201,13 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		e.token, e.lock = token, lockAcquired
 		e.rec.Fingerprint = fp
 		e.dog = e.srv.startWatchdog(e.ctx, e.log, e.key, token, e.pol)
-		return cont()
+		return e.srv.fence(cont(), acq.Fence)
 	case !bytes.Equal(acq.Fingerprint, fp):
 		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
 		return problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
+	case acq.State == StateUnknown:
+		e.srv.metrics.requests.WithLabelValues(outcomeUnknown).Inc()
+		return problemReply(probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
 	case acq.State == StateInProgress:
 		e.srv.metrics.requests.WithLabelValues(outcomeConflict).Inc()
 		return problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
@@ -230,7 +233,7 @@ func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingRespo
 	if e.srv.cfg.FailOpen {
 		e.srv.metrics.requests.WithLabelValues(outcomeFailOpen).Inc()
 		e.log.Warn("store failed; request let through unguarded (fail-open)", "error", err)
-		return cont()
+		return e.srv.fence(cont(), 0)
 	}
 	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
 	e.log.Error("store failed; request refused (fail-closed)", "error", err)
@@ -370,6 +373,28 @@ func (e *exchange) abandon(why string, attrs ...any) {
 	e.collecting = false
 	e.dog.stop()
 	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
-	e.log.Warn("outcome unknown; lock left to expire: "+why,
-		append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
+	if !e.srv.cfg.HoldUnknown {
+		e.log.Warn("outcome unknown; lock left to expire: "+why,
+			append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
+		return
+	}
+	// --on-unknown=hold: keep the key refused for the retention period
+	// instead of letting a retry run it again after the lock TTL.
+	ctx, cancel := e.srv.detached(e.ctx)
+	defer cancel()
+	start := time.Now()
+	err := e.srv.store.Abandon(ctx, e.key, e.token, e.pol.retention)
+	e.srv.metrics.observeStore("abandon", start, err)
+	switch {
+	case errors.Is(err, ErrLeaseLost):
+		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
+		e.log.Warn("outcome unknown, but the lease was already lost; not holding the key: "+why, attrs...)
+	case err != nil:
+		e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
+		e.log.Error("outcome unknown, and holding the key failed; the lock expires after its TTL: "+why,
+			append(attrs, "error", err)...)
+	default:
+		e.log.Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,
+			append(attrs, "hold", e.pol.retention.String())...)
+	}
 }

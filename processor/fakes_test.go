@@ -90,12 +90,15 @@ type storeCall struct {
 	hasDeadline    bool
 }
 
-// storeEntry is one key; rec is nil while the key is in progress.
+// storeEntry is one key; rec is nil while the key is in progress or held
+// as outcome unknown.
 type storeEntry struct {
-	token string
-	fp    []byte
-	ttl   time.Duration
-	rec   *Record
+	token   string
+	fp      []byte
+	ttl     time.Duration
+	rec     *Record
+	unknown bool
+	fence   int64
 }
 
 // fakeStore is an in-memory Store with the real semantics (in progress,
@@ -106,12 +109,27 @@ type fakeStore struct {
 	entries map[string]*storeEntry
 	calls   []storeCall
 	fail    map[string]error // op -> error returned instead of acting
+	fences  map[string]int64 // grows per grant, survives deletion
+}
+
+func (s *fakeStore) Abandon(ctx context.Context, key, token string, hold time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "abandon", key: key, token: token, ttl: hold}); err != nil {
+		return err
+	}
+	e, ok := s.entries[key]
+	if !ok || e.rec != nil || e.unknown || e.token != token {
+		return ErrLeaseLost
+	}
+	e.unknown, e.token, e.ttl = true, "", hold
+	return nil
 }
 
 var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{entries: map[string]*storeEntry{}, fail: map[string]error{}}
+	return &fakeStore{entries: map[string]*storeEntry{}, fail: map[string]error{}, fences: map[string]int64{}}
 }
 
 // record logs a call and returns the error the test asked op to fail with.
@@ -131,8 +149,11 @@ func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, l
 	e, ok := s.entries[key]
 	switch {
 	case !ok:
-		s.entries[key] = &storeEntry{token: token, fp: bytes.Clone(fp), ttl: lockTTL}
-		return Acquisition{State: StateAcquired}, nil
+		s.fences[key]++
+		s.entries[key] = &storeEntry{token: token, fp: bytes.Clone(fp), ttl: lockTTL, fence: s.fences[key]}
+		return Acquisition{State: StateAcquired, Fence: s.fences[key]}, nil
+	case e.unknown:
+		return Acquisition{State: StateUnknown, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
 	case e.rec == nil:
 		return Acquisition{State: StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
 	default:

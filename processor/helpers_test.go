@@ -173,7 +173,8 @@ func respBody(body string, eos bool) *extprocv3.ProcessingRequest {
 // keyOf is the store key the processor derives for testAuthority and key.
 func keyOf(key string) string { return storeKey([]string{testAuthority}, key) }
 
-// requireContinue checks a plain CONTINUE without mutation or override.
+// requireContinue checks a plain CONTINUE without override; the only
+// mutation allowed is the fencing header sent upstream with a grant.
 func requireContinue(t *testing.T, resp *extprocv3.ProcessingResponse) {
 	t.Helper()
 	require.NotNil(t, resp)
@@ -193,7 +194,12 @@ func requireContinue(t *testing.T, resp *extprocv3.ProcessingResponse) {
 		t.Fatalf("unexpected reply %T", r)
 	}
 	require.Equal(t, extprocv3.CommonResponse_CONTINUE, common.GetStatus())
-	require.Nil(t, common.GetHeaderMutation())
+	for _, h := range common.GetHeaderMutation().GetSetHeaders() {
+		require.Equal(t, "idempotency-fence", h.GetHeader().GetKey())
+	}
+	for _, h := range common.GetHeaderMutation().GetRemoveHeaders() {
+		require.Equal(t, "idempotency-fence", h)
+	}
 	require.Nil(t, common.GetBodyMutation())
 }
 
@@ -272,4 +278,20 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 func watchdogRunning() bool {
 	buf := make([]byte, 1<<20)
 	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "startWatchdog")
+}
+
+// fenceOf returns the fencing header a CONTINUE sets, "" when none, and
+// whether it removes a client's.
+func fenceOf(resp *extprocv3.ProcessingResponse) (set string, removed bool) {
+	var common *extprocv3.CommonResponse
+	switch r := resp.GetResponse().(type) {
+	case *extprocv3.ProcessingResponse_RequestHeaders:
+		common = r.RequestHeaders.GetResponse()
+	case *extprocv3.ProcessingResponse_RequestBody:
+		common = r.RequestBody.GetResponse()
+	}
+	for _, h := range common.GetHeaderMutation().GetSetHeaders() {
+		set = string(h.GetHeader().GetRawValue())
+	}
+	return set, len(common.GetHeaderMutation().GetRemoveHeaders()) > 0
 }

@@ -20,6 +20,7 @@ const (
 	outcomeNotStored     = "not_stored"
 	outcomeMisconfigured = "misconfigured"
 	outcomeKeyRequired   = "key_required"
+	outcomeUnknown       = "outcome_unknown"
 )
 
 // Response results: what became of an acquired key.
@@ -88,7 +89,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired} {
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown} {
 		m.requests.WithLabelValues(o)
 	}
 	for _, r := range []string{resultStored, resultStoredNoBody, resultReleasedStatus, resultReleasedEarly,

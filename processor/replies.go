@@ -1,6 +1,8 @@
 package processor
 
 import (
+	"strconv"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -102,4 +104,27 @@ func problemReply(p problemType, detail, retryAfter string) *extprocv3.Processin
 		hs = append(hs, Header{Name: "retry-after", Value: retryAfter})
 	}
 	return immediate(p.status, hs, p.body(detail), "idemproxy_"+p.slug)
+}
+
+// fence adds the grant's fencing token to the request going upstream, or,
+// with fence 0 (no grant: fail-open), removes any the client sent, so a
+// backend never trusts a fence that idemproxy did not issue.
+func (s *Server) fence(resp *extprocv3.ProcessingResponse, fence int64) *extprocv3.ProcessingResponse {
+	if s.cfg.FenceHeader == "" {
+		return resp
+	}
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: []string{s.cfg.FenceHeader}}
+	if fence > 0 {
+		mut = &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{
+			Header: &corev3.HeaderValue{Key: s.cfg.FenceHeader, RawValue: strconv.AppendInt(nil, fence, 10)},
+		}}}
+	}
+	common := &extprocv3.CommonResponse{HeaderMutation: mut}
+	switch r := resp.GetResponse().(type) {
+	case *extprocv3.ProcessingResponse_RequestHeaders:
+		r.RequestHeaders.Response = common
+	case *extprocv3.ProcessingResponse_RequestBody:
+		r.RequestBody.Response = common
+	}
+	return resp
 }

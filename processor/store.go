@@ -22,6 +22,10 @@ type Store interface {
 	// Release deletes the in-progress record. ErrLeaseLost when token no
 	// longer owns it: nothing is deleted then.
 	Release(ctx context.Context, key, token string) error
+	// Abandon marks the in-progress record "outcome unknown" and keeps it
+	// for hold: the request may have run, so retries must not run it again.
+	// ErrLeaseLost when token no longer owns it.
+	Abandon(ctx context.Context, key, token string, hold time.Duration) error
 }
 
 // ErrLeaseLost reports that the owner token no longer holds the record: it
@@ -38,6 +42,9 @@ const (
 	StateInProgress
 	// StateCompleted means the key holds a stored response.
 	StateCompleted
+	// StateUnknown means an earlier request with the key may have run, but
+	// its outcome was never seen (held with --on-unknown=hold).
+	StateUnknown
 )
 
 // String names the state for logs.
@@ -49,6 +56,8 @@ func (s State) String() string {
 		return "in_progress"
 	case StateCompleted:
 		return "completed"
+	case StateUnknown:
+		return "outcome_unknown"
 	default:
 		return "unknown"
 	}
@@ -64,6 +73,10 @@ type Acquisition struct {
 	LockTTL time.Duration
 	// Record is the stored response (StateCompleted only).
 	Record *Record
+	// Fence is the fencing token of this grant (StateAcquired only): it
+	// grows with every grant of the key, so a backend can refuse a request
+	// whose lease was lost to a newer one.
+	Fence int64
 }
 
 // Record is a completed response as stored for replay.

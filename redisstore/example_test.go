@@ -2,6 +2,8 @@ package redisstore_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -23,11 +25,14 @@ func Example() {
 	// header; the store hashes it before it reaches Redis.
 	key := "POST /orders\x00idempotency-key-123"
 	fingerprint := []byte("sha256 of method, path and body")
-	token, err := redisstore.NewToken()
-	if err != nil {
+	// The owner token must be unguessable: holding it allows renewing,
+	// completing or releasing the lock.
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
 		fmt.Println("no token:", err)
 		return
 	}
+	token := hex.EncodeToString(b[:])
 
 	acq, err := store.Acquire(ctx, key, token, fingerprint, 30*time.Second)
 	if err != nil {

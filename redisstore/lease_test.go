@@ -153,7 +153,8 @@ func TestStore_expiry(t *testing.T) {
 		require.ErrorIs(t, s.Renew(t.Context(), "expire", old, time.Minute), processor.ErrLeaseLost)
 		require.ErrorIs(t, s.Release(t.Context(), "expire", old), processor.ErrLeaseLost)
 		fields, _ := snapshot(t, s, c, "expire")
-		require.Equal(t, map[string]string{"st": "p", "tok": next, "fp": "next"}, fields)
+		require.Equal(t, map[string]string{"st": "p", "tok": next, "fp": "next", "fence": "2"}, fields,
+			"the new owner holds the next fence")
 	})
 
 	t.Run("after expiry with no new owner the old owner's complete writes nothing", func(t *testing.T) {

@@ -16,9 +16,13 @@ func parseAcquire(reply []any) (processor.Acquisition, error) {
 		state, _ = reply[0].(string)
 	}
 	switch {
-	case state == "acquired" && len(reply) == 1:
-		return processor.Acquisition{State: processor.StateAcquired}, nil
-	case state == "in_progress" && len(reply) == 3:
+	case state == "acquired" && len(reply) == 2:
+		fence, ok := reply[1].(int64)
+		if !ok {
+			return processor.Acquisition{}, fmt.Errorf("%w: acquire: no fence", ErrCorruptRecord)
+		}
+		return processor.Acquisition{State: processor.StateAcquired, Fence: fence}, nil
+	case (state == "in_progress" || state == "unknown") && len(reply) == 3:
 		fp, ok := reply[1].(string)
 		pttl, ok2 := reply[2].(int64)
 		if !ok || !ok2 {
@@ -26,8 +30,12 @@ func parseAcquire(reply []any) (processor.Acquisition, error) {
 		}
 		// PTTL is negative only for a key without expiry, which the scripts
 		// never create; report no time left rather than a negative duration.
+		st := processor.StateInProgress
+		if state == "unknown" {
+			st = processor.StateUnknown
+		}
 		return processor.Acquisition{
-			State:       processor.StateInProgress,
+			State:       st,
 			Fingerprint: []byte(fp),
 			LockTTL:     time.Duration(max(pttl, 0)) * time.Millisecond,
 		}, nil
@@ -74,4 +82,42 @@ func parseRecord(f []any) (*processor.Record, error) {
 		return nil, fmt.Errorf("%w: body-stored flag %q", ErrCorruptRecord, bs)
 	}
 	return rec, nil
+}
+
+// parseInspect decodes inspect.lua's reply; Redis nil arrives as a nil element.
+func parseInspect(v []any) (KeyInfo, error) {
+	if len(v) != 7 {
+		return KeyInfo{}, fmt.Errorf("%w: inspect: %d elements", ErrCorruptRecord, len(v))
+	}
+	str := func(i int) string { s, _ := v[i].(string); return s }
+	num := func(i int) int64 {
+		switch x := v[i].(type) {
+		case int64:
+			return x
+		case string:
+			n, _ := strconv.ParseInt(x, 10, 64)
+			return n
+		}
+		return 0
+	}
+	info := KeyInfo{LastFence: num(6)}
+	switch str(0) {
+	case "":
+		return info, nil
+	case "p":
+		info.State = processor.StateInProgress.String()
+	case "c":
+		info.State = processor.StateCompleted.String()
+	case "u":
+		info.State = processor.StateUnknown.String()
+	default:
+		return KeyInfo{}, fmt.Errorf("%w: inspect: state %q", ErrCorruptRecord, str(0))
+	}
+	info.Exists = true
+	info.Status = int(num(1))
+	info.BodyStored = str(2) == "1"
+	info.BodyBytes = num(3)
+	info.TTL = time.Duration(max(num(4), 0)) * time.Millisecond
+	info.Fence = num(5)
+	return info, nil
 }

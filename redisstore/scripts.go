@@ -26,4 +26,12 @@ var (
 	//go:embed lua/release.lua
 	releaseSrc    string
 	releaseScript = redis.NewScript(releaseSrc)
+
+	//go:embed lua/abandon.lua
+	abandonSrc    string
+	abandonScript = redis.NewScript(abandonSrc)
+
+	//go:embed lua/inspect.lua
+	inspectSrc    string
+	inspectScript = redis.NewScript(inspectSrc)
 )

@@ -7,9 +7,10 @@
 //
 // Hash fields:
 //
-//	st      "p" in progress, "c" completed
+//	st      "p" in progress, "c" completed, "u" outcome unknown (held)
 //	tok     owner token (in progress only)
 //	fp      request fingerprint
+//	fence   fencing token of the grant that created the record
 //	status  HTTP status (completed only)
 //	hdr     encoded response headers (completed only)
 //	body    response body (completed only; empty when not stored)
@@ -18,7 +19,6 @@ package redisstore
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -44,17 +44,26 @@ var (
 // DefaultPrefix is the key prefix used when Options.Prefix is empty.
 const DefaultPrefix = "idemproxy:"
 
+// DefaultFenceTTL is how long a key's fence counter outlives its last grant.
+const DefaultFenceTTL = 48 * time.Hour
+
 // Options configures a Store.
 type Options struct {
 	// Prefix starts every Redis key the store uses, so that several
 	// deployments can share one Redis. Default DefaultPrefix.
 	Prefix string
+	// FenceTTL is how long a key's fence counter is kept after its last
+	// grant. It must exceed the retention: a counter that expired would
+	// start again at 1, below what a backend remembers. Default
+	// DefaultFenceTTL.
+	FenceTTL time.Duration
 }
 
 // Store is a processor.Store backed by Redis. It is safe for concurrent use.
 type Store struct {
-	client redis.Scripter
-	prefix string
+	client   redis.Scripter
+	prefix   string
+	fenceTTL int64 // ms
 }
 
 // New returns a Store using client. Scripter is the narrowest interface the
@@ -64,18 +73,10 @@ func New(client redis.Scripter, opts Options) *Store {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
-	return &Store{client: client, prefix: opts.Prefix}
-}
-
-// NewToken returns a random owner token: 16 bytes from crypto/rand, in hex.
-// Tokens must be unpredictable and unique per request, because holding one
-// is what allows renewing, completing or releasing a record.
-func NewToken() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("redisstore: new token: %w", err)
+	if opts.FenceTTL <= 0 {
+		opts.FenceTTL = DefaultFenceTTL
 	}
-	return hex.EncodeToString(b[:]), nil
+	return &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL)}
 }
 
 // RedisKey maps the processor's opaque key to the Redis key of its record:
@@ -93,6 +94,9 @@ func (s *Store) RedisKey(key string) string {
 	return s.prefix + "{" + hex.EncodeToString(sum[:16]) + "}"
 }
 
+// fenceSuffix names a record's fence counter, beside it in the same slot.
+const fenceSuffix = ":fence"
+
 // Acquire implements processor.Store.
 func (s *Store) Acquire(ctx context.Context, key, token string, fingerprint []byte, lockTTL time.Duration) (processor.Acquisition, error) {
 	const op = "acquire"
@@ -100,7 +104,8 @@ func (s *Store) Acquire(ctx context.Context, key, token string, fingerprint []by
 	if err != nil {
 		return processor.Acquisition{}, err
 	}
-	reply, err := acquireScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, fingerprint, ms).Slice()
+	rk := s.RedisKey(key)
+	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix}, token, fingerprint, ms, s.fenceTTL).Slice()
 	if err != nil {
 		return processor.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
@@ -132,6 +137,17 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec processor.R
 	}
 	n, err := completeScript.Run(ctx, s.client, []string{s.RedisKey(key)},
 		token, ms, rec.Fingerprint, rec.Status, encodeHeaders(rec.Headers), body, bs).Int64()
+	return owned(op, n, err)
+}
+
+// Abandon implements processor.Store.
+func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Duration) error {
+	const op = "abandon"
+	ms, err := checkArgs(op, token, "hold", hold)
+	if err != nil {
+		return err
+	}
+	n, err := abandonScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, ms).Int64()
 	return owned(op, n, err)
 }
 
@@ -180,4 +196,42 @@ func owned(op string, n int64, err error) error {
 	default:
 		return fmt.Errorf("%w: %s: unexpected reply %d", ErrCorruptRecord, op, n)
 	}
+}
+
+// KeyInfo is an operator's view of one key, without its body or token.
+type KeyInfo struct {
+	Exists     bool          `json:"exists"`
+	State      string        `json:"state,omitempty"` // in_progress, completed, outcome_unknown
+	Status     int           `json:"status,omitempty"`
+	BodyStored bool          `json:"body_stored,omitempty"`
+	BodyBytes  int64         `json:"body_bytes,omitempty"`
+	TTL        time.Duration `json:"ttl_ns,omitempty"`
+	Fence      int64         `json:"fence,omitempty"`      // fence of the grant that made the record
+	LastFence  int64         `json:"last_fence,omitempty"` // the key's fence counter
+}
+
+// Inspect reports the state of key in one round trip.
+func (s *Store) Inspect(ctx context.Context, key string) (KeyInfo, error) {
+	rk := s.RedisKey(key)
+	v, err := inspectScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix}).Slice()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return KeyInfo{}, fmt.Errorf("redisstore: inspect: %w", err)
+	}
+	return parseInspect(v)
+}
+
+// Delete removes key's record whatever its state, for an operator clearing
+// an "outcome unknown" key. The fence counter stays, so fences keep growing.
+func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
+	del, ok := s.client.(interface {
+		Del(ctx context.Context, keys ...string) *redis.IntCmd
+	})
+	if !ok {
+		return false, fmt.Errorf("%w: delete: the client cannot DEL", ErrInvalidArgument)
+	}
+	n, err := del.Del(ctx, s.RedisKey(key)).Result()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: delete: %w", err)
+	}
+	return n == 1, nil
 }

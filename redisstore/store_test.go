@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"crypto/rand"
 	"encoding/hex"
 	"strings"
 	"sync"
@@ -26,9 +27,10 @@ func newTestStore(t *testing.T) (*Store, *redis.Client, *redistest.Server) {
 // token returns a fresh owner token.
 func token(t *testing.T) string {
 	t.Helper()
-	tok, err := NewToken()
+	var b [16]byte
+	_, err := rand.Read(b[:])
 	require.NoError(t, err)
-	return tok
+	return hex.EncodeToString(b[:])
 }
 
 // snapshot returns the fields and remaining TTL of the record for key.
@@ -74,10 +76,10 @@ func TestStore_Acquire(t *testing.T) {
 		tok := token(t)
 		acq, err := s.Acquire(t.Context(), "free", tok, []byte("\x00fp"), lockTTL)
 		require.NoError(t, err)
-		require.Equal(t, processor.Acquisition{State: processor.StateAcquired}, acq)
+		require.Equal(t, processor.Acquisition{State: processor.StateAcquired, Fence: 1}, acq)
 
 		fields, ttl := snapshot(t, s, c, "free")
-		require.Equal(t, map[string]string{"st": "p", "tok": tok, "fp": "\x00fp"}, fields)
+		require.Equal(t, map[string]string{"st": "p", "tok": tok, "fp": "\x00fp", "fence": "1"}, fields)
 		require.Greater(t, ttl, lockTTL-time.Second)
 		require.LessOrEqual(t, ttl, lockTTL)
 	})
@@ -222,15 +224,5 @@ func TestStore_RedisKey(t *testing.T) {
 	t.Run("custom prefix is used", func(t *testing.T) {
 		rk := New(nil, Options{Prefix: "app:"}).RedisKey("k")
 		require.True(t, strings.HasPrefix(rk, "app:{"), rk)
-	})
-}
-
-func TestNewToken(t *testing.T) {
-	t.Run("tokens are 32 hex digits and differ", func(t *testing.T) {
-		a, b := token(t), token(t)
-		require.Len(t, a, 32)
-		_, err := hex.DecodeString(a)
-		require.NoError(t, err)
-		require.NotEqual(t, a, b)
 	})
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -13,6 +15,7 @@ import (
 const (
 	headerIdempotencyKey  = "Idempotency-Key"
 	headerXIdempotencyKey = "X-Idempotency-Key"
+	headerFence           = "Idempotency-Fence"
 )
 
 // backend is the mock payment service. It owns its execution counts, so each
@@ -25,10 +28,15 @@ type backend struct {
 	total int
 	// counts is keyed by idempotency key; "" holds requests that sent none.
 	counts map[string]int
+	// fences is the highest Idempotency-Fence seen per key; stale counts
+	// the requests refused for carrying a lower one.
+	fences map[string]int64
+	stale  map[string]int
 }
 
 func newBackend(slowDelay time.Duration, log *slog.Logger) *backend {
-	return &backend{slowDelay: slowDelay, log: log, counts: make(map[string]int)}
+	return &backend{slowDelay: slowDelay, log: log, counts: make(map[string]int),
+		fences: make(map[string]int64), stale: make(map[string]int)}
 }
 
 // stats is the body of GET /stats.
@@ -36,6 +44,11 @@ type stats struct {
 	Total int            `json:"total"`
 	Keys  map[string]int `json:"keys"`
 	NoKey int            `json:"no_key"`
+	// StaleFences counts, per key, requests refused for a stale fence: they
+	// did not execute.
+	StaleFences map[string]int `json:"stale_fences"`
+	// Fences is the highest fence seen per key.
+	Fences map[string]int64 `json:"fences"`
 }
 
 // routes returns the service's handler. Only the execution endpoints count;
@@ -57,24 +70,51 @@ func (b *backend) routes() http.Handler {
 // executes counts the request before next runs, so a request that is still
 // running, or whose client gave up, has already been counted: "at most once"
 // must hold for executions that started, not just for those that finished.
+//
+// It is also how a protected resource uses fencing tokens: a request whose
+// Idempotency-Fence is lower than one already seen for its key comes from a
+// lease that was lost to a newer request, and is refused without running.
 func (b *backend) executes(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b.record(idempotencyKey(r.Header))
+		key := idempotencyKey(r.Header)
+		var fence int64
+		if v := r.Header.Get(headerFence); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				writeError(w, http.StatusBadRequest, "invalid "+headerFence+" header")
+				return
+			}
+			fence = n
+		}
+		if !b.record(key, fence) {
+			writeError(w, http.StatusConflict, "stale fence: a newer request holds this idempotency key")
+			return
+		}
 		next(w, r)
 	})
 }
 
-func (b *backend) record(key string) {
+// record counts an execution, unless fence is stale for key.
+func (b *backend) record(key string, fence int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if key != "" && fence > 0 {
+		if fence < b.fences[key] {
+			b.stale[key]++
+			return false
+		}
+		b.fences[key] = fence
+	}
 	b.total++
 	b.counts[key]++
+	return true
 }
 
 func (b *backend) snapshot() stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := stats{Total: b.total, Keys: make(map[string]int, len(b.counts)), NoKey: b.counts[""]}
+	s := stats{Total: b.total, Keys: make(map[string]int, len(b.counts)), NoKey: b.counts[""],
+		StaleFences: maps.Clone(b.stale), Fences: maps.Clone(b.fences)}
 	for k, n := range b.counts {
 		if k != "" {
 			s.Keys[k] = n
@@ -91,8 +131,10 @@ func (b *backend) resetStats(w http.ResponseWriter, _ *http.Request) {
 	b.mu.Lock()
 	b.total = 0
 	clear(b.counts)
+	clear(b.fences)
+	clear(b.stale)
 	b.mu.Unlock()
-	writeJSON(w, http.StatusOK, stats{Keys: map[string]int{}})
+	writeJSON(w, http.StatusOK, stats{Keys: map[string]int{}, StaleFences: map[string]int{}, Fences: map[string]int64{}})
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

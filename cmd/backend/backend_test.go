@@ -59,7 +59,7 @@ func TestBackend_Stats(t *testing.T) {
 		send(t, h, http.MethodPost, "/charge", "", "")
 		send(t, h, http.MethodGet, "/status?code=409", "", "")
 
-		require.Equal(t, stats{Total: 6, Keys: map[string]int{"k1": 2, "k2": 1, "k3": 1}, NoKey: 2}, getStats(t, h))
+		require.Equal(t, stats{Total: 6, Keys: map[string]int{"k1": 2, "k2": 1, "k3": 1}, NoKey: 2, StaleFences: map[string]int{}, Fences: map[string]int64{}}, getStats(t, h))
 	})
 
 	t.Run("Idempotency-Key wins over X-Idempotency-Key", func(t *testing.T) {
@@ -88,7 +88,7 @@ func TestBackend_Stats(t *testing.T) {
 		send(t, h, http.MethodGet, "/stats", "", "k")
 		require.Equal(t, http.StatusNotFound, send(t, h, http.MethodGet, "/nope", "", "k").Code)
 
-		require.Equal(t, stats{Keys: map[string]int{}}, getStats(t, h))
+		require.Equal(t, stats{Keys: map[string]int{}, StaleFences: map[string]int{}, Fences: map[string]int64{}}, getStats(t, h))
 	})
 
 	t.Run("concurrent requests are all counted", func(t *testing.T) {
@@ -99,7 +99,7 @@ func TestBackend_Stats(t *testing.T) {
 			wg.Go(func() { send(t, h, http.MethodPost, "/charge", "", "same") })
 		}
 		wg.Wait()
-		require.Equal(t, stats{Total: n, Keys: map[string]int{"same": n}}, getStats(t, h))
+		require.Equal(t, stats{Total: n, Keys: map[string]int{"same": n}, StaleFences: map[string]int{}, Fences: map[string]int64{}}, getStats(t, h))
 	})
 
 	t.Run("stats only answers GET", func(t *testing.T) {
@@ -116,10 +116,10 @@ func TestBackend_ResetStats(t *testing.T) {
 
 		rec := send(t, h, http.MethodPost, "/stats/reset", "", "")
 		require.Equal(t, http.StatusOK, rec.Code)
-		require.Equal(t, stats{Keys: map[string]int{}}, getStats(t, h))
+		require.Equal(t, stats{Keys: map[string]int{}, StaleFences: map[string]int{}, Fences: map[string]int64{}}, getStats(t, h))
 
 		send(t, h, http.MethodPost, "/charge", "", "k")
-		require.Equal(t, stats{Total: 1, Keys: map[string]int{"k": 1}}, getStats(t, h))
+		require.Equal(t, stats{Total: 1, Keys: map[string]int{"k": 1}, StaleFences: map[string]int{}, Fences: map[string]int64{}}, getStats(t, h))
 	})
 
 	t.Run("needs POST", func(t *testing.T) {

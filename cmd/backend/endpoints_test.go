@@ -133,7 +133,7 @@ func TestBackend_Slow(t *testing.T) {
 			t.Fatal("slow handler kept waiting after the request was cancelled")
 		}
 		requireError(t, rec, http.StatusServiceUnavailable)
-		require.Equal(t, stats{Total: 1, Keys: map[string]int{"gone": 1}}, b.snapshot())
+		require.Equal(t, stats{Total: 1, Keys: map[string]int{"gone": 1}, StaleFences: map[string]int{}, Fences: map[string]int64{}}, b.snapshot())
 	})
 }
 

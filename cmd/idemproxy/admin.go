@@ -8,8 +8,9 @@ import (
 )
 
 // adminHandler serves liveness, readiness and metrics on their own port, so
-// they never compete with or get exposed next to the data plane.
-func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }) http.Handler {
+// they never compete with or get exposed next to the data plane; keys, when
+// not nil, serves the authenticated key endpoint.
+func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -22,5 +23,8 @@ func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }) htt
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if keys != nil {
+		mux.Handle("/admin/v1/keys", keys)
+	}
 	return mux
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -27,6 +28,9 @@ type settings struct {
 	ShutdownGrace   time.Duration
 	HealthInterval  time.Duration
 	LogLevel        slog.Level
+	AdminToken      string
+	AdminTokenFile  string
+	OnUnknown       string
 	Processor       processor.Config
 }
 
@@ -102,6 +106,10 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	})
 	fs.Var(listFlag{&p.ExcludeHeaders}, "exclude-headers", "response headers never replayed, besides hop-by-hop, content-length, date and x-envoy-*")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
+	fs.StringVar(&s.OnUnknown, "on-unknown", "expire", "when a request went upstream and no final response was seen: expire (the lock expires after --lock-ttl) or hold (the key is refused for --retention, until an operator clears it)")
+	fs.StringVar(&p.FenceHeader, "fence-header", p.FenceHeader, "request header carrying the fencing token upstream (empty: none)")
+	fs.StringVar(&s.AdminToken, "admin-token", "", "bearer token for /admin/v1/keys (empty with no --admin-token-file: endpoint off)")
+	fs.StringVar(&s.AdminTokenFile, "admin-token-file", "", "file holding the admin bearer token (preferred over --admin-token: not visible in ps)")
 	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
 }
 
@@ -121,6 +129,26 @@ func (s *settings) validate() error {
 	}
 	if s.ShutdownGrace < 0 || s.HealthInterval <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must not be negative and --health-interval must be positive"))
+	}
+	switch s.OnUnknown {
+	case "expire":
+	case "hold":
+		s.Processor.HoldUnknown = true
+	default:
+		errs = append(errs, fmt.Errorf("--on-unknown %q must be expire or hold", s.OnUnknown))
+	}
+	if s.AdminTokenFile != "" {
+		b, err := os.ReadFile(s.AdminTokenFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--admin-token-file: %w", err))
+		}
+		s.AdminToken = strings.TrimSpace(string(b))
+		if err == nil && s.AdminToken == "" {
+			errs = append(errs, errors.New("--admin-token-file is empty"))
+		}
+	}
+	if s.AdminToken != "" && len(s.AdminToken) < 16 {
+		errs = append(errs, errors.New("the admin token must be at least 16 characters"))
 	}
 	s.Processor.StoreTimeout = s.RedisTimeout
 	if err := s.Processor.Validate(); err != nil {

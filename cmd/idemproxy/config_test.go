@@ -113,6 +113,10 @@ func TestParseSettings_usageErrors(t *testing.T) {
 		{"bad bool in env", nil, env{"IDEMPROXY_FAIL_OPEN": "maybe"}, "IDEMPROXY_FAIL_OPEN"},
 		{"unknown flag", []string{"--nope"}, nil, "nope"},
 		{"positional arguments", []string{"--fail-open", "extra"}, nil, "unexpected arguments"},
+		{"unknown on-unknown policy", []string{"--on-unknown", "retry"}, nil, "must be expire or hold"},
+		{"short admin token", []string{"--admin-token", "short"}, nil, "at least 16 characters"},
+		{"missing admin token file", []string{"--admin-token-file", "/nonexistent/token"}, nil, "--admin-token-file"},
+		{"bad fence header", []string{"--fence-header", "Not A Header"}, nil, "lower-case token"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

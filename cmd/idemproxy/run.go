@@ -45,8 +45,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	store := redisstore.New(rdb, redisstore.Options{
+		Prefix: s.RedisPrefix,
+		// Fences must keep growing for as long as a backend may remember a
+		// key, which is at least as long as we do.
+		FenceTTL: max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
+	})
 	proc, err := processor.New(s.Processor, processor.Options{
-		Store:   redisstore.New(rdb, redisstore.Options{Prefix: s.RedisPrefix}),
+		Store:   store,
 		Metrics: metrics,
 		Logger:  log,
 	})
@@ -72,7 +78,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		reflection.Register(gs)
 	}
 	checker := newHealthChecker(rdb, hs, s.HealthInterval, s.RedisTimeout, log)
-	admin := &http.Server{Handler: adminHandler(reg, checker), ReadHeaderTimeout: 5 * time.Second}
+	var keys http.Handler
+	if s.AdminToken != "" {
+		keys = keysHandler{token: s.AdminToken, scopeHeaders: s.Processor.ScopeHeaders, keys: proc, store: store, log: log}
+	}
+	admin := &http.Server{Handler: adminHandler(reg, checker, keys), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("grpc listening", "addr", grpcLis.Addr().String())
 	log.Info("admin listening", "addr", adminLis.Addr().String())

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/redisstore"
+)
+
+// fakeKeys maps (authority, scope, key) to a readable store key.
+type fakeKeys struct{}
+
+func (fakeKeys) StoreKey(authority string, scope map[string]string, rawKey string) (string, error) {
+	if rawKey == "bad key" {
+		return "", errors.New("the idempotency key may contain only visible ASCII characters")
+	}
+	return authority + "|" + scope["x-tenant-id"] + "|" + rawKey, nil
+}
+
+type fakeKeyStore struct {
+	infos   map[string]redisstore.KeyInfo
+	deleted []string
+	err     error
+}
+
+func (f *fakeKeyStore) Inspect(_ context.Context, key string) (redisstore.KeyInfo, error) {
+	return f.infos[key], f.err
+}
+
+func (f *fakeKeyStore) Delete(_ context.Context, key string) (bool, error) {
+	f.deleted = append(f.deleted, key)
+	_, ok := f.infos[key]
+	return ok, f.err
+}
+
+func TestKeysHandler_ServeHTTP(t *testing.T) {
+	const token = "admin-token-0123456789"
+	newHandler := func(store *fakeKeyStore) http.Handler {
+		return keysHandler{token: token, scopeHeaders: []string{"x-tenant-id"}, keys: fakeKeys{}, store: store,
+			log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	}
+	call := func(h http.Handler, method, query, auth string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, "/admin/v1/keys?"+query, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	store := &fakeKeyStore{infos: map[string]redisstore.KeyInfo{
+		"api|acme|k1": {Exists: true, State: "outcome_unknown", Fence: 3},
+	}}
+	h := newHandler(store)
+
+	t.Run("without the right bearer token nothing is answered", func(t *testing.T) {
+		for _, auth := range []string{"", "Bearer wrong", token, "Basic " + token} {
+			rec := call(h, http.MethodGet, "authority=api&key=k1", auth)
+			require.Equal(t, http.StatusUnauthorized, rec.Code, auth)
+			require.Equal(t, "application/problem+json", rec.Header().Get("Content-Type"))
+		}
+	})
+	t.Run("inspect finds the key in its scope", func(t *testing.T) {
+		rec := call(h, http.MethodGet, "authority=api&key=k1&x-tenant-id=acme", "Bearer "+token)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.JSONEq(t, `{"exists":true,"state":"outcome_unknown","fence":3}`, rec.Body.String())
+		rec = call(h, http.MethodGet, "authority=api&key=k1&x-tenant-id=other", "Bearer "+token)
+		require.JSONEq(t, `{"exists":false}`, rec.Body.String())
+	})
+	t.Run("delete clears the key", func(t *testing.T) {
+		rec := call(h, http.MethodDelete, "authority=api&key=k1&x-tenant-id=acme", "Bearer "+token)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.JSONEq(t, `{"deleted":true}`, rec.Body.String())
+		require.Equal(t, []string{"api|acme|k1"}, store.deleted)
+	})
+	t.Run("bad requests are problems", func(t *testing.T) {
+		for _, q := range []string{"key=k1", "authority=api", "authority=api&key=bad+key"} {
+			rec := call(h, http.MethodGet, q, "Bearer "+token)
+			require.Equal(t, http.StatusBadRequest, rec.Code, q)
+			require.Contains(t, rec.Body.String(), "urn:idemproxy:problem:admin-bad-request")
+		}
+		rec := call(h, http.MethodPost, "authority=api&key=k1", "Bearer "+token)
+		require.Equal(t, http.StatusMethodNotAllowed, rec.Code)
+	})
+	t.Run("a store failure is a 503", func(t *testing.T) {
+		h := newHandler(&fakeKeyStore{err: errors.New("redis down")})
+		rec := call(h, http.MethodGet, "authority=api&key=k1", "Bearer "+token)
+		require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+	})
+}

@@ -1,0 +1,93 @@
+package envoy
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+const adminToken = "e2e-admin-token-0123456789"
+
+// adminKey calls idemproxy's authenticated key endpoint.
+func (s *stack) adminKey(t *testing.T, method, authority, key, token string) (int, map[string]any) {
+	t.Helper()
+	q := url.Values{"authority": {authority}, "key": {key}}
+	req, err := http.NewRequest(method, s.adminURL+"/admin/v1/keys?"+q.Encode(), nil)
+	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var body map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+	return resp.StatusCode, body
+}
+
+// TestEndToEnd_OnUnknownHold: with --on-unknown=hold, a request whose
+// outcome is unknown (Envoy's route timeout fired after the backend started)
+// is never run again, not even after the lock TTL, until an operator
+// inspects and clears the key through the admin endpoint.
+func TestEndToEnd_OnUnknownHold(t *testing.T) {
+	s := startStackWith(t, stackConfig{
+		idemproxyArgs: []string{"--lock-ttl", "1s", "--heartbeat", "300ms", "--on-unknown", "hold", "--admin-token", adminToken},
+		envoyEdits:    [][2]string{{"timeout: 60s", "timeout: 1s"}},
+	})
+	key := newKey(t)
+	r := s.do(t, "POST", "/slow?delay=1500ms", "", "Idempotency-Key", key)
+	require.Equal(t, http.StatusGatewayTimeout, r.status)
+
+	// Well past the 1 s lock TTL, the key is still refused.
+	deadline := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		again := s.do(t, "POST", "/slow?delay=1500ms", "", "Idempotency-Key", key)
+		require.Equal(t, http.StatusConflict, again.status, "%s", again.body)
+		require.Equal(t, problem+"outcome-unknown", again.problemType())
+		time.Sleep(250 * time.Millisecond)
+	}
+	require.Equal(t, 1, s.executions(t, key), "never a second execution")
+
+	host := s.url[len("http://"):]
+	code, _ := s.adminKey(t, "GET", host, key, "")
+	require.Equal(t, http.StatusUnauthorized, code, "the admin endpoint needs the token")
+	code, _ = s.adminKey(t, "GET", host, key, "wrong-token-wrong-token")
+	require.Equal(t, http.StatusUnauthorized, code)
+
+	code, info := s.adminKey(t, "GET", host, key, adminToken)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "outcome_unknown", info["state"])
+	require.NotContains(t, info, "body", "the admin view never shows a body")
+
+	code, res := s.adminKey(t, "DELETE", host, key, adminToken)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, true, res["deleted"])
+
+	ok := s.do(t, "POST", "/slow?delay=10ms", "", "Idempotency-Key", key)
+	require.Equal(t, http.StatusOK, ok.status, "a cleared key runs again: %s", ok.body)
+	require.Equal(t, 2, s.executions(t, key))
+}
+
+// TestEndToEnd_Fence: every grant's fencing token reaches the backend, and
+// grows per key.
+func TestEndToEnd_Fence(t *testing.T) {
+	s := startStack(t)
+	key := newKey(t)
+	for i := 1; i <= 2; i++ {
+		// /fail is not stored, so each try is a new grant with a new fence.
+		require.Equal(t, http.StatusInternalServerError, s.do(t, "POST", "/fail", "", "Idempotency-Key", key).status)
+	}
+	// A client's own fence never reaches the backend: idemproxy sets it.
+	r := s.do(t, "POST", "/charge", "", "Idempotency-Key", key, "Idempotency-Fence", "999999")
+	require.Equal(t, http.StatusOK, r.status)
+	st := s.stats(t)
+	require.Equal(t, 3, st.Keys[key])
+	require.EqualValues(t, 3, st.Fences[key], "three grants, fences 1, 2, 3; the client's 999999 was replaced")
+	other := newKey(t)
+	require.Equal(t, http.StatusOK, s.do(t, "POST", "/charge", "", "Idempotency-Key", other).status)
+	require.EqualValues(t, 1, s.stats(t).Fences[other], "fences are per key")
+}
