@@ -73,7 +73,7 @@ func TestStore_Complete(t *testing.T) {
 
 		fields, ttl := snapshot(t, s, c, "complete")
 		require.Equal(t, map[string]string{
-			"st": "c", "fp": "fp", "status": "200", "hdr": string(encodeHeaders(nil)), "body": "ok", "bs": "1",
+			"st": "c", "fp": "fp", "status": "200", "hdr": string(encodeHeaders(nil)), "body": "ok", "bs": "1", "enc": "", "fence": "1",
 		}, fields, "the owner token must not outlive the lock")
 		require.Greater(t, ttl, 59*time.Minute)
 		require.LessOrEqual(t, ttl, time.Hour)

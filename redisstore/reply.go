@@ -10,7 +10,8 @@ import (
 
 // parseAcquire turns the reply of acquire.lua into an Acquisition. The reply
 // shapes are listed in the header of lua/acquire.lua.
-func parseAcquire(reply []any) (processor.Acquisition, error) {
+// open decrypts a field when the record was sealed (enc is its key id).
+func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte, error)) (processor.Acquisition, error) {
 	state := ""
 	if len(reply) > 0 {
 		state, _ = reply[0].(string)
@@ -39,8 +40,8 @@ func parseAcquire(reply []any) (processor.Acquisition, error) {
 			Fingerprint: []byte(fp),
 			LockTTL:     time.Duration(max(pttl, 0)) * time.Millisecond,
 		}, nil
-	case state == "completed" && len(reply) == 6:
-		rec, err := parseRecord(reply[1:])
+	case state == "completed" && len(reply) == 7:
+		rec, err := parseRecord(reply[1:], open)
 		if err != nil {
 			return processor.Acquisition{}, err
 		}
@@ -54,9 +55,9 @@ func parseAcquire(reply []any) (processor.Acquisition, error) {
 	}
 }
 
-// parseRecord decodes fp, status, hdr, body, bs of a completed record.
-func parseRecord(f []any) (*processor.Record, error) {
-	var s [5]string
+// parseRecord decodes fp, status, hdr, body, bs, enc of a completed record.
+func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, error)) (*processor.Record, error) {
+	var s [6]string
 	for i := range s {
 		v, ok := f[i].(string)
 		if !ok {
@@ -64,19 +65,27 @@ func parseRecord(f []any) (*processor.Record, error) {
 		}
 		s[i] = v
 	}
-	fp, status, hdr, body, bs := s[0], s[1], s[2], s[3], s[4]
+	fp, status, hdr, body, bs, enc := s[0], s[1], s[2], s[3], s[4], s[5]
 	code, err := strconv.Atoi(status)
 	if err != nil {
 		return nil, fmt.Errorf("%w: status %q", ErrCorruptRecord, status)
 	}
-	headers, err := decodeHeaders([]byte(hdr))
+	hdrPlain, err := open(enc, "hdr", []byte(hdr))
+	if err != nil {
+		return nil, err
+	}
+	headers, err := decodeHeaders(hdrPlain)
 	if err != nil {
 		return nil, err
 	}
 	rec := &processor.Record{Fingerprint: []byte(fp), Status: code, Headers: headers}
 	switch bs {
 	case "1":
-		rec.Body, rec.BodyStored = []byte(body), true
+		plain, err := open(enc, "body", []byte(body))
+		if err != nil {
+			return nil, err
+		}
+		rec.Body, rec.BodyStored = plain, true
 	case "0":
 	default:
 		return nil, fmt.Errorf("%w: body-stored flag %q", ErrCorruptRecord, bs)

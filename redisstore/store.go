@@ -57,6 +57,8 @@ type Options struct {
 	// start again at 1, below what a backend remembers. Default
 	// DefaultFenceTTL.
 	FenceTTL time.Duration
+	// Keyring, when set, encrypts stored headers and bodies at rest.
+	Keyring *Keyring
 }
 
 // Store is a processor.Store backed by Redis. It is safe for concurrent use.
@@ -64,6 +66,7 @@ type Store struct {
 	client   redis.Scripter
 	prefix   string
 	fenceTTL int64 // ms
+	keyring  *Keyring
 }
 
 // New returns a Store using client. Scripter is the narrowest interface the
@@ -76,7 +79,7 @@ func New(client redis.Scripter, opts Options) *Store {
 	if opts.FenceTTL <= 0 {
 		opts.FenceTTL = DefaultFenceTTL
 	}
-	return &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL)}
+	return &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL), keyring: opts.Keyring}
 }
 
 // RedisKey maps the processor's opaque key to the Redis key of its record:
@@ -109,7 +112,17 @@ func (s *Store) Acquire(ctx context.Context, key, token string, fingerprint []by
 	if err != nil {
 		return processor.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
-	return parseAcquire(reply)
+	return parseAcquire(reply, s.opener(rk))
+}
+
+// opener opens the sealed fields of the record at redis key rk.
+func (s *Store) opener(rk string) func(enc, field string, blob []byte) ([]byte, error) {
+	return func(enc, field string, blob []byte) ([]byte, error) {
+		if enc == "" {
+			return blob, nil
+		}
+		return s.keyring.open(enc, rk+"\x00"+field, blob)
+	}
 }
 
 // Renew implements processor.Store.
@@ -135,8 +148,19 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec processor.R
 	if !rec.BodyStored {
 		body, bs = nil, "0"
 	}
-	n, err := completeScript.Run(ctx, s.client, []string{s.RedisKey(key)},
-		token, ms, rec.Fingerprint, rec.Status, encodeHeaders(rec.Headers), body, bs).Int64()
+	rk := s.RedisKey(key)
+	hdr, enc := encodeHeaders(rec.Headers), ""
+	if s.keyring != nil {
+		enc = s.keyring.current
+		if hdr, err = s.keyring.seal(rk+"\x00hdr", hdr); err != nil {
+			return err
+		}
+		if body, err = s.keyring.seal(rk+"\x00body", body); err != nil {
+			return err
+		}
+	}
+	n, err := completeScript.Run(ctx, s.client, []string{rk},
+		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc).Int64()
 	return owned(op, n, err)
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/redisstore"
 )
 
 // settings is everything the process is configured with. Defaults live in
@@ -31,6 +32,9 @@ type settings struct {
 	AdminToken      string
 	AdminTokenFile  string
 	OnUnknown       string
+	EncryptionKeys  string
+	EncryptionFile  string
+	Keyring         *redisstore.Keyring
 	Processor       processor.Config
 }
 
@@ -109,6 +113,8 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.OnUnknown, "on-unknown", "expire", "when a request went upstream and no final response was seen: expire (the lock expires after --lock-ttl) or hold (the key is refused for --retention, until an operator clears it)")
 	fs.StringVar(&p.FenceHeader, "fence-header", p.FenceHeader, "request header carrying the fencing token upstream (empty: none)")
 	fs.StringVar(&s.AdminToken, "admin-token", "", "bearer token for /admin/v1/keys (empty with no --admin-token-file: endpoint off)")
+	fs.StringVar(&s.EncryptionKeys, "encryption-keys", "", "encrypt stored responses at rest (AES-256-GCM): id:base64key[,id:base64key...], the first seals, all open (rotation)")
+	fs.StringVar(&s.EncryptionFile, "encryption-keys-file", "", "file holding the --encryption-keys value (preferred: not visible in ps)")
 	fs.StringVar(&s.AdminTokenFile, "admin-token-file", "", "file holding the admin bearer token (preferred over --admin-token: not visible in ps)")
 	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
 }
@@ -146,6 +152,20 @@ func (s *settings) validate() error {
 		if err == nil && s.AdminToken == "" {
 			errs = append(errs, errors.New("--admin-token-file is empty"))
 		}
+	}
+	if s.EncryptionFile != "" {
+		b, err := os.ReadFile(s.EncryptionFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--encryption-keys-file: %w", err))
+		}
+		s.EncryptionKeys = strings.TrimSpace(string(b))
+	}
+	if s.EncryptionKeys != "" {
+		kr, err := redisstore.ParseKeyring(s.EncryptionKeys)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--encryption-keys: %w", err))
+		}
+		s.Keyring = kr
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))

@@ -117,6 +117,7 @@ func TestParseSettings_usageErrors(t *testing.T) {
 		{"short admin token", []string{"--admin-token", "short"}, nil, "at least 16 characters"},
 		{"missing admin token file", []string{"--admin-token-file", "/nonexistent/token"}, nil, "--admin-token-file"},
 		{"bad fence header", []string{"--fence-header", "Not A Header"}, nil, "lower-case token"},
+		{"bad encryption key", []string{"--encryption-keys", "k1:bm90LTMyLWJ5dGVz"}, nil, "32 bytes"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

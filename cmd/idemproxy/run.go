@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		// Fences must keep growing for as long as a backend may remember a
 		// key, which is at least as long as we do.
 		FenceTTL: max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
+		Keyring:  s.Keyring,
 	})
 	proc, err := processor.New(s.Processor, processor.Options{
 		Store:   store,

@@ -13,7 +13,8 @@
 --   {"acquired", fence}                              a new in-progress record is ours
 --   {"in_progress", fp, pttl}                        another owner holds the key; pttl in ms
 --   {"unknown", fp, pttl}                            an earlier run's outcome is unknown; held for pttl ms
---   {"completed", fp, status, hdr, body, bs}         the stored response
+--   {"completed", fp, status, hdr, body, bs, enc}    the stored response; enc is the
+--                                                    sealing key id, "" when plain
 --
 -- The fence grows with every grant of the key, also across releases and
 -- expiries, so a backend can refuse a request whose lease was lost to a newer
@@ -32,5 +33,5 @@ end
 if st == "u" then
   return {"unknown", redis.call("HGET", KEYS[1], "fp"), redis.call("PTTL", KEYS[1])}
 end
-local v = redis.call("HMGET", KEYS[1], "fp", "status", "hdr", "body", "bs")
-return {"completed", v[1], v[2], v[3], v[4], v[5]}
+local v = redis.call("HMGET", KEYS[1], "fp", "status", "hdr", "body", "bs", "enc")
+return {"completed", v[1], v[2], v[3], v[4], v[5], v[6] or ""}
