@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: Redis, the mock payment backend, idemproxy and Envoy, natively
 # (no Docker), with envoy/envoy.yaml exactly as shipped. Envoy listens on
-# :10000. Ctrl-C stops everything.
+# :10000; Toxiproxy (API :8474) forwards :10001 to it, so
+# deploy/demo/lost-response.sh can lose a response on its way back.
+# Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -28,8 +30,8 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 6379 8081 50051 9090 10000 9901; do
-  port_busy "$port" && die "port $port is already in use; stop whatever listens there (the demo uses 6379, 8081, 50051, 9090, 9901, 10000)"
+for port in 6379 8081 50051 9090 10000 9901 8474 10001; do
+  port_busy "$port" && die "port $port is already in use; stop whatever listens there (the demo uses 6379, 8081, 50051, 9090, 9901, 10000, 8474, 10001)"
 done
 
 wait_http() { # name url
@@ -41,8 +43,12 @@ wait_http() { # name url
   die "$1 did not become ready ($2); see $state/logs/"
 }
 
-note "building idemproxy and backend"
+note "building idemproxy, backend and toxiproxy-server"
 go build -o "$state/bin/" ./cmd/idemproxy ./cmd/backend
+# Toxiproxy is a `tool` in go.mod: pinned there, never linked into idemproxy.
+toxiproxy_pkg=github.com/Shopify/toxiproxy/v2
+go build -o "$state/bin/toxiproxy-server" \
+  -ldflags "-X $toxiproxy_pkg.Version=$(go list -m -f '{{.Version}}' "$toxiproxy_pkg")" "$toxiproxy_pkg/cmd/server"
 
 note "starting redis-server on 127.0.0.1:6379"
 redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no >"$state/logs/redis.log" 2>&1 &
@@ -60,10 +66,18 @@ note "starting Envoy $ENVOY_VERSION on :10000 (admin 127.0.0.1:9901)"
 "$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 1 --disable-hot-restart -l warn >"$state/logs/envoy.log" 2>&1 &
 pids+=($!)
 wait_http envoy http://127.0.0.1:9901/ready
+note "starting Toxiproxy (API 127.0.0.1:8474): envoy_front 127.0.0.1:10001 -> Envoy :10000"
+"$state/bin/toxiproxy-server" -host 127.0.0.1 -port 8474 >"$state/logs/toxiproxy.log" 2>&1 &
+pids+=($!)
+wait_http toxiproxy http://127.0.0.1:8474/version
+curl -sf -o /dev/null --max-time 5 http://127.0.0.1:8474/proxies -H 'Content-Type: application/json' \
+  -d '{"name":"envoy_front","listen":"127.0.0.1:10001","upstream":"127.0.0.1:10000","enabled":true}' \
+  || die "creating the Toxiproxy proxy envoy_front failed; see $state/logs/toxiproxy.log"
 
 cat <<'TXT'
 
-IdemProxy demo is up: Envoy on http://localhost:10000 (logs in .demo/logs/).
+IdemProxy demo is up: Envoy on http://localhost:10000, and through Toxiproxy
+on http://localhost:10001 (logs in .demo/logs/).
 Try, in another terminal:
 
   # 1. Charge $50. It runs at the backend.
@@ -86,7 +100,12 @@ Try, in another terminal:
   # 5. No key: straight to the backend, idemproxy is not asked.
   curl -i localhost:10000/charge
 
-  # 6. What idemproxy saw.
+  # 6. The double charge, for real: Toxiproxy (:10001, in front of Envoy)
+  #    swallows the response to a charge; the retry with the same key gets
+  #    the first charge back, and the backend's count stays at 1.
+  deploy/demo/lost-response.sh
+
+  # 7. What idemproxy saw.
   curl -s localhost:9090/metrics | grep '^idemproxy_requests_total'
 
 Ctrl-C stops everything.
