@@ -35,6 +35,8 @@ type stackConfig struct {
 	idemproxyArgs []string
 	// envoyEdits change envoy.yaml: exact replacements, each matching once.
 	envoyEdits [][2]string
+	// redisArgs are added to redis-server's command line.
+	redisArgs []string
 }
 
 // startStack starts everything; idemproxyArgs are added to idemproxy's flags.
@@ -46,7 +48,7 @@ func startStack(t *testing.T, idemproxyArgs ...string) *stack {
 func startStackWith(t *testing.T, c stackConfig) *stack {
 	t.Helper()
 	envoyBin := envoyBinary(t)
-	s := &stack{redis: redistest.Start(t)}
+	s := &stack{redis: redistest.Start(t, c.redisArgs...)}
 
 	s.backendProc = startBackend(t, "127.0.0.1:0")
 	s.backendAddr = s.backendProc.logAddr(t, "listening")

@@ -32,6 +32,10 @@ type settings struct {
 	AdminToken      string
 	AdminTokenFile  string
 	OnUnknown       string
+	TLSCert         string
+	TLSKey          string
+	TLSClientCA     string
+	RedisCA         string
 	EncryptionKeys  string
 	EncryptionFile  string
 	Keyring         *redisstore.Keyring
@@ -90,6 +94,10 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.AdminAddr, "admin-addr", ":9090", "admin HTTP listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&s.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user and password allowed)")
 	fs.DurationVar(&s.RedisTimeout, "redis-timeout", time.Second, "bound on each Redis call on the request path (keep under Envoy's message_timeout)")
+	fs.StringVar(&s.RedisCA, "redis-ca", "", "PEM CA bundle to verify a rediss:// server (default: the system roots)")
+	fs.StringVar(&s.TLSCert, "tls-cert", "", "PEM certificate for the gRPC listener (with --tls-key: TLS; reloaded when the file changes)")
+	fs.StringVar(&s.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&s.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require and verify client certificates (mutual TLS with Envoy)")
 	fs.StringVar(&s.RedisPrefix, "redis-prefix", "idemproxy:", "prefix of every Redis key")
 	fs.BoolVar(&s.Reflection, "reflection", true, "register gRPC server reflection (for grpcurl)")
 	fs.IntVar(&s.MaxMessageBytes, "max-message-bytes", 16<<20, "largest gRPC message accepted; must exceed Envoy's request buffer limit")
@@ -124,8 +132,16 @@ func (s *settings) validate() error {
 	if s.GRPCAddr == "" || s.AdminAddr == "" {
 		errs = append(errs, errors.New("--grpc-addr and --admin-addr must not be empty"))
 	}
-	if _, err := redis.ParseURL(s.RedisURL); err != nil {
+	if opts, err := redis.ParseURL(s.RedisURL); err != nil {
 		errs = append(errs, fmt.Errorf("--redis-url: %w", err))
+	} else if s.RedisCA != "" && opts.TLSConfig == nil {
+		errs = append(errs, errors.New("--redis-ca needs a rediss:// --redis-url"))
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if s.TLSClientCA != "" && s.TLSCert == "" {
+		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key"))
 	}
 	if s.RedisTimeout <= 0 {
 		errs = append(errs, errors.New("--redis-timeout must be positive"))

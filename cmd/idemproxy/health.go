@@ -25,6 +25,7 @@ type healthChecker struct {
 	log      *slog.Logger
 	ready    atomic.Bool
 	closing  atomic.Bool
+	checked  bool // only the run goroutine touches it
 }
 
 func newHealthChecker(rdb redis.Cmdable, hs *health.Server, interval, timeout time.Duration, log *slog.Logger) *healthChecker {
@@ -55,7 +56,10 @@ func (c *healthChecker) check(ctx context.Context) {
 		return
 	}
 	ok := err == nil
-	if was := c.ready.Load(); was != ok {
+	// Log changes, and the first result: a Redis that refuses us from the
+	// start (wrong password, TLS) must say why at once.
+	if was := c.ready.Load(); was != ok || !c.checked {
+		c.checked = true
 		if ok {
 			c.log.Info("redis reachable; serving")
 		} else {

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -71,7 +72,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(s.MaxMessageBytes))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(s.MaxMessageBytes)}
+	if s.TLSCert != "" {
+		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA)
+		if err != nil {
+			grpcLis.Close()
+			adminLis.Close()
+			return usageError{err}
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+	}
+	gs := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(gs, proc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -85,7 +96,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	admin := &http.Server{Handler: adminHandler(reg, checker, keys), ReadHeaderTimeout: 5 * time.Second}
 
-	log.Info("grpc listening", "addr", grpcLis.Addr().String())
+	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "")
 	log.Info("admin listening", "addr", adminLis.Addr().String())
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -141,6 +152,13 @@ func newRedisClient(s settings) (*redis.Client, error) {
 	opts.ReadTimeout = s.RedisTimeout
 	opts.WriteTimeout = s.RedisTimeout
 	opts.PoolTimeout = s.RedisTimeout
+	if opts.TLSConfig != nil && s.RedisCA != "" {
+		pool, err := loadPool(s.RedisCA)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-ca: %w", err)
+		}
+		opts.TLSConfig.RootCAs = pool
+	}
 	opts.MaxRetries = 1
 	// go-redis retries a refused dial 5 times, 100 ms apart, by default:
 	// 0.5 s of a client's wait spent on a Redis that is gone. Fail at once;
