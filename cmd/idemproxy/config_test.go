@@ -117,6 +117,9 @@ func TestParseSettings_usageErrors(t *testing.T) {
 		{"short admin token", []string{"--admin-token", "short"}, nil, "at least 16 characters"},
 		{"missing admin token file", []string{"--admin-token-file", "/nonexistent/token"}, nil, "--admin-token-file"},
 		{"bad fence header", []string{"--fence-header", "Not A Header"}, nil, "lower-case token"},
+		{"certificate without key", []string{"--tls-cert", "/tmp/x.crt"}, nil, "go together"},
+		{"client CA without a certificate", []string{"--tls-client-ca", "/tmp/ca.crt"}, nil, "needs --tls-cert"},
+		{"redis CA without rediss", []string{"--redis-ca", "/tmp/ca.crt"}, nil, "rediss://"},
 		{"bad encryption key", []string{"--encryption-keys", "k1:bm90LTMyLWJ5dGVz"}, nil, "32 bytes"},
 	}
 	for _, tc := range tests {
