@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	httppprof "net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -10,7 +11,10 @@ import (
 // adminHandler serves liveness, readiness and metrics on their own port, so
 // they never compete with or get exposed next to the data plane; keys, when
 // not nil, serves the authenticated key endpoint.
-func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys http.Handler) http.Handler {
+//
+// pprof exposes Go's profiler under /debug/pprof/: off by default, because
+// profiles reveal internals and cost CPU while they run.
+func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys http.Handler, pprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -25,6 +29,13 @@ func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, key
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if keys != nil {
 		mux.Handle("/admin/v1/keys", keys)
+	}
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
 	}
 	return mux
 }

@@ -21,7 +21,7 @@ func TestAdminHandler(t *testing.T) {
 	_, err := processor.NewMetrics(reg)
 	require.NoError(t, err)
 	ready := &fakeReady{}
-	h := adminHandler(reg, ready, nil)
+	h := adminHandler(reg, ready, nil, false)
 	serve := func(method, path string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))

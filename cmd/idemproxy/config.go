@@ -32,6 +32,7 @@ type settings struct {
 	AdminToken      string
 	AdminTokenFile  string
 	OnUnknown       string
+	Pprof           bool
 	TLSCert         string
 	TLSKey          string
 	TLSClientCA     string
@@ -100,6 +101,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require and verify client certificates (mutual TLS with Envoy)")
 	fs.StringVar(&s.RedisPrefix, "redis-prefix", "idemproxy:", "prefix of every Redis key")
 	fs.BoolVar(&s.Reflection, "reflection", true, "register gRPC server reflection (for grpcurl)")
+	fs.BoolVar(&s.Pprof, "pprof", false, "serve Go profiles on the admin port under /debug/pprof/ (keep the admin port private)")
 	fs.IntVar(&s.MaxMessageBytes, "max-message-bytes", 16<<20, "largest gRPC message accepted; must exceed Envoy's request buffer limit")
 	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long in-flight streams may take to finish")
 	fs.DurationVar(&s.HealthInterval, "health-interval", time.Second, "how often Redis is pinged for readiness and gRPC health")

@@ -94,7 +94,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if s.AdminToken != "" {
 		keys = keysHandler{token: s.AdminToken, scopeHeaders: s.Processor.ScopeHeaders, keys: proc, store: store, log: log}
 	}
-	admin := &http.Server{Handler: adminHandler(reg, checker, keys), ReadHeaderTimeout: 5 * time.Second}
+	admin := &http.Server{Handler: adminHandler(reg, checker, keys, s.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "")
 	log.Info("admin listening", "addr", adminLis.Addr().String())
