@@ -15,3 +15,8 @@ note "go vet ./..."
 go vet ./...
 note "go test -race ./..."
 go test -race -count=1 -timeout 12m "$@" ./...
+# The deployment artifacts (compose, Dockerfile, Kubernetes, Istio, Envoy
+# Gateway) are checked by their own module, so its heavy test-only
+# dependencies stay out of the server's go.mod.
+note "deploy: go vet ./... && go test ./..."
+(cd deploy && go vet ./... && go test -count=1 -timeout 10m ./...)

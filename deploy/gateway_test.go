@@ -1,0 +1,158 @@
+package deploy
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	"github.com/stretchr/testify/require"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwapiv1b1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+)
+
+// envoyGateway is deploy/envoy-gateway decoded strictly into Envoy
+// Gateway's and the Gateway API's own Go types.
+type envoyGateway struct {
+	policies []*egv1a1.EnvoyExtensionPolicy
+	routes   map[string]*gwapiv1.HTTPRoute
+	grants   []*gwapiv1b1.ReferenceGrant
+}
+
+func loadEnvoyGateway(t *testing.T) envoyGateway {
+	t.Helper()
+	eg := envoyGateway{routes: map[string]*gwapiv1.HTTPRoute{}}
+	for _, file := range []string{"extension-policy.yaml", "httproute.yaml", "referencegrant.yaml"} {
+		for _, doc := range yamlDocs(t, readRepoFile(t, "deploy", "envoy-gateway", file)) {
+			switch apiVersion, kind := typeOf(t, doc); apiVersion + " " + kind {
+			case "gateway.envoyproxy.io/v1alpha1 EnvoyExtensionPolicy":
+				var v egv1a1.EnvoyExtensionPolicy
+				decodeStrict(t, doc, &v)
+				eg.policies = append(eg.policies, &v)
+			case "gateway.networking.k8s.io/v1 HTTPRoute":
+				var v gwapiv1.HTTPRoute
+				decodeStrict(t, doc, &v)
+				eg.routes[v.Name] = &v
+			case "gateway.networking.k8s.io/v1beta1 ReferenceGrant":
+				var v gwapiv1b1.ReferenceGrant
+				decodeStrict(t, doc, &v)
+				eg.grants = append(eg.grants, &v)
+			default:
+				require.FailNow(t, "unexpected manifest", "%s: %s %s", file, apiVersion, kind)
+			}
+		}
+	}
+	require.Len(t, eg.policies, 1)
+	require.Len(t, eg.routes, 2)
+	require.Len(t, eg.grants, 1)
+	return eg
+}
+
+// TestEnvoyGateway_PolicyMatchesEnvoyYAML maps the EnvoyExtensionPolicy onto
+// the ext_proc settings of envoy/envoy.yaml, one by one.
+func TestEnvoyGateway_PolicyMatchesEnvoyYAML(t *testing.T) {
+	eg := loadEnvoyGateway(t)
+	require.Len(t, eg.policies[0].Spec.ExtProc, 1)
+	ep := eg.policies[0].Spec.ExtProc[0]
+	native := nativeExtProc(t)
+	mode := dig(t, native, "processing_mode").(generic)
+	bodyMode := map[string]egv1a1.ExtProcBodyProcessingMode{
+		"BUFFERED": egv1a1.BufferedExtProcBodyProcessingMode,
+		"STREAMED": egv1a1.StreamedExtProcBodyProcessingMode,
+	}
+
+	require.NotNil(t, ep.MessageTimeout)
+	require.Equal(t, mustDuration(t, dig(t, native, "message_timeout").(string)), mustDuration(t, string(*ep.MessageTimeout)))
+	require.NotNil(t, ep.FailOpen)
+	require.Equal(t, dig(t, native, "failure_mode_allow"), *ep.FailOpen)
+	pm := ep.ProcessingMode
+	require.NotNil(t, pm)
+	require.Equal(t, dig(t, native, "allow_mode_override"), pm.AllowModeOverride)
+	// A present request/response section means its headers are sent.
+	require.Equal(t, "SEND", mode["request_header_mode"])
+	require.NotNil(t, pm.Request)
+	require.Equal(t, bodyMode[mode["request_body_mode"].(string)], *pm.Request.Body)
+	require.Equal(t, "SEND", mode["response_header_mode"])
+	require.NotNil(t, pm.Response)
+	require.Equal(t, bodyMode[mode["response_body_mode"].(string)], *pm.Response.Body)
+	var attrs []any
+	for _, a := range pm.Response.Attributes {
+		attrs = append(attrs, a)
+	}
+	require.Equal(t, dig(t, native, "response_attributes"), attrs)
+	require.Empty(t, pm.Request.Attributes)
+	require.Nil(t, ep.ShadowMode, "observability mode would let every request through")
+	require.Nil(t, ep.StatusOnError)
+}
+
+func TestEnvoyGateway_References(t *testing.T) {
+	eg := loadEnvoyGateway(t)
+	policy := eg.policies[0]
+	keyed, catchAll := eg.routes["payments-keyed"], eg.routes["payments"]
+	require.NotNil(t, keyed)
+	require.NotNil(t, catchAll)
+
+	t.Run("policy attaches to the keyed route only", func(t *testing.T) {
+		refs := policy.Spec.TargetRefs
+		require.Len(t, refs, 1)
+		require.Equal(t, gwapiv1.Group("gateway.networking.k8s.io"), refs[0].Group)
+		require.Equal(t, gwapiv1.Kind("HTTPRoute"), refs[0].Kind)
+		require.Equal(t, gwapiv1.ObjectName(keyed.Name), refs[0].Name)
+		require.Nil(t, policy.Spec.TargetRef)
+		require.Empty(t, policy.Spec.TargetSelectors)
+		require.Equal(t, keyed.Namespace, policy.Namespace)
+	})
+	t.Run("backend is the idemproxy Service", func(t *testing.T) {
+		refs := policy.Spec.ExtProc[0].BackendRefs
+		require.Len(t, refs, 1)
+		ref := refs[0].BackendObjectReference
+		require.Equal(t, gwapiv1.Group(""), *ref.Group)
+		require.Equal(t, gwapiv1.Kind("Service"), *ref.Kind)
+		require.Equal(t, gwapiv1.ObjectName("idemproxy"), ref.Name)
+		require.EqualValues(t, 50051, *ref.Port)
+		// The same Service deploy/kubernetes renders, in its namespace.
+		svcs := decodeK8s(t, yamlDocs(t, readRepoFile(t, "deploy", "kubernetes", "service.yaml"))).services
+		require.Contains(t, svcs, string(ref.Name))
+		require.Equal(t, "outbound|50051||"+string(ref.Name)+"."+string(*ref.Namespace)+".svc.cluster.local", idemproxyCluster(t))
+	})
+	t.Run("reference grant allows the cross-namespace reference", func(t *testing.T) {
+		ref := policy.Spec.ExtProc[0].BackendRefs[0].BackendObjectReference
+		g := eg.grants[0]
+		require.Equal(t, string(*ref.Namespace), g.Namespace)
+		require.Len(t, g.Spec.From, 1)
+		require.Equal(t, gwapiv1.Group("gateway.envoyproxy.io"), g.Spec.From[0].Group)
+		require.Equal(t, gwapiv1.Kind("EnvoyExtensionPolicy"), g.Spec.From[0].Kind)
+		require.Equal(t, gwapiv1.Namespace(policy.Namespace), g.Spec.From[0].Namespace)
+		require.Len(t, g.Spec.To, 1)
+		require.Equal(t, gwapiv1.Kind("Service"), g.Spec.To[0].Kind)
+		require.Equal(t, ref.Name, *g.Spec.To[0].Name)
+	})
+	t.Run("keyed route matches exactly the key headers", func(t *testing.T) {
+		keyHeaders := strings.Split(decodeConfigMapValue(t, "IDEMPROXY_KEY_HEADERS"), ",")
+		var matched []string
+		for _, rule := range keyed.Spec.Rules {
+			require.Len(t, rule.Matches, 1)
+			m := rule.Matches[0]
+			require.Len(t, m.Headers, 1, "one key header per rule: matches within a rule are ANDed")
+			h := m.Headers[0]
+			require.Equal(t, gwapiv1.HeaderMatchRegularExpression, *h.Type)
+			require.Equal(t, ".*", h.Value, "any value: presence is what counts")
+			matched = append(matched, strings.ToLower(string(h.Name)))
+			require.Equal(t, catchAll.Spec.Rules[0].Matches[0].Path, m.Path, "same paths as the catch-all")
+			require.Equal(t, catchAll.Spec.Rules[0].BackendRefs, rule.BackendRefs)
+			// No retries: an Envoy retry is an execution idemproxy cannot see.
+			require.Nil(t, rule.Retry)
+			require.NotNil(t, rule.Timeouts)
+			require.Equal(t, 60*time.Second, mustDuration(t, string(*rule.Timeouts.Request)))
+		}
+		require.ElementsMatch(t, keyHeaders, matched)
+	})
+	t.Run("catch-all route has no header match", func(t *testing.T) {
+		require.Len(t, catchAll.Spec.Rules, 1)
+		require.Len(t, catchAll.Spec.Rules[0].Matches, 1)
+		require.Empty(t, catchAll.Spec.Rules[0].Matches[0].Headers)
+		require.Equal(t, keyed.Spec.ParentRefs, catchAll.Spec.ParentRefs)
+		require.Equal(t, keyed.Spec.Hostnames, catchAll.Spec.Hostnames)
+		require.Equal(t, keyed.Namespace, catchAll.Namespace)
+	})
+}
