@@ -1,0 +1,156 @@
+package envoy
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestEndToEnd_UnknownOutcome is scenario 8 of RELIABILITY.md: Toxiproxy
+// sits between Envoy and the backend and cuts the connection once the
+// backend has run the request, so no complete response ever reaches Envoy.
+// The outcome is unknown: with --on-unknown=expire the key is refused until
+// its lock expires, then runs again; with --on-unknown=hold it is refused
+// (never re-run) until an operator clears it.
+func TestEndToEnd_UnknownOutcome(t *testing.T) {
+	shared := startShared(t)
+	tp := startToxiproxy(t)
+
+	t.Run("with expire the key runs again only after the lock TTL", func(t *testing.T) {
+		t.Parallel()
+		const lockTTL = 2 * time.Second
+		s, cut := cutFrontend(t, shared, tp, "cut_expire", "--lock-ttl", lockTTL.String(), "--heartbeat", "500ms")
+		key := newKey(t)
+		const path, body = "/charge", `{"amount":5000}`
+
+		// The backend answers, and Toxiproxy closes the connection at the
+		// first byte of the answer: Envoy never sees the response start.
+		restore := cut(map[string]any{"bytes": 0}, 0)
+		first, err := s.tryDo("POST", path, body, "Idempotency-Key", key)
+		require.NoError(t, err)
+		cutAt := time.Now()
+		require.Equal(t, http.StatusServiceUnavailable, first.status, "Envoy's reply to the reset: %s", first.body)
+		require.Equal(t, 1, s.executions(t, key))
+		restore()
+
+		var conflicts int
+		var again reply
+		var usable time.Duration
+		waitFor(t, lockTTL+10*time.Second, "the key to run again after the lock TTL", func() bool {
+			sent := time.Since(cutAt)
+			again = s.do(t, "POST", path, body, "Idempotency-Key", key)
+			if again.status == http.StatusConflict && again.problemType() == problem+"in-progress" {
+				require.Equal(t, 1, s.executions(t, key), "a 409 never comes with a second execution")
+				conflicts++
+				time.Sleep(100 * time.Millisecond)
+				return false
+			}
+			usable = sent
+			return true
+		})
+		require.Equal(t, http.StatusOK, again.status, "%s", again.body)
+		require.False(t, again.replayed())
+		require.Positive(t, conflicts, "retries before the lock TTL get 409")
+		require.Greater(t, usable, lockTTL/2, "the key ran again long before the lock TTL")
+		require.Equal(t, 2, s.executions(t, key), "expire: the unknown outcome runs again after the TTL")
+		require.True(t, s.do(t, "POST", path, body, "Idempotency-Key", key).replayed())
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
+		t.Logf("expire: cut before the response: client got %d %q; retries: %d x 409, then ran again %v after the cut (lock TTL %v); backend executions %d",
+			first.status, first.body, conflicts, usable.Round(time.Millisecond), lockTTL, s.executions(t, key))
+	})
+
+	t.Run("with hold the key is never run again until an operator clears it", func(t *testing.T) {
+		t.Parallel()
+		const lockTTL = time.Second
+		s, cut := cutFrontend(t, shared, tp, "cut_hold", "--lock-ttl", lockTTL.String(), "--heartbeat", "300ms",
+			"--on-unknown", "hold", "--admin-token", adminToken)
+		key := newKey(t)
+		// This time the cut comes in the middle of the body: Envoy has sent
+		// the status and headers on, and the stream ends without the rest.
+		const size = 256 << 10
+		path := fmt.Sprintf("/large?bytes=%d", size)
+
+		// The body trickles (128 KB/s), so Envoy has long sent the headers
+		// on when the cut comes at 32 KiB. Should Envoy still be waiting
+		// for idemproxy's answer to the headers, it answers 503 itself:
+		// an unknown outcome all the same.
+		restore := cut(map[string]any{"bytes": 32 << 10}, 128)
+		first, cutErr := s.tryDo("POST", path, "", "Idempotency-Key", key)
+		require.True(t, cutErr != nil || first.status == http.StatusServiceUnavailable,
+			"the body must be cut: status %d, %d bytes, %v", first.status, len(first.body), cutErr)
+		cutAt := time.Now()
+		require.Equal(t, 1, s.executions(t, key))
+		restore()
+
+		// The hold is written when idemproxy sees the stream end, which
+		// may come just after the client saw the cut: 409 in-progress
+		// until then, outcome-unknown after, and never a run.
+		var held, inProgress int
+		var refused time.Duration
+		waitFor(t, 10*time.Second, "retries refused for twice the lock TTL", func() bool {
+			r := s.do(t, "POST", path, "", "Idempotency-Key", key)
+			require.Equal(t, http.StatusConflict, r.status, "%s", r.body)
+			switch r.problemType() {
+			case problem + "outcome-unknown":
+				held++
+			case problem + "in-progress":
+				require.Zero(t, held, "once held, the key stays held")
+				inProgress++
+			default:
+				require.FailNow(t, "unexpected problem", "%s", r.body)
+			}
+			time.Sleep(100 * time.Millisecond)
+			refused = time.Since(cutAt)
+			return held > 0 && refused > 2*lockTTL
+		})
+		require.Equal(t, 1, s.executions(t, key), "held: never a second execution")
+
+		host := strings.TrimPrefix(s.url, "http://")
+		code, info := s.adminKey(t, "GET", host, key, adminToken)
+		require.Equal(t, http.StatusOK, code)
+		require.Equal(t, "outcome_unknown", info["state"])
+		code, res := s.adminKey(t, "DELETE", host, key, adminToken)
+		require.Equal(t, http.StatusOK, code)
+		require.Equal(t, true, res["deleted"])
+
+		again, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, again.status)
+		require.Len(t, again.body, size)
+		require.Equal(t, 2, s.executions(t, key), "a cleared key runs again")
+		require.True(t, s.do(t, "POST", path, "", "Idempotency-Key", key).replayed())
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
+		t.Logf("hold: cut mid-body: status %d, %d of %d bytes (%v); retries over %v: %d x 409 in-progress, %d x 409 outcome-unknown; "+
+			"admin state %v, deleted; then ran: backend executions %d",
+			first.status, len(first.body), size, cutErr, refused.Round(time.Millisecond), inProgress, held, info["state"], s.executions(t, key))
+	})
+}
+
+// cutFrontend starts an idemproxy and an Envoy whose backend cluster goes
+// through a new Toxiproxy proxy named proxy. cut installs a limit_data toxic
+// on the backend's answers (close the connection after that many bytes),
+// behind a bandwidth toxic of rate KB/s unless rate is 0, and returns the
+// function that removes them.
+func cutFrontend(t *testing.T, shared *stack, tp *toxiproxy, proxy string, args ...string) (*stack, func(map[string]any, int) func()) {
+	t.Helper()
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	tp.createProxy(t, proxy, listen, shared.backendAddr)
+	s := addFrontend(t, shared, frontendConfig{idemproxyArgs: args, backendAddr: listen})
+	cut := func(limit map[string]any, rate int) func() {
+		if rate > 0 {
+			tp.addToxic(t, proxy, "trickle", "bandwidth", "downstream", map[string]any{"rate": rate})
+		}
+		tp.addToxic(t, proxy, "cut", "limit_data", "downstream", limit)
+		return func() {
+			tp.removeToxic(t, proxy, "cut")
+			if rate > 0 {
+				tp.removeToxic(t, proxy, "trickle")
+			}
+		}
+	}
+	return s, cut
+}
