@@ -41,6 +41,12 @@ type Config struct {
 	// FenceHeader is the request header that carries the grant's fencing
 	// token upstream; empty disables it.
 	FenceHeader string
+	// MaxRequestHeaders and MaxRequestHeaderBytes are Envoy's request
+	// header limits (HCM max_headers_count, max_request_headers_kb): a
+	// keyed request with no room left for the fence header is refused
+	// before its key is locked.
+	MaxRequestHeaders     int
+	MaxRequestHeaderBytes int
 	// StoreTimeout bounds each store call on the request path; it must be
 	// well under Envoy's message_timeout so the client gets our 503, not
 	// Envoy's 504.
@@ -53,16 +59,18 @@ type Config struct {
 // DefaultConfig returns the defaults documented in the README.
 func DefaultConfig() Config {
 	return Config{
-		KeyHeaders:      []string{"idempotency-key", "x-idempotency-key"},
-		LockTTL:         30 * time.Second,
-		Heartbeat:       10 * time.Second,
-		Retention:       24 * time.Hour,
-		MaxStoredBody:   1 << 20,
-		NoStore:         MustParseStatusSet("5xx,408,425,429"),
-		ExcludeHeaders:  []string{"set-cookie"},
-		FenceHeader:     "idempotency-fence",
-		StoreTimeout:    time.Second,
-		FinalizeTimeout: 5 * time.Second,
+		KeyHeaders:            []string{"idempotency-key", "x-idempotency-key"},
+		LockTTL:               30 * time.Second,
+		Heartbeat:             10 * time.Second,
+		Retention:             24 * time.Hour,
+		MaxStoredBody:         1 << 20,
+		NoStore:               MustParseStatusSet("5xx,408,425,429"),
+		ExcludeHeaders:        []string{"set-cookie"},
+		FenceHeader:           "idempotency-fence",
+		MaxRequestHeaders:     100,
+		MaxRequestHeaderBytes: 60 << 10,
+		StoreTimeout:          time.Second,
+		FinalizeTimeout:       5 * time.Second,
 	}
 }
 
@@ -89,6 +97,9 @@ func (c Config) Validate() error {
 	}
 	if c.Retention < c.LockTTL {
 		errs = append(errs, fmt.Errorf("retention %v must be at least the lock TTL %v", c.Retention, c.LockTTL))
+	}
+	if c.MaxRequestHeaders < 1 || c.MaxRequestHeaderBytes < 1 {
+		errs = append(errs, errors.New("the request header limits must be positive"))
 	}
 	if c.MaxStoredBody < 0 {
 		errs = append(errs, fmt.Errorf("max stored body %d must not be negative", c.MaxStoredBody))

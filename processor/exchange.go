@@ -133,6 +133,10 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		e.log.Info("invalid idempotency key", "reason", err.Error())
 		return problemReply(probInvalidKey, err.Error(), ""), nil
 	}
+	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
+		e.srv.metrics.requests.WithLabelValues(outcomeHeadersTooLarge).Inc()
+		return problemReply(probHeadersTooLarge, p, ""), nil
+	}
 	e.key = storeKey(scope, key)
 	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
 		// Without the buffered body there is no fingerprint, and answering
@@ -272,10 +276,12 @@ func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOr
 	return continueResponseHeaders()
 }
 
+// responseStatus returns the final status, or 0 for a missing, malformed or
+// informational (1xx) one: those are never stored, so the key is released.
 func responseStatus(hs []*corev3.HeaderValue) int {
 	for _, h := range hs {
 		if h.GetKey() == ":status" {
-			if n, err := strconv.Atoi(headerValue(h)); err == nil && n >= 100 && n <= 599 {
+			if n, err := strconv.Atoi(headerValue(h)); err == nil && n >= 200 && n <= 599 {
 				return n
 			}
 			return 0

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"fmt"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -49,7 +50,7 @@ func newHeaderFilter(extra []string) headerFilter {
 func (f headerFilter) storable(hs []*corev3.HeaderValue) []Header {
 	var connNamed map[string]bool
 	for _, h := range hs {
-		if h.GetKey() == "connection" {
+		if strings.EqualFold(h.GetKey(), "connection") {
 			for _, name := range strings.Split(headerValue(h), ",") {
 				if connNamed == nil {
 					connNamed = map[string]bool{}
@@ -68,4 +69,28 @@ func (f headerFilter) storable(hs []*corev3.HeaderValue) []Header {
 		out = append(out, Header{Name: name, Value: headerValue(h)})
 	}
 	return out
+}
+
+// headroom checks that the fence header idemproxy adds still fits Envoy's
+// request header limits. Envoy refuses a mutation past them and answers 500
+// on its own, after the lock was granted, so the request would look like an
+// unknown outcome and block its key although it never ran. It returns a
+// problem detail, or "" when the header fits.
+func (s *Server) headroom(hs []*corev3.HeaderValue) string {
+	if s.cfg.FenceHeader == "" {
+		return ""
+	}
+	size := len(s.cfg.FenceHeader) + 20 // the longest int64 fence
+	for _, h := range hs {
+		size += len(h.GetKey()) + len(headerValue(h))
+	}
+	switch {
+	case len(hs)+1 > s.cfg.MaxRequestHeaders:
+		return fmt.Sprintf("The request has %d headers; with the %s header the proxy adds, it would pass the limit of %d.",
+			len(hs), s.cfg.FenceHeader, s.cfg.MaxRequestHeaders)
+	case size > s.cfg.MaxRequestHeaderBytes:
+		return fmt.Sprintf("The request's headers take %d bytes; with the %s header the proxy adds, they would pass the limit of %d.",
+			size-len(s.cfg.FenceHeader)-20, s.cfg.FenceHeader, s.cfg.MaxRequestHeaderBytes)
+	}
+	return ""
 }

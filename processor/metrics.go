@@ -9,18 +9,19 @@ import (
 
 // Request outcomes: the decision taken for each request that reached us.
 const (
-	outcomePassthrough   = "passthrough"
-	outcomeAcquired      = "acquired"
-	outcomeReplayed      = "replayed"
-	outcomeConflict      = "in_progress_conflict"
-	outcomeMismatch      = "fingerprint_mismatch"
-	outcomeInvalidKey    = "invalid_key"
-	outcomeStoreError    = "store_error"
-	outcomeFailOpen      = "fail_open"
-	outcomeNotStored     = "not_stored"
-	outcomeMisconfigured = "misconfigured"
-	outcomeKeyRequired   = "key_required"
-	outcomeUnknown       = "outcome_unknown"
+	outcomePassthrough     = "passthrough"
+	outcomeAcquired        = "acquired"
+	outcomeReplayed        = "replayed"
+	outcomeConflict        = "in_progress_conflict"
+	outcomeMismatch        = "fingerprint_mismatch"
+	outcomeInvalidKey      = "invalid_key"
+	outcomeStoreError      = "store_error"
+	outcomeFailOpen        = "fail_open"
+	outcomeNotStored       = "not_stored"
+	outcomeMisconfigured   = "misconfigured"
+	outcomeKeyRequired     = "key_required"
+	outcomeUnknown         = "outcome_unknown"
+	outcomeHeadersTooLarge = "headers_too_large"
 )
 
 // Response results: what became of an acquired key.
@@ -89,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown} {
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge} {
 		m.requests.WithLabelValues(o)
 	}
 	for _, r := range []string{resultStored, resultStoredNoBody, resultReleasedStatus, resultReleasedEarly,

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -19,7 +20,7 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 	switch {
 	case state == "acquired" && len(reply) == 2:
 		fence, ok := reply[1].(int64)
-		if !ok {
+		if !ok || fence <= 0 {
 			return processor.Acquisition{}, fmt.Errorf("%w: acquire: no fence", ErrCorruptRecord)
 		}
 		return processor.Acquisition{State: processor.StateAcquired, Fence: fence}, nil
@@ -38,7 +39,8 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 		return processor.Acquisition{
 			State:       st,
 			Fingerprint: []byte(fp),
-			LockTTL:     time.Duration(max(pttl, 0)) * time.Millisecond,
+			// Clamped so a corrupt PTTL cannot overflow into a negative wait.
+			LockTTL: time.Duration(min(max(pttl, 0), math.MaxInt64/int64(time.Millisecond))) * time.Millisecond,
 		}, nil
 	case state == "completed" && len(reply) == 7:
 		rec, err := parseRecord(reply[1:], open)
@@ -67,7 +69,7 @@ func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, err
 	}
 	fp, status, hdr, body, bs, enc := s[0], s[1], s[2], s[3], s[4], s[5]
 	code, err := strconv.Atoi(status)
-	if err != nil {
+	if err != nil || code < 200 || code > 599 {
 		return nil, fmt.Errorf("%w: status %q", ErrCorruptRecord, status)
 	}
 	hdrPlain, err := open(enc, "hdr", []byte(hdr))

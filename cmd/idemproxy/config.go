@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -122,6 +123,15 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
 	fs.StringVar(&s.OnUnknown, "on-unknown", "expire", "when a request went upstream and no final response was seen: expire (the lock expires after --lock-ttl) or hold (the key is refused for --retention, until an operator clears it)")
 	fs.StringVar(&p.FenceHeader, "fence-header", p.FenceHeader, "request header carrying the fencing token upstream (empty: none)")
+	fs.IntVar(&p.MaxRequestHeaders, "max-request-headers", p.MaxRequestHeaders, "Envoy's max_headers_count: keyed requests with no room for the fence header get 431")
+	fs.Func("max-request-headers-kb", "Envoy's max_request_headers_kb (default 60)", func(v string) error {
+		kb, err := strconv.Atoi(v)
+		if err != nil || kb < 1 {
+			return errors.New("want a positive number of KiB")
+		}
+		p.MaxRequestHeaderBytes = kb << 10
+		return nil
+	})
 	fs.StringVar(&s.AdminToken, "admin-token", "", "bearer token for /admin/v1/keys (empty with no --admin-token-file: endpoint off)")
 	fs.StringVar(&s.EncryptionKeys, "encryption-keys", "", "encrypt stored responses at rest (AES-256-GCM): id:base64key[,id:base64key...], the first seals, all open (rotation)")
 	fs.StringVar(&s.EncryptionFile, "encryption-keys-file", "", "file holding the --encryption-keys value (preferred: not visible in ps)")
