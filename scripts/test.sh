@@ -15,6 +15,18 @@ note "go vet ./..."
 go vet ./...
 note "go test -race ./..."
 go test -race -count=1 -timeout 12m "$@" ./...
+# Fuzzing, after the suite (which already ran every seed and committed
+# corpus entry): each target for a bounded time, one after another, since
+# go test fuzzes one target per run. A failure writes its input under the
+# package's testdata/fuzz/<Target>/; commit it with the fix. FUZZTIME=0s skips.
+FUZZTIME="${FUZZTIME:-8s}"
+if [ "$FUZZTIME" != "0s" ]; then
+  for target in processor:FuzzParseKey processor:FuzzHeaderFilter processor:FuzzProcess \
+    redisstore:FuzzDecodeHeaders redisstore:FuzzParseAcquire; do
+    note "fuzz ${target#*:} for $FUZZTIME"
+    go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s "./${target%%:*}/"
+  done
+fi
 # The deployment artifacts (compose, Dockerfile, Kubernetes, Istio, Envoy
 # Gateway) are checked by their own module, so its heavy test-only
 # dependencies stay out of the server's go.mod.

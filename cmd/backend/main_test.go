@@ -15,7 +15,14 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the package if a test leaves a goroutine behind: run must
+// stop its server and end in-flight slow requests on shutdown.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // envMap stands in for os.LookupEnv.
 type envMap map[string]string
