@@ -301,3 +301,38 @@ func TestServer_Process_bodyNotBuffered(t *testing.T) {
 		requireContinue(t, out[0])
 	})
 }
+
+func TestServer_Process_headroomForFence(t *testing.T) {
+	withHeaders := func(n int, valueLen int) *extprocv3.ProcessingRequest {
+		kv := []string{":method", "POST", ":path", "/charge", ":authority", testAuthority, "idempotency-key", "k"}
+		for i := len(kv) / 2; i < n; i++ {
+			kv = append(kv, "x-h"+strconv.Itoa(i), strings.Repeat("v", valueLen))
+		}
+		return reqHeaders(true, kv...)
+	}
+	tests := []struct {
+		name   string
+		req    *extprocv3.ProcessingRequest
+		fence  string
+		refuse bool
+	}{
+		{"99 headers leave room for the fence", withHeaders(99, 1), "idempotency-fence", false},
+		{"100 headers leave none", withHeaders(100, 1), "idempotency-fence", true},
+		{"61,000 bytes of headers leave none", withHeaders(10, 6100), "idempotency-fence", true},
+		{"without fencing there is nothing to add", withHeaders(100, 1), "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv, _ := newTestServer(t, store, func(c *Config) { c.FenceHeader = tc.fence })
+			out, err := run(t, srv, endEOF, tc.req)
+			require.NoError(t, err)
+			if tc.refuse {
+				requireProblem(t, out[0], 431, "headers-too-large")
+				require.Empty(t, store.callsOf(""), "refused before any lock")
+				return
+			}
+			requireContinue(t, out[0])
+		})
+	}
+}
