@@ -318,7 +318,7 @@ func TestServer_Process_headroomForFence(t *testing.T) {
 	}{
 		{"99 headers leave room for the fence", withHeaders(99, 1), "idempotency-fence", false},
 		{"100 headers leave none", withHeaders(100, 1), "idempotency-fence", true},
-		{"61,000 bytes of headers leave none", withHeaders(10, 6100), "idempotency-fence", true},
+		{"62,000 bytes of headers leave none", withHeaders(14, 6200), "idempotency-fence", true},
 		{"without fencing there is nothing to add", withHeaders(100, 1), "", false},
 	}
 	for _, tc := range tests {
