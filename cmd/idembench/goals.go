@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"math"
+)
+
+// goal is one target of issue 5 and whether this run met it.
+type goal struct {
+	Name     string `json:"name"`
+	Measured string `json:"measured"`
+	Target   string `json:"target"`
+	Verdict  string `json:"verdict"` // PASS, MISS, or n/a
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+// goals computes the ratios from whatever scenarios ran.
+func (r *report) goals() []goal {
+	var gs []goal
+	ratio := func(name, num, den string, target float64) {
+		n, d := r.find(r.Saturation, num), r.find(r.Saturation, den)
+		if n == nil || d == nil || d.RPS == 0 {
+			gs = append(gs, goal{Name: name, Measured: "-", Target: fmt.Sprintf(">= %.2f", target), Verdict: "n/a (needs " + num + " and " + den + ")"})
+			return
+		}
+		v := n.RPS / d.RPS
+		gs = append(gs, goal{Name: name, Measured: fmt.Sprintf("%.2f", v), Target: fmt.Sprintf(">= %.2f", target), Verdict: verdict(v >= target)})
+	}
+	ratio("throughput c/b (idempotency vs bare ext_proc)", "c", "b", 0.85)
+	if c, b := r.find(r.Fixed, "c"), r.find(r.Fixed, "b"); c != nil && b != nil && c.TargetRate == b.TargetRate {
+		v := c.P99ms - b.P99ms
+		gs = append(gs, goal{Name: fmt.Sprintf("p99(c) - p99(b) at %.0f req/s", c.TargetRate),
+			Measured: fmt.Sprintf("%.2f ms", v), Target: "<= 1 ms", Verdict: verdict(v <= 1)})
+	} else {
+		gs = append(gs, goal{Name: "p99(c) - p99(b) at the fixed rate", Measured: "-", Target: "<= 1 ms", Verdict: "n/a (needs b and c)"})
+	}
+	ratio("throughput d/c (replay vs new key)", "d", "c", 1.5)
+	ratio("throughput e/a (no key vs no ext_proc)", "e", "a", 0.95)
+
+	trips := func(name, id string, want float64) {
+		p := r.find(r.Saturation, id)
+		if p == nil {
+			gs = append(gs, goal{Name: name, Measured: "-", Target: fmt.Sprintf("%.0f", want), Verdict: "n/a (needs " + id + ")"})
+			return
+		}
+		// Requests straddling the window's edges make new keys and
+		// replays off by a few hundredths; no key must be exactly 0.
+		ok := math.Abs(p.RedisPerReq-want) <= 0.05
+		if want == 0 {
+			ok = p.Redis.Requests == 0
+		}
+		gs = append(gs, goal{Name: name, Measured: fmt.Sprintf("%.2f", p.RedisPerReq), Target: fmt.Sprintf("%.0f", want), Verdict: verdict(ok)})
+	}
+	trips("Redis round trips per request: new key (c)", "c", 2)
+	trips("Redis round trips per request: replay (d)", "d", 1)
+	if d := r.Dup; d != nil {
+		gs = append(gs, goal{Name: "Redis round trips per request: in-flight dup", Measured: fmt.Sprintf("%.2f", d.RedisPerReq),
+			Target: "1", Verdict: verdict(math.Abs(d.RedisPerReq-1) <= 0.05 && d.Non409 == 0 && d.Errors == 0)})
+	} else {
+		gs = append(gs, goal{Name: "Redis round trips per request: in-flight dup", Measured: "-", Target: "1", Verdict: "n/a (needs dup)"})
+	}
+	trips("Redis round trips per request: no key (e)", "e", 0)
+	if e := r.find(r.Saturation, "e"); e != nil {
+		var streams int64
+		for _, p := range []*phaseResult{e, r.find(r.Fixed, "e")} {
+			if p != nil {
+				streams += p.ExtProcStreams
+			}
+		}
+		gs = append(gs, goal{Name: "ext_proc streams opened for keyless requests (e)", Measured: fmt.Sprintf("%d", streams),
+			Target: "0", Verdict: verdict(streams == 0)})
+	}
+	return gs
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Scenario (f)'s idemproxy renews locks every holdHeartbeat, so that its
+// short measuring window sees many renewals.
+const (
+	holdHeartbeat = time.Second
+	holdLockTTL   = 3 * time.Second
+)
+
+const acquiredSeries = `idemproxy_requests_total{outcome="acquired"}`
+
+// dupResult measures duplicates of keys that are still in flight.
+type dupResult struct {
+	Holders      int            `json:"holders"`
+	Duplicates   int            `json:"duplicates"`
+	Statuses     map[string]int `json:"statuses"`
+	Non409       int            `json:"non_409"`
+	Errors       int            `json:"errors"`
+	P50ms        float64        `json:"p50_ms"`
+	P99ms        float64        `json:"p99_ms"`
+	Redis        redisCount     `json:"redis"`
+	RedisPerReq  float64        `json:"redis_round_trips_per_request"`
+	HolderNon200 int            `json:"holder_non_200"`
+}
+
+// runDuplicates holds a few slow keyed requests (idemproxy's default 10 s
+// heartbeat, so no renewal falls in the window), sends duplicates of them,
+// each of which must get 409 after one Redis round trip, and lets the
+// originals finish.
+func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
+	const holding, perKey, conns = 20, 10, 4
+	r := dupResult{Holders: holding, Duplicates: holding * perKey, Statuses: map[string]int{}}
+	env, err := b.st.Envoy(ctx, envoyIdem)
+	if err != nil {
+		return r, err
+	}
+	idem, err := b.st.extProcFor(ctx, envoyIdem)
+	if err != nil {
+		return r, err
+	}
+	reqs := make([][]byte, holding)
+	for i := range reqs {
+		reqs[i] = slowRequest(b.nonce+"-dup-"+strconv.Itoa(i), "3s")
+	}
+	start, err := metric(ctx, b.st.http, idem.admin, acquiredSeries)
+	if err != nil {
+		return r, err
+	}
+	h, err := startHolders(ctx, env.addr, reqs, 30*time.Second)
+	if err != nil {
+		return r, err
+	}
+	// On the way out after an error, cut the originals; after success
+	// they have already finished and this changes nothing.
+	defer func() { h.cut(); h.wait() }()
+	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 10*time.Second,
+		func(v float64) bool { return v >= start+holding }); err != nil {
+		return r, err
+	}
+	before, err := b.redisCalls(ctx)
+	if err != nil {
+		return r, err
+	}
+	res := runLoad(ctx, loadSpec{addr: env.addr, conns: conns, gen: func(dst []byte, c int, seq uint64) []byte {
+		if seq >= perKey*holding/conns {
+			return nil
+		}
+		return append(dst, reqs[(int(seq)*conns+c)%holding]...)
+	}}, fixedCount())
+	after, err := b.redisCalls(ctx)
+	if err != nil {
+		return r, err
+	}
+	held, herr := countStatuses(h.wait())
+	r.HolderNon200 = herr + r.Holders - held[200]
+	for s, n := range res.statuses {
+		r.Statuses[strconv.Itoa(s)] = n
+		if s != 409 {
+			r.Non409 += n
+		}
+	}
+	r.Errors = res.errors
+	r.P50ms, r.P99ms = ms(res.lat.percentile(50)), ms(res.lat.percentile(99))
+	r.Redis = classifyRedis(before, after)
+	r.RedisPerReq = float64(r.Redis.Requests) / float64(max(res.completed(), 1))
+	return r, b.st.alive()
+}
+
+// fixedCount is a window for runs whose generator ends them (returns nil):
+// everything counts, and the deadline is only a bound.
+func fixedCount() window {
+	now := time.Now()
+	return window{begin: now, start: now, end: now.Add(time.Minute)}
+}
+
+// holdResult is scenario (f): many slow requests in flight at once.
+type holdResult struct {
+	InFlight         int        `json:"in_flight"`
+	RampSeconds      float64    `json:"ramp_seconds"`
+	WindowSeconds    float64    `json:"window_seconds"`
+	RSSIdleKiB       int64      `json:"rss_idle_kib"`
+	RSSHeldKiB       int64      `json:"rss_held_kib"`
+	PeakRSSKiB       int64      `json:"peak_rss_kib"`
+	GoroutinesIdle   float64    `json:"goroutines_idle"`
+	GoroutinesHeld   float64    `json:"goroutines_held"`
+	RenewalsPerSec   float64    `json:"redis_renewals_per_second"`
+	MetricRenewals   float64    `json:"metric_renewals_per_second"`
+	ExpectedPerSec   float64    `json:"expected_renewals_per_second"`
+	Redis            redisCount `json:"redis"`
+	ServerCores      float64    `json:"server_cpu_cores"`
+	AnsweredEarly    int        `json:"answered_before_cut"`
+	DrainSeconds     float64    `json:"drain_seconds"`
+	HeartbeatSeconds float64    `json:"heartbeat_seconds"`
+}
+
+// runHold holds cfg.inFlight slow requests through a dedicated idemproxy
+// with a 1 s heartbeat, measures it while they wait, then cuts them (their
+// locks are left to expire, as for any request cut after going upstream).
+func (b *bench) runHold(ctx context.Context) (holdResult, error) {
+	r := holdResult{InFlight: b.cfg.inFlight, ExpectedPerSec: float64(b.cfg.inFlight) / holdHeartbeat.Seconds(),
+		HeartbeatSeconds: holdHeartbeat.Seconds()}
+	env, err := b.st.Envoy(ctx, envoyHold)
+	if err != nil {
+		return r, err
+	}
+	idem, err := b.st.extProcFor(ctx, envoyHold)
+	if err != nil {
+		return r, err
+	}
+	idle, err := procMemory(idem.pid())
+	if err != nil {
+		return r, err
+	}
+	r.RSSIdleKiB = idle.rss
+	if r.GoroutinesIdle, err = metric(ctx, b.st.http, idem.admin, "go_goroutines"); err != nil {
+		return r, err
+	}
+	_ = resetPeakRSS(idem.pid())
+	start, err := metric(ctx, b.st.http, idem.admin, acquiredSeries)
+	if err != nil {
+		return r, err
+	}
+	reqs := make([][]byte, b.cfg.inFlight)
+	for i := range reqs {
+		reqs[i] = slowRequest(b.nonce+"-hold-"+strconv.Itoa(i), "50s")
+	}
+	t0 := time.Now()
+	h, err := startHolders(ctx, env.addr, reqs, time.Minute)
+	if err != nil {
+		return r, err
+	}
+	defer func() { h.cut(); h.wait() }()
+	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 30*time.Second,
+		func(v float64) bool { return v >= start+float64(b.cfg.inFlight) }); err != nil {
+		return r, err
+	}
+	r.RampSeconds = time.Since(t0).Seconds()
+	pause(ctx, b.cfg.warmup) // let the heartbeats spread out
+	before, err := b.sample(ctx, env, idem, nil)
+	if err != nil {
+		return r, err
+	}
+	pause(ctx, b.cfg.duration)
+	after, err := b.sample(ctx, env, idem, nil)
+	if err != nil {
+		return r, err
+	}
+	held, err := procMemory(idem.pid())
+	if err != nil {
+		return r, err
+	}
+	r.RSSHeldKiB, r.PeakRSSKiB, r.GoroutinesHeld = held.rss, held.peak, after.metrics["goroutines"]
+	wall := after.at.Sub(before.at).Seconds()
+	r.WindowSeconds = wall
+	r.Redis = classifyRedis(before.redis, after.redis)
+	r.RenewalsPerSec = float64(r.Redis.Requests) / wall
+	r.MetricRenewals = (after.metrics["renewals"] - before.metrics["renewals"]) / wall
+	r.ServerCores = (after.cpu["server"] - before.cpu["server"]).Seconds() / wall
+
+	h.cut()
+	byStatus, _ := countStatuses(h.wait())
+	for _, n := range byStatus {
+		r.AnsweredEarly += n
+	}
+	cut := time.Now()
+	if err := b.waitMetric(ctx, idem.admin, "idemproxy_active_streams", 20*time.Second,
+		func(v float64) bool { return v == 0 }); err != nil {
+		return r, fmt.Errorf("after cutting the held requests: %w", err)
+	}
+	r.DrainSeconds = time.Since(cut).Seconds()
+	return r, b.st.alive()
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestVersionNumber(t *testing.T) {
+	require.Equal(t, "1.40.0", versionNumber("/root/.pyenv/versions/3.11.7/bin/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL"))
+	require.Equal(t, "7.0.15", versionNumber("Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64"))
+	require.Equal(t, "weird", versionNumber("weird"))
+}
+
+func row(id, load string, rps, p99, trips float64) phaseResult {
+	return phaseResult{Scenario: id, Load: load, RPS: rps, P99ms: p99, RedisPerReq: trips,
+		Redis: redisCount{Requests: int64(trips * 1000)}, TargetRate: 500}
+}
+
+func verdicts(gs []goal) map[string]string {
+	m := map[string]string{}
+	for _, g := range gs {
+		m[g.Name] = g.Verdict
+	}
+	return m
+}
+
+func TestReport_Goals(t *testing.T) {
+	t.Run("each ratio against its target", func(t *testing.T) {
+		r := &report{
+			Saturation: []phaseResult{row("a", "saturation", 1000, 5, 0), row("b", "saturation", 1000, 5, 0),
+				row("c", "saturation", 800, 5, 2.01), row("d", "saturation", 1300, 5, 1), row("e", "saturation", 990, 5, 0)},
+			Fixed: []phaseResult{row("b", "fixed", 500, 2.0, 0), row("c", "fixed", 500, 2.9, 2)},
+			Dup:   &dupResult{RedisPerReq: 1},
+		}
+		require.Equal(t, map[string]string{
+			"throughput c/b (idempotency vs bare ext_proc)":    "MISS", // 0.80
+			"p99(c) - p99(b) at 500 req/s":                     "PASS", // 0.9 ms
+			"throughput d/c (replay vs new key)":               "PASS", // 1.625
+			"throughput e/a (no key vs no ext_proc)":           "PASS", // 0.99
+			"Redis round trips per request: new key (c)":       "PASS",
+			"Redis round trips per request: replay (d)":        "PASS",
+			"Redis round trips per request: in-flight dup":     "PASS",
+			"Redis round trips per request: no key (e)":        "PASS",
+			"ext_proc streams opened for keyless requests (e)": "PASS",
+		}, verdicts(r.goals()))
+	})
+
+	t.Run("a single Redis call without a key misses", func(t *testing.T) {
+		e := row("e", "saturation", 1000, 5, 0)
+		e.Redis.Requests = 1
+		e.ExtProcStreams = 3
+		v := verdicts((&report{Saturation: []phaseResult{e}}).goals())
+		require.Equal(t, "MISS", v["Redis round trips per request: no key (e)"])
+		require.Equal(t, "MISS", v["ext_proc streams opened for keyless requests (e)"])
+	})
+
+	t.Run("scenarios not run are n/a", func(t *testing.T) {
+		v := verdicts((&report{Saturation: []phaseResult{row("c", "saturation", 800, 5, 2)}}).goals())
+		require.Equal(t, "n/a (needs c and b)", v["throughput c/b (idempotency vs bare ext_proc)"])
+		require.Equal(t, "n/a (needs dup)", v["Redis round trips per request: in-flight dup"])
+		require.Equal(t, "PASS", v["Redis round trips per request: new key (c)"])
+	})
+}
+
+func TestReport_Write(t *testing.T) {
+	r := &report{Saturation: []phaseResult{row("c", "saturation", 800, 5, 2)}, Fixed: []phaseResult{row("c", "fixed", 400, 3, 2)},
+		Rate: 400, RateSource: "--rate"}
+	r.Goals = r.goals()
+	var out bytes.Buffer
+	r.write(&out)
+	require.Contains(t, out.String(), "fixed rate: 400 req/s (--rate)")
+	require.Contains(t, out.String(), "500/s") // the row's own target rate
+	require.Contains(t, out.String(), "Redis round trips per request: new key (c)")
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// run measures every selected scenario: all saturation runs first, since
+// the fixed rate derives from (b)'s peak; then the fixed-rate runs; then
+// the in-flight duplicates and (f).
+func (b *bench) run(ctx context.Context) (*report, error) {
+	rep := &report{Started: time.Now(), Machine: machine(), Connections: b.cfg.connections,
+		Warmup: b.cfg.warmup.String(), Duration: b.cfg.duration.String(),
+		Envoy: version(b.cfg.bins.envoy, "--version"), Redis: version(b.cfg.bins.redis, "--version"),
+		Go: runtime.Version()}
+	if !strings.Contains(rep.Envoy, "/"+envoyVersion+"/") {
+		fmt.Fprintf(b.progress, "warning: Envoy is not %s: %s\n", envoyVersion, rep.Envoy)
+	}
+	var selected []scenario
+	for _, sc := range loadScenarios {
+		if b.cfg.only[sc.id] {
+			selected = append(selected, sc)
+		}
+	}
+	for _, sc := range selected {
+		res, err := b.phase(ctx, phase{sc: sc, label: "sat"})
+		if err != nil {
+			return nil, err
+		}
+		rep.Saturation = append(rep.Saturation, res)
+	}
+	rep.Rate, rep.RateSource = b.cfg.rate, "--rate"
+	if rep.Rate == 0 {
+		rep.RateSource = "half of each scenario's own saturation throughput (b was not run)"
+		if r := rep.find(rep.Saturation, "b"); r != nil {
+			rep.Rate, rep.RateSource = r.RPS/2, "half of b's saturation throughput"
+		}
+	}
+	for _, sc := range selected {
+		rate := rep.Rate
+		if rate == 0 {
+			rate = rep.find(rep.Saturation, sc.id).RPS / 2
+		}
+		res, err := b.phase(ctx, phase{sc: sc, label: "fixed", rate: max(rate, 1)})
+		if err != nil {
+			return nil, err
+		}
+		rep.Fixed = append(rep.Fixed, res)
+	}
+	if b.cfg.only["dup"] {
+		fmt.Fprintln(b.progress, "==> dup: duplicates of in-flight keys")
+		d, err := b.runDuplicates(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("dup: %w", err)
+		}
+		rep.Dup = &d
+	}
+	if b.cfg.only["f"] {
+		fmt.Fprintf(b.progress, "==> f: %d slow requests in flight\n", b.cfg.inFlight)
+		h, err := b.runHold(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("f: %w", err)
+		}
+		rep.Hold = &h
+	}
+	rep.Finished = time.Now()
+	rep.Goals = rep.goals()
+	return rep, nil
+}
+
+// phase runs one phase with a progress line before and after.
+func (b *bench) phase(ctx context.Context, ph phase) (phaseResult, error) {
+	load := "saturation"
+	if ph.rate > 0 {
+		load = fmt.Sprintf("%.0f/s", ph.rate)
+	}
+	fmt.Fprintf(b.progress, "==> %s: %s, %s (%s warm-up + %s)\n", ph.sc.id, ph.sc.title, load, b.cfg.warmup, b.cfg.duration)
+	res, err := b.runPhase(ctx, ph)
+	if err != nil {
+		return res, fmt.Errorf("%s (%s): %w", ph.sc.id, load, err)
+	}
+	fmt.Fprintf(b.progress, "    %.0f req/s, p99 %.2f ms, non-2xx %d, errors %d\n", res.RPS, res.P99ms, res.Non2xx, res.Errors)
+	return res, nil
+}
+
+// machine describes where the run happened.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	load := ""
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			load = ", load average " + strings.Join(f[:3], " ")
+		}
+	}
+	return fmt.Sprintf("%d cores (%s), %s/%s%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH, load)
+}
+
+// version is the first line of bin's version output.
+func version(bin string, arg string) string {
+	out, err := exec.Command(bin, arg).CombinedOutput()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
+}

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// readyTimeout bounds how long one server may take to come up.
+const readyTimeout = 30 * time.Second
+
+// server is a started child and the addresses it serves.
+type server struct {
+	*proc
+	addr  string // main listener, host:port
+	admin string // admin listener, host:port; "" when it has none
+}
+
+// envoyKind names the four Envoy setups: which ext_proc server, if any.
+type envoyKind string
+
+const (
+	envoyBare envoyKind = "bare"      // (a): ext_proc filter removed
+	envoyNull envoyKind = "null"      // (b): ext_proc -> null server
+	envoyIdem envoyKind = "idemproxy" // (c), (d), (e), dup
+	envoyHold envoyKind = "hold"      // (f): ext_proc -> the fast-heartbeat idemproxy
+)
+
+// stack owns every child process of a run. Servers start when a scenario
+// first needs them and all stop, newest first, in close.
+type stack struct {
+	cfg    config
+	logDir string
+	procs  []*proc
+	http   *http.Client
+
+	redis     *server
+	rdb       *redis.Client
+	backend   *server
+	null      *server
+	idemproxy map[string]*server
+	envoys    map[envoyKind]*server
+}
+
+func newStack(cfg config, logDir string) *stack {
+	return &stack{cfg: cfg, logDir: logDir, http: &http.Client{Timeout: 5 * time.Second},
+		idemproxy: map[string]*server{}, envoys: map[envoyKind]*server{}}
+}
+
+// close stops every child, newest first: Envoys before the servers behind
+// them, Redis last.
+func (s *stack) close() {
+	if s.rdb != nil {
+		_ = s.rdb.Close()
+	}
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].stop(stopGrace)
+	}
+	s.procs = nil
+}
+
+func (s *stack) start(name, bin string, args ...string) (*proc, error) {
+	p, err := startProc(s.logDir, name, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, p)
+	return p, nil
+}
+
+// httpOK is a readiness check: GET url answers 200.
+func (s *stack) httpOK(url string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := s.http.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	}
+}
+
+// Redis starts redis-server without persistence: the benchmark measures
+// the request path, and a save would be a pause in the middle of a run.
+func (s *stack) Redis(ctx context.Context) (*server, error) {
+	if s.redis != nil {
+		return s.redis, nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.start("redis", s.cfg.bins.redis, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no")
+	if err != nil {
+		return nil, err
+	}
+	srv := &server{proc: p, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	s.rdb = redis.NewClient(&redis.Options{Addr: srv.addr, PoolSize: 2})
+	if err := waitReady(ctx, p, readyTimeout, func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }); err != nil {
+		return nil, err
+	}
+	s.redis = srv
+	return srv, nil
+}
+
+// Backend starts the mock payment service.
+func (s *stack) Backend(ctx context.Context) (*server, error) {
+	if s.backend != nil {
+		return s.backend, nil
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.start("backend", s.cfg.bins.backend, "--addr", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitReady(ctx, p, readyTimeout, s.httpOK("http://"+addr+"/healthz")); err != nil {
+		return nil, err
+	}
+	s.backend = &server{proc: p, addr: addr}
+	return s.backend, nil
+}
+
+// Idemproxy starts an idemproxy with its defaults plus extra flags; name
+// tells instances apart. The shutdown grace is short so a run ends quickly;
+// it plays no part on the request path.
+func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*server, error) {
+	if srv := s.idemproxy[name]; srv != nil {
+		return srv, nil
+	}
+	rs, err := s.Redis(ctx)
+	if err != nil {
+		return nil, err
+	}
+	grpcAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	adminAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
+		"--redis-url", "redis://" + rs.addr + "/0", "--shutdown-grace", "2s"}, extra...)
+	p, err := s.start(name, s.cfg.bins.idemproxy, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitReady(ctx, p, readyTimeout, s.httpOK("http://"+adminAddr+"/readyz")); err != nil {
+		return nil, err
+	}
+	srv := &server{proc: p, addr: grpcAddr, admin: adminAddr}
+	s.idemproxy[name] = srv
+	return srv, nil
+}
+
+// Null starts the null ext_proc server: idembench itself, in a separate
+// process so its CPU and memory are measured like idemproxy's.
+func (s *stack) Null(ctx context.Context) (*server, error) {
+	if s.null != nil {
+		return s.null, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("null server: own executable: %w", err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.start("null-server", exe, nullServerCommand, "--addr", addr)
+	if err != nil {
+		return nil, err
+	}
+	dial := func(ctx context.Context) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := waitReady(ctx, p, readyTimeout, dial); err != nil {
+		return nil, err
+	}
+	s.null = &server{proc: p, addr: addr}
+	return s.null, nil
+}
+
+// extProcFor starts the ext_proc server an Envoy kind calls, if any.
+func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error) {
+	switch kind {
+	case envoyBare:
+		return nil, nil
+	case envoyNull:
+		return s.Null(ctx)
+	case envoyIdem:
+		return s.Idemproxy(ctx, "idemproxy")
+	case envoyHold:
+		// Scenario (f) wants renewals to happen during its short window.
+		return s.Idemproxy(ctx, "idemproxy-hold",
+			"--heartbeat", holdHeartbeat.String(), "--lock-ttl", holdLockTTL.String())
+	}
+	return nil, fmt.Errorf("unknown Envoy kind %q", kind)
+}
+
+// Envoy starts one Envoy (one worker thread) of the given kind, with the
+// servers behind it.
+func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
+	if srv := s.envoys[kind]; srv != nil {
+		return srv, nil
+	}
+	ext, err := s.extProcFor(ctx, kind)
+	if err != nil {
+		return nil, err
+	}
+	be, err := s.Backend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	src, err := os.ReadFile(s.cfg.envoyYAML)
+	if err != nil {
+		return nil, fmt.Errorf("reading the shipped Envoy config: %w", err)
+	}
+	ec := envoyConfig{backend: be.addr}
+	if ext != nil {
+		ec.extProc = ext.addr
+	}
+	if ec.listener, err = freePort(); err != nil {
+		return nil, err
+	}
+	if ec.admin, err = freePort(); err != nil {
+		return nil, err
+	}
+	yaml, err := renderEnvoyConfig(string(src), ec)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(s.logDir, "envoy-"+string(kind)+".yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		return nil, err
+	}
+	p, err := s.start("envoy-"+string(kind), s.cfg.bins.envoy, "-c", path,
+		"--concurrency", "1", "--disable-hot-restart", "-l", "error")
+	if err != nil {
+		return nil, err
+	}
+	admin := fmt.Sprintf("127.0.0.1:%d", ec.admin)
+	if err := waitReady(ctx, p, readyTimeout, s.httpOK("http://"+admin+"/ready")); err != nil {
+		return nil, err
+	}
+	srv := &server{proc: p, addr: fmt.Sprintf("127.0.0.1:%d", ec.listener), admin: admin}
+	s.envoys[kind] = srv
+	return srv, nil
+}
+
+// alive fails when a child the run depends on has died.
+func (s *stack) alive() error {
+	for _, p := range s.procs {
+		if done, err := p.exited(); done {
+			return p.failure(errors.Join(errors.New("exited during the run"), err))
+		}
+	}
+	return nil
+}
