@@ -30,7 +30,8 @@ const (
 type exchange struct {
 	srv       *Server
 	ctx       context.Context
-	log       *slog.Logger
+	id        uint64
+	log       *slog.Logger // made on first use: most requests log nothing
 	pol       policy
 	policyErr error // invalid per-route metadata: every keyed request is refused
 
@@ -48,12 +49,17 @@ type exchange struct {
 }
 
 func (s *Server) newExchange(ctx context.Context) *exchange {
-	e := &exchange{
-		srv: s, ctx: ctx,
-		log: s.log.With("stream", s.streams.Add(1)),
-	}
+	e := &exchange{srv: s, ctx: ctx, id: s.streams.Add(1)}
 	e.pol, e.policyErr = s.policyFor(ctx)
 	return e
+}
+
+// logger is the stream's logger, tagged with its number.
+func (e *exchange) logger() *slog.Logger {
+	if e.log == nil {
+		e.log = e.srv.log.With("stream", e.id)
+	}
+	return e.log
 }
 
 // handle returns the one reply a message needs; an error ends the stream.
@@ -110,7 +116,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	}
 	if e.policyErr != nil {
 		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
-		e.log.Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
+		e.logger().Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
 			"error", e.policyErr.Error())
 		return problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), nil
 	}
@@ -130,7 +136,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	key, err := singleKey(keys)
 	if err != nil {
 		e.srv.metrics.requests.WithLabelValues(outcomeInvalidKey).Inc()
-		e.log.Info("invalid idempotency key", "reason", err.Error())
+		e.logger().Info("invalid idempotency key", "reason", err.Error())
 		return problemReply(probInvalidKey, err.Error(), ""), nil
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
@@ -142,7 +148,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		// Without the buffered body there is no fingerprint, and answering
 		// the headers would let the request upstream unguarded.
 		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
-		e.log.Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
+		e.logger().Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
 			"request_body_mode", pc.GetRequestBodyMode().String())
 		return problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), nil
 	}
@@ -204,7 +210,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
 		e.token, e.lock = token, lockAcquired
 		e.rec.Fingerprint = fp
-		e.dog = e.srv.startWatchdog(e.ctx, e.log, e.key, token, e.pol)
+		e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, token, e.pol)
 		return e.srv.fence(cont(), acq.Fence)
 	case !bytes.Equal(acq.Fingerprint, fp):
 		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
@@ -236,11 +242,11 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	if e.srv.cfg.FailOpen {
 		e.srv.metrics.requests.WithLabelValues(outcomeFailOpen).Inc()
-		e.log.Warn("store failed; request let through unguarded (fail-open)", "error", err)
+		e.logger().Warn("store failed; request let through unguarded (fail-open)", "error", err)
 		return e.srv.fence(cont(), 0)
 	}
 	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
-	e.log.Error("store failed; request refused (fail-closed)", "error", err)
+	e.logger().Error("store failed; request refused (fail-closed)", "error", err)
 	return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
 }
 
@@ -330,15 +336,15 @@ func (e *exchange) complete() {
 	case errors.Is(err, ErrLeaseLost):
 		e.srv.metrics.responses.WithLabelValues(resultLeaseLost).Inc()
 		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
-		e.log.Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", e.rec.Status)
+		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", e.rec.Status)
 	case err != nil:
 		e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
-		e.log.Error("storing the response failed; the key stays locked until its TTL", "error", err, "status", e.rec.Status)
+		e.logger().Error("storing the response failed; the key stays locked until its TTL", "error", err, "status", e.rec.Status)
 	case e.rec.BodyStored:
 		e.srv.metrics.responses.WithLabelValues(resultStored).Inc()
 	default:
 		e.srv.metrics.responses.WithLabelValues(resultStoredNoBody).Inc()
-		e.log.Info("response stored without its body (over the cap)", "status", e.rec.Status, "cap", e.srv.cfg.MaxStoredBody)
+		e.logger().Info("response stored without its body (over the cap)", "status", e.rec.Status, "cap", e.srv.cfg.MaxStoredBody)
 	}
 	e.body = bytes.Buffer{}
 }
@@ -354,10 +360,10 @@ func (e *exchange) release(result string, attrs ...any) {
 	e.srv.metrics.observeStore("release", start, err)
 	e.srv.metrics.responses.WithLabelValues(result).Inc()
 	if err != nil && !errors.Is(err, ErrLeaseLost) {
-		e.log.Error("releasing the lock failed; the key stays locked until its TTL", append(attrs, "error", err)...)
+		e.logger().Error("releasing the lock failed; the key stays locked until its TTL", append(attrs, "error", err)...)
 		return
 	}
-	e.log.Debug("lock released", append(attrs, "result", result)...)
+	e.logger().Debug("lock released", append(attrs, "result", result)...)
 }
 
 // finish runs when the stream ends, however it ends.
@@ -380,7 +386,7 @@ func (e *exchange) abandon(why string, attrs ...any) {
 	e.dog.stop()
 	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
 	if !e.srv.cfg.HoldUnknown {
-		e.log.Warn("outcome unknown; lock left to expire: "+why,
+		e.logger().Warn("outcome unknown; lock left to expire: "+why,
 			append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
 		return
 	}
@@ -394,13 +400,13 @@ func (e *exchange) abandon(why string, attrs ...any) {
 	switch {
 	case errors.Is(err, ErrLeaseLost):
 		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
-		e.log.Warn("outcome unknown, but the lease was already lost; not holding the key: "+why, attrs...)
+		e.logger().Warn("outcome unknown, but the lease was already lost; not holding the key: "+why, attrs...)
 	case err != nil:
 		e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
-		e.log.Error("outcome unknown, and holding the key failed; the lock expires after its TTL: "+why,
+		e.logger().Error("outcome unknown, and holding the key failed; the lock expires after its TTL: "+why,
 			append(attrs, "error", err)...)
 	default:
-		e.log.Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,
+		e.logger().Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,
 			append(attrs, "hold", e.pol.retention.String())...)
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -274,11 +272,8 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 	return 0
 }
 
-// watchdogRunning reports whether any watchdog goroutine is alive.
-func watchdogRunning() bool {
-	buf := make([]byte, 1<<20)
-	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "startWatchdog")
-}
+// watchdogRunning reports whether any of srv's watchdogs is still active.
+func watchdogRunning(srv *Server) bool { return srv.watchdogs.Load() > 0 }
 
 // fenceOf returns the fencing header a CONTINUE sets, "" when none, and
 // whether it removes a client's.

@@ -34,6 +34,8 @@ type Server struct {
 	methods map[string]bool
 	scope   map[string]int
 	streams atomic.Uint64
+	// watchdogs counts the locks being renewed right now.
+	watchdogs atomic.Int64
 }
 
 // Options are the collaborators of a Server.
@@ -99,16 +101,16 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
 				return nil
 			}
-			ex.log.Warn("ext_proc stream receive failed", "error", err)
+			ex.logger().Warn("ext_proc stream receive failed", "error", err)
 			return err
 		}
 		resp, err := ex.handle(req)
 		if err != nil {
-			ex.log.Warn("ext_proc protocol violation", "error", err)
+			ex.logger().Warn("ext_proc protocol violation", "error", err)
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 		if err := stream.Send(resp); err != nil {
-			ex.log.Info("ext_proc stream send failed", "error", err)
+			ex.logger().Info("ext_proc stream send failed", "error", err)
 			return nil
 		}
 		ex.sent()

@@ -31,7 +31,7 @@ func TestServer_Process_endAfterForward(t *testing.T) {
 				e, held := store.entry(keyOf("k"))
 				require.True(t, held)
 				require.Nil(t, e.rec)
-				require.False(t, watchdogRunning(), "the watchdog stops with the stream")
+				require.False(t, watchdogRunning(srv), "the watchdog stops with the stream")
 				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultUnknownOutcome))
 			})
 		}
@@ -89,7 +89,7 @@ func TestServer_Process_sendFailsAfterAcquire(t *testing.T) {
 			require.True(t, calls[1].hasDeadline, "release must have its own timeout")
 			_, held := store.entry(keyOf("k"))
 			require.False(t, held)
-			require.False(t, watchdogRunning())
+			require.False(t, watchdogRunning(srv))
 			require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultReleasedEarly))
 		})
 	}

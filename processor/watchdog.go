@@ -11,31 +11,73 @@ import (
 // watchdog renews a held lock every heartbeat until stopped, so a request
 // that runs longer than the lock TTL keeps its key. It stops by itself when
 // the stream's context ends or the lease is lost.
+//
+// It is a timer, not a goroutine: most requests finish before their first
+// heartbeat, and then the watchdog cost one timer and no goroutine. A
+// renewal runs on the timer's own goroutine and re-arms the timer.
 type watchdog struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	once   sync.Once
+	srv        *Server
+	ctx        context.Context
+	stream     uint64
+	key, token string
+	pol        policy
+
+	mu         sync.Mutex
+	timer      *time.Timer
+	done       bool               // stopped, lost, or the stream ended
+	cancelTick context.CancelFunc // cancels a renewal in flight
+	ticking    sync.WaitGroup     // a renewal in flight
 }
 
-func (s *Server) startWatchdog(ctx context.Context, log *slog.Logger, key, token string, p policy) *watchdog {
-	ctx, cancel := context.WithCancel(ctx)
-	w := &watchdog{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		t := time.NewTicker(p.heartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if lost := s.renew(ctx, log, key, token, p.lockTTL); lost {
-				return
-			}
-		}
-	}()
+func (s *Server) startWatchdog(ctx context.Context, stream uint64, key, token string, p policy) *watchdog {
+	w := &watchdog{srv: s, ctx: ctx, stream: stream, key: key, token: token, pol: p}
+	s.watchdogs.Add(1)
+	w.mu.Lock()
+	w.timer = time.AfterFunc(p.heartbeat, w.tick)
+	w.mu.Unlock()
 	return w
+}
+
+// tick renews once and re-arms the timer unless the watchdog is done.
+func (w *watchdog) tick() {
+	w.mu.Lock()
+	if w.done {
+		w.mu.Unlock()
+		return
+	}
+	if w.ctx.Err() != nil {
+		w.finishLocked()
+		w.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithCancel(w.ctx)
+	w.cancelTick = cancel
+	w.ticking.Add(1)
+	w.mu.Unlock()
+
+	// Heartbeats are rare (long requests only), so the logger is made here.
+	lost := w.srv.renew(ctx, w.srv.log.With("stream", w.stream), w.key, w.token, w.pol.lockTTL)
+	cancel()
+
+	w.mu.Lock()
+	w.cancelTick = nil
+	switch {
+	case w.done:
+	case lost:
+		w.finishLocked()
+	default:
+		w.timer.Reset(w.pol.heartbeat)
+	}
+	w.ticking.Done()
+	w.mu.Unlock()
+}
+
+// finishLocked marks the watchdog done; w.mu is held.
+func (w *watchdog) finishLocked() {
+	if !w.done {
+		w.done = true
+		w.srv.watchdogs.Add(-1)
+	}
 }
 
 // renew extends the lock once; it reports whether the lease is gone.
@@ -67,14 +109,18 @@ func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string,
 	}
 }
 
-// stop ends the watchdog and waits for it, so no renewal runs afterwards.
-// Safe on a nil watchdog and more than once.
+// stop ends the watchdog and waits for a renewal in flight, so no renewal
+// runs afterwards. Safe on a nil watchdog and more than once.
 func (w *watchdog) stop() {
 	if w == nil {
 		return
 	}
-	w.once.Do(func() {
-		w.cancel()
-		<-w.done
-	})
+	w.mu.Lock()
+	w.finishLocked()
+	w.timer.Stop()
+	if w.cancelTick != nil {
+		w.cancelTick()
+	}
+	w.mu.Unlock()
+	w.ticking.Wait()
 }

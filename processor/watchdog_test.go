@@ -32,7 +32,7 @@ func TestWatchdog_renewsWhileUpstream(t *testing.T) {
 
 	requireContinue(t, s.roundTrip(respHeaders(true, ":status", "200")))
 	// complete() stops the watchdog and waits for it before storing.
-	require.False(t, watchdogRunning(), "no renewal after the response is stored")
+	require.False(t, watchdogRunning(srv), "no renewal after the response is stored")
 	renewals := len(store.callsOf("renew"))
 	all := store.callsOf("")
 	require.Equal(t, "complete", all[len(all)-1].op, "every renewal happened before the completion")
@@ -50,7 +50,7 @@ func TestWatchdog_stopsOnRelease(t *testing.T) {
 	requireContinue(t, s.roundTrip(keyed("POST", "k", true)))
 	require.Eventually(t, func() bool { return len(store.callsOf("renew")) >= 1 }, waitFor, poll)
 	s.roundTrip(respHeaders(false, ":status", "502"))
-	require.False(t, watchdogRunning())
+	require.False(t, watchdogRunning(srv))
 	all := store.callsOf("")
 	require.Equal(t, "release", all[len(all)-1].op)
 	s.end(endCanceled)
@@ -67,7 +67,7 @@ func TestWatchdog_stopsWhenStreamEnds(t *testing.T) {
 			require.Eventually(t, func() bool { return len(store.callsOf("renew")) >= 1 }, waitFor, poll)
 			s.end(kind)
 			require.NoError(t, s.wait())
-			require.False(t, watchdogRunning())
+			require.False(t, watchdogRunning(srv))
 		})
 	}
 }
@@ -82,7 +82,7 @@ func TestWatchdog_lostLease(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return counter(t, reg, "idemproxy_leases_lost_total", "stage", stageRenew) == 1
 	}, waitFor, poll)
-	require.Eventually(t, func() bool { return !watchdogRunning() }, waitFor, poll, "the watchdog stops after a lost renewal")
+	require.Eventually(t, func() bool { return !watchdogRunning(srv) }, waitFor, poll, "the watchdog stops after a lost renewal")
 	require.EqualValues(t, 1, counter(t, reg, "idemproxy_lock_renewals_total", "result", renewLost))
 	renewals := len(store.callsOf("renew"))
 
@@ -107,12 +107,12 @@ func TestWatchdog_transientErrorsRetry(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return counter(t, reg, "idemproxy_lock_renewals_total", "result", renewError) >= 2
 	}, waitFor, poll, "a failed renewal is retried at the next heartbeat")
-	require.True(t, watchdogRunning())
+	require.True(t, watchdogRunning(srv))
 	require.Zero(t, counter(t, reg, "idemproxy_leases_lost_total", "stage", stageRenew))
 
 	s.end(endCanceled)
 	require.NoError(t, s.wait())
-	require.False(t, watchdogRunning())
+	require.False(t, watchdogRunning(srv))
 }
 
 func TestWatchdog_stop(t *testing.T) {
@@ -122,9 +122,9 @@ func TestWatchdog_stop(t *testing.T) {
 	})
 	t.Run("twice", func(t *testing.T) {
 		srv, _ := newTestServer(t, newFakeStore(), fastHeartbeat)
-		w := srv.startWatchdog(t.Context(), srv.log, "k", "token", policy{lockTTL: srv.cfg.LockTTL, heartbeat: srv.cfg.Heartbeat})
+		w := srv.startWatchdog(t.Context(), 1, "k", "token", policy{lockTTL: srv.cfg.LockTTL, heartbeat: srv.cfg.Heartbeat})
 		w.stop()
 		w.stop()
-		require.False(t, watchdogRunning())
+		require.False(t, watchdogRunning(srv))
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -73,7 +74,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(s.MaxMessageBytes)}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.MaxMessageBytes),
+		// A fixed pool of stream goroutines instead of one new goroutine
+		// per stream: every HTTP request is a stream here.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+	}
 	if s.TLSCert != "" {
 		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA)
 		if err != nil {
