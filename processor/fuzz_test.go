@@ -552,21 +552,13 @@ func checkReply(t *testing.T, cfg Config, m fuzzMsg, resp *extprocv3.ProcessingR
 	}
 }
 
-// replay1xxKnown tolerates a known bug: a 1xx status in the response
-// headers (a 101 after an upgrade) is stored as final and replayed as an
-// immediate response, which Envoy turns into a 200. Set it to false once
-// onResponseHeaders no longer stores a 1xx status.
-const replay1xxKnown = true
-
 // checkImmediate: a final status, header names Envoy takes, and for our
 // own problems a well-formed RFC 9457 body.
 func checkImmediate(t *testing.T, ir *extprocv3.ImmediateResponse, where string) {
 	t.Helper()
-	code, lowest := int(ir.GetStatus().GetCode()), 200
-	if replay1xxKnown && ir.GetDetails() == "idemproxy_replayed" {
-		lowest = 100
-	}
-	require.True(t, code >= lowest && code <= 599, "%s: immediate status %d", where, code)
+	// Never a 1xx: a 101 was once stored and replayed (Envoy made it 200).
+	code := int(ir.GetStatus().GetCode())
+	require.True(t, code >= 200 && code <= 599, "%s: immediate status %d", where, code)
 	problemJSON := false
 	for _, o := range ir.GetHeaders().GetSetHeaders() {
 		name := o.GetHeader().GetKey()
@@ -666,7 +658,7 @@ func processSeeds() [][]byte {
 		// The response before the request, trailers, nil messages.
 		seedInput(0, seedStream(0, 0, ok[0], ok[2], []byte{fkReqTrailers, 0}, []byte{fkRespTrailers, 0},
 			[]byte{fkNilReqHeaders, 0}, []byte{fkNilReqBody, 0}, []byte{fkNilRespHeaders, 0}, []byte{fkNilRespBody, 0})),
-		// A 101 response stored, then replayed (replay1xxKnown).
+		// A 101 response: released, never stored, so never replayed.
 		seedInput(0, seedStream(0, 0, seedKeyed(true, "k1"), seedHeaders(fkRespHeaders, 1, ":status", "101")),
 			seedStream(0, 0, seedKeyed(true, "k1"))),
 		// A keyed body Envoy does not buffer, and huge headers.
