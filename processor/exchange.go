@@ -118,6 +118,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 			"error", e.policyErr.Error())
 		return problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), nil
 	}
+	keyed := len(keys) > 0
 	if e.srv.methods != nil && !e.srv.methods[e.method] {
 		keys = nil
 	}
@@ -129,6 +130,11 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		e.srv.metrics.requests.WithLabelValues(outcomePassthrough).Inc()
 		resp := continueRequestHeaders()
 		resp.ModeOverride = skipRest()
+		if keyed {
+			// A keyed request of a method outside --methods: the backend
+			// sees its key, so it must not see a fence the client made up.
+			resp = e.srv.fence(resp, 0)
+		}
 		return resp, nil
 	}
 	key, err := singleKey(keys)

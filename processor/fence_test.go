@@ -31,6 +31,16 @@ func TestServer_Process_fence(t *testing.T) {
 		require.Empty(t, fence)
 		require.True(t, removed)
 	})
+	t.Run("a keyed request of a method outside the allow-list passes without a client fence", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, func(c *Config) { c.Methods = []string{"POST"} })
+		out, err := run(t, srv, endEOF, keyed("GET", "k", true))
+		require.NoError(t, err)
+		requireSkipRest(t, out[0].GetModeOverride())
+		_, removed := fenceOf(out[0])
+		require.True(t, removed)
+		require.Empty(t, store.callsOf(""))
+	})
 	t.Run("an empty fence header name turns fencing off", func(t *testing.T) {
 		store := newFakeStore()
 		srv, _ := newTestServer(t, store, func(c *Config) { c.FenceHeader = "" })
