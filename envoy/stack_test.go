@@ -104,29 +104,12 @@ func (r reply) problemType() string {
 func (r reply) replayed() bool { return r.header.Get("Idempotent-Replayed") == "true" }
 
 // do sends one request through Envoy. headers are name/value pairs; a
-// "Host" pair sets the authority.
+// "Host" pair sets the authority. Any wire error fails the test.
 func (s *stack) do(t testing.TB, method, path, body string, headers ...string) reply {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, s.url+path, rd)
+	r, err := s.tryDo(method, path, body, headers...)
 	require.NoError(t, err)
-	for i := 0; i+1 < len(headers); i += 2 {
-		if strings.EqualFold(headers[i], "host") {
-			req.Host = headers[i+1]
-			continue
-		}
-		req.Header.Add(headers[i], headers[i+1])
-	}
-	start := time.Now()
-	resp, err := s.client.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return reply{status: resp.StatusCode, header: resp.Header, body: b, elapsed: time.Since(start)}
+	return r
 }
 
 // backendStats is the mock backend's /stats.
