@@ -61,18 +61,24 @@ type Options struct {
 	Keyring *Keyring
 }
 
+// Client is the narrowest part of go-redis the store needs: scripts for
+// every request-path operation, and DEL for an operator's Delete. A
+// *redis.Client, *redis.ClusterClient or *redis.Ring all satisfy it.
+type Client interface {
+	redis.Scripter
+	Del(ctx context.Context, keys ...string) *redis.IntCmd
+}
+
 // Store is a processor.Store backed by Redis. It is safe for concurrent use.
 type Store struct {
-	client   redis.Scripter
+	client   Client
 	prefix   string
 	fenceTTL int64 // ms
 	keyring  *Keyring
 }
 
-// New returns a Store using client. Scripter is the narrowest interface the
-// store needs, so a *redis.Client, *redis.ClusterClient or *redis.Ring all
-// work; the store does not close the client.
-func New(client redis.Scripter, opts Options) *Store {
+// New returns a Store using client; the store does not close the client.
+func New(client Client, opts Options) *Store {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
@@ -247,13 +253,7 @@ func (s *Store) Inspect(ctx context.Context, key string) (KeyInfo, error) {
 // Delete removes key's record whatever its state, for an operator clearing
 // an "outcome unknown" key. The fence counter stays, so fences keep growing.
 func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
-	del, ok := s.client.(interface {
-		Del(ctx context.Context, keys ...string) *redis.IntCmd
-	})
-	if !ok {
-		return false, fmt.Errorf("%w: delete: the client cannot DEL", ErrInvalidArgument)
-	}
-	n, err := del.Del(ctx, s.RedisKey(key)).Result()
+	n, err := s.client.Del(ctx, s.RedisKey(key)).Result()
 	if err != nil {
 		return false, fmt.Errorf("redisstore: delete: %w", err)
 	}
