@@ -16,6 +16,14 @@ func headerValue(h *corev3.HeaderValue) string {
 	return h.GetValue()
 }
 
+// headerValueLen is len(headerValue(h)) without copying the value.
+func headerValueLen(h *corev3.HeaderValue) int {
+	if n := len(h.GetRawValue()); n > 0 {
+		return n
+	}
+	return len(h.GetValue())
+}
+
 // hopByHop are the RFC 9110 section 7.6.1 connection-specific headers, plus
 // the ones that only describe one transfer (content-length: Envoy rewrites
 // the body framing; date: a replay is a new message).
@@ -82,7 +90,7 @@ func (s *Server) headroom(hs []*corev3.HeaderValue) string {
 	}
 	size := len(s.cfg.FenceHeader) + 20 // the longest int64 fence
 	for _, h := range hs {
-		size += len(h.GetKey()) + len(headerValue(h))
+		size += len(h.GetKey()) + headerValueLen(h)
 	}
 	switch {
 	case len(hs)+1 > s.cfg.MaxRequestHeaders:
