@@ -172,21 +172,14 @@ func (s *settings) validate() error {
 		errs = append(errs, fmt.Errorf("--on-unknown %q must be expire or hold", s.OnUnknown))
 	}
 	if s.AdminTokenFile != "" {
-		b, err := os.ReadFile(s.AdminTokenFile)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--admin-token-file: %w", err))
-		}
-		s.AdminToken = strings.TrimSpace(string(b))
-		if err == nil && s.AdminToken == "" {
-			errs = append(errs, errors.New("--admin-token-file is empty"))
-		}
+		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
+		errs = append(errs, err)
+		s.AdminToken = tok
 	}
 	if s.EncryptionFile != "" {
-		b, err := os.ReadFile(s.EncryptionFile)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--encryption-keys-file: %w", err))
-		}
-		s.EncryptionKeys = strings.TrimSpace(string(b))
+		keys, err := readSecretFile("--encryption-keys-file", s.EncryptionFile)
+		errs = append(errs, err)
+		s.EncryptionKeys = keys
 	}
 	if s.EncryptionKeys != "" {
 		kr, err := redisstore.ParseKeyring(s.EncryptionKeys)
@@ -242,4 +235,19 @@ func (m methodsFlag) Set(v string) error {
 		(*m.dst)[i] = method
 	}
 	return nil
+}
+
+// readSecretFile reads a secret given as a file (not visible in ps). An
+// empty file is an error: it would silently turn the feature off, and for
+// encryption that means storing plaintext.
+func readSecretFile(flag, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("%s %s is empty", flag, path)
+	}
+	return v, nil
 }

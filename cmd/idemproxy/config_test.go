@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -169,4 +171,17 @@ func TestMethodsFlag(t *testing.T) {
 func TestEnvName(t *testing.T) {
 	require.Equal(t, "IDEMPROXY_GRPC_ADDR", envName("grpc-addr"))
 	require.Equal(t, "IDEMPROXY_NO_STORE_STATUSES", envName("no-store-statuses"))
+}
+
+func TestParseSettings_emptySecretFiles(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty")
+	require.NoError(t, os.WriteFile(empty, []byte("\n"), 0o600))
+	for _, flagName := range []string{"--admin-token-file", "--encryption-keys-file"} {
+		t.Run(flagName+" that is empty is refused, never read as feature off", func(t *testing.T) {
+			_, err := parseSettings([]string{flagName, empty}, func(string) string { return "" }, io.Discard)
+			var usage usageError
+			require.ErrorAs(t, err, &usage)
+			require.ErrorContains(t, err, flagName+" "+empty+" is empty")
+		})
+	}
 }
