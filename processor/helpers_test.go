@@ -178,19 +178,8 @@ func requireContinue(t *testing.T, resp *extprocv3.ProcessingResponse) {
 	require.NotNil(t, resp)
 	require.Nil(t, resp.GetImmediateResponse(), "want CONTINUE, got an immediate response")
 	require.Nil(t, resp.GetModeOverride())
-	var common *extprocv3.CommonResponse
-	switch r := resp.GetResponse().(type) {
-	case *extprocv3.ProcessingResponse_RequestHeaders:
-		common = r.RequestHeaders.GetResponse()
-	case *extprocv3.ProcessingResponse_ResponseHeaders:
-		common = r.ResponseHeaders.GetResponse()
-	case *extprocv3.ProcessingResponse_RequestBody:
-		common = r.RequestBody.GetResponse()
-	case *extprocv3.ProcessingResponse_ResponseBody:
-		common = r.ResponseBody.GetResponse()
-	default:
-		t.Fatalf("unexpected reply %T", r)
-	}
+	common, ok := commonOf(resp)
+	require.True(t, ok, "unexpected reply %T", resp.GetResponse())
 	require.Equal(t, extprocv3.CommonResponse_CONTINUE, common.GetStatus())
 	for _, h := range common.GetHeaderMutation().GetSetHeaders() {
 		require.Equal(t, "idempotency-fence", h.GetHeader().GetKey())
@@ -278,15 +267,25 @@ func watchdogRunning(srv *Server) bool { return srv.watchdogs.Load() > 0 }
 // fenceOf returns the fencing header a CONTINUE sets, "" when none, and
 // whether it removes a client's.
 func fenceOf(resp *extprocv3.ProcessingResponse) (set string, removed bool) {
-	var common *extprocv3.CommonResponse
-	switch r := resp.GetResponse().(type) {
-	case *extprocv3.ProcessingResponse_RequestHeaders:
-		common = r.RequestHeaders.GetResponse()
-	case *extprocv3.ProcessingResponse_RequestBody:
-		common = r.RequestBody.GetResponse()
-	}
+	common, _ := commonOf(resp)
 	for _, h := range common.GetHeaderMutation().GetSetHeaders() {
 		set = string(h.GetHeader().GetRawValue())
 	}
 	return set, len(common.GetHeaderMutation().GetRemoveHeaders()) > 0
+}
+
+// commonOf returns the CommonResponse of a headers or body reply; false for
+// any other kind.
+func commonOf(resp *extprocv3.ProcessingResponse) (*extprocv3.CommonResponse, bool) {
+	switch r := resp.GetResponse().(type) {
+	case *extprocv3.ProcessingResponse_RequestHeaders:
+		return r.RequestHeaders.GetResponse(), true
+	case *extprocv3.ProcessingResponse_ResponseHeaders:
+		return r.ResponseHeaders.GetResponse(), true
+	case *extprocv3.ProcessingResponse_RequestBody:
+		return r.RequestBody.GetResponse(), true
+	case *extprocv3.ProcessingResponse_ResponseBody:
+		return r.ResponseBody.GetResponse(), true
+	}
+	return nil, false
 }
