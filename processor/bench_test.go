@@ -13,6 +13,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // benchStream replays a fixed message sequence and discards the replies:
@@ -39,22 +41,22 @@ func (s *benchStream) Send(*extprocv3.ProcessingResponse) error { return nil }
 // memStore is a minimal Store: enough state for the flows benchmarked.
 type memStore struct {
 	mu   sync.Mutex
-	recs map[string]*Record
+	recs map[string]*idem.Record
 	fps  map[string][]byte
 	n    atomic.Int64
 }
 
-func (m *memStore) Acquire(_ context.Context, key, _ string, fp []byte, _ time.Duration) (Acquisition, error) {
+func (m *memStore) Acquire(_ context.Context, key, _ string, fp []byte, _ time.Duration) (idem.Acquisition, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if rec, ok := m.recs[key]; ok {
-		return Acquisition{State: StateCompleted, Fingerprint: m.fps[key], Record: rec}, nil
+		return idem.Acquisition{State: idem.StateCompleted, Fingerprint: m.fps[key], Record: rec}, nil
 	}
 	m.fps[key] = fp
-	return Acquisition{State: StateAcquired, Fence: m.n.Add(1)}, nil
+	return idem.Acquisition{State: idem.StateAcquired, Fence: m.n.Add(1)}, nil
 }
 func (m *memStore) Renew(context.Context, string, string, time.Duration) error { return nil }
-func (m *memStore) Complete(_ context.Context, key, _ string, rec Record, _ time.Duration) error {
+func (m *memStore) Complete(_ context.Context, key, _ string, rec idem.Record, _ time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := rec
@@ -65,7 +67,7 @@ func (m *memStore) Release(context.Context, string, string) error               
 func (m *memStore) Abandon(context.Context, string, string, time.Duration) error { return nil }
 
 func benchServer(b *testing.B) (*Server, *memStore) {
-	store := &memStore{recs: map[string]*Record{}, fps: map[string][]byte{}}
+	store := &memStore{recs: map[string]*idem.Record{}, fps: map[string][]byte{}}
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)

@@ -6,6 +6,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 func TestParseStatusSet(t *testing.T) {
@@ -113,12 +115,12 @@ func TestHeaderFilter_storable(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	f := newHeaderFilter(append(cfg.ExcludeHeaders, "X-Internal"))
-	require.Equal(t, []Header{
-		{"content-type", "application/json"},
-		{"link", "<a>"},
-		{"link", "<b>"},
-		{"x-legacy", "from value"},
-		{"link", "<c>"},
+	require.Equal(t, []idem.Header{
+		{Name: "content-type", Value: "application/json"},
+		{Name: "link", Value: "<a>"},
+		{Name: "link", Value: "<b>"},
+		{Name: "x-legacy", Value: "from value"},
+		{Name: "link", Value: "<c>"},
 	}, f.storable(in))
 	require.Empty(t, f.storable(nil))
 }
@@ -130,8 +132,8 @@ func TestRetryAfterSeconds(t *testing.T) {
 }
 
 func TestState_String(t *testing.T) {
-	require.Equal(t, "acquired", StateAcquired.String())
-	require.Equal(t, "in_progress", StateInProgress.String())
-	require.Equal(t, "completed", StateCompleted.String())
-	require.Equal(t, "unknown", State(0).String())
+	require.Equal(t, "acquired", idem.StateAcquired.String())
+	require.Equal(t, "in_progress", idem.StateInProgress.String())
+	require.Equal(t, "completed", idem.StateCompleted.String())
+	require.Equal(t, "unknown", idem.State(0).String())
 }

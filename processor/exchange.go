@@ -10,6 +10,8 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // lockState tracks the key this stream holds, which decides what an early
@@ -42,7 +44,7 @@ type exchange struct {
 	dog               *watchdog
 
 	collecting bool // storing the response body
-	rec        Record
+	rec        idem.Record
 	body       bytes.Buffer
 }
 
@@ -210,7 +212,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	}
 
 	switch {
-	case acq.State == StateAcquired:
+	case acq.State == idem.StateAcquired:
 		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
 		e.token, e.lock = token, lockAcquired
 		e.rec.Fingerprint = fp
@@ -219,10 +221,10 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	case !bytes.Equal(acq.Fingerprint, fp):
 		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
 		return problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
-	case acq.State == StateUnknown:
+	case acq.State == idem.StateUnknown:
 		e.srv.metrics.requests.WithLabelValues(outcomeUnknown).Inc()
 		return problemReply(probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
-	case acq.State == StateInProgress:
+	case acq.State == idem.StateInProgress:
 		e.srv.metrics.requests.WithLabelValues(outcomeConflict).Inc()
 		return problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
 			retryAfterSeconds(acq.LockTTL.Milliseconds()))
@@ -237,7 +239,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	default:
 		e.srv.metrics.requests.WithLabelValues(outcomeReplayed).Inc()
 		hs := append(acq.Record.Headers[:len(acq.Record.Headers):len(acq.Record.Headers)],
-			Header{Name: replayedHeader, Value: "true"})
+			idem.Header{Name: replayedHeader, Value: "true"})
 		return immediate(acq.Record.Status, hs, acq.Record.Body, "idemproxy_replayed")
 	}
 }

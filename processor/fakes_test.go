@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 var _ extprocv3.ExternalProcessor_ProcessServer = (*fakeStream)(nil)
@@ -85,7 +87,7 @@ type storeCall struct {
 	op, key, token string
 	fp             []byte
 	ttl            time.Duration // lock TTL or retention asked for
-	rec            Record
+	rec            idem.Record
 	ctxErr         error
 	hasDeadline    bool
 }
@@ -96,7 +98,7 @@ type storeEntry struct {
 	token   string
 	fp      []byte
 	ttl     time.Duration
-	rec     *Record
+	rec     *idem.Record
 	unknown bool
 	fence   int64
 }
@@ -120,7 +122,7 @@ func (s *fakeStore) Abandon(ctx context.Context, key, token string, hold time.Du
 	}
 	e, ok := s.entries[key]
 	if !ok || e.rec != nil || e.unknown || e.token != token {
-		return ErrLeaseLost
+		return idem.ErrLeaseLost
 	}
 	e.unknown, e.token, e.ttl = true, "", hold
 	return nil
@@ -140,25 +142,25 @@ func (s *fakeStore) record(ctx context.Context, c storeCall) error {
 	return s.fail[c.op]
 }
 
-func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, lockTTL time.Duration) (Acquisition, error) {
+func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, lockTTL time.Duration) (idem.Acquisition, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.record(ctx, storeCall{op: "acquire", key: key, token: token, fp: fp, ttl: lockTTL}); err != nil {
-		return Acquisition{}, err
+		return idem.Acquisition{}, err
 	}
 	e, ok := s.entries[key]
 	switch {
 	case !ok:
 		s.fences[key]++
 		s.entries[key] = &storeEntry{token: token, fp: bytes.Clone(fp), ttl: lockTTL, fence: s.fences[key]}
-		return Acquisition{State: StateAcquired, Fence: s.fences[key]}, nil
+		return idem.Acquisition{State: idem.StateAcquired, Fence: s.fences[key]}, nil
 	case e.unknown:
-		return Acquisition{State: StateUnknown, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
+		return idem.Acquisition{State: idem.StateUnknown, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
 	case e.rec == nil:
-		return Acquisition{State: StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
+		return idem.Acquisition{State: idem.StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
 	default:
 		rec := cloneRecord(*e.rec)
-		return Acquisition{State: StateCompleted, Fingerprint: bytes.Clone(e.fp), Record: &rec}, nil
+		return idem.Acquisition{State: idem.StateCompleted, Fingerprint: bytes.Clone(e.fp), Record: &rec}, nil
 	}
 }
 
@@ -170,13 +172,13 @@ func (s *fakeStore) Renew(ctx context.Context, key, token string, lockTTL time.D
 	}
 	e, ok := s.entries[key]
 	if !ok || e.rec != nil || e.token != token {
-		return ErrLeaseLost
+		return idem.ErrLeaseLost
 	}
 	e.ttl = lockTTL
 	return nil
 }
 
-func (s *fakeStore) Complete(ctx context.Context, key, token string, rec Record, retention time.Duration) error {
+func (s *fakeStore) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.record(ctx, storeCall{op: "complete", key: key, token: token, rec: cloneRecord(rec), ttl: retention}); err != nil {
@@ -184,7 +186,7 @@ func (s *fakeStore) Complete(ctx context.Context, key, token string, rec Record,
 	}
 	e, ok := s.entries[key]
 	if !ok || e.rec != nil || e.token != token {
-		return ErrLeaseLost
+		return idem.ErrLeaseLost
 	}
 	stored := cloneRecord(rec)
 	e.rec, e.token = &stored, ""
@@ -199,7 +201,7 @@ func (s *fakeStore) Release(ctx context.Context, key, token string) error {
 	}
 	e, ok := s.entries[key]
 	if !ok || e.rec != nil || e.token != token {
-		return ErrLeaseLost
+		return idem.ErrLeaseLost
 	}
 	delete(s.entries, key)
 	return nil
@@ -226,7 +228,7 @@ func (s *fakeStore) seedInProgress(key string, fp []byte, ttl time.Duration) {
 	s.entries[key] = &storeEntry{token: "other", fp: fp, ttl: ttl}
 }
 
-func (s *fakeStore) seedCompleted(key string, rec Record) {
+func (s *fakeStore) seedCompleted(key string, rec idem.Record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.entries[key] = &storeEntry{fp: rec.Fingerprint, rec: &rec}
@@ -267,9 +269,9 @@ func (s *fakeStore) entry(key string) (storeEntry, bool) {
 	return *e, true
 }
 
-func cloneRecord(r Record) Record {
+func cloneRecord(r idem.Record) idem.Record {
 	r.Fingerprint = bytes.Clone(r.Fingerprint)
-	r.Headers = append([]Header(nil), r.Headers...)
+	r.Headers = append([]idem.Header(nil), r.Headers...)
 	r.Body = bytes.Clone(r.Body)
 	return r
 }

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // The fuzz targets run their seeds and testdata/fuzz corpus with every
@@ -119,16 +121,16 @@ func FuzzHeaderFilter(f *testing.F) {
 				}
 			}
 		}
-		var want []Header
+		var want []idem.Header
 		for _, h := range in {
 			name := strings.ToLower(h.GetKey())
 			if name == "" || name[0] == ':' || strings.HasPrefix(name, "x-envoy-") || hopByHop[name] || excluded[name] {
 				continue
 			}
-			want = append(want, Header{Name: name, Value: headerValue(h)})
+			want = append(want, idem.Header{Name: name, Value: headerValue(h)})
 		}
 		if want == nil {
-			want = []Header{}
+			want = []idem.Header{}
 		}
 		require.Equal(t, want, out)
 	})

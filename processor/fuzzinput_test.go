@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // The FuzzProcess input. Past its end the reader yields zeros, so every
@@ -66,7 +68,7 @@ var (
 // fuzzStoreFailures are the store operations that fail, per env variant.
 var fuzzStoreFailures = []map[string]error{
 	{}, {"acquire": errFuzzStore}, {"complete": errFuzzStore}, {"release": errFuzzStore},
-	{"abandon": errFuzzStore}, {"renew": errFuzzStore}, {"complete": ErrLeaseLost},
+	{"abandon": errFuzzStore}, {"renew": errFuzzStore}, {"complete": idem.ErrLeaseLost},
 	{"acquire": errFuzzStore, "complete": errFuzzStore, "release": errFuzzStore, "abandon": errFuzzStore, "renew": errFuzzStore},
 }
 

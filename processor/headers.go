@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // headerValue reads a header as current Envoy sends it (raw_value), falling
@@ -55,7 +57,7 @@ func newHeaderFilter(extra []string) headerFilter {
 
 // storable returns the headers worth replaying, in their original order.
 // Headers named by the Connection header are hop-by-hop too.
-func (f headerFilter) storable(hs []*corev3.HeaderValue) []Header {
+func (f headerFilter) storable(hs []*corev3.HeaderValue) []idem.Header {
 	var connNamed map[string]bool
 	for _, h := range hs {
 		if strings.EqualFold(h.GetKey(), "connection") {
@@ -67,14 +69,14 @@ func (f headerFilter) storable(hs []*corev3.HeaderValue) []Header {
 			}
 		}
 	}
-	out := make([]Header, 0, len(hs))
+	out := make([]idem.Header, 0, len(hs))
 	for _, h := range hs {
 		name := strings.ToLower(h.GetKey())
 		if name == "" || strings.HasPrefix(name, ":") || strings.HasPrefix(name, "x-envoy-") ||
 			f.exclude[name] || connNamed[name] {
 			continue
 		}
-		out = append(out, Header{Name: name, Value: headerValue(h)})
+		out = append(out, idem.Header{Name: name, Value: headerValue(h)})
 	}
 	return out
 }

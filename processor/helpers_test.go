@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // waitFor bounds every wait on the processor; nothing here is slow.
@@ -192,19 +194,19 @@ func requireContinue(t *testing.T, resp *extprocv3.ProcessingResponse) {
 
 // immediateOf returns the immediate reply and its headers in order,
 // checking they travel in raw_value only.
-func immediateOf(t *testing.T, resp *extprocv3.ProcessingResponse) (*extprocv3.ImmediateResponse, []Header) {
+func immediateOf(t *testing.T, resp *extprocv3.ProcessingResponse) (*extprocv3.ImmediateResponse, []idem.Header) {
 	t.Helper()
 	ir := resp.GetImmediateResponse()
 	require.NotNil(t, ir, "want an immediate response, got %T", resp.GetResponse())
-	var hs []Header
+	var hs []idem.Header
 	for _, o := range ir.GetHeaders().GetSetHeaders() {
 		require.Empty(t, o.GetHeader().GetValue(), "header %q must use raw_value only", o.GetHeader().GetKey())
-		hs = append(hs, Header{Name: o.GetHeader().GetKey(), Value: string(o.GetHeader().GetRawValue())})
+		hs = append(hs, idem.Header{Name: o.GetHeader().GetKey(), Value: string(o.GetHeader().GetRawValue())})
 	}
 	return ir, hs
 }
 
-func headerGet(hs []Header, name string) string {
+func headerGet(hs []idem.Header, name string) string {
 	for _, h := range hs {
 		if h.Name == name {
 			return h.Value
@@ -214,7 +216,7 @@ func headerGet(hs []Header, name string) string {
 }
 
 // requireProblem checks an RFC 9457 reply and returns its body.
-func requireProblem(t *testing.T, resp *extprocv3.ProcessingResponse, code int, slug string) (problem, []Header) {
+func requireProblem(t *testing.T, resp *extprocv3.ProcessingResponse, code int, slug string) (problem, []idem.Header) {
 	t.Helper()
 	ir, hs := immediateOf(t, resp)
 	require.EqualValues(t, code, ir.GetStatus().GetCode())

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // Request outcomes: the decision taken for each request that reached us.
@@ -110,7 +112,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 func (m *Metrics) observeStore(op string, start time.Time, err error) {
 	result := "ok"
 	switch {
-	case errors.Is(err, ErrLeaseLost):
+	case errors.Is(err, idem.ErrLeaseLost):
 		result = "lost"
 	case err != nil:
 		result = "error"

@@ -8,6 +8,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // Builders for the replies Envoy expects: exactly one per message, of the
@@ -73,7 +75,7 @@ func skipResponseBody() *filterv3.ProcessingMode {
 
 // immediate answers the client directly; Envoy sends nothing upstream (or
 // drops the upstream response, when answering response headers).
-func immediate(status int, headers []Header, body []byte, details string) *extprocv3.ProcessingResponse {
+func immediate(status int, headers []idem.Header, body []byte, details string) *extprocv3.ProcessingResponse {
 	set := make([]*corev3.HeaderValueOption, 0, len(headers))
 	seen := make(map[string]bool, len(headers))
 	for _, h := range headers {
@@ -99,9 +101,9 @@ func immediate(status int, headers []Header, body []byte, details string) *extpr
 
 // problemReply answers with an RFC 9457 problem; retryAfter is omitted when "".
 func problemReply(p problemType, detail, retryAfter string) *extprocv3.ProcessingResponse {
-	hs := []Header{{Name: "content-type", Value: problemContentType}}
+	hs := []idem.Header{{Name: "content-type", Value: problemContentType}}
 	if retryAfter != "" {
-		hs = append(hs, Header{Name: "retry-after", Value: retryAfter})
+		hs = append(hs, idem.Header{Name: "retry-after", Value: retryAfter})
 	}
 	return immediate(p.status, hs, p.body(detail), "idemproxy_"+p.slug)
 }

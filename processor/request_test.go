@@ -9,6 +9,8 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 func TestServer_Process_passthrough(t *testing.T) {
@@ -184,7 +186,7 @@ func TestServer_Process_fingerprintMismatch(t *testing.T) {
 	}{
 		{"in progress", func(s *fakeStore) { s.seedInProgress(keyOf("k"), other, time.Second) }},
 		{"completed", func(s *fakeStore) {
-			s.seedCompleted(keyOf("k"), Record{Fingerprint: other, Status: 200, Body: []byte("x"), BodyStored: true})
+			s.seedCompleted(keyOf("k"), idem.Record{Fingerprint: other, Status: 200, Body: []byte("x"), BodyStored: true})
 		}},
 	}
 	for _, tc := range tests {
@@ -205,10 +207,10 @@ func TestServer_Process_fingerprintMismatch(t *testing.T) {
 
 func TestServer_Process_replaysCompleted(t *testing.T) {
 	store := newFakeStore()
-	store.seedCompleted(keyOf("k"), Record{
+	store.seedCompleted(keyOf("k"), idem.Record{
 		Fingerprint: fingerprint("POST", "/charge?x=1", nil),
 		Status:      201,
-		Headers:     []Header{{"content-type", "application/json"}, {"x-a", "1"}, {"x-a", "2"}},
+		Headers:     []idem.Header{{Name: "content-type", Value: "application/json"}, {Name: "x-a", Value: "1"}, {Name: "x-a", Value: "2"}},
 		Body:        []byte(`{"id":"ch_1"}`),
 		BodyStored:  true,
 	})
@@ -220,8 +222,8 @@ func TestServer_Process_replaysCompleted(t *testing.T) {
 	ir, hs := immediateOf(t, out[0])
 	require.EqualValues(t, 201, ir.GetStatus().GetCode())
 	require.Equal(t, `{"id":"ch_1"}`, string(ir.GetBody()))
-	require.Equal(t, []Header{
-		{"content-type", "application/json"}, {"x-a", "1"}, {"x-a", "2"}, {"idempotent-replayed", "true"},
+	require.Equal(t, []idem.Header{
+		{Name: "content-type", Value: "application/json"}, {Name: "x-a", Value: "1"}, {Name: "x-a", Value: "2"}, {Name: "idempotent-replayed", Value: "true"},
 	}, hs)
 	// The first line of a name replaces, the next ones add.
 	var appends []bool
@@ -235,7 +237,7 @@ func TestServer_Process_replaysCompleted(t *testing.T) {
 
 func TestServer_Process_completedWithoutBody(t *testing.T) {
 	store := newFakeStore()
-	store.seedCompleted(keyOf("k"), Record{Fingerprint: fingerprint("POST", "/charge?x=1", nil), Status: 201})
+	store.seedCompleted(keyOf("k"), idem.Record{Fingerprint: fingerprint("POST", "/charge?x=1", nil), Status: 201})
 	srv, reg := newTestServer(t, store, nil)
 	out, err := run(t, srv, endEOF, keyed("POST", "k", true))
 	require.NoError(t, err)

@@ -11,6 +11,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOrigin) *extprocv3.ProcessingResponse {
@@ -96,7 +98,7 @@ func (e *exchange) complete() {
 	err := e.srv.store.Complete(ctx, e.key, e.token, e.rec, e.pol.retention)
 	e.srv.metrics.observeStore("complete", start, err)
 	switch {
-	case errors.Is(err, ErrLeaseLost):
+	case errors.Is(err, idem.ErrLeaseLost):
 		e.srv.metrics.responses.WithLabelValues(resultLeaseLost).Inc()
 		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
 		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", e.rec.Status)
@@ -122,7 +124,7 @@ func (e *exchange) release(result string, attrs ...any) {
 	err := e.srv.store.Release(ctx, e.key, e.token)
 	e.srv.metrics.observeStore("release", start, err)
 	e.srv.metrics.responses.WithLabelValues(result).Inc()
-	if err != nil && !errors.Is(err, ErrLeaseLost) {
+	if err != nil && !errors.Is(err, idem.ErrLeaseLost) {
 		e.logger().Error("releasing the lock failed; the key stays locked until its TTL", append(attrs, "error", err)...)
 		return
 	}
@@ -161,7 +163,7 @@ func (e *exchange) abandon(why string, attrs ...any) {
 	err := e.srv.store.Abandon(ctx, e.key, e.token, e.pol.retention)
 	e.srv.metrics.observeStore("abandon", start, err)
 	switch {
-	case errors.Is(err, ErrLeaseLost):
+	case errors.Is(err, idem.ErrLeaseLost):
 		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
 		e.logger().Warn("outcome unknown, but the lease was already lost; not holding the key: "+why, attrs...)
 	case err != nil:

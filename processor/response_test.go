@@ -7,6 +7,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/idemproxy/idemproxy/internal/idem"
+
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
@@ -45,10 +47,10 @@ func TestServer_Process_storesStreamedResponse(t *testing.T) {
 	done := store.callsOf("complete")[0]
 	require.Equal(t, keyOf("k"), done.key)
 	require.Equal(t, store.callsOf("acquire")[0].token, done.token)
-	require.Equal(t, Record{
+	require.Equal(t, idem.Record{
 		Fingerprint: fingerprint("POST", "/charge?x=1", []byte("amount=10")),
 		Status:      200,
-		Headers:     []Header{{"content-type", "application/json"}, {"x-a", "1"}, {"x-a", "2"}},
+		Headers:     []idem.Header{{Name: "content-type", Value: "application/json"}, {Name: "x-a", Value: "1"}, {Name: "x-a", Value: "2"}},
 		Body:        []byte(`{"id":"ch_1"}`),
 		BodyStored:  true,
 	}, done.rec)
@@ -79,7 +81,7 @@ func TestServer_Process_responseHeadersEndStream(t *testing.T) {
 	require.Equal(t, 204, rec.Status)
 	require.True(t, rec.BodyStored)
 	require.Empty(t, rec.Body)
-	require.Equal(t, []Header{{"x-id", "7"}}, rec.Headers)
+	require.Equal(t, []idem.Header{{Name: "x-id", Value: "7"}}, rec.Headers)
 }
 
 func TestServer_Process_releasesNoStoreStatus(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // watchdog renews a held lock every heartbeat until stopped, so a request
@@ -93,7 +95,7 @@ func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string,
 	case err == nil:
 		s.metrics.renewals.WithLabelValues(renewOK).Inc()
 		return false
-	case errors.Is(err, ErrLeaseLost):
+	case errors.Is(err, idem.ErrLeaseLost):
 		s.metrics.renewals.WithLabelValues(renewLost).Inc()
 		s.metrics.leaseLost.WithLabelValues(stageRenew).Inc()
 		log.Warn("lock lease lost while the request was running; its response will not be stored")

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 	"github.com/idemproxy/idemproxy/redisstore/redistest"
 )
 
@@ -15,8 +15,8 @@ func BenchmarkStore(b *testing.B) {
 	srv := redistest.Start(b)
 	s := New(srv.Client(b), Options{})
 	ctx := b.Context()
-	rec := processor.Record{Fingerprint: []byte("fp"), Status: 200, BodyStored: true,
-		Headers: []processor.Header{{Name: "content-type", Value: "application/json"}},
+	rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, BodyStored: true,
+		Headers: []idem.Header{{Name: "content-type", Value: "application/json"}},
 		Body:    []byte(`{"id":"ch_0123456789ab","amount":5000,"currency":"usd","status":"succeeded"}`)}
 	const tok = "0123456789abcdef0123456789abcdef"
 	// The testing package calls each sub-benchmark several times with a

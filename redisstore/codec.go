@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // headersV1 is the first byte of every encoded header list. Records outlive
@@ -16,7 +16,7 @@ const headersV1 byte = 1
 // in order, by uvarint(len(name)) name uvarint(len(value)) value. Length
 // prefixes make it binary-safe (no separator can clash with a value) and
 // keep it compact: a short header costs two bytes over its text.
-func encodeHeaders(hs []processor.Header) []byte {
+func encodeHeaders(hs []idem.Header) []byte {
 	n := 1
 	for _, h := range hs {
 		n += len(h.Name) + len(h.Value) + 2*binary.MaxVarintLen32
@@ -35,7 +35,7 @@ func encodeHeaders(hs []processor.Header) []byte {
 // decodeHeaders reverses encodeHeaders. Redis is outside the process, so its
 // contents are input like any other: corrupt bytes give ErrCorruptRecord,
 // never a panic or an over-long allocation.
-func decodeHeaders(b []byte) ([]processor.Header, error) {
+func decodeHeaders(b []byte) ([]idem.Header, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: headers: empty encoding", ErrCorruptRecord)
 	}
@@ -43,9 +43,9 @@ func decodeHeaders(b []byte) ([]processor.Header, error) {
 		return nil, fmt.Errorf("%w: headers: unknown encoding version %d", ErrCorruptRecord, b[0])
 	}
 	b = b[1:]
-	var hs []processor.Header
+	var hs []idem.Header
 	for len(b) > 0 {
-		var h processor.Header
+		var h idem.Header
 		var err error
 		if h.Name, b, err = readField(b); err != nil {
 			return nil, err

@@ -5,12 +5,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 func TestEncodeHeaders(t *testing.T) {
 	t.Run("round trip keeps order, repeats and binary values", func(t *testing.T) {
-		hs := []processor.Header{
+		hs := []idem.Header{
 			{Name: "set-cookie", Value: "a=1"},
 			{Name: "content-type", Value: "application/json"},
 			{Name: "set-cookie", Value: "b=2"},
@@ -28,13 +28,13 @@ func TestEncodeHeaders(t *testing.T) {
 		require.Empty(t, got)
 	})
 	t.Run("encoding is compact", func(t *testing.T) {
-		b := encodeHeaders([]processor.Header{{Name: "ab", Value: "cde"}})
+		b := encodeHeaders([]idem.Header{{Name: "ab", Value: "cde"}})
 		require.Equal(t, []byte{headersV1, 2, 'a', 'b', 3, 'c', 'd', 'e'}, b)
 	})
 }
 
 func TestDecodeHeaders(t *testing.T) {
-	valid := encodeHeaders([]processor.Header{{Name: "a", Value: "bc"}})
+	valid := encodeHeaders([]idem.Header{{Name: "a", Value: "bc"}})
 	cases := map[string][]byte{
 		"empty input":              {},
 		"unknown version":          {2, 1, 'a', 1, 'b'},
@@ -57,7 +57,7 @@ func TestDecodeHeaders(t *testing.T) {
 // decodes survives an encode and decode unchanged. (Bytes need not match:
 // Uvarint accepts non-minimal length prefixes.)
 func FuzzDecodeHeaders(f *testing.F) {
-	f.Add(encodeHeaders([]processor.Header{{Name: "a", Value: "b"}, {Name: "a", Value: "c"}}))
+	f.Add(encodeHeaders([]idem.Header{{Name: "a", Value: "b"}, {Name: "a", Value: "c"}}))
 	f.Add([]byte{headersV1, 0x80})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
 
@@ -40,21 +40,21 @@ func Example() {
 		return
 	}
 	switch acq.State {
-	case processor.StateAcquired:
+	case idem.StateAcquired:
 		// Forward the request upstream, calling store.Renew while it runs.
-		rec := processor.Record{
+		rec := idem.Record{
 			Fingerprint: fingerprint,
 			Status:      201,
-			Headers:     []processor.Header{{Name: "content-type", Value: "application/json"}},
+			Headers:     []idem.Header{{Name: "content-type", Value: "application/json"}},
 			Body:        []byte(`{"id":1}`),
 			BodyStored:  true,
 		}
 		if err := store.Complete(ctx, key, token, rec, 24*time.Hour); err != nil {
 			fmt.Println("response not stored:", err)
 		}
-	case processor.StateInProgress:
+	case idem.StateInProgress:
 		fmt.Println("busy; retry after", acq.LockTTL)
-	case processor.StateCompleted:
+	case idem.StateCompleted:
 		fmt.Println("replay status", acq.Record.Status)
 	}
 }

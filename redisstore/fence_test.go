@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 func TestStore_Acquire_fence(t *testing.T) {
@@ -20,7 +20,7 @@ func TestStore_Acquire_fence(t *testing.T) {
 			tok := token(t)
 			acq, err := s.Acquire(ctx, "grants", tok, []byte("fp"), time.Second)
 			require.NoError(t, err)
-			require.Equal(t, processor.StateAcquired, acq.State, "grant %d", i)
+			require.Equal(t, idem.StateAcquired, acq.State, "grant %d", i)
 			fences = append(fences, acq.Fence)
 			if i == 0 {
 				require.NoError(t, s.Release(ctx, "grants", tok))
@@ -69,15 +69,15 @@ func TestStore_Abandon(t *testing.T) {
 
 		acq, err := s.Acquire(ctx, "unknown", token(t), []byte("fp"), time.Second)
 		require.NoError(t, err)
-		require.Equal(t, processor.StateUnknown, acq.State)
+		require.Equal(t, idem.StateUnknown, acq.State)
 		require.Equal(t, []byte("fp"), acq.Fingerprint)
-		require.ErrorIs(t, s.Abandon(ctx, "unknown", tok, time.Hour), processor.ErrLeaseLost, "once only")
+		require.ErrorIs(t, s.Abandon(ctx, "unknown", tok, time.Hour), idem.ErrLeaseLost, "once only")
 	})
 	t.Run("another token cannot abandon the key", func(t *testing.T) {
 		tok := token(t)
 		_, err := s.Acquire(ctx, "owned", tok, []byte("fp"), time.Minute)
 		require.NoError(t, err)
-		require.ErrorIs(t, s.Abandon(ctx, "owned", token(t), time.Hour), processor.ErrLeaseLost)
+		require.ErrorIs(t, s.Abandon(ctx, "owned", token(t), time.Hour), idem.ErrLeaseLost)
 		fields, _ := snapshot(t, s, c, "owned")
 		require.Equal(t, "p", fields["st"])
 	})
@@ -86,7 +86,7 @@ func TestStore_Abandon(t *testing.T) {
 		_, err := s.Acquire(ctx, "done", tok, []byte("fp"), time.Minute)
 		require.NoError(t, err)
 		require.NoError(t, s.Complete(ctx, "done", tok, sampleRecord(), time.Hour))
-		require.ErrorIs(t, s.Abandon(ctx, "done", tok, time.Hour), processor.ErrLeaseLost)
+		require.ErrorIs(t, s.Abandon(ctx, "done", tok, time.Hour), idem.ErrLeaseLost)
 	})
 }
 

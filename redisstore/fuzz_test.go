@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // Redis is outside the process: acquire.lua's reply, read back from a
@@ -36,7 +36,7 @@ func fuzzSealed(field string, plain []byte) string {
 	return string(aead.Seal(nonce, nonce, plain, []byte(fuzzRedisKey+"\x00"+field)))
 }
 
-var fuzzHeaders = encodeHeaders([]processor.Header{{Name: "content-type", Value: "application/json"},
+var fuzzHeaders = encodeHeaders([]idem.Header{{Name: "content-type", Value: "application/json"},
 	{Name: "link", Value: "<a>"}, {Name: "link", Value: "\x80\xff"}})
 
 // fuzzReplyStrings are the string elements a reply is built from by index.
@@ -127,13 +127,13 @@ func FuzzParseAcquire(f *testing.F) {
 			return
 		}
 		switch acq.State {
-		case processor.StateAcquired:
+		case idem.StateAcquired:
 			require.Nil(t, acq.Record)
-		case processor.StateInProgress, processor.StateUnknown:
+		case idem.StateInProgress, idem.StateUnknown:
 			require.Nil(t, acq.Record)
 			// Even a corrupt PTTL over MaxInt64 ns is clamped, never negative.
 			require.GreaterOrEqual(t, acq.LockTTL, time.Duration(0))
-		case processor.StateCompleted:
+		case idem.StateCompleted:
 			require.NotNil(t, acq.Record)
 			require.Equal(t, acq.Fingerprint, acq.Record.Fingerprint)
 			if !acq.Record.BodyStored {

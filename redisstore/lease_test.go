@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // acquired acquires key for a fresh token and returns the token.
@@ -15,7 +15,7 @@ func acquired(t *testing.T, s *Store, key string, lockTTL time.Duration) string 
 	tok := token(t)
 	acq, err := s.Acquire(t.Context(), key, tok, []byte("fp"), lockTTL)
 	require.NoError(t, err)
-	require.Equal(t, processor.StateAcquired, acq.State)
+	require.Equal(t, idem.StateAcquired, acq.State)
 	return tok
 }
 
@@ -42,7 +42,7 @@ func TestStore_Renew(t *testing.T) {
 		acquired(t, s, "renew-wrong", 10*time.Second)
 		before, _ := snapshot(t, s, c, "renew-wrong")
 		err := s.Renew(t.Context(), "renew-wrong", token(t), time.Minute)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 		after, ttl := snapshot(t, s, c, "renew-wrong")
 		require.Equal(t, before, after)
 		require.LessOrEqual(t, ttl, 10*time.Second)
@@ -51,14 +51,14 @@ func TestStore_Renew(t *testing.T) {
 	t.Run("completed record is not renewed", func(t *testing.T) {
 		tok := completed(t, s, "renew-done")
 		err := s.Renew(t.Context(), "renew-done", tok, 24*time.Hour)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 		_, ttl := snapshot(t, s, c, "renew-done")
 		require.LessOrEqual(t, ttl, time.Hour)
 	})
 
 	t.Run("absent key loses the lease", func(t *testing.T) {
 		err := s.Renew(t.Context(), "renew-absent", token(t), time.Minute)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 	})
 }
 
@@ -68,7 +68,7 @@ func TestStore_Complete(t *testing.T) {
 
 	t.Run("owner stores the response for the retention period", func(t *testing.T) {
 		tok := acquired(t, s, "complete", 10*time.Second)
-		rec := processor.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("ok"), BodyStored: true}
+		rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("ok"), BodyStored: true}
 		require.NoError(t, s.Complete(t.Context(), "complete", tok, rec, time.Hour))
 
 		fields, ttl := snapshot(t, s, c, "complete")
@@ -83,7 +83,7 @@ func TestStore_Complete(t *testing.T) {
 		acquired(t, s, "complete-wrong", 10*time.Second)
 		before, _ := snapshot(t, s, c, "complete-wrong")
 		err := s.Complete(t.Context(), "complete-wrong", token(t), sampleRecord(), time.Hour)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 		after, ttl := snapshot(t, s, c, "complete-wrong")
 		require.Equal(t, before, after)
 		require.LessOrEqual(t, ttl, 10*time.Second)
@@ -92,9 +92,9 @@ func TestStore_Complete(t *testing.T) {
 	t.Run("completed record is never overwritten", func(t *testing.T) {
 		tok := completed(t, s, "complete-twice")
 		before, _ := snapshot(t, s, c, "complete-twice")
-		other := processor.Record{Fingerprint: []byte("fp"), Status: 500, BodyStored: true}
+		other := idem.Record{Fingerprint: []byte("fp"), Status: 500, BodyStored: true}
 		err := s.Complete(t.Context(), "complete-twice", tok, other, 24*time.Hour)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 		after, ttl := snapshot(t, s, c, "complete-twice")
 		require.Equal(t, before, after)
 		require.LessOrEqual(t, ttl, time.Hour)
@@ -102,7 +102,7 @@ func TestStore_Complete(t *testing.T) {
 
 	t.Run("absent key writes nothing", func(t *testing.T) {
 		err := s.Complete(t.Context(), "complete-absent", token(t), sampleRecord(), time.Hour)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 		n, err := c.Exists(t.Context(), s.RedisKey("complete-absent")).Result()
 		require.NoError(t, err)
 		require.Zero(t, n)
@@ -122,14 +122,14 @@ func TestStore_Release(t *testing.T) {
 	t.Run("wrong token deletes nothing", func(t *testing.T) {
 		acquired(t, s, "release-wrong", time.Minute)
 		before, _ := snapshot(t, s, c, "release-wrong")
-		require.ErrorIs(t, s.Release(t.Context(), "release-wrong", token(t)), processor.ErrLeaseLost)
+		require.ErrorIs(t, s.Release(t.Context(), "release-wrong", token(t)), idem.ErrLeaseLost)
 		after, _ := snapshot(t, s, c, "release-wrong")
 		require.Equal(t, before, after)
 	})
 
 	t.Run("completed record is not deleted", func(t *testing.T) {
 		tok := completed(t, s, "release-done")
-		require.ErrorIs(t, s.Release(t.Context(), "release-done", tok), processor.ErrLeaseLost)
+		require.ErrorIs(t, s.Release(t.Context(), "release-done", tok), idem.ErrLeaseLost)
 		fields, _ := snapshot(t, s, c, "release-done")
 		require.Equal(t, "c", fields["st"])
 	})
@@ -145,13 +145,13 @@ func TestStore_expiry(t *testing.T) {
 		next := token(t)
 		require.Eventually(t, func() bool {
 			acq, err := s.Acquire(t.Context(), "expire", next, []byte("next"), time.Minute)
-			return err == nil && acq.State == processor.StateAcquired
+			return err == nil && acq.State == idem.StateAcquired
 		}, 5*time.Second, 20*time.Millisecond)
 
 		err := s.Complete(t.Context(), "expire", old, sampleRecord(), time.Hour)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
-		require.ErrorIs(t, s.Renew(t.Context(), "expire", old, time.Minute), processor.ErrLeaseLost)
-		require.ErrorIs(t, s.Release(t.Context(), "expire", old), processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
+		require.ErrorIs(t, s.Renew(t.Context(), "expire", old, time.Minute), idem.ErrLeaseLost)
+		require.ErrorIs(t, s.Release(t.Context(), "expire", old), idem.ErrLeaseLost)
 		fields, _ := snapshot(t, s, c, "expire")
 		require.Equal(t, map[string]string{"st": "p", "tok": next, "fp": "next", "fence": "2"}, fields,
 			"the new owner holds the next fence")
@@ -165,7 +165,7 @@ func TestStore_expiry(t *testing.T) {
 		}, 5*time.Second, 20*time.Millisecond)
 
 		err := s.Complete(t.Context(), "expire-alone", old, sampleRecord(), time.Hour)
-		require.ErrorIs(t, err, processor.ErrLeaseLost)
+		require.ErrorIs(t, err, idem.ErrLeaseLost)
 		n, err := c.Exists(t.Context(), s.RedisKey("expire-alone")).Result()
 		require.NoError(t, err)
 		require.Zero(t, n)

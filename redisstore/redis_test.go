@@ -7,7 +7,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 	"github.com/idemproxy/idemproxy/redisstore/redistest"
 )
 
@@ -23,7 +23,7 @@ func TestStore_scriptCache(t *testing.T) {
 		require.NoError(t, c.ScriptFlush(t.Context()).Err())
 		require.NoError(t, s.Complete(t.Context(), "flush", tok, sampleRecord(), time.Hour))
 		require.NoError(t, c.ScriptFlush(t.Context()).Err())
-		require.ErrorIs(t, s.Release(t.Context(), "flush", tok), processor.ErrLeaseLost)
+		require.ErrorIs(t, s.Release(t.Context(), "flush", tok), idem.ErrLeaseLost)
 
 		// EVAL caches the script again, so later calls use EVALSHA.
 		exists, err := c.ScriptExists(t.Context(), releaseScript.Hash()).Result()
@@ -38,7 +38,7 @@ func TestStore_scriptCache(t *testing.T) {
 		// retries on the broken ones, so the first call can still succeed.
 		require.Eventually(t, func() bool {
 			acq, err := s.Acquire(t.Context(), "restart", token(t), nil, time.Minute)
-			return err == nil && acq.State == processor.StateAcquired
+			return err == nil && acq.State == idem.StateAcquired
 		}, 5*time.Second, 20*time.Millisecond)
 	})
 }
@@ -69,6 +69,6 @@ func TestStore_redisDown(t *testing.T) {
 func requireRedisError(t *testing.T, err error, prefix string) {
 	t.Helper()
 	require.Error(t, err)
-	require.NotErrorIs(t, err, processor.ErrLeaseLost)
+	require.NotErrorIs(t, err, idem.ErrLeaseLost)
 	require.ErrorContains(t, err, prefix)
 }

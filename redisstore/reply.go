@@ -6,13 +6,13 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // parseAcquire turns the reply of acquire.lua into an Acquisition. The reply
 // shapes are listed in the header of lua/acquire.lua.
 // open decrypts a field when the record was sealed (enc is its key id).
-func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte, error)) (processor.Acquisition, error) {
+func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte, error)) (idem.Acquisition, error) {
 	state := ""
 	if len(reply) > 0 {
 		state, _ = reply[0].(string)
@@ -21,22 +21,22 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 	case state == "acquired" && len(reply) == 2:
 		fence, ok := reply[1].(int64)
 		if !ok || fence <= 0 {
-			return processor.Acquisition{}, fmt.Errorf("%w: acquire: no fence", ErrCorruptRecord)
+			return idem.Acquisition{}, fmt.Errorf("%w: acquire: no fence", ErrCorruptRecord)
 		}
-		return processor.Acquisition{State: processor.StateAcquired, Fence: fence}, nil
+		return idem.Acquisition{State: idem.StateAcquired, Fence: fence}, nil
 	case (state == "in_progress" || state == "unknown") && len(reply) == 3:
 		fp, ok := reply[1].(string)
 		pttl, ok2 := reply[2].(int64)
 		if !ok || !ok2 {
-			return processor.Acquisition{}, fmt.Errorf("%w: acquire: in-progress record lacks fields", ErrCorruptRecord)
+			return idem.Acquisition{}, fmt.Errorf("%w: acquire: in-progress record lacks fields", ErrCorruptRecord)
 		}
 		// PTTL is negative only for a key without expiry, which the scripts
 		// never create; report no time left rather than a negative duration.
-		st := processor.StateInProgress
+		st := idem.StateInProgress
 		if state == "unknown" {
-			st = processor.StateUnknown
+			st = idem.StateUnknown
 		}
-		return processor.Acquisition{
+		return idem.Acquisition{
 			State:       st,
 			Fingerprint: []byte(fp),
 			// Clamped so a corrupt PTTL cannot overflow into a negative wait.
@@ -45,20 +45,20 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 	case state == "completed" && len(reply) == 7:
 		rec, err := parseRecord(reply[1:], open)
 		if err != nil {
-			return processor.Acquisition{}, err
+			return idem.Acquisition{}, err
 		}
-		return processor.Acquisition{
-			State:       processor.StateCompleted,
+		return idem.Acquisition{
+			State:       idem.StateCompleted,
 			Fingerprint: []byte(rec.Fingerprint),
 			Record:      rec,
 		}, nil
 	default:
-		return processor.Acquisition{}, fmt.Errorf("%w: acquire: unexpected reply %q with %d elements", ErrCorruptRecord, state, len(reply))
+		return idem.Acquisition{}, fmt.Errorf("%w: acquire: unexpected reply %q with %d elements", ErrCorruptRecord, state, len(reply))
 	}
 }
 
 // parseRecord decodes fp, status, hdr, body, bs, enc of a completed record.
-func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, error)) (*processor.Record, error) {
+func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, error)) (*idem.Record, error) {
 	var s [6]string
 	for i := range s {
 		v, ok := f[i].(string)
@@ -80,7 +80,7 @@ func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	rec := &processor.Record{Fingerprint: []byte(fp), Status: code, Headers: headers}
+	rec := &idem.Record{Fingerprint: []byte(fp), Status: code, Headers: headers}
 	switch bs {
 	case "1":
 		plain, err := open(enc, "body", []byte(body))
@@ -116,11 +116,11 @@ func parseInspect(v []any) (KeyInfo, error) {
 	case "":
 		return info, nil
 	case "p":
-		info.State = processor.StateInProgress.String()
+		info.State = idem.StateInProgress.String()
 	case "c":
-		info.State = processor.StateCompleted.String()
+		info.State = idem.StateCompleted.String()
 	case "u":
-		info.State = processor.StateUnknown.String()
+		info.State = idem.StateUnknown.String()
 	default:
 		return KeyInfo{}, fmt.Errorf("%w: inspect: state %q", ErrCorruptRecord, str(0))
 	}

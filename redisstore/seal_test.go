@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // newKeySpec returns "id:base64" for a fresh random 32-byte key.
@@ -51,8 +51,8 @@ func TestStore_encryptedAtRest(t *testing.T) {
 	require.NoError(t, err)
 	s1 := New(c, Options{Keyring: kr1})
 
-	rec := processor.Record{Fingerprint: []byte("fp"), Status: 201, BodyStored: true,
-		Headers: []processor.Header{{Name: "x-card-holder", Value: "Jane Doe"}},
+	rec := idem.Record{Fingerprint: []byte("fp"), Status: 201, BodyStored: true,
+		Headers: []idem.Header{{Name: "x-card-holder", Value: "Jane Doe"}},
 		Body:    []byte(`{"card":"4242424242424242"}`)}
 	tok := token(t)
 	_, err = s1.Acquire(ctx, "secret", tok, []byte("fp"), time.Minute)
@@ -74,7 +74,7 @@ func TestStore_encryptedAtRest(t *testing.T) {
 	t.Run("the store reads it back", func(t *testing.T) {
 		acq, err := s1.Acquire(ctx, "secret", token(t), []byte("fp"), time.Minute)
 		require.NoError(t, err)
-		require.Equal(t, processor.StateCompleted, acq.State)
+		require.Equal(t, idem.StateCompleted, acq.State)
 		require.Equal(t, rec.Body, acq.Record.Body)
 		require.Equal(t, rec.Headers, acq.Record.Headers)
 	})
@@ -100,7 +100,7 @@ func TestStore_encryptedAtRest(t *testing.T) {
 		tok := token(t)
 		_, err := s1.Acquire(ctx, "other", tok, []byte("fp"), time.Minute)
 		require.NoError(t, err)
-		require.NoError(t, s1.Complete(ctx, "other", tok, processor.Record{Fingerprint: []byte("fp"), Status: 200, BodyStored: true, Body: []byte("x")}, time.Hour))
+		require.NoError(t, s1.Complete(ctx, "other", tok, idem.Record{Fingerprint: []byte("fp"), Status: 200, BodyStored: true, Body: []byte("x")}, time.Hour))
 		body, err := c.HGet(ctx, s1.RedisKey("secret"), "body").Result()
 		require.NoError(t, err)
 		require.NoError(t, c.HSet(ctx, s1.RedisKey("other"), "body", body).Err())

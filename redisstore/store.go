@@ -27,10 +27,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
-
-var _ processor.Store = (*Store)(nil)
 
 var (
 	// ErrInvalidArgument reports a call refused before Redis is contacted:
@@ -107,16 +105,16 @@ func (s *Store) RedisKey(key string) string {
 const fenceSuffix = ":fence"
 
 // Acquire implements processor.Store.
-func (s *Store) Acquire(ctx context.Context, key, token string, fingerprint []byte, lockTTL time.Duration) (processor.Acquisition, error) {
+func (s *Store) Acquire(ctx context.Context, key, token string, fingerprint []byte, lockTTL time.Duration) (idem.Acquisition, error) {
 	const op = "acquire"
 	ms, err := checkArgs(op, token, "lock TTL", lockTTL)
 	if err != nil {
-		return processor.Acquisition{}, err
+		return idem.Acquisition{}, err
 	}
 	rk := s.RedisKey(key)
 	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix}, token, fingerprint, ms, s.fenceTTL).Slice()
 	if err != nil {
-		return processor.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	return parseAcquire(reply, s.opener(rk))
 }
@@ -144,7 +142,7 @@ func (s *Store) Renew(ctx context.Context, key, token string, lockTTL time.Durat
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
 // is not written, whatever rec.Body holds.
-func (s *Store) Complete(ctx context.Context, key, token string, rec processor.Record, retention time.Duration) error {
+func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
 	const op = "complete"
 	ms, err := checkArgs(op, token, "retention", retention)
 	if err != nil {
@@ -220,7 +218,7 @@ func owned(op string, n int64, err error) error {
 	case err != nil:
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	case n == 0:
-		return fmt.Errorf("redisstore: %s: %w", op, processor.ErrLeaseLost)
+		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrLeaseLost)
 	case n == 1:
 		return nil
 	default:

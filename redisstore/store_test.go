@@ -11,7 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/internal/idem"
 	"github.com/idemproxy/idemproxy/redisstore/redistest"
 )
 
@@ -53,11 +53,11 @@ func binaryBytes() []byte {
 }
 
 // sampleRecord is a response with repeated headers and a binary body.
-func sampleRecord() processor.Record {
-	return processor.Record{
+func sampleRecord() idem.Record {
+	return idem.Record{
 		Fingerprint: []byte("\x00fp\xff"),
 		Status:      201,
-		Headers: []processor.Header{
+		Headers: []idem.Header{
 			{Name: "set-cookie", Value: "a=1"},
 			{Name: "content-type", Value: "application/octet-stream"},
 			{Name: "set-cookie", Value: "b=2"},
@@ -76,7 +76,7 @@ func TestStore_Acquire(t *testing.T) {
 		tok := token(t)
 		acq, err := s.Acquire(t.Context(), "free", tok, []byte("\x00fp"), lockTTL)
 		require.NoError(t, err)
-		require.Equal(t, processor.Acquisition{State: processor.StateAcquired, Fence: 1}, acq)
+		require.Equal(t, idem.Acquisition{State: idem.StateAcquired, Fence: 1}, acq)
 
 		fields, ttl := snapshot(t, s, c, "free")
 		require.Equal(t, map[string]string{"st": "p", "tok": tok, "fp": "\x00fp", "fence": "1"}, fields)
@@ -90,7 +90,7 @@ func TestStore_Acquire(t *testing.T) {
 
 		acq, err := s.Acquire(t.Context(), "held", token(t), []byte("second"), time.Hour)
 		require.NoError(t, err)
-		require.Equal(t, processor.StateInProgress, acq.State)
+		require.Equal(t, idem.StateInProgress, acq.State)
 		require.Equal(t, []byte("first"), acq.Fingerprint)
 		require.Greater(t, acq.LockTTL, time.Duration(0))
 		require.LessOrEqual(t, acq.LockTTL, lockTTL)
@@ -103,7 +103,7 @@ func TestStore_Acquire(t *testing.T) {
 		require.NoError(t, err)
 		acq, err := s.Acquire(t.Context(), "again", tok, nil, lockTTL)
 		require.NoError(t, err)
-		require.Equal(t, processor.StateInProgress, acq.State)
+		require.Equal(t, idem.StateInProgress, acq.State)
 	})
 
 	t.Run("completed key returns the full stored record", func(t *testing.T) {
@@ -115,7 +115,7 @@ func TestStore_Acquire(t *testing.T) {
 
 		acq, err := s.Acquire(t.Context(), "done", token(t), []byte("other"), lockTTL)
 		require.NoError(t, err)
-		require.Equal(t, processor.StateCompleted, acq.State)
+		require.Equal(t, idem.StateCompleted, acq.State)
 		require.Equal(t, rec.Fingerprint, acq.Fingerprint)
 		require.Equal(t, &rec, acq.Record)
 	})
@@ -124,12 +124,12 @@ func TestStore_Acquire(t *testing.T) {
 		tok := token(t)
 		_, err := s.Acquire(t.Context(), "big", tok, []byte("fp"), lockTTL)
 		require.NoError(t, err)
-		rec := processor.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped")}
+		rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped")}
 		require.NoError(t, s.Complete(t.Context(), "big", tok, rec, time.Hour))
 
 		acq, err := s.Acquire(t.Context(), "big", token(t), nil, lockTTL)
 		require.NoError(t, err)
-		require.Equal(t, processor.StateCompleted, acq.State)
+		require.Equal(t, idem.StateCompleted, acq.State)
 		require.False(t, acq.Record.BodyStored)
 		require.Nil(t, acq.Record.Body)
 		require.Empty(t, acq.Record.Headers)
@@ -138,7 +138,7 @@ func TestStore_Acquire(t *testing.T) {
 
 	t.Run("exactly one of many concurrent callers acquires", func(t *testing.T) {
 		const callers = 64
-		states := make(chan processor.State, callers)
+		states := make(chan idem.State, callers)
 		errs := make(chan error, callers)
 		var wg sync.WaitGroup
 		for range callers {
@@ -155,13 +155,13 @@ func TestStore_Acquire(t *testing.T) {
 		for err := range errs {
 			require.NoError(t, err)
 		}
-		count := map[processor.State]int{}
+		count := map[idem.State]int{}
 		for st := range states {
 			count[st]++
 		}
-		require.Equal(t, map[processor.State]int{
-			processor.StateAcquired:   1,
-			processor.StateInProgress: callers - 1,
+		require.Equal(t, map[idem.State]int{
+			idem.StateAcquired:   1,
+			idem.StateInProgress: callers - 1,
 		}, count)
 	})
 
@@ -181,14 +181,14 @@ func TestStore_Acquire_arguments(t *testing.T) {
 			_, err := s.Acquire(t.Context(), "k", "tok", nil, ttl)
 			require.ErrorIs(t, err, ErrInvalidArgument)
 			require.ErrorIs(t, s.Renew(t.Context(), "k", "tok", ttl), ErrInvalidArgument)
-			require.ErrorIs(t, s.Complete(t.Context(), "k", "tok", processor.Record{}, ttl), ErrInvalidArgument)
+			require.ErrorIs(t, s.Complete(t.Context(), "k", "tok", idem.Record{}, ttl), ErrInvalidArgument)
 		})
 	}
 	t.Run("empty token is refused", func(t *testing.T) {
 		_, err := s.Acquire(t.Context(), "k", "", nil, time.Second)
 		require.ErrorIs(t, err, ErrInvalidArgument)
 		require.ErrorIs(t, s.Renew(t.Context(), "k", "", time.Second), ErrInvalidArgument)
-		require.ErrorIs(t, s.Complete(t.Context(), "k", "", processor.Record{}, time.Second), ErrInvalidArgument)
+		require.ErrorIs(t, s.Complete(t.Context(), "k", "", idem.Record{}, time.Second), ErrInvalidArgument)
 		require.ErrorIs(t, s.Release(t.Context(), "k", ""), ErrInvalidArgument)
 	})
 }
