@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// Config is the processor's policy. Zero fields take the defaults of
-// DefaultConfig when passed through Normalize.
+// Config is the processor's policy. Start from DefaultConfig: a zero field
+// is not replaced by its default, and Validate refuses what cannot work.
 type Config struct {
 	// KeyHeaders are the request headers that carry the idempotency key,
 	// lower-case. A request without any of them passes through untouched.
@@ -89,14 +89,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("header name %q must be a lower-case token", h))
 		}
 	}
-	if c.LockTTL < time.Second {
-		errs = append(errs, fmt.Errorf("lock TTL %v must be at least 1s", c.LockTTL))
-	}
-	if c.Heartbeat <= 0 || c.Heartbeat >= c.LockTTL {
-		errs = append(errs, fmt.Errorf("heartbeat %v must be positive and shorter than the lock TTL %v", c.Heartbeat, c.LockTTL))
-	}
-	if c.Retention < c.LockTTL {
-		errs = append(errs, fmt.Errorf("retention %v must be at least the lock TTL %v", c.Retention, c.LockTTL))
+	if err := (timings{c.LockTTL, c.Heartbeat, c.Retention}).check("lock TTL", "heartbeat", "retention"); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxRequestHeaders < 1 || c.MaxRequestHeaderBytes < 1 {
 		errs = append(errs, errors.New("the request header limits must be positive"))
@@ -106,6 +100,29 @@ func (c Config) Validate() error {
 	}
 	if c.StoreTimeout <= 0 || c.FinalizeTimeout <= 0 {
 		errs = append(errs, errors.New("store and finalize timeouts must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// timings are the lock and retention durations. One set of rules checks
+// them, whether they come from flags or from a route's metadata.
+type timings struct{ lockTTL, heartbeat, retention time.Duration }
+
+// check reports every rule the durations break; the names say where each
+// came from (a flag or a metadata key).
+func (d timings) check(lockTTL, heartbeat, retention string) error {
+	var errs []error
+	if d.lockTTL < time.Second {
+		errs = append(errs, fmt.Errorf("%s %v must be at least 1s", lockTTL, d.lockTTL))
+	}
+	switch {
+	case d.heartbeat <= 0:
+		errs = append(errs, fmt.Errorf("%s %v must be positive", heartbeat, d.heartbeat))
+	case d.heartbeat >= d.lockTTL:
+		errs = append(errs, fmt.Errorf("%s %v must be shorter than the lock TTL %v", heartbeat, d.heartbeat, d.lockTTL))
+	}
+	if d.retention < d.lockTTL {
+		errs = append(errs, fmt.Errorf("%s %v must be at least the lock TTL %v", retention, d.retention, d.lockTTL))
 	}
 	return errors.Join(errs...)
 }

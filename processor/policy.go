@@ -66,14 +66,7 @@ func (s *Server) policyFor(ctx context.Context) (policy, error) {
 		p.keyRequired = b
 	}
 	if len(errs) == 0 {
-		switch {
-		case p.lockTTL < time.Second:
-			errs = append(errs, fmt.Errorf("%s %v must be at least 1s", mdLockTTL, p.lockTTL))
-		case p.heartbeat >= p.lockTTL:
-			errs = append(errs, fmt.Errorf("%s %v must be shorter than the lock TTL %v", mdHeartbeat, p.heartbeat, p.lockTTL))
-		case p.retention < p.lockTTL:
-			errs = append(errs, fmt.Errorf("%s %v must be at least the lock TTL %v", mdRetention, p.retention, p.lockTTL))
-		}
+		errs = append(errs, timings{p.lockTTL, p.heartbeat, p.retention}.check(mdLockTTL, mdHeartbeat, mdRetention))
 	}
 	return p, errors.Join(errs...)
 }

@@ -80,7 +80,7 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	if err := errors.Join(errs...); err != nil {
 		return s, usageError{err}
 	}
-	if err := s.validate(); err != nil {
+	if err := errors.Join(s.resolve(), s.validate()); err != nil {
 		return s, usageError{err}
 	}
 	return s, nil
@@ -139,6 +139,34 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
 }
 
+// resolve derives the settings that follow from others: secrets read from
+// their files, the encryption keyring, the processor's store timeout and
+// unknown-outcome policy. It is the only step that reads files.
+func (s *settings) resolve() error {
+	var errs []error
+	s.Processor.StoreTimeout = s.RedisTimeout
+	s.Processor.HoldUnknown = s.OnUnknown == "hold"
+	if s.AdminTokenFile != "" {
+		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
+		errs = append(errs, err)
+		s.AdminToken = tok
+	}
+	if s.EncryptionFile != "" {
+		keys, err := readSecretFile("--encryption-keys-file", s.EncryptionFile)
+		errs = append(errs, err)
+		s.EncryptionKeys = keys
+	}
+	if s.EncryptionKeys != "" {
+		kr, err := redisstore.ParseKeyring(s.EncryptionKeys)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--encryption-keys: %w", err))
+		}
+		s.Keyring = kr
+	}
+	return errors.Join(errs...)
+}
+
+// validate checks the resolved settings, without side effects.
 func (s *settings) validate() error {
 	var errs []error
 	if s.GRPCAddr == "" || s.AdminAddr == "" {
@@ -164,34 +192,12 @@ func (s *settings) validate() error {
 	if s.ShutdownGrace < 0 || s.HealthInterval <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must not be negative and --health-interval must be positive"))
 	}
-	switch s.OnUnknown {
-	case "expire":
-	case "hold":
-		s.Processor.HoldUnknown = true
-	default:
+	if s.OnUnknown != "expire" && s.OnUnknown != "hold" {
 		errs = append(errs, fmt.Errorf("--on-unknown %q must be expire or hold", s.OnUnknown))
-	}
-	if s.AdminTokenFile != "" {
-		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
-		errs = append(errs, err)
-		s.AdminToken = tok
-	}
-	if s.EncryptionFile != "" {
-		keys, err := readSecretFile("--encryption-keys-file", s.EncryptionFile)
-		errs = append(errs, err)
-		s.EncryptionKeys = keys
-	}
-	if s.EncryptionKeys != "" {
-		kr, err := redisstore.ParseKeyring(s.EncryptionKeys)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--encryption-keys: %w", err))
-		}
-		s.Keyring = kr
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))
 	}
-	s.Processor.StoreTimeout = s.RedisTimeout
 	if err := s.Processor.Validate(); err != nil {
 		errs = append(errs, err)
 	}

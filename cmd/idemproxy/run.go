@@ -81,7 +81,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
 	if s.TLSCert != "" {
-		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA)
+		reloads, err := newTLSReloads(reg)
+		if err != nil {
+			grpcLis.Close()
+			adminLis.Close()
+			return fmt.Errorf("metrics: %w", err)
+		}
+		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
 		if err != nil {
 			grpcLis.Close()
 			adminLis.Close()

@@ -5,26 +5,33 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // certReloader serves the certificate in certFile/keyFile and reloads it
 // when the files change, so a rotated certificate (cert-manager, Vault) is
 // picked up at the next handshake without a restart. A failed reload keeps
-// the previous certificate and reports the error.
+// the previous certificate, logs why and counts it: a rotation that never
+// takes effect must not go unnoticed until the old certificate expires.
 type certReloader struct {
 	certFile, keyFile string
+	log               *slog.Logger
+	reloads           *prometheus.CounterVec // by result: ok, error
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
 	modTime time.Time
 	checked time.Time
+	failed  time.Time // modTime of the files that last failed to load
 }
 
-func newCertReloader(certFile, keyFile string) (*certReloader, error) {
-	r := &certReloader{certFile: certFile, keyFile: keyFile}
+func newCertReloader(certFile, keyFile string, log *slog.Logger, reloads *prometheus.CounterVec) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile, log: log, reloads: reloads}
 	if err := r.load(); err != nil {
 		return nil, err
 	}
@@ -52,18 +59,45 @@ func (r *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	defer r.mu.Unlock()
 	if now := time.Now(); now.Sub(r.checked) >= time.Second {
 		r.checked = now
-		if st, err := os.Stat(r.certFile); err == nil && !st.ModTime().Equal(r.modTime) {
-			_ = r.load() // on error keep serving the old certificate
-		}
+		r.reloadLocked()
 	}
 	return r.cert, nil
+}
+
+// reloadLocked loads changed files; r.mu is held. A broken pair is
+// reported once per change of the files, not at every handshake.
+func (r *certReloader) reloadLocked() {
+	st, err := os.Stat(r.certFile)
+	if err != nil || st.ModTime().Equal(r.modTime) || st.ModTime().Equal(r.failed) {
+		return
+	}
+	if err := r.load(); err != nil {
+		r.failed = st.ModTime()
+		r.reloads.WithLabelValues("error").Inc()
+		r.log.Error("reloading the TLS certificate failed; still serving the previous one",
+			"cert", r.certFile, "key", r.keyFile, "error", err)
+		return
+	}
+	r.reloads.WithLabelValues("ok").Inc()
+	r.log.Info("TLS certificate reloaded", "cert", r.certFile)
+}
+
+// newTLSReloads creates the counter of certificate reloads.
+func newTLSReloads(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "idemproxy_tls_reloads_total",
+		Help: "Reloads of the gRPC listener's TLS certificate after its file changed, by result (ok, error).",
+	}, []string{"result"})
+	c.WithLabelValues("ok")
+	c.WithLabelValues("error")
+	return c, reg.Register(c)
 }
 
 // serverTLS builds the gRPC server's TLS config: TLS with cert and key, and
 // mutual TLS when a client CA is given (Envoy must then present a
 // certificate signed by it).
-func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
-	r, err := newCertReloader(certFile, keyFile)
+func serverTLS(certFile, keyFile, clientCA string, log *slog.Logger, reloads *prometheus.CounterVec) (*tls.Config, error) {
+	r, err := newCertReloader(certFile, keyFile, log, reloads)
 	if err != nil {
 		return nil, err
 	}
