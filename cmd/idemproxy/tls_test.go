@@ -123,7 +123,6 @@ func TestServerTLS_rotation(t *testing.T) {
 	})
 }
 
-
 // counterValue reads one counter of a vector.
 func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	var m dto.Metric
