@@ -46,16 +46,16 @@ type memStore struct {
 	n    atomic.Int64
 }
 
-func (m *memStore) Acquire(_ context.Context, key, _ string, fp []byte, _ time.Duration) (idem.Acquisition, error) {
+func (m *memStore) Acquire(_ context.Context, key string, c idem.Claim) (idem.Acquisition, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if rec, ok := m.recs[key]; ok {
 		return idem.Acquisition{State: idem.StateCompleted, Fingerprint: m.fps[key], Record: rec}, nil
 	}
-	m.fps[key] = fp
+	m.fps[key] = c.Fingerprint
 	return idem.Acquisition{State: idem.StateAcquired, Fence: m.n.Add(1)}, nil
 }
-func (m *memStore) Renew(context.Context, string, string, time.Duration) error { return nil }
+func (m *memStore) Renew(context.Context, string, string, idem.Lease) error { return nil }
 func (m *memStore) Complete(_ context.Context, key, _ string, rec idem.Record, _ time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -34,10 +34,13 @@ type Config struct {
 	ExcludeHeaders []string
 	// FailOpen lets requests through unguarded when the store fails.
 	FailOpen bool
-	// HoldUnknown keeps a key whose outcome is unknown (the request went
-	// upstream, no final response was seen) refused for the retention
-	// period, instead of letting its lock expire after the lock TTL.
-	HoldUnknown bool
+	// RerunAfterTTL is the opt-in weaker policy for unknown outcomes (the
+	// request went upstream and no final response was seen, or its owner
+	// vanished): the lock is left to expire after the lock TTL, and a retry
+	// after that runs the request again, possibly a second time. By default
+	// (false) such a key is refused for the retention period, until an
+	// operator clears it.
+	RerunAfterTTL bool
 	// FenceHeader is the request header that carries the grant's fencing
 	// token upstream; empty disables it.
 	FenceHeader string

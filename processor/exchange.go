@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"time"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -39,6 +38,7 @@ type exchange struct {
 	waitingBody       bool // key found; the fingerprint needs the body
 	method, path      string
 	key               string // composite store key; "" when not taking part
+	scope             string // for operators: authority and identity hash
 	token             string
 	lock              lockState
 	dog               *watchdog
@@ -149,7 +149,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		e.srv.metrics.requests.WithLabelValues(outcomeHeadersTooLarge).Inc()
 		return problemReply(probHeadersTooLarge, p, ""), nil
 	}
-	e.key = storeKey(scope, key)
+	e.key, e.scope = storeKey(scope, key), scopeLabel(scope)
 	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
 		// Without the buffered body there is no fingerprint, and answering
 		// the headers would let the request upstream unguarded.
@@ -192,66 +192,4 @@ func (e *exchange) onRequestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingRe
 	}
 	e.waitingBody = false
 	return e.decide(b.GetBody(), continueRequestBody), nil
-}
-
-// decide takes or inspects the lock once the fingerprint is known.
-// cont builds the CONTINUE of the message being answered.
-func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
-	fp := fingerprint(e.method, e.path, body)
-	token, err := newToken()
-	if err != nil {
-		return e.storeFailed(err, cont)
-	}
-	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
-	start := time.Now()
-	acq, err := e.srv.store.Acquire(ctx, e.key, token, fp, e.pol.lockTTL)
-	cancel()
-	e.srv.metrics.observeStore("acquire", start, err)
-	if err != nil {
-		return e.storeFailed(err, cont)
-	}
-
-	switch {
-	case acq.State == idem.StateAcquired:
-		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
-		e.token, e.lock = token, lockAcquired
-		e.rec.Fingerprint = fp
-		e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, token, e.pol)
-		return e.srv.fence(cont(), acq.Fence)
-	case !bytes.Equal(acq.Fingerprint, fp):
-		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
-		return problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
-	case acq.State == idem.StateUnknown:
-		e.srv.metrics.requests.WithLabelValues(outcomeUnknown).Inc()
-		return problemReply(probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
-	case acq.State == idem.StateInProgress:
-		e.srv.metrics.requests.WithLabelValues(outcomeConflict).Inc()
-		return problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
-			retryAfterSeconds(acq.LockTTL.Milliseconds()))
-	case acq.Record == nil || !acq.Record.BodyStored:
-		e.srv.metrics.requests.WithLabelValues(outcomeNotStored).Inc()
-		status := 0
-		if acq.Record != nil {
-			status = acq.Record.Status
-		}
-		return problemReply(probNotStored, fmt.Sprintf(
-			"The request with this idempotency key completed with status %d, but its response was too large to store; it will not run again.", status), "")
-	default:
-		e.srv.metrics.requests.WithLabelValues(outcomeReplayed).Inc()
-		hs := append(acq.Record.Headers[:len(acq.Record.Headers):len(acq.Record.Headers)],
-			idem.Header{Name: replayedHeader, Value: "true"})
-		return immediate(acq.Record.Status, hs, acq.Record.Body, "idemproxy_replayed")
-	}
-}
-
-// storeFailed fails closed (503, nothing upstream) unless fail-open is set.
-func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
-	if e.srv.cfg.FailOpen {
-		e.srv.metrics.requests.WithLabelValues(outcomeFailOpen).Inc()
-		e.logger().Warn("store failed; request let through unguarded (fail-open)", "error", err)
-		return e.srv.fence(cont(), 0)
-	}
-	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
-	e.logger().Error("store failed; request refused (fail-closed)", "error", err)
-	return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"testing"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
+	"github.com/idemproxy/idemproxy/internal/storetest"
 )
 
 var _ extprocv3.ExternalProcessor_ProcessServer = (*fakeStream)(nil)
@@ -86,7 +88,9 @@ func (f *fakeStream) Send(resp *extprocv3.ProcessingResponse) error {
 type storeCall struct {
 	op, key, token string
 	fp             []byte
-	ttl            time.Duration // lock TTL or retention asked for
+	scope          string
+	lease          idem.Lease
+	ttl            time.Duration // lease asked for, or retention, or hold
 	rec            idem.Record
 	ctxErr         error
 	hasDeadline    bool
@@ -95,43 +99,42 @@ type storeCall struct {
 // storeEntry is one key; rec is nil while the key is in progress or held
 // as outcome unknown.
 type storeEntry struct {
-	token   string
-	fp      []byte
-	ttl     time.Duration
-	rec     *idem.Record
-	unknown bool
-	fence   int64
+	token    string
+	fp       []byte
+	leaseEnd time.Time // in progress: when the lease runs out
+	expires  time.Time // when the whole record goes
+	rec      *idem.Record
+	unknown  bool
+	fence    int64
+	scope    string
 }
 
-// fakeStore is an in-memory Store with the real semantics (in progress,
-// completed, fingerprints, ownership) that records every call and can be
-// told to fail an operation.
+// fakeStore is an in-memory Store with the real semantics (leases that run
+// out into unknown outcomes, takeover, completion, fingerprints, ownership)
+// that records every call and can be told to fail an operation. Its clock
+// stands still until the test advances it; the conformance suite checks
+// it against redisstore on a real Redis.
 type fakeStore struct {
 	mu      sync.Mutex
+	now     time.Time
 	entries map[string]*storeEntry
 	calls   []storeCall
 	fail    map[string]error // op -> error returned instead of acting
 	fences  map[string]int64 // grows per grant, survives deletion
 }
 
-func (s *fakeStore) Abandon(ctx context.Context, key, token string, hold time.Duration) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.record(ctx, storeCall{op: "abandon", key: key, token: token, ttl: hold}); err != nil {
-		return err
-	}
-	e, ok := s.entries[key]
-	if !ok || e.rec != nil || e.unknown || e.token != token {
-		return idem.ErrLeaseLost
-	}
-	e.unknown, e.token, e.ttl = true, "", hold
-	return nil
-}
-
 var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{entries: map[string]*storeEntry{}, fail: map[string]error{}, fences: map[string]int64{}}
+	return &fakeStore{now: time.Unix(1_700_000_000, 0), entries: map[string]*storeEntry{},
+		fail: map[string]error{}, fences: map[string]int64{}}
+}
+
+// advance moves the store's clock on.
+func (s *fakeStore) advance(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.now = s.now.Add(d)
 }
 
 // record logs a call and returns the error the test asked op to fail with.
@@ -142,39 +145,71 @@ func (s *fakeStore) record(ctx context.Context, c storeCall) error {
 	return s.fail[c.op]
 }
 
-func (s *fakeStore) Acquire(ctx context.Context, key, token string, fp []byte, lockTTL time.Duration) (idem.Acquisition, error) {
+// live returns key's entry unless it has expired (then it is dropped).
+func (s *fakeStore) live(key string) (*storeEntry, bool) {
+	e, ok := s.entries[key]
+	if ok && !s.now.Before(e.expires) {
+		delete(s.entries, key)
+		return nil, false
+	}
+	return e, ok
+}
+
+// keyTTL is how long an in-progress record lives: the hold, or the lease
+// itself with takeover.
+func keyTTL(l idem.Lease) time.Duration {
+	if l.Takeover {
+		return l.TTL
+	}
+	return l.Hold
+}
+
+// owned returns key's in-progress entry if token holds it.
+func (s *fakeStore) owned(key, token string) (*storeEntry, bool) {
+	e, ok := s.live(key)
+	if !ok || e.rec != nil || e.unknown || e.token != token {
+		return nil, false
+	}
+	return e, true
+}
+
+func (s *fakeStore) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.record(ctx, storeCall{op: "acquire", key: key, token: token, fp: fp, ttl: lockTTL}); err != nil {
+	if err := s.record(ctx, storeCall{op: "acquire", key: key, token: c.Token, fp: c.Fingerprint, scope: c.Scope,
+		lease: c.Lease, ttl: c.Lease.TTL}); err != nil {
 		return idem.Acquisition{}, err
 	}
-	e, ok := s.entries[key]
+	e, ok := s.live(key)
 	switch {
-	case !ok:
+	case !ok || (e.rec == nil && !e.unknown && !s.now.Before(e.leaseEnd) && c.Lease.Takeover):
 		s.fences[key]++
-		s.entries[key] = &storeEntry{token: token, fp: bytes.Clone(fp), ttl: lockTTL, fence: s.fences[key]}
+		s.entries[key] = &storeEntry{token: c.Token, fp: bytes.Clone(c.Fingerprint), leaseEnd: s.now.Add(c.Lease.TTL),
+			expires: s.now.Add(keyTTL(c.Lease)), fence: s.fences[key], scope: c.Scope}
 		return idem.Acquisition{State: idem.StateAcquired, Fence: s.fences[key]}, nil
 	case e.unknown:
-		return idem.Acquisition{State: idem.StateUnknown, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
+		return idem.Acquisition{State: idem.StateUnknown, Fingerprint: bytes.Clone(e.fp), LockTTL: e.expires.Sub(s.now)}, nil
+	case e.rec == nil && !s.now.Before(e.leaseEnd):
+		return idem.Acquisition{State: idem.StateUnknown, Expired: true, Fingerprint: bytes.Clone(e.fp), LockTTL: e.expires.Sub(s.now)}, nil
 	case e.rec == nil:
-		return idem.Acquisition{State: idem.StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.ttl}, nil
+		return idem.Acquisition{State: idem.StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.leaseEnd.Sub(s.now)}, nil
 	default:
 		rec := cloneRecord(*e.rec)
 		return idem.Acquisition{State: idem.StateCompleted, Fingerprint: bytes.Clone(e.fp), Record: &rec}, nil
 	}
 }
 
-func (s *fakeStore) Renew(ctx context.Context, key, token string, lockTTL time.Duration) error {
+func (s *fakeStore) Renew(ctx context.Context, key, token string, l idem.Lease) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.record(ctx, storeCall{op: "renew", key: key, token: token, ttl: lockTTL}); err != nil {
+	if err := s.record(ctx, storeCall{op: "renew", key: key, token: token, lease: l, ttl: l.TTL}); err != nil {
 		return err
 	}
-	e, ok := s.entries[key]
-	if !ok || e.rec != nil || e.token != token {
+	e, ok := s.owned(key, token)
+	if !ok {
 		return idem.ErrLeaseLost
 	}
-	e.ttl = lockTTL
+	e.leaseEnd, e.expires = s.now.Add(l.TTL), s.now.Add(keyTTL(l))
 	return nil
 }
 
@@ -184,12 +219,15 @@ func (s *fakeStore) Complete(ctx context.Context, key, token string, rec idem.Re
 	if err := s.record(ctx, storeCall{op: "complete", key: key, token: token, rec: cloneRecord(rec), ttl: retention}); err != nil {
 		return err
 	}
-	e, ok := s.entries[key]
-	if !ok || e.rec != nil || e.token != token {
+	e, ok := s.owned(key, token)
+	if !ok {
 		return idem.ErrLeaseLost
 	}
 	stored := cloneRecord(rec)
-	e.rec, e.token = &stored, ""
+	if !stored.BodyStored {
+		stored.Body = nil
+	}
+	e.rec, e.token, e.expires = &stored, "", s.now.Add(retention)
 	return nil
 }
 
@@ -199,11 +237,24 @@ func (s *fakeStore) Release(ctx context.Context, key, token string) error {
 	if err := s.record(ctx, storeCall{op: "release", key: key, token: token}); err != nil {
 		return err
 	}
-	e, ok := s.entries[key]
-	if !ok || e.rec != nil || e.token != token {
+	if _, ok := s.owned(key, token); !ok {
 		return idem.ErrLeaseLost
 	}
 	delete(s.entries, key)
+	return nil
+}
+
+func (s *fakeStore) Abandon(ctx context.Context, key, token string, hold time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "abandon", key: key, token: token, ttl: hold}); err != nil {
+		return err
+	}
+	e, ok := s.owned(key, token)
+	if !ok {
+		return idem.ErrLeaseLost
+	}
+	e.unknown, e.token, e.expires = true, "", s.now.Add(hold)
 	return nil
 }
 
@@ -225,13 +276,13 @@ func (s *fakeStore) steal(key string) {
 func (s *fakeStore) seedInProgress(key string, fp []byte, ttl time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.entries[key] = &storeEntry{token: "other", fp: fp, ttl: ttl}
+	s.entries[key] = &storeEntry{token: "other", fp: fp, leaseEnd: s.now.Add(ttl), expires: s.now.Add(24 * time.Hour)}
 }
 
 func (s *fakeStore) seedCompleted(key string, rec idem.Record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.entries[key] = &storeEntry{fp: rec.Fingerprint, rec: &rec}
+	s.entries[key] = &storeEntry{fp: rec.Fingerprint, rec: &rec, expires: s.now.Add(24 * time.Hour)}
 }
 
 // callsOf returns the recorded calls of op ("" for all), in order.
@@ -274,4 +325,14 @@ func cloneRecord(r idem.Record) idem.Record {
 	r.Headers = append([]idem.Header(nil), r.Headers...)
 	r.Body = bytes.Clone(r.Body)
 	return r
+}
+
+// TestFakeStore_conformance runs the shared Store behaviours on the fake,
+// with its clock stepped instead of slept: the same table runs against
+// redisstore on a real Redis, so the fake cannot drift from it.
+func TestFakeStore_conformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Subject {
+		s := newFakeStore()
+		return storetest.Subject{Store: s, Wait: s.advance}
+	})
 }

@@ -50,11 +50,11 @@ func TestServer_Process_fence(t *testing.T) {
 	})
 }
 
-func TestServer_Process_holdUnknown(t *testing.T) {
+func TestServer_Process_unknownOutcome(t *testing.T) {
 	for _, kind := range endKinds {
 		t.Run("an unknown outcome is held and refused, ended by "+string(kind), func(t *testing.T) {
 			store := newFakeStore()
-			srv, reg := newTestServer(t, store, func(c *Config) { c.HoldUnknown = true })
+			srv, reg := newTestServer(t, store, nil)
 			_, err := run(t, srv, kind, keyed("POST", "k", true))
 			require.NoError(t, err)
 			abandon := store.callsOf("abandon")
@@ -69,16 +69,16 @@ func TestServer_Process_holdUnknown(t *testing.T) {
 			require.Len(t, store.callsOf("acquire"), 2, "never a second grant")
 		})
 	}
-	t.Run("without hold the lock is left to expire", func(t *testing.T) {
+	t.Run("with rerun-after-ttl the lock is left to expire", func(t *testing.T) {
 		store := newFakeStore()
-		srv, _ := newTestServer(t, store, nil)
+		srv, _ := newTestServer(t, store, func(c *Config) { c.RerunAfterTTL = true })
 		_, err := run(t, srv, endCanceled, keyed("POST", "k", true))
 		require.NoError(t, err)
 		require.Empty(t, store.callsOf("abandon"))
 	})
 	t.Run("a mismatching retry of a held key is still a 422", func(t *testing.T) {
 		store := newFakeStore()
-		srv, _ := newTestServer(t, store, func(c *Config) { c.HoldUnknown = true })
+		srv, _ := newTestServer(t, store, nil)
 		_, err := run(t, srv, endCanceled, keyed("POST", "k", false), reqBody("a", true))
 		require.NoError(t, err)
 		out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("b", true))

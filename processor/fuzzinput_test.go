@@ -114,7 +114,7 @@ func decodeFuzzInput(data []byte) fuzzInput {
 	r := &fuzzReader{b: data}
 	c := r.next()
 	cfg := DefaultConfig()
-	cfg.FailOpen, cfg.HoldUnknown = c&1 != 0, c&2 != 0
+	cfg.FailOpen, cfg.RerunAfterTTL = c&1 != 0, c&2 != 0
 	if c&4 != 0 {
 		cfg.MaxStoredBody = 8
 	}

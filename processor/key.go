@@ -3,6 +3,7 @@ package processor
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -82,6 +83,18 @@ func storeKey(scope []string, key string) string {
 		b = append(b, part...)
 	}
 	return string(b)
+}
+
+// scopeLabel describes a scope for operators, without the client's key:
+// the authority, and a short hash of the identity parts when there are any
+// (scope header values can be tenant ids, credentials hashes: not shown in
+// clear, but comparable with what the admin endpoint computes).
+func scopeLabel(scope []string) string {
+	if len(scope) < 2 {
+		return scope[0]
+	}
+	sum := sha256.Sum256([]byte(storeKey(scope[1:], "")))
+	return scope[0] + " identity=" + hex.EncodeToString(sum[:8])
 }
 
 // fingerprint binds the key to the request: method, path with query, body.

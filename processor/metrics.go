@@ -18,6 +18,7 @@ const (
 	outcomeMismatch        = "fingerprint_mismatch"
 	outcomeInvalidKey      = "invalid_key"
 	outcomeStoreError      = "store_error"
+	outcomeStoreUnsafe     = "store_unsafe"
 	outcomeFailOpen        = "fail_open"
 	outcomeNotStored       = "not_stored"
 	outcomeMisconfigured   = "misconfigured"
@@ -28,13 +29,15 @@ const (
 
 // Response results: what became of an acquired key.
 const (
-	resultStored         = "stored"
-	resultStoredNoBody   = "stored_without_body"
-	resultReleasedStatus = "released_status"
-	resultReleasedEarly  = "released_early"
-	resultUnknownOutcome = "unknown_outcome"
-	resultLeaseLost      = "lease_lost"
-	resultStoreError     = "store_error"
+	resultStored       = "stored"
+	resultStoredNoBody = "stored_without_body"
+	// resultStoredIncomplete: the status arrived, the body never ended.
+	resultStoredIncomplete = "stored_incomplete"
+	resultReleasedStatus   = "released_status"
+	resultReleasedEarly    = "released_early"
+	resultUnknownOutcome   = "unknown_outcome"
+	resultLeaseLost        = "lease_lost"
+	resultStoreError       = "store_error"
 )
 
 // Watchdog renewal results and the stages at which a lease can be lost.
@@ -92,10 +95,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge} {
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge} {
 		m.requests.WithLabelValues(o)
 	}
-	for _, r := range []string{resultStored, resultStoredNoBody, resultReleasedStatus, resultReleasedEarly,
+	for _, r := range []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultReleasedStatus, resultReleasedEarly,
 		resultUnknownOutcome, resultLeaseLost, resultStoreError} {
 		m.responses.WithLabelValues(r)
 	}

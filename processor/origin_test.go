@@ -52,7 +52,7 @@ func TestServer_Process_localReplies(t *testing.T) {
 		require.Equal(t, "NONE", out[1].GetModeOverride().GetResponseBodyMode().String())
 		require.Equal(t, []string{"acquire", "release"}, store.ops())
 	})
-	t.Run("a timeout keeps the lock: the upstream may have run the request", func(t *testing.T) {
+	t.Run("a timeout holds the key as unknown: the upstream may have run the request", func(t *testing.T) {
 		store := newFakeStore()
 		srv, reg := newTestServer(t, store, nil)
 		resp := withCodeDetails(respHeaders(false, ":status", "504"), "response_timeout")
@@ -60,9 +60,10 @@ func TestServer_Process_localReplies(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, out, 2)
 		require.Equal(t, "NONE", out[1].GetModeOverride().GetResponseBodyMode().String())
-		require.Equal(t, []string{"acquire"}, store.ops(), "neither released nor stored")
-		_, held := store.entry(keyOf("k"))
+		require.Equal(t, []string{"acquire", "abandon"}, store.ops(), "held, neither released nor stored")
+		e, held := store.entry(keyOf("k"))
 		require.True(t, held)
+		require.True(t, e.unknown)
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultUnknownOutcome))
 	})
 	t.Run("an upstream 200 is stored as usual", func(t *testing.T) {

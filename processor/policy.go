@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/idem"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -26,13 +27,21 @@ type policy struct {
 	heartbeat   time.Duration
 	retention   time.Duration
 	keyRequired bool
+	takeover    bool // --on-unknown=rerun-after-ttl
+}
+
+// lease is how a request on this route holds its key: for the lock TTL,
+// and, unless takeover, in a record kept for the retention after its
+// owner's last renewal, so a crash leaves an unknown outcome behind.
+func (p policy) lease() idem.Lease {
+	return idem.Lease{TTL: p.lockTTL, Hold: p.retention, Takeover: p.takeover}
 }
 
 // policyFor starts from the server's configuration and applies the stream's
 // metadata. An invalid value is an operator error: the caller refuses the
 // request rather than guess.
 func (s *Server) policyFor(ctx context.Context) (policy, error) {
-	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention}
+	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, takeover: s.cfg.RerunAfterTTL}
 	md, ok := metadata.FromIncomingContext(ctx)
 	if !ok {
 		return p, nil

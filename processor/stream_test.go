@@ -11,15 +11,37 @@ import (
 )
 
 func TestServer_Process_endAfterForward(t *testing.T) {
-	// The request went upstream and no final response was seen: the
-	// outcome is unknown, so the lock must stay until its TTL.
-	cases := map[string][]*extprocv3.ProcessingRequest{
-		"before the response":        {keyed("POST", "k", true)},
-		"after the response headers": {keyed("POST", "k", true), respHeaders(false, ":status", "200")},
-		"during the response body": {keyed("POST", "k", false), reqBody("b", true),
-			respHeaders(false, ":status", "200"), respBody("partial", false)},
+	// The request went upstream and no response headers were seen: the
+	// outcome is unknown, so the key is held (never released) and refused.
+	for _, kind := range endKinds {
+		t.Run("before the response by "+string(kind), func(t *testing.T) {
+			store := newFakeStore()
+			srv, reg := newTestServer(t, store, nil)
+			out, err := run(t, srv, kind, keyed("POST", "k", true))
+			require.NoError(t, err)
+			require.Len(t, out, 1)
+			require.Equal(t, []string{"acquire", "abandon"}, store.ops(), "held, neither released nor completed")
+			e, held := store.entry(keyOf("k"))
+			require.True(t, held)
+			require.Nil(t, e.rec)
+			require.True(t, e.unknown)
+			require.False(t, watchdogRunning(srv), "the watchdog stops with the stream")
+			require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultUnknownOutcome))
+		})
 	}
-	for name, reqs := range cases {
+	// Once the upstream's status arrived the request ran: a missing body
+	// makes the outcome known but not replayable, stored without the body.
+	type exchangeMsgs struct{ request, response []*extprocv3.ProcessingRequest }
+	cases := map[string]exchangeMsgs{
+		"after the response headers": {
+			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true)},
+			[]*extprocv3.ProcessingRequest{respHeaders(false, ":status", "200")}},
+		"during the response body": {
+			[]*extprocv3.ProcessingRequest{keyed("POST", "k", false), reqBody("b", true)},
+			[]*extprocv3.ProcessingRequest{respHeaders(false, ":status", "200"), respBody("partial", false)}},
+	}
+	for name, c := range cases {
+		reqs := append(append([]*extprocv3.ProcessingRequest{}, c.request...), c.response...)
 		for _, kind := range endKinds {
 			t.Run(name+" by "+string(kind), func(t *testing.T) {
 				store := newFakeStore()
@@ -27,12 +49,22 @@ func TestServer_Process_endAfterForward(t *testing.T) {
 				out, err := run(t, srv, kind, reqs...)
 				require.NoError(t, err)
 				require.Len(t, out, len(reqs))
-				require.Equal(t, []string{"acquire"}, store.ops(), "neither release nor complete")
+				require.Equal(t, []string{"acquire", "complete"}, store.ops())
 				e, held := store.entry(keyOf("k"))
 				require.True(t, held)
-				require.Nil(t, e.rec)
+				require.NotNil(t, e.rec)
+				require.Equal(t, 200, e.rec.Status)
+				require.False(t, e.rec.BodyStored)
+				require.True(t, e.rec.Incomplete)
+				require.Empty(t, e.rec.Body, "no partial body is kept")
 				require.False(t, watchdogRunning(srv), "the watchdog stops with the stream")
-				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultUnknownOutcome))
+				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStoredIncomplete))
+
+				retry, err := run(t, srv, endEOF, c.request...)
+				require.NoError(t, err)
+				p, _ := requireProblem(t, retry[len(retry)-1], 409, "response-not-stored")
+				require.Contains(t, p.Detail, "status 200")
+				require.Contains(t, p.Detail, "never reached the proxy in full")
 			})
 		}
 	}
@@ -103,7 +135,7 @@ func TestServer_Process_recvError(t *testing.T) {
 	broken := status.Error(codes.Unavailable, "transport is closing")
 	s.st.in <- streamItem{err: broken}
 	require.ErrorIs(t, s.wait(), broken)
-	require.Equal(t, []string{"acquire"}, store.ops(), "the request may be upstream: no release")
+	require.Equal(t, []string{"acquire", "abandon"}, store.ops(), "the request may be upstream: held, no release")
 }
 
 func TestServer_Process_protocolViolations(t *testing.T) {

@@ -58,7 +58,7 @@ func (w *watchdog) tick() {
 	w.mu.Unlock()
 
 	// Heartbeats are rare (long requests only), so the logger is made here.
-	lost := w.srv.renew(ctx, w.srv.log.With("stream", w.stream), w.key, w.token, w.pol.lockTTL)
+	lost := w.srv.renew(ctx, w.srv.log.With("stream", w.stream), w.key, w.token, w.pol.lease())
 	cancel()
 
 	w.mu.Lock()
@@ -83,13 +83,13 @@ func (w *watchdog) finishLocked() {
 }
 
 // renew extends the lock once; it reports whether the lease is gone.
-func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string, lockTTL time.Duration) bool {
+func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string, lease idem.Lease) bool {
 	// Bounded like every request-path call, so a slow Redis cannot stall
 	// the next heartbeat past the TTL unnoticed.
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
 	start := time.Now()
-	err := s.store.Renew(rctx, key, token, lockTTL)
+	err := s.store.Renew(rctx, key, token, lease)
 	s.metrics.observeStore("renew", start, err)
 	switch {
 	case err == nil:

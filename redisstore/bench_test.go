@@ -28,19 +28,19 @@ func BenchmarkStore(b *testing.B) {
 		p := fresh("new")
 		b.ReportAllocs()
 		for i := range b.N {
-			if _, err := s.Acquire(ctx, p+strconv.Itoa(i), tok, []byte("fp"), time.Minute); err != nil {
+			if _, err := s.Acquire(ctx, p+strconv.Itoa(i), claim(tok, []byte("fp"), time.Minute)); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("renew", func(b *testing.B) {
 		key := fresh("renewed")
-		if _, err := s.Acquire(ctx, key, tok, []byte("fp"), time.Minute); err != nil {
+		if _, err := s.Acquire(ctx, key, claim(tok, []byte("fp"), time.Minute)); err != nil {
 			b.Fatal(err)
 		}
 		b.ReportAllocs()
 		for range b.N {
-			if err := s.Renew(ctx, key, tok, time.Minute); err != nil {
+			if err := s.Renew(ctx, key, tok, lease(time.Minute)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -48,7 +48,7 @@ func BenchmarkStore(b *testing.B) {
 	b.Run("complete", func(b *testing.B) {
 		p := fresh("done")
 		for i := range b.N {
-			if _, err := s.Acquire(ctx, p+strconv.Itoa(i), tok, []byte("fp"), time.Minute); err != nil {
+			if _, err := s.Acquire(ctx, p+strconv.Itoa(i), claim(tok, []byte("fp"), time.Minute)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -62,7 +62,7 @@ func BenchmarkStore(b *testing.B) {
 	})
 	b.Run("acquire completed key (replay)", func(b *testing.B) {
 		key := fresh("replay")
-		if _, err := s.Acquire(ctx, key, tok, []byte("fp"), time.Minute); err != nil {
+		if _, err := s.Acquire(ctx, key, claim(tok, []byte("fp"), time.Minute)); err != nil {
 			b.Fatal(err)
 		}
 		if err := s.Complete(ctx, key, tok, rec, time.Hour); err != nil {
@@ -71,7 +71,7 @@ func BenchmarkStore(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for range b.N {
-			if _, err := s.Acquire(ctx, key, tok, []byte("fp"), time.Minute); err != nil {
+			if _, err := s.Acquire(ctx, key, claim(tok, []byte("fp"), time.Minute)); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,8 +1,27 @@
 package redisstore
 
-import "github.com/idemproxy/idemproxy/processor"
+import (
+	"testing"
+	"time"
+
+	"github.com/idemproxy/idemproxy/internal/storetest"
+	"github.com/idemproxy/idemproxy/processor"
+	"github.com/idemproxy/idemproxy/redisstore/redistest"
+)
 
 // The Store satisfies the interface its consumer defines. The check lives in
 // a test so that the package itself never builds the processor (gRPC,
 // Envoy's protos, Prometheus).
 var _ processor.Store = (*Store)(nil)
+
+// TestStore_conformance runs the shared Store behaviours on a real Redis;
+// the processor runs the same table on its fake.
+func TestStore_conformance(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	storetest.Run(t, func(t *testing.T) storetest.Subject {
+		// One Redis for the whole table; a prefix per behaviour keeps them apart.
+		s := New(srv.Client(t), Options{Prefix: "conformance:" + t.Name() + ":"})
+		return storetest.Subject{Store: s, Wait: time.Sleep}
+	})
+}

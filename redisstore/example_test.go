@@ -34,7 +34,13 @@ func Example() {
 	}
 	token := hex.EncodeToString(b[:])
 
-	acq, err := store.Acquire(ctx, key, token, fingerprint, 30*time.Second)
+	// A 30 s lease, renewed while the request runs, inside a record kept
+	// for 24 h: if this process dies, retries find an unknown outcome and
+	// are refused instead of running the request a second time.
+	acq, err := store.Acquire(ctx, key, idem.Claim{
+		Token: token, Fingerprint: fingerprint, Scope: "api.example",
+		Lease: idem.Lease{TTL: 30 * time.Second, Hold: 24 * time.Hour},
+	})
 	if err != nil {
 		fmt.Println("store unavailable:", err)
 		return
@@ -54,6 +60,8 @@ func Example() {
 		}
 	case idem.StateInProgress:
 		fmt.Println("busy; retry after", acq.LockTTL)
+	case idem.StateUnknown:
+		fmt.Println("may have run; never run again until an operator clears it")
 	case idem.StateCompleted:
 		fmt.Println("replay status", acq.Record.Status)
 	}

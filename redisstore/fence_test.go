@@ -18,7 +18,7 @@ func TestStore_Acquire_fence(t *testing.T) {
 		var fences []int64
 		for i := range 3 {
 			tok := token(t)
-			acq, err := s.Acquire(ctx, "grants", tok, []byte("fp"), time.Second)
+			acq, err := s.Acquire(ctx, "grants", claim(tok, []byte("fp"), time.Second))
 			require.NoError(t, err)
 			require.Equal(t, idem.StateAcquired, acq.State, "grant %d", i)
 			fences = append(fences, acq.Fence)
@@ -31,7 +31,7 @@ func TestStore_Acquire_fence(t *testing.T) {
 		require.Equal(t, []int64{1, 2, 3}, fences)
 	})
 	t.Run("the counter shares the record's hash tag and has a TTL", func(t *testing.T) {
-		_, err := s.Acquire(ctx, "tagged", token(t), []byte("fp"), time.Second)
+		_, err := s.Acquire(ctx, "tagged", claim(token(t), []byte("fp"), time.Second))
 		require.NoError(t, err)
 		counter := s.RedisKey("tagged") + fenceSuffix
 		require.Contains(t, counter, s.RedisKey("tagged")[len(DefaultPrefix):])
@@ -41,12 +41,12 @@ func TestStore_Acquire_fence(t *testing.T) {
 	})
 	t.Run("a refused acquire takes no fence", func(t *testing.T) {
 		tok := token(t)
-		first, err := s.Acquire(ctx, "held", tok, []byte("fp"), time.Minute)
+		first, err := s.Acquire(ctx, "held", claim(tok, []byte("fp"), time.Minute))
 		require.NoError(t, err)
-		_, err = s.Acquire(ctx, "held", token(t), []byte("fp"), time.Minute)
+		_, err = s.Acquire(ctx, "held", claim(token(t), []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.NoError(t, s.Release(ctx, "held", tok))
-		next, err := s.Acquire(ctx, "held", token(t), []byte("fp"), time.Minute)
+		next, err := s.Acquire(ctx, "held", claim(token(t), []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.Equal(t, first.Fence+1, next.Fence)
 	})
@@ -59,7 +59,7 @@ func TestStore_Abandon(t *testing.T) {
 
 	t.Run("the owner marks the key outcome unknown for the hold period", func(t *testing.T) {
 		tok := token(t)
-		_, err := s.Acquire(ctx, "unknown", tok, []byte("fp"), time.Second)
+		_, err := s.Acquire(ctx, "unknown", claim(tok, []byte("fp"), time.Second))
 		require.NoError(t, err)
 		require.NoError(t, s.Abandon(ctx, "unknown", tok, time.Hour))
 		fields, ttl := snapshot(t, s, c, "unknown")
@@ -67,7 +67,7 @@ func TestStore_Abandon(t *testing.T) {
 		require.NotContains(t, fields, "tok", "no one owns an abandoned key")
 		require.Greater(t, ttl, time.Hour-time.Minute)
 
-		acq, err := s.Acquire(ctx, "unknown", token(t), []byte("fp"), time.Second)
+		acq, err := s.Acquire(ctx, "unknown", claim(token(t), []byte("fp"), time.Second))
 		require.NoError(t, err)
 		require.Equal(t, idem.StateUnknown, acq.State)
 		require.Equal(t, []byte("fp"), acq.Fingerprint)
@@ -75,7 +75,7 @@ func TestStore_Abandon(t *testing.T) {
 	})
 	t.Run("another token cannot abandon the key", func(t *testing.T) {
 		tok := token(t)
-		_, err := s.Acquire(ctx, "owned", tok, []byte("fp"), time.Minute)
+		_, err := s.Acquire(ctx, "owned", claim(tok, []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.ErrorIs(t, s.Abandon(ctx, "owned", token(t), time.Hour), idem.ErrLeaseLost)
 		fields, _ := snapshot(t, s, c, "owned")
@@ -83,7 +83,7 @@ func TestStore_Abandon(t *testing.T) {
 	})
 	t.Run("a completed key is never abandoned", func(t *testing.T) {
 		tok := token(t)
-		_, err := s.Acquire(ctx, "done", tok, []byte("fp"), time.Minute)
+		_, err := s.Acquire(ctx, "done", claim(tok, []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.NoError(t, s.Complete(ctx, "done", tok, sampleRecord(), time.Hour))
 		require.ErrorIs(t, s.Abandon(ctx, "done", tok, time.Hour), idem.ErrLeaseLost)
@@ -100,7 +100,7 @@ func TestStore_InspectDelete(t *testing.T) {
 	require.Equal(t, KeyInfo{}, info)
 
 	tok := token(t)
-	_, err = s.Acquire(ctx, "k", tok, []byte("fp"), time.Minute)
+	_, err = s.Acquire(ctx, "k", claim(tok, []byte("fp"), time.Minute))
 	require.NoError(t, err)
 	info, err = s.Inspect(ctx, "k")
 	require.NoError(t, err)

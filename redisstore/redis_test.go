@@ -19,7 +19,7 @@ func TestStore_scriptCache(t *testing.T) {
 		require.NoError(t, c.ScriptFlush(t.Context()).Err())
 		tok := acquired(t, s, "flush", time.Minute)
 		require.NoError(t, c.ScriptFlush(t.Context()).Err())
-		require.NoError(t, s.Renew(t.Context(), "flush", tok, time.Minute))
+		require.NoError(t, s.Renew(t.Context(), "flush", tok, lease(time.Minute)))
 		require.NoError(t, c.ScriptFlush(t.Context()).Err())
 		require.NoError(t, s.Complete(t.Context(), "flush", tok, sampleRecord(), time.Hour))
 		require.NoError(t, c.ScriptFlush(t.Context()).Err())
@@ -37,7 +37,7 @@ func TestStore_scriptCache(t *testing.T) {
 		// The pool may hold connections to the old process; the client
 		// retries on the broken ones, so the first call can still succeed.
 		require.Eventually(t, func() bool {
-			acq, err := s.Acquire(t.Context(), "restart", token(t), nil, time.Minute)
+			acq, err := s.Acquire(t.Context(), "restart", claim(token(t), nil, time.Minute))
 			return err == nil && acq.State == idem.StateAcquired
 		}, 5*time.Second, 20*time.Millisecond)
 	})
@@ -57,9 +57,9 @@ func TestStore_redisDown(t *testing.T) {
 	srv.Stop()
 
 	t.Run("every method fails with an error that is not a lost lease", func(t *testing.T) {
-		_, err := s.Acquire(t.Context(), "down", tok, nil, time.Minute)
+		_, err := s.Acquire(t.Context(), "down", claim(tok, nil, time.Minute))
 		requireRedisError(t, err, "redisstore: acquire: ")
-		requireRedisError(t, s.Renew(t.Context(), "down", tok, time.Minute), "redisstore: renew: ")
+		requireRedisError(t, s.Renew(t.Context(), "down", tok, lease(time.Minute)), "redisstore: renew: ")
 		requireRedisError(t, s.Complete(t.Context(), "down", tok, sampleRecord(), time.Hour), "redisstore: complete: ")
 		requireRedisError(t, s.Release(t.Context(), "down", tok), "redisstore: release: ")
 	})

@@ -24,24 +24,29 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 			return idem.Acquisition{}, fmt.Errorf("%w: acquire: no fence", ErrCorruptRecord)
 		}
 		return idem.Acquisition{State: idem.StateAcquired, Fence: fence}, nil
-	case (state == "in_progress" || state == "unknown") && len(reply) == 3:
+	case (state == "in_progress" && len(reply) == 3) || (state == "unknown" && len(reply) == 4):
 		fp, ok := reply[1].(string)
-		pttl, ok2 := reply[2].(int64)
+		ms, ok2 := reply[2].(int64)
 		if !ok || !ok2 {
-			return idem.Acquisition{}, fmt.Errorf("%w: acquire: in-progress record lacks fields", ErrCorruptRecord)
+			return idem.Acquisition{}, fmt.Errorf("%w: acquire: %s record lacks fields", ErrCorruptRecord, state)
 		}
-		// PTTL is negative only for a key without expiry, which the scripts
-		// never create; report no time left rather than a negative duration.
-		st := idem.StateInProgress
-		if state == "unknown" {
-			st = idem.StateUnknown
-		}
-		return idem.Acquisition{
-			State:       st,
+		acq := idem.Acquisition{
+			State:       idem.StateInProgress,
 			Fingerprint: []byte(fp),
-			// Clamped so a corrupt PTTL cannot overflow into a negative wait.
-			LockTTL: time.Duration(min(max(pttl, 0), math.MaxInt64/int64(time.Millisecond))) * time.Millisecond,
-		}, nil
+			// PTTL is negative only for a key without expiry, which the
+			// scripts never create: report no time left rather than a
+			// negative duration, and clamp so a corrupt value cannot
+			// overflow into a negative wait.
+			LockTTL: time.Duration(min(max(ms, 0), math.MaxInt64/int64(time.Millisecond))) * time.Millisecond,
+		}
+		if state == "unknown" {
+			why, _ := reply[3].(string)
+			if why != "expired" && why != "abandoned" {
+				return idem.Acquisition{}, fmt.Errorf("%w: acquire: unknown outcome for reason %q", ErrCorruptRecord, why)
+			}
+			acq.State, acq.Expired = idem.StateUnknown, why == "expired"
+		}
+		return acq, nil
 	case state == "completed" && len(reply) == 7:
 		rec, err := parseRecord(reply[1:], open)
 		if err != nil {
@@ -89,46 +94,10 @@ func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, err
 		}
 		rec.Body, rec.BodyStored = plain, true
 	case "0":
+	case "i":
+		rec.Incomplete = true
 	default:
 		return nil, fmt.Errorf("%w: body-stored flag %q", ErrCorruptRecord, bs)
 	}
 	return rec, nil
-}
-
-// parseInspect decodes inspect.lua's reply; Redis nil arrives as a nil element.
-func parseInspect(v []any) (KeyInfo, error) {
-	if len(v) != 7 {
-		return KeyInfo{}, fmt.Errorf("%w: inspect: %d elements", ErrCorruptRecord, len(v))
-	}
-	str := func(i int) string { s, _ := v[i].(string); return s }
-	num := func(i int) int64 {
-		switch x := v[i].(type) {
-		case int64:
-			return x
-		case string:
-			n, _ := strconv.ParseInt(x, 10, 64)
-			return n
-		}
-		return 0
-	}
-	info := KeyInfo{LastFence: num(6)}
-	switch str(0) {
-	case "":
-		return info, nil
-	case "p":
-		info.State = idem.StateInProgress.String()
-	case "c":
-		info.State = idem.StateCompleted.String()
-	case "u":
-		info.State = idem.StateUnknown.String()
-	default:
-		return KeyInfo{}, fmt.Errorf("%w: inspect: state %q", ErrCorruptRecord, str(0))
-	}
-	info.Exists = true
-	info.Status = int(num(1))
-	info.BodyStored = str(2) == "1"
-	info.BodyBytes = num(3)
-	info.TTL = time.Duration(max(num(4), 0)) * time.Millisecond
-	info.Fence = num(5)
-	return info, nil
 }

@@ -55,7 +55,7 @@ func TestStore_encryptedAtRest(t *testing.T) {
 		Headers: []idem.Header{{Name: "x-card-holder", Value: "Jane Doe"}},
 		Body:    []byte(`{"card":"4242424242424242"}`)}
 	tok := token(t)
-	_, err = s1.Acquire(ctx, "secret", tok, []byte("fp"), time.Minute)
+	_, err = s1.Acquire(ctx, "secret", claim(tok, []byte("fp"), time.Minute))
 	require.NoError(t, err)
 	require.NoError(t, s1.Complete(ctx, "secret", tok, rec, time.Hour))
 
@@ -72,7 +72,7 @@ func TestStore_encryptedAtRest(t *testing.T) {
 		require.False(t, bytes.Contains([]byte(dump), []byte("4242")), "not even in the serialized value")
 	})
 	t.Run("the store reads it back", func(t *testing.T) {
-		acq, err := s1.Acquire(ctx, "secret", token(t), []byte("fp"), time.Minute)
+		acq, err := s1.Acquire(ctx, "secret", claim(token(t), []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.Equal(t, idem.StateCompleted, acq.State)
 		require.Equal(t, rec.Body, acq.Record.Body)
@@ -82,7 +82,7 @@ func TestStore_encryptedAtRest(t *testing.T) {
 		kr2, err := ParseKeyring(newKeySpec(t, "2026-02") + "," + spec1)
 		require.NoError(t, err)
 		s2 := New(c, Options{Keyring: kr2})
-		acq, err := s2.Acquire(ctx, "secret", token(t), []byte("fp"), time.Minute)
+		acq, err := s2.Acquire(ctx, "secret", claim(token(t), []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.Equal(t, rec.Body, acq.Record.Body)
 	})
@@ -92,28 +92,28 @@ func TestStore_encryptedAtRest(t *testing.T) {
 			"other key only":     New(c, Options{Keyring: must(ParseKeyring(newKeySpec(t, "2026-02")))}),
 			"same id, wrong key": New(c, Options{Keyring: must(ParseKeyring(newKeySpec(t, "2026-01")))}),
 		} {
-			_, err := st.Acquire(ctx, "secret", token(t), []byte("fp"), time.Minute)
+			_, err := st.Acquire(ctx, "secret", claim(token(t), []byte("fp"), time.Minute))
 			require.ErrorIs(t, err, ErrSealed, name)
 		}
 	})
 	t.Run("a sealed body moved to another record does not open", func(t *testing.T) {
 		tok := token(t)
-		_, err := s1.Acquire(ctx, "other", tok, []byte("fp"), time.Minute)
+		_, err := s1.Acquire(ctx, "other", claim(tok, []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.NoError(t, s1.Complete(ctx, "other", tok, idem.Record{Fingerprint: []byte("fp"), Status: 200, BodyStored: true, Body: []byte("x")}, time.Hour))
 		body, err := c.HGet(ctx, s1.RedisKey("secret"), "body").Result()
 		require.NoError(t, err)
 		require.NoError(t, c.HSet(ctx, s1.RedisKey("other"), "body", body).Err())
-		_, err = s1.Acquire(ctx, "other", token(t), []byte("fp"), time.Minute)
+		_, err = s1.Acquire(ctx, "other", claim(token(t), []byte("fp"), time.Minute))
 		require.ErrorIs(t, err, ErrSealed)
 	})
 	t.Run("records stored before encryption was turned on still open", func(t *testing.T) {
 		plain := New(c, Options{})
 		tok := token(t)
-		_, err := plain.Acquire(ctx, "legacy", tok, []byte("fp"), time.Minute)
+		_, err := plain.Acquire(ctx, "legacy", claim(tok, []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.NoError(t, plain.Complete(ctx, "legacy", tok, rec, time.Hour))
-		acq, err := s1.Acquire(ctx, "legacy", token(t), []byte("fp"), time.Minute)
+		acq, err := s1.Acquire(ctx, "legacy", claim(token(t), []byte("fp"), time.Minute))
 		require.NoError(t, err)
 		require.Equal(t, rec.Body, acq.Record.Body)
 	})

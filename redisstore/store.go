@@ -11,10 +11,19 @@
 //	tok     owner token (in progress only)
 //	fp      request fingerprint
 //	fence   fencing token of the grant that created the record
+//	lx      end of the lease, ms on the Redis clock (in progress; absent in
+//	        records of the previous version, whose lease was the key's TTL)
+//	ct      when the record was created, ms on the Redis clock
+//	sc      the scope, for operators: authority and identity hash, no key
 //	status  HTTP status (completed only)
 //	hdr     encoded response headers (completed only)
 //	body    response body (completed only; empty when not stored)
-//	bs      "1" when the body is stored, "0" when it was too large
+//	bs      "1" body stored, "0" too large to store, "i" it never ended
+//	enc     id of the key that sealed hdr and body, "" or absent when plain
+//
+// An in-progress record lives for the hold (the retention), not for its
+// lease: when its owner vanishes, the lease ends but the record stays, so
+// a retry learns "outcome unknown" instead of "free" and never runs again.
 package redisstore
 
 import (
@@ -60,11 +69,13 @@ type Options struct {
 }
 
 // Client is the narrowest part of go-redis the store needs: scripts for
-// every request-path operation, and DEL for an operator's Delete. A
+// every request-path operation; DEL, SCAN and pipelines for operators. A
 // *redis.Client, *redis.ClusterClient or *redis.Ring all satisfy it.
 type Client interface {
 	redis.Scripter
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
+	ScanType(ctx context.Context, cursor uint64, match string, count int64, keyType string) *redis.ScanCmd
+	Pipeline() redis.Pipeliner
 }
 
 // Store is a processor.Store backed by Redis. It is safe for concurrent use.
@@ -105,14 +116,19 @@ func (s *Store) RedisKey(key string) string {
 const fenceSuffix = ":fence"
 
 // Acquire implements processor.Store.
-func (s *Store) Acquire(ctx context.Context, key, token string, fingerprint []byte, lockTTL time.Duration) (idem.Acquisition, error) {
+func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error) {
 	const op = "acquire"
-	ms, err := checkArgs(op, token, "lock TTL", lockTTL)
+	lease, keyTTL, err := checkLease(op, c.Token, c.Lease)
 	if err != nil {
 		return idem.Acquisition{}, err
 	}
+	takeover := "0"
+	if c.Lease.Takeover {
+		takeover = "1"
+	}
 	rk := s.RedisKey(key)
-	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix}, token, fingerprint, ms, s.fenceTTL).Slice()
+	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix},
+		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope).Slice()
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
@@ -130,18 +146,34 @@ func (s *Store) opener(rk string) func(enc, field string, blob []byte) ([]byte, 
 }
 
 // Renew implements processor.Store.
-func (s *Store) Renew(ctx context.Context, key, token string, lockTTL time.Duration) error {
+func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) error {
 	const op = "renew"
-	ms, err := checkArgs(op, token, "lock TTL", lockTTL)
+	lease, keyTTL, err := checkLease(op, token, l)
 	if err != nil {
 		return err
 	}
-	n, err := renewScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, ms).Int64()
+	n, err := renewScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, lease, keyTTL).Int64()
 	return owned(op, n, err)
 }
 
+// checkLease validates a lease and returns it and the in-progress record's
+// key TTL in milliseconds: the hold, so the record outlives a crashed
+// owner, or with takeover the lease itself, as the previous version did.
+func checkLease(op, token string, l idem.Lease) (lease, keyTTL int64, err error) {
+	if lease, err = checkArgs(op, token, "lease", l.TTL); err != nil {
+		return 0, 0, err
+	}
+	if l.Takeover {
+		return lease, lease, nil
+	}
+	if l.Hold < l.TTL {
+		return 0, 0, fmt.Errorf("%w: %s: hold %v is shorter than the lease %v", ErrInvalidArgument, op, l.Hold, l.TTL)
+	}
+	return lease, millis(l.Hold), nil
+}
+
 // Complete implements processor.Store. When rec.BodyStored is false the body
-// is not written, whatever rec.Body holds.
+// is not written, whatever rec.Body holds; rec.Incomplete is kept.
 func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
 	const op = "complete"
 	ms, err := checkArgs(op, token, "retention", retention)
@@ -149,7 +181,11 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 		return err
 	}
 	body, bs := rec.Body, "1"
-	if !rec.BodyStored {
+	switch {
+	case rec.BodyStored:
+	case rec.Incomplete:
+		body, bs = nil, "i"
+	default:
 		body, bs = nil, "0"
 	}
 	rk := s.RedisKey(key)
@@ -224,36 +260,4 @@ func owned(op string, n int64, err error) error {
 	default:
 		return fmt.Errorf("%w: %s: unexpected reply %d", ErrCorruptRecord, op, n)
 	}
-}
-
-// KeyInfo is an operator's view of one key, without its body or token.
-type KeyInfo struct {
-	Exists     bool          `json:"exists"`
-	State      string        `json:"state,omitempty"` // in_progress, completed, outcome_unknown
-	Status     int           `json:"status,omitempty"`
-	BodyStored bool          `json:"body_stored,omitempty"`
-	BodyBytes  int64         `json:"body_bytes,omitempty"`
-	TTL        time.Duration `json:"ttl_ns,omitempty"`
-	Fence      int64         `json:"fence,omitempty"`      // fence of the grant that made the record
-	LastFence  int64         `json:"last_fence,omitempty"` // the key's fence counter
-}
-
-// Inspect reports the state of key in one round trip.
-func (s *Store) Inspect(ctx context.Context, key string) (KeyInfo, error) {
-	rk := s.RedisKey(key)
-	v, err := inspectScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix}).Slice()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return KeyInfo{}, fmt.Errorf("redisstore: inspect: %w", err)
-	}
-	return parseInspect(v)
-}
-
-// Delete removes key's record whatever its state, for an operator clearing
-// an "outcome unknown" key. The fence counter stays, so fences keep growing.
-func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
-	n, err := s.client.Del(ctx, s.RedisKey(key)).Result()
-	if err != nil {
-		return false, fmt.Errorf("redisstore: delete: %w", err)
-	}
-	return n == 1, nil
 }

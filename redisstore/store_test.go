@@ -3,6 +3,7 @@ package redisstore
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -74,21 +75,26 @@ func TestStore_Acquire(t *testing.T) {
 
 	t.Run("free key is acquired as an in-progress record", func(t *testing.T) {
 		tok := token(t)
-		acq, err := s.Acquire(t.Context(), "free", tok, []byte("\x00fp"), lockTTL)
+		acq, err := s.Acquire(t.Context(), "free", claim(tok, []byte("\x00fp"), lockTTL))
 		require.NoError(t, err)
 		require.Equal(t, idem.Acquisition{State: idem.StateAcquired, Fence: 1}, acq)
 
 		fields, ttl := snapshot(t, s, c, "free")
-		require.Equal(t, map[string]string{"st": "p", "tok": tok, "fp": "\x00fp", "fence": "1"}, fields)
-		require.Greater(t, ttl, lockTTL-time.Second)
-		require.LessOrEqual(t, ttl, lockTTL)
+		created, err := strconv.ParseInt(fields["ct"], 10, 64)
+		require.NoError(t, err)
+		require.EqualValues(t, lockTTL.Milliseconds(), leaseEnd(t, fields)-created, "the lease ends lockTTL after the grant")
+		delete(fields, "ct")
+		delete(fields, "lx")
+		require.Equal(t, map[string]string{"st": "p", "tok": tok, "fp": "\x00fp", "fence": "1", "sc": "api.example"}, fields)
+		require.Greater(t, ttl, time.Hour-time.Second, "the record outlives its lease: held for the hold")
+		require.LessOrEqual(t, ttl, time.Hour)
 	})
 
 	t.Run("held key reports the holder's fingerprint and remaining lock", func(t *testing.T) {
-		_, err := s.Acquire(t.Context(), "held", token(t), []byte("first"), lockTTL)
+		_, err := s.Acquire(t.Context(), "held", claim(token(t), []byte("first"), lockTTL))
 		require.NoError(t, err)
 
-		acq, err := s.Acquire(t.Context(), "held", token(t), []byte("second"), time.Hour)
+		acq, err := s.Acquire(t.Context(), "held", claim(token(t), []byte("second"), time.Hour))
 		require.NoError(t, err)
 		require.Equal(t, idem.StateInProgress, acq.State)
 		require.Equal(t, []byte("first"), acq.Fingerprint)
@@ -99,21 +105,21 @@ func TestStore_Acquire(t *testing.T) {
 
 	t.Run("the owner acquiring again is in progress too", func(t *testing.T) {
 		tok := token(t)
-		_, err := s.Acquire(t.Context(), "again", tok, nil, lockTTL)
+		_, err := s.Acquire(t.Context(), "again", claim(tok, nil, lockTTL))
 		require.NoError(t, err)
-		acq, err := s.Acquire(t.Context(), "again", tok, nil, lockTTL)
+		acq, err := s.Acquire(t.Context(), "again", claim(tok, nil, lockTTL))
 		require.NoError(t, err)
 		require.Equal(t, idem.StateInProgress, acq.State)
 	})
 
 	t.Run("completed key returns the full stored record", func(t *testing.T) {
 		tok := token(t)
-		_, err := s.Acquire(t.Context(), "done", tok, []byte("\x00fp\xff"), lockTTL)
+		_, err := s.Acquire(t.Context(), "done", claim(tok, []byte("\x00fp\xff"), lockTTL))
 		require.NoError(t, err)
 		rec := sampleRecord()
 		require.NoError(t, s.Complete(t.Context(), "done", tok, rec, time.Hour))
 
-		acq, err := s.Acquire(t.Context(), "done", token(t), []byte("other"), lockTTL)
+		acq, err := s.Acquire(t.Context(), "done", claim(token(t), []byte("other"), lockTTL))
 		require.NoError(t, err)
 		require.Equal(t, idem.StateCompleted, acq.State)
 		require.Equal(t, rec.Fingerprint, acq.Fingerprint)
@@ -122,12 +128,12 @@ func TestStore_Acquire(t *testing.T) {
 
 	t.Run("completed key without a stored body says so", func(t *testing.T) {
 		tok := token(t)
-		_, err := s.Acquire(t.Context(), "big", tok, []byte("fp"), lockTTL)
+		_, err := s.Acquire(t.Context(), "big", claim(tok, []byte("fp"), lockTTL))
 		require.NoError(t, err)
 		rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped")}
 		require.NoError(t, s.Complete(t.Context(), "big", tok, rec, time.Hour))
 
-		acq, err := s.Acquire(t.Context(), "big", token(t), nil, lockTTL)
+		acq, err := s.Acquire(t.Context(), "big", claim(token(t), nil, lockTTL))
 		require.NoError(t, err)
 		require.Equal(t, idem.StateCompleted, acq.State)
 		require.False(t, acq.Record.BodyStored)
@@ -144,7 +150,7 @@ func TestStore_Acquire(t *testing.T) {
 		for range callers {
 			tok := token(t)
 			wg.Go(func() {
-				acq, err := s.Acquire(t.Context(), "race", tok, []byte(tok), lockTTL)
+				acq, err := s.Acquire(t.Context(), "race", claim(tok, []byte(tok), lockTTL))
 				errs <- err
 				states <- acq.State
 			})
@@ -167,7 +173,7 @@ func TestStore_Acquire(t *testing.T) {
 
 	t.Run("a record stored by another program is a corrupt record", func(t *testing.T) {
 		require.NoError(t, c.HSet(t.Context(), s.RedisKey("alien"), "st", "c", "fp", "x").Err())
-		_, err := s.Acquire(t.Context(), "alien", token(t), nil, lockTTL)
+		_, err := s.Acquire(t.Context(), "alien", claim(token(t), nil, lockTTL))
 		require.ErrorIs(t, err, ErrCorruptRecord)
 	})
 }
@@ -176,18 +182,23 @@ func TestStore_Acquire_arguments(t *testing.T) {
 	t.Parallel()
 	// A nil client proves the arguments are refused before Redis is used.
 	s := New(nil, Options{})
+	t.Run("a hold shorter than the lease is refused", func(t *testing.T) {
+		_, err := s.Acquire(t.Context(), "k", idem.Claim{Token: "tok", Lease: idem.Lease{TTL: time.Minute, Hold: time.Second}})
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		require.ErrorIs(t, s.Renew(t.Context(), "k", "tok", idem.Lease{TTL: time.Minute}), ErrInvalidArgument)
+	})
 	for name, ttl := range map[string]time.Duration{"zero": 0, "negative": -time.Second} {
 		t.Run(name+" lock TTL is refused", func(t *testing.T) {
-			_, err := s.Acquire(t.Context(), "k", "tok", nil, ttl)
+			_, err := s.Acquire(t.Context(), "k", claim("tok", nil, ttl))
 			require.ErrorIs(t, err, ErrInvalidArgument)
-			require.ErrorIs(t, s.Renew(t.Context(), "k", "tok", ttl), ErrInvalidArgument)
+			require.ErrorIs(t, s.Renew(t.Context(), "k", "tok", lease(ttl)), ErrInvalidArgument)
 			require.ErrorIs(t, s.Complete(t.Context(), "k", "tok", idem.Record{}, ttl), ErrInvalidArgument)
 		})
 	}
 	t.Run("empty token is refused", func(t *testing.T) {
-		_, err := s.Acquire(t.Context(), "k", "", nil, time.Second)
+		_, err := s.Acquire(t.Context(), "k", claim("", nil, time.Second))
 		require.ErrorIs(t, err, ErrInvalidArgument)
-		require.ErrorIs(t, s.Renew(t.Context(), "k", "", time.Second), ErrInvalidArgument)
+		require.ErrorIs(t, s.Renew(t.Context(), "k", "", lease(time.Second)), ErrInvalidArgument)
 		require.ErrorIs(t, s.Complete(t.Context(), "k", "", idem.Record{}, time.Second), ErrInvalidArgument)
 		require.ErrorIs(t, s.Release(t.Context(), "k", ""), ErrInvalidArgument)
 	})
@@ -225,4 +236,21 @@ func TestStore_RedisKey(t *testing.T) {
 		rk := New(nil, Options{Prefix: "app:"}).RedisKey("k")
 		require.True(t, strings.HasPrefix(rk, "app:{"), rk)
 	})
+}
+
+// claim is a claim with the default policy: a lease of lockTTL in a record
+// held for at least an hour after it.
+func claim(tok string, fp []byte, lockTTL time.Duration) idem.Claim {
+	return idem.Claim{Token: tok, Fingerprint: fp, Scope: "api.example", Lease: lease(lockTTL)}
+}
+
+// lease is the default policy's lease of lockTTL (held an hour, or longer).
+func lease(lockTTL time.Duration) idem.Lease {
+	return idem.Lease{TTL: lockTTL, Hold: max(lockTTL, time.Hour)}
+}
+
+// takeover is the opt-in rerun-after-ttl lease: the record lives as long
+// as its lease, and a lease that ran out frees the key.
+func takeover(lockTTL time.Duration) idem.Lease {
+	return idem.Lease{TTL: lockTTL, Takeover: true}
 }

@@ -33,6 +33,8 @@ type settings struct {
 	AdminToken      string
 	AdminTokenFile  string
 	OnUnknown       string
+	AllowEvicting   bool
+	HeldKeysEvery   time.Duration
 	Pprof           bool
 	TLSCert         string
 	TLSKey          string
@@ -49,6 +51,12 @@ type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
+
+// The --on-unknown policies. The weaker one says in its name what it does.
+const (
+	onUnknownHold  = "hold"
+	onUnknownRerun = "rerun-after-ttl"
+)
 
 // envPrefix is shared by every flag's environment variable.
 const envPrefix = "IDEMPROXY_"
@@ -121,7 +129,9 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	})
 	fs.Var(listFlag{&p.ExcludeHeaders}, "exclude-headers", "response headers never replayed, besides hop-by-hop, content-length, date and x-envoy-*")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
-	fs.StringVar(&s.OnUnknown, "on-unknown", "expire", "when a request went upstream and no final response was seen: expire (the lock expires after --lock-ttl) or hold (the key is refused for --retention, until an operator clears it)")
+	fs.StringVar(&s.OnUnknown, "on-unknown", onUnknownHold, "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
+	fs.BoolVar(&s.AllowEvicting, "allow-evicting-redis", false, "serve even when Redis's maxmemory-policy may evict keys (MAY RUN TWICE: an evicted lock or response lets a retry run again); default: not ready and 503 until the policy is noeviction")
+	fs.DurationVar(&s.HeldKeysEvery, "held-keys-interval", time.Minute, "how often Redis is scanned to count in-progress and outcome-unknown keys for idemproxy_held_keys (0: never)")
 	fs.StringVar(&p.FenceHeader, "fence-header", p.FenceHeader, "request header carrying the fencing token upstream (empty: none)")
 	fs.IntVar(&p.MaxRequestHeaders, "max-request-headers", p.MaxRequestHeaders, "Envoy's max_headers_count: keyed requests with no room for the fence header get 431")
 	fs.Func("max-request-headers-kb", "Envoy's max_request_headers_kb (default 60)", func(v string) error {
@@ -145,7 +155,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 func (s *settings) resolve() error {
 	var errs []error
 	s.Processor.StoreTimeout = s.RedisTimeout
-	s.Processor.HoldUnknown = s.OnUnknown == "hold"
+	s.Processor.RerunAfterTTL = s.OnUnknown == onUnknownRerun
 	if s.AdminTokenFile != "" {
 		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
 		errs = append(errs, err)
@@ -192,8 +202,16 @@ func (s *settings) validate() error {
 	if s.ShutdownGrace < 0 || s.HealthInterval <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must not be negative and --health-interval must be positive"))
 	}
-	if s.OnUnknown != "expire" && s.OnUnknown != "hold" {
-		errs = append(errs, fmt.Errorf("--on-unknown %q must be expire or hold", s.OnUnknown))
+	switch s.OnUnknown {
+	case onUnknownHold, onUnknownRerun:
+	case "expire":
+		errs = append(errs, errors.New(`--on-unknown expire is no longer accepted: it let a request whose outcome was unknown run again after the lock TTL. `+
+			`The default, hold, never runs it twice; to keep the old behaviour knowingly, say --on-unknown rerun-after-ttl`))
+	default:
+		errs = append(errs, fmt.Errorf("--on-unknown %q must be hold or rerun-after-ttl", s.OnUnknown))
+	}
+	if s.HeldKeysEvery < 0 {
+		errs = append(errs, errors.New("--held-keys-interval must not be negative"))
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))

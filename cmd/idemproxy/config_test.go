@@ -43,6 +43,10 @@ func TestParseSettings_defaults(t *testing.T) {
 	require.True(t, p.NoStore.Contains(429))
 	require.False(t, p.NoStore.Contains(404))
 	require.Equal(t, s.RedisTimeout, p.StoreTimeout, "the store timeout follows --redis-timeout")
+	require.Equal(t, "hold", s.OnUnknown)
+	require.False(t, p.RerunAfterTTL, "unknown outcomes are held by default: never run twice")
+	require.False(t, s.AllowEvicting, "an evicting Redis is refused by default")
+	require.Equal(t, time.Minute, s.HeldKeysEvery)
 }
 
 func TestParseSettings_flagsAndEnv(t *testing.T) {
@@ -115,7 +119,9 @@ func TestParseSettings_usageErrors(t *testing.T) {
 		{"bad bool in env", nil, env{"IDEMPROXY_FAIL_OPEN": "maybe"}, "IDEMPROXY_FAIL_OPEN"},
 		{"unknown flag", []string{"--nope"}, nil, "nope"},
 		{"positional arguments", []string{"--fail-open", "extra"}, nil, "unexpected arguments"},
-		{"unknown on-unknown policy", []string{"--on-unknown", "retry"}, nil, "must be expire or hold"},
+		{"unknown on-unknown policy", []string{"--on-unknown", "retry"}, nil, "must be hold or rerun-after-ttl"},
+		{"the old expire policy is refused by name", []string{"--on-unknown", "expire"}, nil, "--on-unknown rerun-after-ttl"},
+		{"negative held-keys interval", []string{"--held-keys-interval", "-1s"}, nil, "--held-keys-interval"},
 		{"short admin token", []string{"--admin-token", "short"}, nil, "at least 16 characters"},
 		{"missing admin token file", []string{"--admin-token-file", "/nonexistent/token"}, nil, "--admin-token-file"},
 		{"bad fence header", []string{"--fence-header", "Not A Header"}, nil, "lower-case token"},

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/idemproxy/idemproxy/redisstore"
@@ -20,11 +23,20 @@ type keyAdmin interface {
 type keyStore interface {
 	Inspect(ctx context.Context, key string) (redisstore.KeyInfo, error)
 	Delete(ctx context.Context, key string) (bool, error)
+	InspectID(ctx context.Context, id string) (redisstore.KeyInfo, error)
+	DeleteID(ctx context.Context, id string) (bool, error)
+	List(ctx context.Context, opts redisstore.ListOptions) (redisstore.ListPage, error)
 }
 
-// keysHandler serves GET and DELETE /admin/v1/keys?authority=..&key=..
-// plus one query parameter per --scope-headers name. It answers only with
-// the right bearer token: it can clear a key, which allows a re-run.
+// keysHandler serves /admin/v1/keys. It answers only with the right bearer
+// token: it can clear a key, which allows a re-run.
+//
+//   - GET or DELETE ?authority=..&key=.. plus one parameter per
+//     --scope-headers name: one key, as a client's request names it;
+//   - GET or DELETE ?id=..: one record by the id a listing shows (client
+//     keys are never stored, so a listed record is found by its id);
+//   - GET ?state=in_progress,outcome_unknown&cursor=..&limit=..: a page of
+//     records (SCAN, never KEYS), without bodies.
 type keysHandler struct {
 	token        string
 	scopeHeaders []string
@@ -41,10 +53,69 @@ func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
+	if q.Get("id") == "" && q.Get("key") == "" && q.Get("authority") == "" && r.Method == http.MethodGet {
+		h.list(w, r)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodDelete:
+	default:
+		w.Header().Set("Allow", "GET, DELETE")
+		writeProblem(w, http.StatusMethodNotAllowed, "admin-bad-request", "Method not allowed", "Use GET or DELETE.")
+		return
+	}
+	key, id, ok := h.target(w, q)
+	if !ok {
+		return
+	}
+	var err error
+	if r.Method == http.MethodGet {
+		var info redisstore.KeyInfo
+		if id != "" {
+			info, err = h.store.InspectID(r.Context(), id)
+		} else {
+			info, err = h.store.Inspect(r.Context(), key)
+		}
+		if err == nil {
+			writeJSON(w, http.StatusOK, info)
+			return
+		}
+	} else {
+		var deleted bool
+		if id != "" {
+			deleted, err = h.store.DeleteID(r.Context(), id)
+		} else {
+			deleted, err = h.store.Delete(r.Context(), key)
+		}
+		if err == nil {
+			// The key value is not logged: keys can be secrets.
+			h.log.Warn("admin: key deleted; a retry with it will run again", "authority", q.Get("authority"), "id", id, "deleted", deleted)
+			writeJSON(w, http.StatusOK, map[string]bool{"deleted": deleted})
+			return
+		}
+	}
+	h.log.Error("admin: the store failed", "method", r.Method, "error", err)
+	writeProblem(w, http.StatusServiceUnavailable, "store-unavailable", "Idempotency store unavailable", "Redis did not answer.")
+}
+
+// target reads which record a request names: by id, or by authority, key
+// and scope. It answers the client itself when the query is unusable.
+func (h keysHandler) target(w http.ResponseWriter, q url.Values) (key, id string, ok bool) {
+	if id = q.Get("id"); id != "" {
+		if q.Get("key") != "" || q.Get("authority") != "" {
+			writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "Give either id, or authority and key.")
+			return "", "", false
+		}
+		if !validID(id) {
+			writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", redisstore.ErrBadID.Error())
+			return "", "", false
+		}
+		return "", id, true
+	}
 	authority, rawKey := q.Get("authority"), q.Get("key")
 	if authority == "" || rawKey == "" {
-		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "The query needs authority and key.")
-		return
+		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "The query needs authority and key, or id.")
+		return "", "", false
 	}
 	scope := map[string]string{}
 	for _, name := range h.scopeHeaders {
@@ -53,30 +124,59 @@ func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key, err := h.keys.StoreKey(authority, scope, rawKey)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", err.Error())
-		return
+		return "", "", false
 	}
-	switch r.Method {
-	case http.MethodGet:
-		info, err := h.store.Inspect(r.Context(), key)
-		if err != nil {
-			h.log.Error("admin: inspecting a key failed", "error", err)
-			writeProblem(w, http.StatusServiceUnavailable, "store-unavailable", "Idempotency store unavailable", "Redis did not answer.")
+	return key, "", true
+}
+
+// validID accepts what redisstore shows as a record id.
+func validID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for _, c := range id {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// listStates are the states a listing may ask for.
+var listStates = map[string]bool{"in_progress": true, "outcome_unknown": true, "completed": true}
+
+// list serves one page of records.
+func (h keysHandler) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	opts := redisstore.ListOptions{Cursor: q.Get("cursor")}
+	for _, st := range strings.Split(q.Get("state"), ",") {
+		if st = strings.TrimSpace(st); st == "" {
+			continue
+		}
+		if !listStates[st] {
+			writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request",
+				"state must be a comma list of in_progress, outcome_unknown, completed.")
 			return
 		}
-		writeJSON(w, http.StatusOK, info)
-	case http.MethodDelete:
-		deleted, err := h.store.Delete(r.Context(), key)
-		if err != nil {
-			h.log.Error("admin: deleting a key failed", "error", err)
-			writeProblem(w, http.StatusServiceUnavailable, "store-unavailable", "Idempotency store unavailable", "Redis did not answer.")
+		opts.States = append(opts.States, st)
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "limit must be 1 to 1000.")
 			return
 		}
-		// The key value is not logged: keys can be secrets.
-		h.log.Warn("admin: key deleted; a retry with it will run again", "authority", authority, "deleted", deleted)
-		writeJSON(w, http.StatusOK, map[string]bool{"deleted": deleted})
+		opts.Limit = n
+	}
+	page, err := h.store.List(r.Context(), opts)
+	switch {
+	case errors.Is(err, redisstore.ErrBadCursor):
+		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "cursor must be one a previous page returned.")
+	case err != nil:
+		h.log.Error("admin: listing keys failed", "error", err)
+		writeProblem(w, http.StatusServiceUnavailable, "store-unavailable", "Idempotency store unavailable", "Redis did not answer.")
 	default:
-		w.Header().Set("Allow", "GET, DELETE")
-		writeProblem(w, http.StatusMethodNotAllowed, "admin-bad-request", "Method not allowed", "Use GET or DELETE.")
+		writeJSON(w, http.StatusOK, page)
 	}
 }
 

@@ -40,6 +40,30 @@ func (f *fakeKeyStore) Delete(_ context.Context, key string) (bool, error) {
 	return ok, f.err
 }
 
+func (f *fakeKeyStore) InspectID(ctx context.Context, id string) (redisstore.KeyInfo, error) {
+	return f.Inspect(ctx, "id:"+id)
+}
+
+func (f *fakeKeyStore) DeleteID(ctx context.Context, id string) (bool, error) {
+	return f.Delete(ctx, "id:"+id)
+}
+
+// List returns every info whose state was asked for, in one page.
+func (f *fakeKeyStore) List(_ context.Context, opts redisstore.ListOptions) (redisstore.ListPage, error) {
+	if opts.Cursor == "bad" {
+		return redisstore.ListPage{}, redisstore.ErrBadCursor
+	}
+	page := redisstore.ListPage{Keys: []redisstore.KeyInfo{}, Cursor: "0"}
+	for _, info := range f.infos {
+		for _, st := range opts.States {
+			if info.State == st {
+				page.Keys = append(page.Keys, info)
+			}
+		}
+	}
+	return page, f.err
+}
+
 func TestKeysHandler_ServeHTTP(t *testing.T) {
 	const token = "admin-token-0123456789"
 	newHandler := func(store *fakeKeyStore) http.Handler {
@@ -57,6 +81,7 @@ func TestKeysHandler_ServeHTTP(t *testing.T) {
 	}
 	store := &fakeKeyStore{infos: map[string]redisstore.KeyInfo{
 		"api|acme|k1": {Exists: true, State: "outcome_unknown", Fence: 3},
+		"id:0123456789abcdef0123456789abcdef": {ID: "0123456789abcdef0123456789abcdef", Exists: true, State: "in_progress"},
 	}}
 	h := newHandler(store)
 
@@ -88,6 +113,28 @@ func TestKeysHandler_ServeHTTP(t *testing.T) {
 		}
 		rec := call(h, http.MethodPost, "authority=api&key=k1", "Bearer "+token)
 		require.Equal(t, http.StatusMethodNotAllowed, rec.Code)
+	})
+	t.Run("a record is found and deleted by the id a listing shows", func(t *testing.T) {
+		const id = "0123456789abcdef0123456789abcdef"
+		rec := call(h, http.MethodGet, "id="+id, "Bearer "+token)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.JSONEq(t, `{"id":"`+id+`","exists":true,"state":"in_progress"}`, rec.Body.String())
+		rec = call(h, http.MethodDelete, "id="+id, "Bearer "+token)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.Contains(t, store.deleted, "id:"+id)
+		for _, q := range []string{"id=xyz", "id=" + id + "&key=k1", "id=0123456789ABCDEF0123456789ABCDEF"} {
+			rec := call(h, http.MethodGet, q, "Bearer "+token)
+			require.Equal(t, http.StatusBadRequest, rec.Code, q)
+		}
+	})
+	t.Run("a listing pages through the states asked for", func(t *testing.T) {
+		rec := call(h, http.MethodGet, "state=outcome_unknown", "Bearer "+token)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.JSONEq(t, `{"keys":[{"exists":true,"state":"outcome_unknown","fence":3}],"cursor":"0","scanned":0}`, rec.Body.String())
+		for _, q := range []string{"state=gone", "limit=0", "limit=5000", "cursor=bad"} {
+			rec := call(h, http.MethodGet, q, "Bearer "+token)
+			require.Equal(t, http.StatusBadRequest, rec.Code, q)
+		}
 	})
 	t.Run("a store failure is a 503", func(t *testing.T) {
 		h := newHandler(&fakeKeyStore{err: errors.New("redis down")})

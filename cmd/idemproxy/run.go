@@ -55,8 +55,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		FenceTTL: max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
 		Keyring:  s.Keyring,
 	})
+	hs := health.NewServer()
+	checker, err := newHealthChecker(rdb, hs, s, reg, log)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	held, err := newHeldKeys(store, s.HeldKeysEvery, reg, log)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	proc, err := processor.New(s.Processor, processor.Options{
 		Store:   store,
+		Gate:    checker,
 		Metrics: metrics,
 		Logger:  log,
 	})
@@ -97,12 +107,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	gs := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(gs, proc)
-	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	if s.Reflection {
 		reflection.Register(gs)
 	}
-	checker := newHealthChecker(rdb, hs, s.HealthInterval, s.RedisTimeout, log)
 	var keys http.Handler
 	if s.AdminToken != "" {
 		keys = keysHandler{token: s.AdminToken, scopeHeaders: s.Processor.ScopeHeaders, keys: proc, store: store, log: log}
@@ -114,6 +122,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { checker.run(gctx); return nil })
+	g.Go(func() error { held.run(gctx); return nil })
 	g.Go(func() error {
 		if err := gs.Serve(grpcLis); err != nil {
 			return fmt.Errorf("grpc server: %w", err)

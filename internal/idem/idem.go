@@ -9,8 +9,9 @@ import (
 	"time"
 )
 
-// ErrLeaseLost reports that the owner token no longer holds the record: it
-// expired, or another request took the key after it expired.
+// ErrLeaseLost reports that the owner token no longer holds the record: an
+// operator deleted it, or (only with Lease.Takeover) another request took
+// the key after the lease expired.
 var ErrLeaseLost = errors.New("idem: lease lost")
 
 // State is the state of a key as Acquire found it.
@@ -24,7 +25,9 @@ const (
 	// StateCompleted means the key holds a stored response.
 	StateCompleted
 	// StateUnknown means an earlier request with the key may have run, but
-	// its outcome was never seen (held with --on-unknown=hold).
+	// its outcome was never seen: its owner gave it up (Abandon), or its
+	// lease ran out without a word from the owner (a crash). The key is
+	// refused until the record expires or an operator deletes it.
 	StateUnknown
 )
 
@@ -44,14 +47,45 @@ func (s State) String() string {
 	}
 }
 
+// Lease says how a request holds a key.
+type Lease struct {
+	// TTL is how long the owner holds the key without renewing it.
+	TTL time.Duration
+	// Hold is how long the record outlives its owner's last sign of life
+	// (the grant or a renewal): after a crash the key stays refused as an
+	// unknown outcome for that long. The retention period.
+	Hold time.Duration
+	// Takeover is the opt-in old behaviour (--on-unknown=rerun-after-ttl):
+	// an expired lease frees the key, so the next request runs, possibly a
+	// second time. Without it an expired lease is an unknown outcome.
+	Takeover bool
+}
+
+// Claim is what a request asks of Acquire.
+type Claim struct {
+	// Token is the owner token: only it may renew, complete or release.
+	Token string
+	// Fingerprint binds the key to the request (method, path, body).
+	Fingerprint []byte
+	// Scope says, for operators, whose key it is: the authority and a hash
+	// of the identity, never the client's key itself.
+	Scope string
+	Lease Lease
+}
+
 // Acquisition is the result of Acquire.
 type Acquisition struct {
 	State State
 	// Fingerprint of the request that created the existing record
-	// (StateInProgress, StateCompleted).
+	// (StateInProgress, StateCompleted, StateUnknown).
 	Fingerprint []byte
-	// LockTTL is the remaining lock time of an in-progress record.
+	// LockTTL is the remaining lease of an in-progress record, or the
+	// remaining hold of an unknown outcome.
 	LockTTL time.Duration
+	// Expired is set with StateUnknown when the lease ran out without its
+	// owner giving the key up: the owner crashed or lost Redis for longer
+	// than the lease.
+	Expired bool
 	// Record is the stored response (StateCompleted only).
 	Record *Record
 	// Fence is the fencing token of this grant (StateAcquired only): it
@@ -67,9 +101,13 @@ type Record struct {
 	// Headers in the order the upstream sent them; repeated names repeat.
 	Headers []Header
 	Body    []byte
-	// BodyStored is false when the body was larger than the stored-body cap:
-	// the key is completed, but its response cannot be replayed.
+	// BodyStored is false when the body was not kept: the key is
+	// completed, but its response cannot be replayed.
 	BodyStored bool
+	// Incomplete says why BodyStored is false: the status and headers
+	// arrived, but the body never ended (the client hung up, or the
+	// upstream reset mid-body). Otherwise the body was over the cap.
+	Incomplete bool
 }
 
 // Header is one response header line.

@@ -6,32 +6,62 @@
 -- KEYS[2]  fence counter of the same key (same hash tag as KEYS[1])
 -- ARGV[1]  owner token
 -- ARGV[2]  request fingerprint (bytes)
--- ARGV[3]  lock TTL in milliseconds
--- ARGV[4]  fence counter TTL in milliseconds
+-- ARGV[3]  lease in milliseconds
+-- ARGV[4]  key TTL of the new record in milliseconds: the hold (retention),
+--          or the lease itself with takeover
+-- ARGV[5]  fence counter TTL in milliseconds
+-- ARGV[6]  "1": takeover (an expired lease frees the key), "0": hold
+-- ARGV[7]  scope, for operators (authority and identity hash, never the key)
 --
 -- Returns one of:
 --   {"acquired", fence}                              a new in-progress record is ours
---   {"in_progress", fp, pttl}                        another owner holds the key; pttl in ms
---   {"unknown", fp, pttl}                            an earlier run's outcome is unknown; held for pttl ms
+--   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
+--   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
+--                                                    ms more; why is "abandoned" (its owner said so)
+--                                                    or "expired" (its lease ran out: a crash)
 --   {"completed", fp, status, hdr, body, bs, enc}    the stored response; enc is the
 --                                                    sealing key id, "" when plain
+--
+-- The lease ends at field lx (ms, Redis clock), inside a record that lives
+-- for the hold: so a retry can tell "forwarded, then the owner vanished"
+-- (lx passed, record still there) from "free" (no record). Records of the
+-- previous version have no lx: their lease is the key's own TTL.
 --
 -- The fence grows with every grant of the key, also across releases and
 -- expiries, so a backend can refuse a request whose lease was lost to a newer
 -- one. It lives beside the record because the record is deleted on release.
-local st = redis.call("HGET", KEYS[1], "st")
-if not st then
+local t = redis.call("TIME")
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx")
+local st = v[1]
+
+local function grant()
   local fence = redis.call("INCR", KEYS[2])
-  redis.call("PEXPIRE", KEYS[2], ARGV[4])
-  redis.call("HSET", KEYS[1], "st", "p", "tok", ARGV[1], "fp", ARGV[2], "fence", fence)
-  redis.call("PEXPIRE", KEYS[1], ARGV[3])
+  redis.call("PEXPIRE", KEYS[2], ARGV[5])
+  redis.call("HSET", KEYS[1], "st", "p", "tok", ARGV[1], "fp", ARGV[2], "fence", fence,
+    "lx", string.format("%.0f", now + ARGV[3]), "ct", string.format("%.0f", now), "sc", ARGV[7])
+  redis.call("PEXPIRE", KEYS[1], ARGV[4])
   return {"acquired", fence}
 end
+
+if not st then
+  return grant()
+end
 if st == "p" then
-  return {"in_progress", redis.call("HGET", KEYS[1], "fp"), redis.call("PTTL", KEYS[1])}
+  local lx = tonumber(v[3])
+  if not lx then
+    return {"in_progress", v[2], redis.call("PTTL", KEYS[1])}
+  end
+  if lx > now then
+    return {"in_progress", v[2], lx - now}
+  end
+  if ARGV[6] == "1" then
+    return grant()
+  end
+  return {"unknown", v[2], redis.call("PTTL", KEYS[1]), "expired"}
 end
 if st == "u" then
-  return {"unknown", redis.call("HGET", KEYS[1], "fp"), redis.call("PTTL", KEYS[1])}
+  return {"unknown", v[2], redis.call("PTTL", KEYS[1]), "abandoned"}
 end
-local v = redis.call("HMGET", KEYS[1], "fp", "status", "hdr", "body", "bs", "enc")
-return {"completed", v[1], v[2], v[3], v[4], v[5], v[6] or ""}
+local c = redis.call("HMGET", KEYS[1], "status", "hdr", "body", "bs", "enc")
+return {"completed", v[2], c[1], c[2], c[3], c[4], c[5] or ""}

@@ -1,6 +1,8 @@
 -- complete: replace the owner's in-progress record by the stored response.
 -- A completed record is never overwritten: once st is "c", or another owner
--- holds the key, nothing is written.
+-- holds the key, nothing is written. An owner whose lease ran out may still
+-- complete while nobody took the key over: its response is the truth, and
+-- turns an unknown outcome into a replayable one.
 --
 -- KEYS[1]  record hash
 -- ARGV[1]  owner token
@@ -9,7 +11,7 @@
 -- ARGV[4]  HTTP status
 -- ARGV[5]  encoded headers (opaque here)
 -- ARGV[6]  body (bytes; empty when not stored)
--- ARGV[7]  "1" when the body is stored, "0" when it was too large
+-- ARGV[7]  "1" body stored, "0" too large to store, "i" the body never ended
 -- ARGV[8]  id of the key that sealed hdr and body, "" when stored plain
 --
 -- Returns 1 when written, 0 when the token does not own an in-progress record.

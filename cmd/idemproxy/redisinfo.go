@@ -1,0 +1,69 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// parseInfo reads the "field:value" lines of an INFO reply.
+func parseInfo(info string) map[string]string {
+	fields := map[string]string{}
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = v
+		}
+	}
+	return fields
+}
+
+// healthGauges show what the health checker learnt about Redis, so an
+// alert can fire on an evicting or forgetful Redis.
+type healthGauges struct {
+	evicting    prometheus.Gauge
+	persistence *prometheus.GaugeVec
+}
+
+// persistenceKinds are the values of idemproxy_redis_persistence's label.
+var persistenceKinds = []string{"aof", "rdb", "none", "unknown"}
+
+func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
+	g := healthGauges{
+		evicting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_redis_evicting",
+			Help: "1 while Redis's maxmemory-policy is not noeviction (keyed requests are refused unless --allow-evicting-redis).",
+		}),
+		persistence: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "idemproxy_redis_persistence",
+			Help: "1 for how Redis persists its data: aof, rdb, none (a restart forgets every key) or unknown.",
+		}, []string{"kind"}),
+	}
+	for _, c := range []prometheus.Collector{g.evicting, g.persistence} {
+		if err := reg.Register(c); err != nil {
+			return healthGauges{}, err
+		}
+	}
+	return g, nil
+}
+
+func (g healthGauges) setEvicting(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	g.evicting.Set(v)
+}
+
+func (g healthGauges) setPersistence(kind string) {
+	for _, k := range persistenceKinds {
+		v := 0.0
+		if k == kind {
+			v = 1
+		}
+		g.persistence.WithLabelValues(k).Set(v)
+	}
+}

@@ -1,0 +1,26 @@
+-- complete: replace the owner's in-progress record by the stored response.
+-- A completed record is never overwritten: once st is "c", or another owner
+-- holds the key, nothing is written.
+--
+-- KEYS[1]  record hash
+-- ARGV[1]  owner token
+-- ARGV[2]  retention in milliseconds
+-- ARGV[3]  fingerprint (bytes)
+-- ARGV[4]  HTTP status
+-- ARGV[5]  encoded headers (opaque here)
+-- ARGV[6]  body (bytes; empty when not stored)
+-- ARGV[7]  "1" when the body is stored, "0" when it was too large
+-- ARGV[8]  id of the key that sealed hdr and body, "" when stored plain
+--
+-- Returns 1 when written, 0 when the token does not own an in-progress record.
+local v = redis.call("HMGET", KEYS[1], "st", "tok", "fence")
+if v[1] ~= "p" or v[2] ~= ARGV[1] then
+  return 0
+end
+-- DEL first so the completed record holds exactly these fields: the owner
+-- token must not outlive the lock. The grant's fence is kept for operators.
+redis.call("DEL", KEYS[1])
+redis.call("HSET", KEYS[1], "st", "c", "fp", ARGV[3], "status", ARGV[4],
+  "hdr", ARGV[5], "body", ARGV[6], "bs", ARGV[7], "enc", ARGV[8], "fence", v[3] or "0")
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+return 1

@@ -1,0 +1,100 @@
+package redisstore
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
+)
+
+// v1 runs the previous version's scripts (testdata/v1, copied from the
+// release before leases moved inside the record), to write records exactly
+// as a not-yet-upgraded idemproxy does during a rolling upgrade.
+type v1 struct {
+	t *testing.T
+	s *Store
+	c *redis.Client
+}
+
+func (v v1) run(name string, keys []string, args ...any) any {
+	v.t.Helper()
+	src, err := os.ReadFile(filepath.Join("testdata", "v1", name+".lua"))
+	require.NoError(v.t, err)
+	out, err := redis.NewScript(string(src)).Run(v.t.Context(), v.c, keys, args...).Result()
+	require.NoError(v.t, err)
+	return out
+}
+
+// acquire takes key the old way: the record's own TTL is the lock.
+func (v v1) acquire(key, tok string, fp []byte, lockTTL time.Duration) {
+	v.t.Helper()
+	rk := v.s.RedisKey(key)
+	out := v.run("acquire", []string{rk, rk + fenceSuffix}, tok, fp, lockTTL.Milliseconds(), time.Hour.Milliseconds())
+	require.Equal(v.t, "acquired", out.([]any)[0])
+}
+
+func TestStore_previousVersionRecords(t *testing.T) {
+	t.Parallel()
+	s, c, _ := newTestStore(t)
+	old := v1{t: t, s: s, c: c}
+
+	t.Run("an old in-progress record is in progress for its key's TTL", func(t *testing.T) {
+		old.acquire("old-p", token(t), []byte("fp"), 10*time.Second)
+		acq, err := s.Acquire(t.Context(), "old-p", claim(token(t), []byte("fp"), time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, idem.StateInProgress, acq.State)
+		require.Greater(t, acq.LockTTL, 9*time.Second)
+		require.LessOrEqual(t, acq.LockTTL, 10*time.Second)
+	})
+
+	t.Run("an old lock that expired frees the key, as it did before", func(t *testing.T) {
+		old.acquire("old-gone", token(t), []byte("fp"), 100*time.Millisecond)
+		require.Eventually(t, func() bool {
+			acq, err := s.Acquire(t.Context(), "old-gone", claim(token(t), []byte("fp"), time.Minute))
+			return err == nil && acq.State == idem.StateAcquired
+		}, 5*time.Second, 20*time.Millisecond)
+		fields, _ := snapshot(t, s, c, "old-gone")
+		require.Equal(t, "2", fields["fence"], "the fence counter carries on")
+	})
+
+	t.Run("an old completed record replays", func(t *testing.T) {
+		tok := token(t)
+		rec := sampleRecord()
+		old.acquire("old-c", tok, rec.Fingerprint, time.Minute)
+		rk := s.RedisKey("old-c")
+		require.EqualValues(t, 1, old.run("complete", []string{rk}, tok, time.Hour.Milliseconds(), rec.Fingerprint,
+			rec.Status, encodeHeaders(rec.Headers), rec.Body, "1", ""))
+		acq, err := s.Acquire(t.Context(), "old-c", claim(token(t), rec.Fingerprint, time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, idem.StateCompleted, acq.State)
+		require.Equal(t, &rec, acq.Record)
+	})
+
+	t.Run("an old held unknown outcome stays refused", func(t *testing.T) {
+		tok := token(t)
+		old.acquire("old-u", tok, []byte("fp"), time.Minute)
+		require.EqualValues(t, 1, old.run("abandon", []string{s.RedisKey("old-u")}, tok, time.Hour.Milliseconds()))
+		acq, err := s.Acquire(t.Context(), "old-u", claim(token(t), []byte("fp"), time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, idem.StateUnknown, acq.State)
+		require.False(t, acq.Expired)
+	})
+
+	t.Run("the old scripts never take a new record that ran out of lease", func(t *testing.T) {
+		// A not-yet-upgraded replica meets a crashed new owner's record:
+		// it answers in progress (409) for the hold, never runs the key.
+		acquired(t, s, "new-p", 100*time.Millisecond)
+		require.Eventually(t, func() bool {
+			acq, err := s.Acquire(t.Context(), "new-p", claim(token(t), []byte("fp"), time.Minute))
+			return err == nil && acq.State == idem.StateUnknown
+		}, 5*time.Second, 20*time.Millisecond)
+		rk := s.RedisKey("new-p")
+		out := old.run("acquire", []string{rk, rk + fenceSuffix}, token(t), []byte("fp"), time.Minute.Milliseconds(), time.Hour.Milliseconds())
+		require.Equal(t, "in_progress", out.([]any)[0])
+	})
+}
