@@ -40,8 +40,8 @@ func TestParseCommandStats(t *testing.T) {
 }
 
 func TestClassifyRedis(t *testing.T) {
-	before := map[string]int64{"evalsha": 100, "hget": 50, "ping": 1}
-	after := map[string]int64{"evalsha": 300, "eval": 1, "hget": 250, "ping": 4, "client|setinfo": 1,
+	before := map[string]int64{"evalsha": 100, "hmget": 50, "ping": 1}
+	after := map[string]int64{"evalsha": 300, "eval": 1, "hmget": 250, "ping": 4, "client|setinfo": 1,
 		"incr": 20, "hgetall": 5}
 	got := classifyRedis(before, after)
 	require.Equal(t, redisCount{
