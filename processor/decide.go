@@ -32,6 +32,9 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	cancel()
 	e.srv.metrics.observeStore("acquire", start, err)
 	if err != nil {
+		if !e.srv.cfg.FailOpen {
+			e.token, e.lock = token, lockUnanswered
+		}
 		return e.storeFailed(err, cont)
 	}
 	if acq.State == idem.StateAcquired {

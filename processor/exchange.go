@@ -18,10 +18,11 @@ import (
 type lockState int
 
 const (
-	lockNone      lockState = iota // no lock: not taking part, or refused
-	lockAcquired                   // acquired; the CONTINUE is not yet sent
-	lockForwarded                  // the request may have reached upstream
-	lockDone                       // stored, released, or given up
+	lockNone       lockState = iota // no lock: not taking part, or refused
+	lockUnanswered                  // Acquire failed; Redis may hold our lock all the same
+	lockAcquired                    // acquired; the CONTINUE is not yet sent
+	lockForwarded                   // the request may have reached upstream
+	lockDone                        // stored, released, or given up
 )
 
 // exchange is the state of one stream, i.e. one HTTP request. Only the
@@ -43,7 +44,8 @@ type exchange struct {
 	lock              lockState
 	dog               *watchdog
 
-	collecting bool // storing the response body
+	pending    *write // a settling write that failed in band; finish retries it
+	collecting bool   // storing the response body
 	rec        idem.Record
 	body       bytes.Buffer
 }

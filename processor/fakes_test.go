@@ -120,6 +120,7 @@ type fakeStore struct {
 	entries map[string]*storeEntry
 	calls   []storeCall
 	fail    map[string]error // op -> error returned instead of acting
+	failN   map[string]int   // op -> how many more calls fail; absent: all
 	fences  map[string]int64 // grows per grant, survives deletion
 }
 
@@ -127,7 +128,7 @@ var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
 	return &fakeStore{now: time.Unix(1_700_000_000, 0), entries: map[string]*storeEntry{},
-		fail: map[string]error{}, fences: map[string]int64{}}
+		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}}
 }
 
 // advance moves the store's clock on.
@@ -142,6 +143,12 @@ func (s *fakeStore) record(ctx context.Context, c storeCall) error {
 	c.ctxErr = ctx.Err()
 	_, c.hasDeadline = ctx.Deadline()
 	s.calls = append(s.calls, c)
+	if n, counted := s.failN[c.op]; counted {
+		if n == 0 {
+			return nil
+		}
+		s.failN[c.op] = n - 1
+	}
 	return s.fail[c.op]
 }
 
@@ -263,6 +270,14 @@ func (s *fakeStore) failOn(op string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fail[op] = err
+}
+
+// failTimes makes the next n calls of op return err.
+func (s *fakeStore) failTimes(op string, err error, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail[op] = err
+	s.failN[op] = n
 }
 
 // steal hands an in-progress key to another owner, as if the lock had

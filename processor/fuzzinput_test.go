@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -20,7 +21,7 @@ import (
 // byte string decodes, always to the same streams:
 //
 //	input   = config stream*        at most 4 streams, run one after another on one server and store
-//	config  = byte                  bit 0 fail-open, 1 on-unknown=hold, 2 stored-body cap of 8 bytes,
+//	config  = byte                  bit 0 fail-open, 1 on-unknown=rerun-after-ttl, 2 stored-body cap of 8 bytes,
 //	                                3 methods POST only, 4 scope header x-tenant-id, 5 no fence header
 //	stream  = end env count msg*    count%25 messages
 //	end     = byte                  %4: half-close, reset, receive error, half-close;
@@ -115,6 +116,9 @@ func decodeFuzzInput(data []byte) fuzzInput {
 	c := r.next()
 	cfg := DefaultConfig()
 	cfg.FailOpen, cfg.RerunAfterTTL = c&1 != 0, c&2 != 0
+	// Failing store operations are retried until this passes; the fuzzer
+	// needs the retries, not the wait.
+	cfg.FinalizeTimeout = 20 * time.Millisecond
 	if c&4 != 0 {
 		cfg.MaxStoredBody = 8
 	}

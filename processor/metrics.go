@@ -56,6 +56,7 @@ type Metrics struct {
 	renewals  *prometheus.CounterVec
 	leaseLost *prometheus.CounterVec
 	redis     *prometheus.HistogramVec
+	retries   *prometheus.CounterVec
 	streams   prometheus.Gauge
 }
 
@@ -83,12 +84,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Latency of store calls by operation and result.",
 			Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"op", "result"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_store_retries_total",
+			Help: "Settling writes (complete, release, abandon) tried again after a failure, by operation.",
+		}, []string{"op"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_active_streams",
 			Help: "ext_proc streams currently open.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.streams} {
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.streams} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package processor
 import (
 	"errors"
 	"testing"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/stretchr/testify/require"
@@ -31,7 +32,9 @@ func TestServer_Process_endAfterForward(t *testing.T) {
 	}
 	// Once the upstream's status arrived the request ran: a missing body
 	// makes the outcome known but not replayable, stored without the body.
-	type exchangeMsgs struct{ request, response []*extprocv3.ProcessingRequest }
+	type exchangeMsgs struct {
+		request, response []*extprocv3.ProcessingRequest
+	}
 	cases := map[string]exchangeMsgs{
 		"after the response headers": {
 			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true)},
@@ -218,9 +221,62 @@ func TestServer_Process_nilHeadersAfterAcquire(t *testing.T) {
 func TestServer_Process_releaseErrorIsSwallowed(t *testing.T) {
 	store := newFakeStore()
 	store.failOn("release", errors.New("redis: i/o timeout"))
-	srv, _ := newTestServer(t, store, nil)
+	srv, reg := newTestServer(t, store, func(c *Config) { c.FinalizeTimeout = 300 * time.Millisecond })
 	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "500"))
 	require.NoError(t, err)
-	require.Len(t, out, 2)
-	require.Equal(t, []string{"acquire", "release"}, store.ops())
+	require.Len(t, out, 2, "the client's answer does not wait for the store")
+	ops := store.ops()
+	require.Equal(t, "acquire", ops[0])
+	require.Greater(t, len(ops), 2, "retried after the stream until the finalize timeout")
+	for _, op := range ops[1:] {
+		require.Equal(t, "release", op)
+	}
+	// Every attempt after the first is a retry.
+	require.EqualValues(t, len(ops)-2, counter(t, reg, "idemproxy_store_retries_total", "op", "release"))
+}
+
+func TestServer_Process_settleRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   string
+		msgs []*extprocv3.ProcessingRequest
+		end  endKind
+	}{
+		{"a store that fails once still stores the response", "complete",
+			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true), respHeaders(true, ":status", "200")}, endEOF},
+		{"a release that fails once still frees the key", "release",
+			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true), respHeaders(false, ":status", "503")}, endEOF},
+		{"an abandon that fails once still holds the key", "abandon",
+			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true)}, endCanceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			store.failTimes(tc.op, errRedisDown, 2)
+			srv, reg := newTestServer(t, store, nil)
+			_, err := run(t, srv, tc.end, tc.msgs...)
+			require.NoError(t, err)
+			require.Len(t, store.callsOf(tc.op), 3, "two failures, then success")
+			require.EqualValues(t, 2, counter(t, reg, "idemproxy_store_retries_total", "op", tc.op))
+			e, held := store.entry(keyOf("k"))
+			switch tc.op {
+			case "complete":
+				require.True(t, held)
+				require.NotNil(t, e.rec)
+			case "release":
+				require.False(t, held)
+			case "abandon":
+				require.True(t, e.unknown)
+			}
+		})
+	}
+	t.Run("a failed acquire releases the lock Redis may have taken after all", func(t *testing.T) {
+		store := newFakeStore()
+		store.failOn("acquire", errRedisDown)
+		srv, _ := newTestServer(t, store, nil)
+		_, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		rel := store.callsOf("release")
+		require.Len(t, rel, 1)
+		require.Equal(t, store.callsOf("acquire")[0].token, rel[0].token, "only our own token's lock")
+	})
 }

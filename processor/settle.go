@@ -1,0 +1,231 @@
+package processor
+
+// Settling a key: the one store write that ends an acquired key's life as
+// a stream sees it (store the response, release the lock, or mark the
+// outcome unknown), retried when Redis fails for a moment, so a restart or a
+// failover of a few seconds neither loses a response nor leaves a key held
+// as an unknown outcome for the retention period.
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
+)
+
+// write is one settling store write and what to make of its result.
+type write struct {
+	op   string
+	call func(ctx context.Context) error
+	// done reports the final result; retried says an earlier attempt
+	// failed, so its write may have happened all the same (a later
+	// ErrLeaseLost is then most likely our own earlier success).
+	done func(err error, retried bool)
+}
+
+// settle stops the watchdog and runs w. In band (Envoy waits for our reply
+// to this message) it makes one attempt, bounded like any request-path
+// call, and leaves a failed one to finish, which retries it once the
+// stream is over. Otherwise it retries at once, until --finalize-timeout.
+func (e *exchange) settle(w write, inBand bool) {
+	e.lock = lockDone
+	// The watchdog stops first: a renewal racing the write would find the
+	// record settled and report a false lease loss.
+	e.dog.stop()
+	if !inBand {
+		err, retried := e.srv.retrying(e.ctx, w)
+		w.done(err, retried)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.srv.cfg.StoreTimeout)
+	err := e.srv.attempt(ctx, w)
+	cancel()
+	if retryable(err) {
+		e.pending = &w
+		return
+	}
+	w.done(err, false)
+}
+
+// retryable reports whether a settling write failed in a way worth
+// another attempt: not when it succeeded, and not when the record is no
+// longer ours (a retry would get the same answer).
+func retryable(err error) bool {
+	return err != nil && !errors.Is(err, idem.ErrLeaseLost)
+}
+
+// attempt runs w once and records its latency.
+func (s *Server) attempt(ctx context.Context, w write) error {
+	start := time.Now()
+	err := w.call(ctx)
+	s.metrics.observeStore(w.op, start, err)
+	return err
+}
+
+// Backoff between the attempts of a settling write.
+const (
+	firstBackoff = 50 * time.Millisecond
+	maxBackoff   = time.Second
+)
+
+// retrying runs w until it succeeds, the record is no longer ours, or
+// --finalize-timeout passes, on a context detached from the stream (Envoy
+// resets it after a normal end). Each attempt is bounded by the store
+// timeout, so a hung connection cannot eat the whole budget.
+func (s *Server) retrying(stream context.Context, w write) (err error, retried bool) {
+	ctx, cancel := s.detached(stream)
+	defer cancel()
+	backoff := firstBackoff
+	for n := 0; ; n++ {
+		if n > 0 {
+			s.metrics.retries.WithLabelValues(w.op).Inc()
+		}
+		actx, acancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+		err = s.attempt(actx, w)
+		acancel()
+		if !retryable(err) || ctx.Err() != nil {
+			return err, n > 0
+		}
+		t := time.NewTimer(min(backoff, time.Until(deadlineOf(ctx))))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err, true
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// deadlineOf is ctx's deadline; detached contexts always have one.
+func deadlineOf(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// complete stores the response for the retention period.
+func (e *exchange) complete(inBand bool) {
+	e.collecting = false
+	if e.rec.BodyStored {
+		e.rec.Body = e.body.Bytes()
+	}
+	rec := e.rec
+	e.settle(write{op: "complete",
+		call: func(ctx context.Context) error {
+			return e.srv.store.Complete(ctx, e.key, e.token, rec, e.pol.retention)
+		},
+		done: func(err error, retried bool) {
+			e.completed(rec, err, retried)
+			e.body.Reset()
+		},
+	}, inBand)
+}
+
+// completed counts and logs the result of storing rec.
+func (e *exchange) completed(rec idem.Record, err error, retried bool) {
+	m := e.srv.metrics
+	switch {
+	case errors.Is(err, idem.ErrLeaseLost) && retried:
+		m.responses.WithLabelValues(resultStored).Inc()
+		e.logger().Info("response stored by an attempt that timed out, most likely: the record is no longer ours to write", "status", rec.Status)
+	case errors.Is(err, idem.ErrLeaseLost):
+		m.responses.WithLabelValues(resultLeaseLost).Inc()
+		m.leaseLost.WithLabelValues(stageDone).Inc()
+		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", rec.Status)
+	case err != nil:
+		m.responses.WithLabelValues(resultStoreError).Inc()
+		e.logger().Error("storing the response failed; the key is refused as an unknown outcome once its lease ends",
+			"error", err, "status", rec.Status)
+	case rec.BodyStored:
+		m.responses.WithLabelValues(resultStored).Inc()
+	case rec.Incomplete:
+		m.responses.WithLabelValues(resultStoredIncomplete).Inc()
+		e.logger().Info("response stored without its body: the body never completed", "status", rec.Status)
+	default:
+		m.responses.WithLabelValues(resultStoredNoBody).Inc()
+		e.logger().Info("response stored without its body (over the cap)", "status", rec.Status, "cap", e.srv.cfg.MaxStoredBody)
+	}
+}
+
+// release deletes our lock so the client can retry at once: the request
+// provably did not run, or ran into a status that is not stored.
+func (e *exchange) release(result string, inBand bool, attrs ...any) {
+	e.settle(write{op: "release",
+		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.key, e.token) },
+		done: func(err error, _ bool) {
+			e.srv.metrics.responses.WithLabelValues(result).Inc()
+			if retryable(err) {
+				e.logger().Error("releasing the lock failed; the key is refused as an unknown outcome once its lease ends",
+					append(attrs, "error", err)...)
+				return
+			}
+			e.logger().Debug("lock released", append(attrs, "result", result)...)
+		},
+	}, inBand)
+}
+
+// finish runs when the stream ends, however it ends.
+func (e *exchange) finish() {
+	switch {
+	case e.pending != nil:
+		w := *e.pending
+		e.pending = nil
+		e.srv.metrics.retries.WithLabelValues(w.op).Inc()
+		err, _ := e.srv.retrying(e.ctx, w)
+		w.done(err, true)
+	case e.lock == lockUnanswered:
+		// Acquire failed, so the client got 503 and nothing went
+		// upstream; but Redis may have run the acquire after we stopped
+		// waiting. Our token's lock, if it exists, must go, or it would
+		// turn into an unknown outcome for a request that never ran.
+		e.release(resultReleasedEarly, false, "after", "a failed acquire")
+	case e.lock == lockAcquired:
+		// Our CONTINUE never went out: the request cannot be upstream.
+		e.release(resultReleasedEarly, false)
+	case e.lock == lockForwarded && e.collecting:
+		// The upstream's status arrived, so the request ran; only its body
+		// is missing (the client hung up, or the upstream reset mid-body).
+		// That is an outcome, not an unknown one: stored without the body,
+		// so a retry learns the status and never runs it again.
+		e.rec.BodyStored, e.rec.Incomplete = false, true
+		e.complete(false)
+	case e.lock == lockForwarded:
+		e.abandon("stream ended before the response headers arrived", false)
+	}
+}
+
+// abandon handles an unknown outcome: the request may have run and we saw
+// no response, so a re-run could execute it twice. By default the key is
+// marked so, and refused for the retention period until an operator clears
+// it; with --on-unknown=rerun-after-ttl its lock is left to expire instead.
+func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
+	e.collecting = false
+	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
+	if e.pol.takeover {
+		e.lock = lockDone
+		e.dog.stop()
+		e.logger().Warn("outcome unknown; lock left to expire, after which a retry runs again (--on-unknown=rerun-after-ttl): "+why,
+			append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
+		return
+	}
+	e.settle(write{op: "abandon",
+		call: func(ctx context.Context) error { return e.srv.store.Abandon(ctx, e.key, e.token, e.pol.retention) },
+		done: func(err error, retried bool) {
+			switch {
+			case errors.Is(err, idem.ErrLeaseLost) && !retried:
+				e.srv.metrics.leaseLost.WithLabelValues(stageDone).Inc()
+				e.logger().Warn("outcome unknown, but the key is no longer ours (an operator deleted it): "+why, attrs...)
+			case retryable(err):
+				// The record still holds our lease: once it runs out, the
+				// key reads as an unknown outcome all the same.
+				e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
+				e.logger().Error("outcome unknown, and marking the key failed; it is refused as unknown once its lease ends: "+why,
+					append(attrs, "error", err, "lock_ttl", e.pol.lockTTL.String())...)
+			default:
+				e.logger().Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,
+					append(attrs, "hold", e.pol.retention.String())...)
+			}
+		},
+	}, inBand)
+}
