@@ -14,6 +14,10 @@ import (
 // renewed every 300 ms.
 var leaseFlags = []string{"--lock-ttl", "1s", "--heartbeat", "300ms"}
 
+// takeoverFlags add the opt-in weaker policy under which a lost lease lets
+// another request take the key: the scenarios the fencing token is for.
+var takeoverFlags = append([]string{"--on-unknown", "rerun-after-ttl"}, leaseFlags...)
+
 // patientEnvoy lets an Envoy wait 10 s instead of 2 s for each idemproxy
 // answer. With its idemproxy frozen, Envoy's message_timeout runs from the
 // moment it sends a message (here: the upstream's response headers) and
@@ -21,15 +25,17 @@ var leaseFlags = []string{"--lock-ttl", "1s", "--heartbeat", "300ms"}
 // frozen idemproxy resumes and sees the response.
 var patientEnvoy = [2]string{"message_timeout: 2s", "message_timeout: 10s"}
 
-// TestEndToEnd_LeaseLost is scenario 6 of RELIABILITY.md: replica A holds a
-// key while the backend runs the request, and freezes (SIGSTOP) past the
-// lock TTL; replica B, on the same Redis, takes the key and completes. When
+// TestEndToEnd_LeaseLost is scenario 6 of RELIABILITY.md, with the opt-in
+// --on-unknown=rerun-after-ttl: replica A holds a key while the backend runs
+// the request, and freezes (SIGSTOP) past the lock TTL; replica B, on the
+// same Redis, takes the key and completes. (By default B never takes it:
+// TestEndToEnd_LeaseRunsOut.) When
 // A resumes and its request finishes, A must not overwrite B's record: B's
 // response is the one replayed, and A counts the lost lease.
 func TestEndToEnd_LeaseLost(t *testing.T) {
 	shared := startShared(t)
-	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: leaseFlags, envoyEdits: [][2]string{patientEnvoy}})
-	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: leaseFlags})
+	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags, envoyEdits: [][2]string{patientEnvoy}})
+	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags})
 	key := newKey(t)
 	// The authority is part of the scope: both Envoys get the Host that
 	// clients of one service behind two replicas would send.
@@ -101,8 +107,8 @@ func TestEndToEnd_LeaseLost(t *testing.T) {
 		shared.executions(t, key), shared.stats(t).Fences[key])
 }
 
-// TestEndToEnd_StaleFence is scenario 9 of RELIABILITY.md: after a lost
-// lease, the stale execution is refused by a backend that checks the
+// TestEndToEnd_StaleFence is scenario 9 of RELIABILITY.md, with the opt-in
+// --on-unknown=rerun-after-ttl: after a lost lease, the stale execution is refused by a backend that checks the
 // fencing token. A's request (fence n) is held on its way to the backend by
 // a Toxiproxy latency toxic while A freezes past the lock TTL; B takes the
 // key (fence n+1) and runs it; A's request then arrives with the older fence
@@ -115,8 +121,8 @@ func TestEndToEnd_StaleFence(t *testing.T) {
 	// A request from A reaches the backend 4 s after Envoy A sent it:
 	// longer than A's lock takes to expire once A is frozen plus B's whole run.
 	tp.addToxic(t, "late_backend", "late", "latency", "upstream", map[string]any{"latency": 4000})
-	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: leaseFlags, envoyEdits: [][2]string{patientEnvoy}, backendAddr: late})
-	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: leaseFlags})
+	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags, envoyEdits: [][2]string{patientEnvoy}, backendAddr: late})
+	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags})
 	key := newKey(t)
 	hdrs := []string{"Host", "payments.example", "Idempotency-Key", key}
 	const path, body = "/charge", `{"amount":5000}`

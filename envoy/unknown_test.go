@@ -13,17 +13,20 @@ import (
 // TestEndToEnd_UnknownOutcome is scenario 8 of RELIABILITY.md: Toxiproxy
 // sits between Envoy and the backend and cuts the connection once the
 // backend has run the request, so no complete response ever reaches Envoy.
-// The outcome is unknown: with --on-unknown=expire the key is refused until
-// its lock expires, then runs again; with --on-unknown=hold it is refused
-// (never re-run) until an operator clears it.
+// Cut before the response started, the outcome is unknown: by default the
+// key is refused (never re-run) until an operator clears it; with the opt-in
+// --on-unknown=rerun-after-ttl it is refused until its lock expires, then
+// runs again. Cut mid-body, the status is known: the key is completed
+// without its body and never re-runs.
 func TestEndToEnd_UnknownOutcome(t *testing.T) {
 	shared := startShared(t)
 	tp := startToxiproxy(t)
 
-	t.Run("with expire the key runs again only after the lock TTL", func(t *testing.T) {
+	t.Run("with rerun-after-ttl the key runs again only after the lock TTL", func(t *testing.T) {
 		t.Parallel()
 		const lockTTL = 2 * time.Second
-		s, cut := cutFrontend(t, shared, tp, "cut_expire", "--lock-ttl", lockTTL.String(), "--heartbeat", "500ms")
+		s, cut := cutFrontend(t, shared, tp, "cut_expire", "--lock-ttl", lockTTL.String(), "--heartbeat", "500ms",
+			"--on-unknown", "rerun-after-ttl")
 		key := newKey(t)
 		const path, body = "/charge", `{"amount":5000}`
 
@@ -56,32 +59,27 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 		require.False(t, again.replayed())
 		require.Positive(t, conflicts, "retries before the lock TTL get 409")
 		require.Greater(t, usable, lockTTL/2, "the key ran again long before the lock TTL")
-		require.Equal(t, 2, s.executions(t, key), "expire: the unknown outcome runs again after the TTL")
+		require.Equal(t, 2, s.executions(t, key), "rerun-after-ttl: the unknown outcome runs again after the TTL")
 		require.True(t, s.do(t, "POST", path, body, "Idempotency-Key", key).replayed())
 		require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
-		t.Logf("expire: cut before the response: client got %d %q; retries: %d x 409, then ran again %v after the cut (lock TTL %v); backend executions %d",
+		t.Logf("rerun-after-ttl: cut before the response: client got %d %q; retries: %d x 409, then ran again %v after the cut (lock TTL %v); backend executions %d",
 			first.status, first.body, conflicts, usable.Round(time.Millisecond), lockTTL, s.executions(t, key))
 	})
 
-	t.Run("with hold the key is never run again until an operator clears it", func(t *testing.T) {
+	t.Run("by default the key is never run again until an operator clears it", func(t *testing.T) {
 		t.Parallel()
 		const lockTTL = time.Second
 		s, cut := cutFrontend(t, shared, tp, "cut_hold", "--lock-ttl", lockTTL.String(), "--heartbeat", "300ms",
-			"--on-unknown", "hold", "--admin-token", adminToken)
+			"--admin-token", adminToken)
 		key := newKey(t)
-		// This time the cut comes in the middle of the body: Envoy has sent
-		// the status and headers on, and the stream ends without the rest.
-		const size = 256 << 10
-		path := fmt.Sprintf("/large?bytes=%d", size)
+		const path, body = "/charge", `{"amount":5000}`
 
-		// The body trickles (128 KB/s), so Envoy has long sent the headers
-		// on when the cut comes at 32 KiB. Should Envoy still be waiting
-		// for idemproxy's answer to the headers, it answers 503 itself:
-		// an unknown outcome all the same.
-		restore := cut(map[string]any{"bytes": 32 << 10}, 128)
-		first, cutErr := s.tryDo("POST", path, "", "Idempotency-Key", key)
-		require.True(t, cutErr != nil || first.status == http.StatusServiceUnavailable,
-			"the body must be cut: status %d, %d bytes, %v", first.status, len(first.body), cutErr)
+		// The cut comes at the first byte of the answer: Envoy never sees
+		// the response start, so nothing says whether the charge ran.
+		restore := cut(map[string]any{"bytes": 0}, 0)
+		first, err := s.tryDo("POST", path, body, "Idempotency-Key", key)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, first.status, "Envoy's reply to the reset: %s", first.body)
 		cutAt := time.Now()
 		require.Equal(t, 1, s.executions(t, key))
 		restore()
@@ -92,7 +90,7 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 		var held, inProgress int
 		var refused time.Duration
 		waitFor(t, 10*time.Second, "retries refused for twice the lock TTL", func() bool {
-			r := s.do(t, "POST", path, "", "Idempotency-Key", key)
+			r := s.do(t, "POST", path, body, "Idempotency-Key", key)
 			require.Equal(t, http.StatusConflict, r.status, "%s", r.body)
 			switch r.problemType() {
 			case problem + "outcome-unknown":
@@ -117,16 +115,45 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 		require.Equal(t, http.StatusOK, code)
 		require.Equal(t, true, res["deleted"])
 
-		again, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
+		again, err := s.tryDo("POST", path, body, "Idempotency-Key", key)
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, again.status)
-		require.Len(t, again.body, size)
 		require.Equal(t, 2, s.executions(t, key), "a cleared key runs again")
-		require.True(t, s.do(t, "POST", path, "", "Idempotency-Key", key).replayed())
+		require.True(t, s.do(t, "POST", path, body, "Idempotency-Key", key).replayed())
 		require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
-		t.Logf("hold: cut mid-body: status %d, %d of %d bytes (%v); retries over %v: %d x 409 in-progress, %d x 409 outcome-unknown; "+
+		t.Logf("hold (default): cut before the response: status %d; retries over %v: %d x 409 in-progress, %d x 409 outcome-unknown; "+
 			"admin state %v, deleted; then ran: backend executions %d",
-			first.status, len(first.body), size, cutErr, refused.Round(time.Millisecond), inProgress, held, info["state"], s.executions(t, key))
+			first.status, refused.Round(time.Millisecond), inProgress, held, info["state"], s.executions(t, key))
+	})
+
+	t.Run("a cut mid-body after the status is a known outcome, never re-run", func(t *testing.T) {
+		t.Parallel()
+		s, cut := cutFrontend(t, shared, tp, "cut_body", "--lock-ttl", "1s", "--heartbeat", "300ms")
+		key := newKey(t)
+		const size = 256 << 10
+		path := fmt.Sprintf("/large?bytes=%d", size)
+
+		// The body trickles (128 KB/s), so Envoy has long sent the status
+		// and headers on when the cut comes at 32 KiB.
+		restore := cut(map[string]any{"bytes": 32 << 10}, 128)
+		first, cutErr := s.tryDo("POST", path, "", "Idempotency-Key", key)
+		require.True(t, cutErr != nil || len(first.body) < size,
+			"the body must be cut: status %d, %d bytes, %v", first.status, len(first.body), cutErr)
+		require.Equal(t, 1, s.executions(t, key))
+		restore()
+
+		var r reply
+		waitFor(t, 10*time.Second, "the key to be settled", func() bool {
+			r = s.do(t, "POST", path, "", "Idempotency-Key", key)
+			return r.problemType() != problem+"in-progress"
+		})
+		require.Equal(t, http.StatusConflict, r.status, "%s", r.body)
+		require.Equal(t, problem+"response-not-stored", r.problemType())
+		require.Contains(t, string(r.body), "status 200")
+		require.Equal(t, 1, s.executions(t, key), "never a second execution")
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="stored_incomplete"}`))
+		t.Logf("cut mid-body: client got %d bytes of %d (%v); retry: %d %s; executions %d",
+			len(first.body), size, cutErr, r.status, r.problemType(), s.executions(t, key))
 	})
 }
 

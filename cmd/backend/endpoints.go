@@ -78,10 +78,19 @@ func (b *backend) fail(w http.ResponseWriter, _ *http.Request) {
 	writeError(w, http.StatusInternalServerError, "simulated payment failure")
 }
 
-// large handles /large?bytes=N: a body big enough to exercise streaming and
-// size limits in the proxy.
+// large handles /large?bytes=N[&pause=D]: a body big enough to exercise
+// streaming and size limits in the proxy. With pause, each 32 KiB chunk is
+// flushed and followed by that wait: a body slow enough for a client to
+// hang up in the middle of it.
 func (b *backend) large(w http.ResponseWriter, r *http.Request) {
 	n, err := queryInt(r, "bytes", defaultLargeBytes, 0, maxLargeBytes)
+	var pause time.Duration
+	if err == nil && r.URL.Query().Has("pause") {
+		pause, err = time.ParseDuration(r.URL.Query().Get("pause"))
+		if err == nil && (pause < 0 || pause > maxSlowDelay) {
+			err = fmt.Errorf("pause must be a duration between 0s and %s, got %q", maxSlowDelay, r.URL.Query().Get("pause"))
+		}
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -97,6 +106,16 @@ func (b *backend) large(w http.ResponseWriter, r *http.Request) {
 			return // client gone
 		}
 		n -= int64(len(c))
+		if pause > 0 {
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(pause):
+			}
+		}
 	}
 }
 

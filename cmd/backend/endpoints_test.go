@@ -152,6 +152,7 @@ func TestBackend_Large(t *testing.T) {
 		{"requested size", "/large?bytes=100000", 100000},
 		{"empty body", "/large?bytes=0", 0},
 		{"largest size", "/large?bytes=" + strconv.Itoa(maxLargeBytes), maxLargeBytes},
+		{"slow body", "/large?bytes=100000&pause=1ms", 100000},
 	}
 	for _, tc := range sizes {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,6 +176,12 @@ func TestBackend_Large(t *testing.T) {
 		t.Run("rejects bytes="+bytes, func(t *testing.T) {
 			_, h := newTestBackend(t, time.Millisecond)
 			requireError(t, send(t, h, http.MethodGet, "/large?bytes="+bytes, "", ""), http.StatusBadRequest)
+		})
+	}
+	for _, pause := range []string{"-1s", "soon", "11m"} {
+		t.Run("rejects pause="+pause, func(t *testing.T) {
+			_, h := newTestBackend(t, time.Millisecond)
+			requireError(t, send(t, h, http.MethodGet, "/large?pause="+pause, "", ""), http.StatusBadRequest)
 		})
 	}
 }
