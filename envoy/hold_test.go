@@ -29,6 +29,20 @@ func (s *stack) adminKey(t *testing.T, method, authority, key, token string) (in
 	return resp.StatusCode, body
 }
 
+// adminJSON calls the admin key endpoint with query and decodes its 200
+// answer into v.
+func (s *stack) adminJSON(t *testing.T, method, query string, v any) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.adminURL+"/admin/v1/keys?"+query, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(v))
+}
+
 // TestEndToEnd_OnUnknownHold: with --on-unknown=hold, a request whose
 // outcome is unknown (Envoy's route timeout fired after the backend started)
 // is never run again, not even after the lock TTL, until an operator

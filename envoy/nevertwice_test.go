@@ -95,7 +95,8 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 	}
 	require.Contains(t, s.idemproxy.out.String(), "key held until an operator clears it", "the key was marked before exiting")
 
-	s.idemproxy, _, s.adminURL = runIdemproxy(t, s.redis.URL(), grpcAddr, flags...)
+	s.idemproxy, _, s.adminURL = runIdemproxy(t, s.redis.URL(), grpcAddr,
+		append([]string{"--admin-token", adminToken, "--held-keys-interval", "200ms"}, flags...)...)
 	var retries int
 	waitFor(t, 2*lockTTL+15*time.Second, "retries past twice the lock TTL", func() bool {
 		r, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
@@ -110,8 +111,36 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 		return time.Since(stopped) > 2*lockTTL
 	})
 	require.Equal(t, 1, s.executions(t, key), "the cut job never runs again")
-	t.Logf("shutdown cut the job: client got %d; %d retries over %v after the stop, all 409 outcome-unknown; executions %d",
-		cut.status, retries, time.Since(stopped).Round(time.Millisecond), s.executions(t, key))
+
+	// The operator finds the held key without knowing the client's key,
+	// and settles it by id.
+	waitFor(t, 5*time.Second, "the held-keys gauge", func() bool {
+		return s.metric(t, `idemproxy_held_keys{state="outcome_unknown"}`) == 1
+	})
+	var page struct {
+		Keys []struct {
+			ID, State, Scope string
+			Fence            int64
+			Age              int64 `json:"age_ns"`
+		}
+		Cursor string
+	}
+	s.adminJSON(t, http.MethodGet, "state=outcome_unknown", &page)
+	require.Len(t, page.Keys, 1)
+	held := page.Keys[0]
+	require.Equal(t, "outcome_unknown", held.State)
+	require.Equal(t, strings.TrimPrefix(s.url, "http://"), held.Scope)
+	require.Positive(t, held.Fence)
+	require.Greater(t, time.Duration(held.Age), 2*lockTTL)
+	require.Equal(t, "0", page.Cursor)
+	var deleted map[string]bool
+	s.adminJSON(t, http.MethodDelete, "id="+held.ID, &deleted)
+	require.True(t, deleted["deleted"])
+	require.Equal(t, http.StatusOK, s.do(t, "POST", "/slow?delay=10ms", "", "Idempotency-Key", newKey(t)).status)
+	t.Logf("shutdown cut the job: client got %d; %d retries over %v after the stop, all 409 outcome-unknown; executions %d; "+
+		"admin listing showed it (fence %d, age %v) and it was cleared by id",
+		cut.status, retries, time.Since(stopped).Round(time.Millisecond), s.executions(t, key),
+		held.Fence, time.Duration(held.Age).Round(time.Second))
 }
 
 // TestNeverTwice_LeaseRunsOut: replica A freezes (SIGSTOP) past its lease

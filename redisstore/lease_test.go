@@ -21,7 +21,7 @@ func acquired(t *testing.T, s *Store, key string, lockTTL time.Duration) string 
 func acquiredWith(t *testing.T, s *Store, key string, l idem.Lease) string {
 	t.Helper()
 	tok := token(t)
-	acq, err := s.Acquire(t.Context(), key, idem.Claim{Token: tok, Fingerprint: []byte("fp"), Lease: l})
+	acq, err := s.Acquire(t.Context(), key, idem.Claim{Token: tok, Fingerprint: []byte("fp"), Scope: "api.example", Lease: l})
 	require.NoError(t, err)
 	require.Equal(t, idem.StateAcquired, acq.State)
 	return tok

@@ -37,7 +37,7 @@ type ListPage struct {
 const (
 	defaultListLimit = 100
 	maxListLimit     = 1000
-	maxScansPerPage  = 20   // a page stops after this many SCAN calls
+	maxScansPerPage  = 20 // a page stops after this many SCAN calls
 )
 
 // ErrBadCursor reports a cursor that List did not make.

@@ -80,7 +80,7 @@ func TestKeysHandler_ServeHTTP(t *testing.T) {
 		return rec
 	}
 	store := &fakeKeyStore{infos: map[string]redisstore.KeyInfo{
-		"api|acme|k1": {Exists: true, State: "outcome_unknown", Fence: 3},
+		"api|acme|k1":                         {Exists: true, State: "outcome_unknown", Fence: 3},
 		"id:0123456789abcdef0123456789abcdef": {ID: "0123456789abcdef0123456789abcdef", Exists: true, State: "in_progress"},
 	}}
 	h := newHandler(store)
