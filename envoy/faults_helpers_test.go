@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // faultConfig varies the stack of the fault and load tests.
@@ -55,7 +55,7 @@ type faultStack struct {
 func startFaultStack(t *testing.T, c faultConfig) *faultStack {
 	t.Helper()
 	envoyBin := envoyBinary(t)
-	s := &stack{redis: redistest.Start(t)}
+	s := &stack{redis: redistopo.Start(t)}
 	s.backendProc = startBackend(t, "127.0.0.1:0")
 	s.backendAddr = s.backendProc.logAddr(t, "listening")
 	s.backend = "http://" + s.backendAddr

@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // The fault tests need more than one idemproxy on one Redis and one backend
@@ -24,7 +24,7 @@ import (
 // no idemproxy and no Envoy: use it through addFrontend.
 func startShared(t *testing.T) *stack {
 	t.Helper()
-	s := &stack{redis: redistest.Start(t)}
+	s := &stack{redis: redistopo.Start(t)}
 	s.backendProc = startBackend(t, "127.0.0.1:0")
 	s.backendAddr = s.backendProc.logAddr(t, "listening")
 	s.backend = "http://" + s.backendAddr

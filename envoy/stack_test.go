@@ -12,13 +12,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // stack is the demo, started for one test: Redis, the backend, idemproxy
 // and Envoy with the shipped envoy.yaml.
 type stack struct {
-	redis       *redistest.Server
+	redis       *redistopo.Server
 	backendProc *process
 	backendAddr string
 	backend     string // base URL
@@ -48,7 +48,7 @@ func startStack(t *testing.T, idemproxyArgs ...string) *stack {
 func startStackWith(t *testing.T, c stackConfig) *stack {
 	t.Helper()
 	envoyBin := envoyBinary(t)
-	s := &stack{redis: redistest.Start(t, c.redisArgs...)}
+	s := &stack{redis: redistopo.Start(t, c.redisArgs...)}
 
 	s.backendProc = startBackend(t, "127.0.0.1:0")
 	s.backendAddr = s.backendProc.logAddr(t, "listening")

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // envoyUpstreamTLS makes Envoy's idemproxy cluster speak mutual TLS.
@@ -106,7 +106,7 @@ func TestEndToEnd_TLS(t *testing.T) {
 // TestEndToEnd_RedisWrongPassword: with credentials Redis refuses, idemproxy
 // does not report ready and says why in its log.
 func TestEndToEnd_RedisWrongPassword(t *testing.T) {
-	rs := redistest.Start(t, "--user", "default", "off", "--user", "alice", "on", ">s3cret-pass", "~*", "&*", "+@all")
+	rs := redistopo.Start(t, "--user", "default", "off", "--user", "alice", "on", ">s3cret-pass", "~*", "&*", "+@all")
 	p := startProcess(t, "idemproxy", filepath.Join(binDir, "idemproxy"),
 		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--redis-url", "redis://alice:wrong-pass@"+rs.Addr+"/0", "--health-interval", "100ms")

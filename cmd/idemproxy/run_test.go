@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 const (
@@ -29,7 +29,7 @@ const (
 )
 
 func TestRun_servesAndFollowsRedis(t *testing.T) {
-	rs := redistest.Start(t)
+	rs := redistopo.Start(t)
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
