@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // Envoy 1.40 passes its own local replies through ext_proc. These tests
@@ -14,8 +16,9 @@ import (
 // TestEndToEnd_BackendUnreachable: a connect failure never reached the
 // backend, so the key is released and the retry runs once the backend is back.
 func TestEndToEnd_BackendUnreachable(t *testing.T) {
+	t.Parallel()
 	s := startStack(t)
-	s.backendProc.stop(9, time.Second) // SIGKILL: the port refuses connections at once
+	s.backendProc.Kill() // SIGKILL: the port refuses connections at once
 
 	key := newKey(t)
 	r := s.do(t, "POST", "/charge", "", "Idempotency-Key", key)
@@ -25,7 +28,7 @@ func TestEndToEnd_BackendUnreachable(t *testing.T) {
 	require.Zero(t, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
 
 	s.backendProc = startBackend(t, s.backendAddr)
-	s.backendProc.logAddr(t, "listening")
+	s.backendProc.LogAddr(t, "listening")
 	r = s.do(t, "POST", "/charge", "", "Idempotency-Key", key)
 	require.Equal(t, http.StatusOK, r.status, "%s", r.body)
 	require.False(t, r.replayed())
@@ -36,6 +39,7 @@ func TestEndToEnd_BackendUnreachable(t *testing.T) {
 // backend, which may still charge. The lock is kept until its TTL, so a
 // retry gets 409 instead of a second execution; after the TTL the key is free.
 func TestEndToEnd_UpstreamTimeout(t *testing.T) {
+	t.Parallel()
 	s := startStackWith(t, stackConfig{
 		idemproxyArgs: []string{"--lock-ttl", "2s", "--heartbeat", "500ms"},
 		envoyEdits:    [][2]string{{"timeout: 60s", "timeout: 1s"}},
@@ -51,7 +55,7 @@ func TestEndToEnd_UpstreamTimeout(t *testing.T) {
 	require.Equal(t, problem+"in-progress", again.problemType())
 
 	var freed reply
-	waitFor(t, 10*time.Second, "the lock to expire", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "the lock to expire", func() bool {
 		freed = s.do(t, "POST", "/slow?delay=1500ms", "", "Idempotency-Key", key)
 		return freed.status != http.StatusConflict
 	})
