@@ -96,17 +96,26 @@ func value(s *dto.Metric) float64 {
 	return s.GetUntyped().GetValue()
 }
 
-// Metric reads one series from a /metrics URL for a test; a missing series
-// fails it.
-func Metric(t testing.TB, url, series string) float64 {
-	t.Helper()
-	m, err := ScrapeMetrics(t.Context(), http.DefaultClient, url)
+// ReadMetric reads one series (see Value) from a /metrics URL; a missing
+// series is an error.
+func ReadMetric(ctx context.Context, c *http.Client, url, series string) (float64, error) {
+	m, err := ScrapeMetrics(ctx, c, url)
 	if err != nil {
-		t.Fatalf("testenv: %v", err)
+		return 0, err
 	}
 	v, ok := m.Value(series)
 	if !ok {
-		t.Fatalf("testenv: metric %s not found at %s", series, url)
+		return 0, fmt.Errorf("metric %s not found at %s", series, url)
+	}
+	return v, nil
+}
+
+// Metric is ReadMetric for a test.
+func Metric(t testing.TB, url, series string) float64 {
+	t.Helper()
+	v, err := ReadMetric(t.Context(), http.DefaultClient, url, series)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
 	return v
 }
