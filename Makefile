@@ -1,6 +1,7 @@
-# The two quick-start commands: `make demo` and `make test`; `make bench`
+# The quick-start commands: `make demo` and `make test`. While editing:
+# `make unit` (no Envoy, no Redis, seconds) and `make lint`. `make bench`
 # runs the benchmark (BENCHMARKS.md; idembench flags in BENCH_FLAGS).
-.PHONY: demo test bench build vet
+.PHONY: demo test unit lint vet bench build
 
 demo:
 	@./scripts/demo.sh
@@ -8,12 +9,19 @@ demo:
 test:
 	@./scripts/test.sh
 
+# Every test that needs a real Envoy, Redis or another built binary skips
+# itself under -short (internal/testenv.NeedsBinaries); CI never passes it.
+unit:
+	go test -short ./...
+	cd deploy && go test -short ./...
+
+lint:
+	@./scripts/lint.sh
+
+vet: lint
+
 bench:
 	@./scripts/bench.sh $(BENCH_FLAGS)
 
 build:
 	go build -o bin/ ./cmd/...
-
-vet:
-	go vet ./...
-	gofmt -l .

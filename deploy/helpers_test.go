@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // root is the repository root, seen from this module's directory (go test
@@ -126,13 +128,11 @@ func deepCopy(t *testing.T, v any) any {
 	return out
 }
 
-// envoyVersion reads the pinned Envoy version from scripts/deps.sh, the one
-// place the demo and the tests take it from.
+// envoyVersion is the pinned Envoy version: internal/testenv's, the one
+// place the demo, the tests and the benchmark take it from.
 func envoyVersion(t *testing.T) string {
 	t.Helper()
-	m := regexp.MustCompile(`(?m)^ENVOY_VERSION=([0-9.]+)$`).FindSubmatch(readRepoFile(t, "scripts", "deps.sh"))
-	require.NotNil(t, m, "ENVOY_VERSION= not found in scripts/deps.sh")
-	return string(m[1])
+	return testenv.EnvoyVersion
 }
 
 func mustAbs(t *testing.T, path string) string {

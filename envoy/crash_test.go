@@ -2,10 +2,13 @@ package envoy
 
 import (
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // TestEndToEnd_IdemproxyKilled is scenario 5 of RELIABILITY.md: idemproxy
@@ -17,12 +20,13 @@ import (
 // idemproxy tells "forwarded, then the owner vanished" from "free" and
 // answers 409 outcome-unknown.
 func TestEndToEnd_IdemproxyKilled(t *testing.T) {
+	t.Parallel()
 	const lockTTL, heartbeat = 3 * time.Second, time.Second
 	flags := []string{"--lock-ttl", lockTTL.String(), "--heartbeat", heartbeat.String()}
 	s := startStack(t, flags...)
 	// Envoy's idemproxy cluster has one address: the new idemproxy must
 	// listen where the killed one did.
-	grpcAddr := s.idemproxy.logAddr(t, "grpc listening")
+	grpcAddr := s.idemproxy.LogAddr(t, "grpc listening")
 	key := newKey(t)
 	const path = "/slow?delay=2s"
 
@@ -34,10 +38,10 @@ func TestEndToEnd_IdemproxyKilled(t *testing.T) {
 		}
 		first <- r
 	}()
-	waitFor(t, 10*time.Second, "the slow request at the backend", func() bool { return s.executions(t, key) == 1 })
+	testenv.WaitFor(t, 10*time.Second, "the slow request at the backend", func() bool { return s.executions(t, key) == 1 })
 
-	require.NoError(t, s.idemproxy.cmd.Process.Kill())
-	<-s.idemproxy.done
+	require.NoError(t, s.idemproxy.Signal(syscall.SIGKILL))
+	testenv.Receive(t, s.idemproxy.Done(), 10*time.Second, "the killed idemproxy to exit")
 	killed := time.Now()
 
 	var r reply
@@ -50,13 +54,13 @@ func TestEndToEnd_IdemproxyKilled(t *testing.T) {
 	require.Equal(t, http.StatusInternalServerError, r.status, "Envoy fails closed when its ext_proc stream breaks")
 	// Envoy ends the request when its ext_proc stream fails: the backend
 	// sees its connection close mid-request (it has already counted it).
-	require.Equal(t, 1, envoyStat(t, s.envoyAdmin, "cluster.backend.upstream_cx_destroy_local_with_active_rq"))
+	require.Equal(t, 1, s.envoyStat(t, "cluster.backend.upstream_cx_destroy_local_with_active_rq"))
 
 	down := s.do(t, "POST", path, "", "Idempotency-Key", key)
 	require.Equal(t, http.StatusInternalServerError, down.status, "idemproxy down: Envoy fails closed: %s", down.body)
 	require.Equal(t, 1, s.executions(t, key))
 
-	s.idemproxy, _, s.adminURL = runIdemproxy(t, s.redis.URL(), grpcAddr, flags...)
+	s.idemproxy, _, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), grpcAddr, "debug", flags...)
 	restarted := time.Since(killed)
 
 	// Retry until twice the lock TTL has passed since the kill. Envoy may
@@ -64,7 +68,7 @@ func TestEndToEnd_IdemproxyKilled(t *testing.T) {
 	// dead owner's lease lasts, then 409 outcome-unknown, for good.
 	var reconnecting, inProgress, unknown int
 	var firstUnknown time.Duration
-	waitFor(t, 2*lockTTL+15*time.Second, "retries past twice the lock TTL", func() bool {
+	testenv.WaitFor(t, 2*lockTTL+15*time.Second, "retries past twice the lock TTL", func() bool {
 		sent := time.Since(killed)
 		again, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
 		require.NoError(t, err)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 const problem = "urn:idemproxy:problem:"
@@ -27,16 +29,17 @@ func newKey(t testing.TB) string {
 // TestEndToEnd runs the core scenarios through real Envoy, real Redis and
 // the real binaries, with a short lock TTL so the long-job case stays short.
 func TestEndToEnd(t *testing.T) {
+	t.Parallel()
 	s := startStack(t, "--lock-ttl", "3s", "--heartbeat", "1s", "--max-body-bytes", "65536")
 
 	t.Run("a request without a key passes through and idemproxy is never called", func(t *testing.T) {
-		before := envoyStat(t, s.envoyAdmin, "http.ingress.ext_proc.streams_started")
+		before := s.envoyStat(t, "http.ingress.ext_proc.streams_started")
 		for range 3 {
 			r := s.do(t, "POST", "/charge", `{"amount":50}`)
 			require.Equal(t, http.StatusOK, r.status)
 			require.False(t, r.replayed())
 		}
-		require.Equal(t, before, envoyStat(t, s.envoyAdmin, "http.ingress.ext_proc.streams_started"))
+		require.Equal(t, before, s.envoyStat(t, "http.ingress.ext_proc.streams_started"))
 		require.Zero(t, s.metric(t, `idemproxy_requests_total{outcome="passthrough"}`),
 			"route gating must keep keyless requests away from idemproxy")
 	})
@@ -74,11 +77,16 @@ func TestEndToEnd(t *testing.T) {
 		key := newKey(t)
 		const n = 200
 		replies := make([]reply, n)
+		errs := make([]error, n)
 		var wg sync.WaitGroup
 		for i := range n {
-			wg.Go(func() { replies[i] = s.do(t, "POST", "/charge", `{"amount":5000}`, "Idempotency-Key", key) })
+			// tryDo, not do: only the test goroutine may fail the test.
+			wg.Go(func() { replies[i], errs[i] = s.tryDo("POST", "/charge", `{"amount":5000}`, "Idempotency-Key", key) })
 		}
 		wg.Wait()
+		for _, err := range errs {
+			require.NoError(t, err)
+		}
 		counts := map[string]int{}
 		for _, r := range replies {
 			switch {
@@ -104,15 +112,19 @@ func TestEndToEnd(t *testing.T) {
 		// TTL 3 s, heartbeat 1 s, backend 5 s: without the watchdog the
 		// lock would expire at 3 s and a duplicate would run it again.
 		start := time.Now()
-		first := make(chan reply, 1)
-		go func() { first <- s.do(t, "POST", "/slow?delay=5s", "", "Idempotency-Key", key) }()
+		first := s.goDo("POST", "/slow?delay=5s", "", "Idempotency-Key", key)
+		giveUp := time.After(30 * time.Second)
+		var r reply
 		var late int
 		for done := false; !done; {
 			select {
-			case r := <-first:
+			case res := <-first:
+				require.NoError(t, res.err)
+				r = res.reply
 				require.Equal(t, http.StatusOK, r.status)
-				first <- r
 				done = true
+			case <-giveUp:
+				require.FailNow(t, "the 5 s job never answered")
 			case <-time.After(700 * time.Millisecond):
 				if time.Since(start) < 500*time.Millisecond {
 					continue
@@ -127,7 +139,6 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		require.Positive(t, late, "at least one duplicate must have come after the lock TTL")
-		r := <-first
 		again := s.do(t, "POST", "/slow?delay=5s", "", "Idempotency-Key", key)
 		require.True(t, again.replayed())
 		require.Equal(t, string(r.body), string(again.body))
@@ -216,6 +227,7 @@ func TestEndToEnd(t *testing.T) {
 // reaches the backend, clients get a quick 503, and service resumes when
 // Redis is back.
 func TestEndToEnd_RedisDown(t *testing.T) {
+	t.Parallel()
 	s := startStack(t)
 	s.redis.Stop()
 
@@ -228,7 +240,7 @@ func TestEndToEnd_RedisDown(t *testing.T) {
 	require.Zero(t, s.executions(t, key))
 	t.Logf("503 with Redis down after %v", r.elapsed)
 
-	waitFor(t, 10*time.Second, "/readyz to report 503", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "/readyz to report 503", func() bool {
 		resp, err := http.Get(s.adminURL + "/readyz")
 		if err != nil {
 			return false
@@ -238,7 +250,7 @@ func TestEndToEnd_RedisDown(t *testing.T) {
 	})
 
 	s.redis.Restart(t)
-	waitFor(t, 15*time.Second, "a keyed request to succeed again", func() bool {
+	testenv.WaitFor(t, 15*time.Second, "a keyed request to succeed again", func() bool {
 		return s.do(t, "POST", "/charge", "", "Idempotency-Key", key).status == http.StatusOK
 	})
 	require.Equal(t, 1, s.executions(t, key))

@@ -10,6 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // evictionFlags check Redis often, so a policy change shows within a test.
@@ -24,6 +26,7 @@ var evictionFlags = []string{"--health-interval", "100ms"}
 // last subtest shows, with a real Redis under memory pressure, what that
 // risks: a completed key evicted and run a second time.
 func TestNeverTwice_EvictingRedis(t *testing.T) {
+	t.Parallel()
 	t.Run("the default refuses an evicting Redis and serves once it is fixed", func(t *testing.T) {
 		s := startStack(t, evictionFlags...)
 		rdb := s.redis.Client(t)
@@ -32,29 +35,29 @@ func TestNeverTwice_EvictingRedis(t *testing.T) {
 
 		for _, policy := range []string{"allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-ttl"} {
 			require.NoError(t, rdb.ConfigSet(t.Context(), "maxmemory-policy", policy).Err())
-			waitFor(t, 5*time.Second, "readiness to fail under "+policy, func() bool { return readyz(s.adminURL) == http.StatusServiceUnavailable })
+			testenv.WaitFor(t, 5*time.Second, "readiness to fail under "+policy, func() bool { return readyz(s.adminURL) == http.StatusServiceUnavailable })
 			key := newKey(t)
 			r := s.do(t, "POST", "/charge", "", "Idempotency-Key", key)
 			require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)
 			require.Equal(t, problem+"store-unavailable", r.problemType())
 			require.Equal(t, "1", r.header.Get("Retry-After"))
 			require.Zero(t, s.executions(t, key), "nothing runs under "+policy)
-			waitFor(t, 5*time.Second, "the error log naming "+policy, func() bool {
-				return strings.Contains(s.idemproxy.out.String(), `"maxmemory_policy":"`+policy+`"`)
+			testenv.WaitFor(t, 5*time.Second, "the error log naming "+policy, func() bool {
+				return strings.Contains(s.idemproxy.Output(), `"maxmemory_policy":"`+policy+`"`)
 			})
 		}
-		require.Contains(t, s.idemproxy.out.String(), "maxmemory-policy noeviction", "the log says what to set")
+		require.Contains(t, s.idemproxy.Output(), "maxmemory-policy noeviction", "the log says what to set")
 		require.EqualValues(t, 1, s.metric(t, "idemproxy_redis_evicting"))
 		require.Positive(t, s.metric(t, `idemproxy_requests_total{outcome="store_unsafe"}`))
 
 		require.NoError(t, rdb.ConfigSet(t.Context(), "maxmemory-policy", "noeviction").Err())
-		waitFor(t, 5*time.Second, "readiness back", func() bool { return readyz(s.adminURL) == http.StatusOK })
+		testenv.WaitFor(t, 5*time.Second, "readiness back", func() bool { return readyz(s.adminURL) == http.StatusOK })
 		require.True(t, s.do(t, "POST", "/charge", "", "Idempotency-Key", done).replayed())
 		key := newKey(t)
 		require.Equal(t, http.StatusOK, s.do(t, "POST", "/charge", "", "Idempotency-Key", key).status)
 		require.EqualValues(t, 0, s.metric(t, "idemproxy_redis_evicting"))
 		require.EqualValues(t, 1, s.metric(t, `idemproxy_redis_persistence{kind="none"}`), "the test Redis has no persistence")
-		require.Contains(t, s.idemproxy.out.String(), "redis has no persistence")
+		require.Contains(t, s.idemproxy.Output(), "redis has no persistence")
 	})
 
 	t.Run("a full noeviction Redis fails closed and never evicts", func(t *testing.T) {
@@ -84,8 +87,8 @@ func TestNeverTwice_EvictingRedis(t *testing.T) {
 		s := startStack(t, append([]string{"--allow-evicting-redis"}, evictionFlags...)...)
 		rdb := s.redis.Client(t)
 		require.NoError(t, rdb.ConfigSet(t.Context(), "maxmemory-policy", "allkeys-lru").Err())
-		waitFor(t, 5*time.Second, "the warning", func() bool {
-			return strings.Contains(s.idemproxy.out.String(), "serving anyway because of --allow-evicting-redis")
+		testenv.WaitFor(t, 5*time.Second, "the warning", func() bool {
+			return strings.Contains(s.idemproxy.Output(), "serving anyway because of --allow-evicting-redis")
 		})
 		require.Equal(t, http.StatusOK, readyz(s.adminURL), "ready: the operator accepted the risk")
 		key := newKey(t)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,7 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // faultConfig varies the stack of the fault and load tests.
@@ -37,7 +36,7 @@ type faultConfig struct {
 
 // replica is one idemproxy process of a faultStack.
 type replica struct {
-	proc     *process
+	proc     *testenv.Process
 	grpcAddr string
 	adminURL string
 }
@@ -54,12 +53,8 @@ type faultStack struct {
 // Redis must run, and the test's proxy exist, before idemproxy starts.
 func startFaultStack(t *testing.T, c faultConfig) *faultStack {
 	t.Helper()
-	envoyBin := envoyBinary(t)
-	s := &stack{redis: redistest.Start(t)}
-	s.backendProc = startBackend(t, "127.0.0.1:0")
-	s.backendAddr = s.backendProc.logAddr(t, "listening")
-	s.backend = "http://" + s.backendAddr
-
+	envoyBin := testenv.EnvoyBin(t)
+	s := startShared(t)
 	redisAddr := s.redis.Addr
 	if c.redisVia != nil {
 		redisAddr = c.redisVia(redisAddr)
@@ -70,16 +65,11 @@ func startFaultStack(t *testing.T, c faultConfig) *faultStack {
 	}
 	s.idemproxy, s.adminURL = fs.replicas[0].proc, fs.replicas[0].adminURL
 
-	ports := envoyPorts{listener: freePort(t), admin: freePort(t), idemproxy: fs.replicas[0].grpcAddr, backend: s.backendAddr,
-		edits: c.envoyEdits}
+	edits := c.envoyEdits
 	if len(fs.replicas) > 1 {
-		ports.edits = append(ports.edits, replicaEndpoints(t, fs.replicas))
+		edits = append(edits, replicaEndpoints(t, fs.replicas))
 	}
-	s.envoy = startEnvoy(t, envoyBin, renderConfig(t, "envoy.yaml", ports), ports.admin)
-	s.envoyAdmin = ports.admin
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", ports.listener)
-	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
-	t.Cleanup(s.client.CloseIdleConnections)
+	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: fs.replicas[0].grpcAddr, Backend: s.backendAddr, Edits: edits}, 256)
 	return fs
 }
 
@@ -88,13 +78,8 @@ func startFaultStack(t *testing.T, c faultConfig) *faultStack {
 // that a failing test prints.
 func startReplica(t *testing.T, name, redisURL string, extra []string) replica {
 	t.Helper()
-	args := append([]string{
-		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-		"--redis-url", redisURL, "--log-level", "info",
-	}, extra...)
-	p := startProcess(t, name, filepath.Join(binDir, "idemproxy"), args...)
-	r := replica{proc: p, grpcAddr: p.logAddr(t, "grpc listening"), adminURL: "http://" + p.logAddr(t, "admin listening")}
-	waitFor(t, 10*time.Second, name+" /readyz", func() bool { return readyz(r.adminURL) == http.StatusOK })
+	var r replica
+	r.proc, r.grpcAddr, r.adminURL = runIdemproxy(t, name, redisURL, "127.0.0.1:0", "info", extra...)
 	return r
 }
 
@@ -152,22 +137,7 @@ const serving = healthpb.HealthCheckResponse_SERVING
 // e.g. all outcomes of idemproxy_requests_total.
 func metricFamily(t *testing.T, adminURL, family string) float64 {
 	t.Helper()
-	resp, err := http.Get(adminURL + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, family+"{") && !strings.HasPrefix(line, family+" ") {
-			continue
-		}
-		var v float64
-		_, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-		require.NoError(t, err, line)
-		sum += v
-	}
-	return sum
+	return testenv.MetricSum(t, adminURL+"/metrics", family)
 }
 
 // newStormClient keeps up to conns connections to Envoy, one per request in

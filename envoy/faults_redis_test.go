@@ -9,6 +9,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/toxi"
 )
 
 // TestFaults_RedisSlowAndCut puts Toxiproxy between idemproxy and Redis.
@@ -17,11 +20,12 @@ import (
 // backend, readiness and gRPC health say NOT_SERVING, and after healing
 // every key runs within the lock TTL.
 func TestFaults_RedisSlowAndCut(t *testing.T) {
-	tp := startToxiproxy(t)
-	proxyAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	t.Parallel()
+	tp := toxi.Start(t, binDir)
+	proxyAddr := testenv.Addr(t)
 	s := startFaultStack(t, faultConfig{
 		redisVia: func(addr string) string {
-			tp.createProxy(t, "redis", proxyAddr, addr)
+			tp.CreateProxy(t, "redis", proxyAddr, addr)
 			return proxyAddr
 		},
 		idemproxyArgs: []string{"--redis-timeout", "300ms", "--lock-ttl", outageLockTTL.String(),
@@ -34,7 +38,7 @@ func TestFaults_RedisSlowAndCut(t *testing.T) {
 		// 30 ms, not just under 300 ms: a new connection costs three round
 		// trips (HELLO, CLIENT SETINFO, the command; four on the first) within
 		// the timeout, and a loaded machine needs room on top.
-		tp.addToxic(t, "redis", "small", "latency", "downstream", latency(30))
+		tp.AddToxic(t, "redis", "small", "latency", "downstream", latency(30))
 		var rs []reply
 		for range 5 {
 			key := newKey(t)
@@ -48,19 +52,19 @@ func TestFaults_RedisSlowAndCut(t *testing.T) {
 		}
 		require.Equal(t, http.StatusOK, readyz(s.adminURL), "30 ms is well within the 300 ms timeout")
 		require.Equal(t, serving, grpcHealth(t, s.replicas[0].grpcAddr))
-		tp.removeToxic(t, "redis", "small")
+		tp.RemoveToxic(t, "redis", "small")
 		logFigures(t, "redis-latency-30ms", "requests", len(rs), "statuses", fmt.Sprint(tally(rs)),
 			"latency", "{"+latencies(rs)+"}")
 	})
 	ok = ok && t.Run("a latency above the Redis timeout fails closed quickly and heals", func(t *testing.T) {
 		redisOutage(t, s, "redis-latency-1s",
-			func() { tp.addToxic(t, "redis", "slow", "latency", "downstream", latency(1000)) },
-			func() { tp.removeToxic(t, "redis", "slow") })
+			func() { tp.AddToxic(t, "redis", "slow", "latency", "downstream", latency(1000)) },
+			func() { tp.RemoveToxic(t, "redis", "slow") })
 	})
 
 	_ = ok && t.Run("Redis cut off fails closed quickly and heals", func(t *testing.T) {
 		enable := func(on bool) {
-			tp.call(t, http.MethodPatch, "/proxies/redis", map[string]any{"enabled": on}, http.StatusOK)
+			tp.SetEnabled(t, "redis", on)
 		}
 		redisOutage(t, s, "redis-cut", func() { enable(false) }, func() { enable(true) })
 	})
@@ -109,7 +113,7 @@ func redisOutage(t *testing.T, s *faultStack, scenario string, breakRedis, heal 
 	heal()
 	healed := time.Now()
 	refused := runAfterHealing(t, s, keys)
-	waitFor(t, 10*time.Second, "readiness and gRPC health to recover", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "readiness and gRPC health to recover", func() bool {
 		return readyz(s.adminURL) == http.StatusOK && grpcHealth(t, s.replicas[0].grpcAddr) == serving
 	})
 	if refused.ready == 0 {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // stormPath is the job of the storms: slow enough (300 ms) that the
@@ -33,7 +35,8 @@ func stormConfig(replicas int) faultConfig {
 }
 
 // TestFaults_Storm: 1,000 concurrent requests with one key run once; 100
-// keys with 20 concurrent duplicates each run 100 times.
+// keys with 20 concurrent duplicates each run 100 times. The storms are
+// not parallel: they would starve the TTL-bound tests that are.
 func TestFaults_Storm(t *testing.T) {
 	s := startFaultStack(t, stormConfig(1))
 	c := newStormClient(t, s, 1000)
@@ -135,6 +138,7 @@ func manyKeyStorm(t *testing.T, s *faultStack, c *http.Client, scenario string) 
 // idemproxy reconnects by itself, and what Redis forgot runs again: a
 // completed key, and a key whose request was in flight across the restart.
 func TestFaults_RedisRestart(t *testing.T) {
+	t.Parallel()
 	s := startFaultStack(t, faultConfig{idemproxyArgs: []string{
 		"--lock-ttl", "2s", "--heartbeat", "300ms", "--health-interval", "200ms"}})
 	done, inFlight := newKey(t), newKey(t)
@@ -145,25 +149,25 @@ func TestFaults_RedisRestart(t *testing.T) {
 	slow := s.url + "/slow?delay=3s"
 	firstRun := make(chan reply, 1)
 	go func() { firstRun <- fire(s.client, slow, inFlight) }()
-	waitFor(t, 10*time.Second, "the in-flight request at the backend", func() bool { return s.executions(t, inFlight) == 1 })
+	testenv.WaitFor(t, 10*time.Second, "the in-flight request at the backend", func() bool { return s.executions(t, inFlight) == 1 })
 
 	// Stop, then start: a restart slow enough for readiness to notice.
 	stopped := time.Now()
 	s.redis.Stop()
-	waitFor(t, 10*time.Second, "readiness to report Redis gone", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "readiness to report Redis gone", func() bool {
 		return readyz(s.adminURL) == http.StatusServiceUnavailable &&
 			grpcHealth(t, s.replicas[0].grpcAddr) == healthpb.HealthCheckResponse_NOT_SERVING
 	})
 	notServing := time.Since(stopped)
 	s.redis.Restart(t)
 	started := time.Now()
-	waitFor(t, 10*time.Second, "readiness after the restart", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "readiness after the restart", func() bool {
 		return readyz(s.adminURL) == http.StatusOK && grpcHealth(t, s.replicas[0].grpcAddr) == serving
 	})
 	ready := time.Since(started)
 	select {
-	case <-s.idemproxy.done:
-		require.FailNow(t, "idemproxy exited", "%v", s.idemproxy.err)
+	case <-s.idemproxy.Done():
+		require.FailNow(t, "idemproxy exited", "%v", s.idemproxy.Err())
 	default:
 	}
 
@@ -171,7 +175,8 @@ func TestFaults_RedisRestart(t *testing.T) {
 	// still does. The first one's response is then not stored (lease lost).
 	dup := fire(s.client, slow, inFlight)
 	require.Equal(t, classExecuted, classify(dup), "the duplicate runs: Redis forgot the lock")
-	require.Equal(t, classExecuted, classify(<-firstRun), "the first run's client still gets its response")
+	require.Equal(t, classExecuted, classify(testenv.Receive(t, firstRun, 15*time.Second, "the first run's reply")),
+		"the first run's client still gets its response")
 	replay := fire(s.client, slow, inFlight)
 	require.Equal(t, classReplayed, classify(replay))
 	require.Equal(t, string(dup.body), string(replay.body), "the duplicate's response is the one stored")
@@ -203,6 +208,7 @@ func TestFaults_RedisRestart(t *testing.T) {
 // starves idemproxy of CPU for 0.7 s loses the lease, and this test is about
 // the watchdog, not about starvation (lost leases are scenario 6).
 func TestFaults_LongJob(t *testing.T) {
+	t.Parallel()
 	const ttl, heartbeat, job = 2 * time.Second, 500 * time.Millisecond, 10 * time.Second
 	s := startFaultStack(t, faultConfig{idemproxyArgs: []string{
 		"--lock-ttl", ttl.String(), "--heartbeat", heartbeat.String()}})
@@ -212,17 +218,20 @@ func TestFaults_LongJob(t *testing.T) {
 	firstRun := make(chan reply, 1)
 	go func() { firstRun <- fire(s.client, url, key) }()
 	// Duplicates start once the first request holds the lock, never before.
-	waitFor(t, 10*time.Second, "the job at the backend", func() bool { return s.executions(t, key) == 1 })
+	testenv.WaitFor(t, 10*time.Second, "the job at the backend", func() bool { return s.executions(t, key) == 1 })
 
 	var dups []reply
 	var sentAt []time.Duration
 	tick := time.NewTicker(250 * time.Millisecond) // pacing, not synchronisation
 	defer tick.Stop()
 	var first reply
+	giveUp := time.After(job + 30*time.Second)
 	for running := true; running; {
 		select {
 		case first = <-firstRun:
 			running = false
+		case <-giveUp:
+			require.FailNow(t, "the long job never answered")
 		case <-tick.C:
 			sentAt = append(sentAt, time.Since(start))
 			dups = append(dups, fire(s.client, url, key))

@@ -1,10 +1,8 @@
 package envoy
 
 import (
-	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,7 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // The fault tests need more than one idemproxy on one Redis and one backend
@@ -24,9 +23,15 @@ import (
 // no idemproxy and no Envoy: use it through addFrontend.
 func startShared(t *testing.T) *stack {
 	t.Helper()
-	s := &stack{redis: redistest.Start(t)}
+	return startSharedWith(t)
+}
+
+// startSharedWith is startShared with arguments for redis-server.
+func startSharedWith(t *testing.T, redisArgs ...string) *stack {
+	t.Helper()
+	s := &stack{redis: redistopo.Start(t, redisArgs...)}
 	s.backendProc = startBackend(t, "127.0.0.1:0")
-	s.backendAddr = s.backendProc.logAddr(t, "listening")
+	s.backendAddr = s.backendProc.LogAddr(t, "listening")
 	s.backend = "http://" + s.backendAddr
 	return s
 }
@@ -46,67 +51,48 @@ type frontendConfig struct {
 // and Envoy.
 func addFrontend(t *testing.T, shared *stack, c frontendConfig) *stack {
 	t.Helper()
-	envoyBin := envoyBinary(t)
+	envoyBin := testenv.EnvoyBin(t)
 	s := &stack{redis: shared.redis, backendProc: shared.backendProc, backendAddr: shared.backendAddr, backend: shared.backend}
 	var grpcAddr string
-	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, shared.redis.URL(), "127.0.0.1:0", c.idemproxyArgs...)
+	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", shared.redis.URL(), "127.0.0.1:0", "debug", c.idemproxyArgs...)
 
 	backend := c.backendAddr
 	if backend == "" {
 		backend = shared.backendAddr
 	}
-	ports := envoyPorts{listener: freePort(t), admin: freePort(t), idemproxy: grpcAddr, backend: backend, edits: c.envoyEdits}
-	s.envoy = startEnvoy(t, envoyBin, renderConfig(t, "envoy.yaml", ports), ports.admin)
-	s.envoyAdmin = ports.admin
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", ports.listener)
-	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	t.Cleanup(s.client.CloseIdleConnections)
+	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: backend, Edits: c.envoyEdits}, 16)
 	return s
 }
 
 // runIdemproxy starts idemproxy with its gRPC server on grpcAddr (port 0:
 // any) and waits until it is ready. It returns the process, the gRPC address
 // it listens on and its admin base URL.
-func runIdemproxy(t *testing.T, redisURL, grpcAddr string, extra ...string) (*process, string, string) {
+func runIdemproxy(t *testing.T, name, redisURL, grpcAddr, logLevel string, extra ...string) (*testenv.Process, string, string) {
 	t.Helper()
 	args := append([]string{
 		"--grpc-addr", grpcAddr, "--admin-addr", "127.0.0.1:0",
-		"--redis-url", redisURL, "--log-level", "debug",
+		"--redis-url", redisURL, "--log-level", logLevel,
 	}, extra...)
-	p := startProcess(t, "idemproxy", filepath.Join(binDir, "idemproxy"), args...)
-	grpc := p.logAddr(t, "grpc listening")
-	admin := "http://" + p.logAddr(t, "admin listening")
-	waitFor(t, 10*time.Second, "idemproxy /readyz", func() bool {
-		resp, err := http.Get(admin + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	p := startBin(t, name, "idemproxy", args...)
+	grpc := p.LogAddr(t, "grpc listening")
+	admin := "http://" + p.LogAddr(t, "admin listening")
+	p.Ready(t, 10*time.Second, testenv.HTTPOK(http.DefaultClient, admin+"/readyz"))
 	return p, grpc, admin
 }
 
 // pauseProcess freezes p with SIGSTOP and returns the function that resumes
-// it. A test that fails while p is frozen resumes it in its cleanup, so the
-// process can still be stopped gracefully.
-func pauseProcess(t *testing.T, p *process) (resume func()) {
+// it. A test that fails while p is frozen has it resumed by Stop in its
+// cleanup, so the process can still be stopped gracefully.
+func pauseProcess(t *testing.T, p *testenv.Process) (resume func()) {
 	t.Helper()
-	require.NoError(t, p.cmd.Process.Signal(syscall.SIGSTOP))
+	require.NoError(t, p.Signal(syscall.SIGSTOP))
 	resumed := false
-	resume = func() {
+	return func() {
 		if !resumed {
 			resumed = true
-			require.NoError(t, p.cmd.Process.Signal(syscall.SIGCONT))
+			require.NoError(t, p.Signal(syscall.SIGCONT))
 		}
 	}
-	// Registered after startProcess's cleanup, so it runs before it.
-	t.Cleanup(func() {
-		if !resumed {
-			_ = p.cmd.Process.Signal(syscall.SIGCONT)
-		}
-	})
-	return resume
 }
 
 // tryDo is stack.do for requests that may legitimately fail on the wire (a

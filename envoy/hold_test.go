@@ -48,6 +48,7 @@ func (s *stack) adminJSON(t *testing.T, method, query string, v any) {
 // is never run again, not even after the lock TTL, until an operator
 // inspects and clears the key through the admin endpoint.
 func TestEndToEnd_OnUnknownHold(t *testing.T) {
+	t.Parallel()
 	s := startStackWith(t, stackConfig{
 		idemproxyArgs: []string{"--lock-ttl", "1s", "--heartbeat", "300ms", "--on-unknown", "hold", "--admin-token", adminToken},
 		envoyEdits:    [][2]string{{"timeout: 60s", "timeout: 1s"}},
@@ -89,6 +90,7 @@ func TestEndToEnd_OnUnknownHold(t *testing.T) {
 // TestEndToEnd_Fence: every grant's fencing token reaches the backend, and
 // grows per key.
 func TestEndToEnd_Fence(t *testing.T) {
+	t.Parallel()
 	s := startStack(t)
 	key := newKey(t)
 	for i := 1; i <= 2; i++ {

@@ -21,6 +21,7 @@ import (
 // it reaches the backend, and that idemproxy survives. The basic malformed
 // keys are in TestEndToEnd's "invalid keys" subtest.
 func TestEndToEnd_HostileInput(t *testing.T) {
+	t.Parallel()
 	up := startManyHeadersUpstream(t)
 	s := startStackWith(t, stackConfig{
 		// A short lock TTL, for the key that Envoy's 500 leaves locked.
@@ -28,7 +29,7 @@ func TestEndToEnd_HostileInput(t *testing.T) {
 		envoyEdits:    up.envoyEdits,
 	})
 	acquired := func() float64 { return s.metric(t, `idemproxy_requests_total{outcome="acquired"}`) }
-	protocolErrors := func() int { return envoyStat(t, s.envoyAdmin, "http.ingress.downstream_cx_protocol_error") }
+	protocolErrors := func() int { return s.envoyStat(t, "http.ingress.downstream_cx_protocol_error") }
 
 	t.Run("malformed keys that Envoy passes on get 400 invalid-key from idemproxy", func(t *testing.T) {
 		// Raw header lines: Go's client would trim blanks off the values.
@@ -151,7 +152,7 @@ func TestEndToEnd_HostileInput(t *testing.T) {
 		// request passes max_headers_count (100, counting the pseudo-headers
 		// and the ones Envoy adds) or 60 KiB, and answer 500 after the lock
 		// was granted. idemproxy checks the room first.
-		rejected := envoyStat(t, s.envoyAdmin, "http.ingress.ext_proc.rejected_header_mutations")
+		rejected := s.envoyStat(t, "http.ingress.ext_proc.rejected_header_mutations")
 		acq := s.metric(t, `idemproxy_requests_total{outcome="acquired"}`)
 		lines, size := newKey(t), newKey(t)
 		for _, req := range [][2]string{
@@ -166,7 +167,7 @@ func TestEndToEnd_HostileInput(t *testing.T) {
 			require.Equal(t, http.StatusOK, ok.status, "the key was never locked: %s", ok.body)
 			require.Equal(t, 1, s.executions(t, req[0]))
 		}
-		require.Equal(t, rejected, envoyStat(t, s.envoyAdmin, "http.ingress.ext_proc.rejected_header_mutations"))
+		require.Equal(t, rejected, s.envoyStat(t, "http.ingress.ext_proc.rejected_header_mutations"))
 		require.Equal(t, acq+2, s.metric(t, `idemproxy_requests_total{outcome="acquired"}`), "only the two good retries took a lock")
 	})
 
@@ -203,8 +204,8 @@ func TestEndToEnd_HostileInput(t *testing.T) {
 	})
 
 	select {
-	case <-s.idemproxy.done:
-		t.Fatalf("idemproxy exited: %v", s.idemproxy.err)
+	case <-s.idemproxy.Done():
+		t.Fatalf("idemproxy exited: %v", s.idemproxy.Err())
 	default:
 	}
 	resp, err := http.Get(s.adminURL + "/healthz")
@@ -213,7 +214,7 @@ func TestEndToEnd_HostileInput(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, "idemproxy is alive after all of it")
 	t.Logf("hostile input: backend executions %d, invalid keys %v, Envoy protocol errors %d, rejected fence mutations %d",
 		s.stats(t).Total, s.metric(t, `idemproxy_requests_total{outcome="invalid_key"}`), protocolErrors(),
-		envoyStat(t, s.envoyAdmin, "http.ingress.ext_proc.rejected_header_mutations"))
+		s.envoyStat(t, "http.ingress.ext_proc.rejected_header_mutations"))
 }
 
 // rawRequest writes an HTTP/1.1 request by hand, for header bytes Go's

@@ -2,12 +2,14 @@ package envoy
 
 import (
 	"bytes"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/toxi"
 )
 
 // leaseFlags give the fault tests a lease that is lost quickly: a 1 s lock
@@ -33,6 +35,7 @@ var patientEnvoy = [2]string{"message_timeout: 2s", "message_timeout: 10s"}
 // A resumes and its request finishes, A must not overwrite B's record: B's
 // response is the one replayed, and A counts the lost lease.
 func TestEndToEnd_LeaseLost(t *testing.T) {
+	t.Parallel()
 	shared := startShared(t)
 	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags, envoyEdits: [][2]string{patientEnvoy}})
 	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags})
@@ -52,7 +55,7 @@ func TestEndToEnd_LeaseLost(t *testing.T) {
 		}
 		aReply <- r
 	}()
-	waitFor(t, 10*time.Second, "A's request at the backend", func() bool { return shared.executions(t, key) == 1 })
+	testenv.WaitFor(t, 10*time.Second, "A's request at the backend", func() bool { return shared.executions(t, key) == 1 })
 	resume := pauseProcess(t, a.idemproxy)
 	frozen := time.Now()
 
@@ -60,7 +63,7 @@ func TestEndToEnd_LeaseLost(t *testing.T) {
 	var conflicts int
 	var bFirst reply
 	var tookOver time.Duration
-	waitFor(t, 10*time.Second, "B to take the key once A's lock expired", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "B to take the key once A's lock expired", func() bool {
 		tookOver = time.Since(frozen)
 		bFirst = b.do(t, "POST", path, body, hdrs...)
 		if bFirst.status == http.StatusConflict && bFirst.problemType() == problem+"in-progress" {
@@ -114,13 +117,14 @@ func TestEndToEnd_LeaseLost(t *testing.T) {
 // key (fence n+1) and runs it; A's request then arrives with the older fence
 // and the backend refuses it without running it.
 func TestEndToEnd_StaleFence(t *testing.T) {
+	t.Parallel()
 	shared := startShared(t)
-	tp := startToxiproxy(t)
-	late := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tp.createProxy(t, "late_backend", late, shared.backendAddr)
+	tp := toxi.Start(t, binDir)
+	late := testenv.Addr(t)
+	tp.CreateProxy(t, "late_backend", late, shared.backendAddr)
 	// A request from A reaches the backend 4 s after Envoy A sent it:
 	// longer than A's lock takes to expire once A is frozen plus B's whole run.
-	tp.addToxic(t, "late_backend", "late", "latency", "upstream", map[string]any{"latency": 4000})
+	tp.AddToxic(t, "late_backend", "late", "latency", "upstream", map[string]any{"latency": 4000})
 	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags, envoyEdits: [][2]string{patientEnvoy}, backendAddr: late})
 	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: takeoverFlags})
 	key := newKey(t)
@@ -137,14 +141,14 @@ func TestEndToEnd_StaleFence(t *testing.T) {
 	}()
 	// Once Envoy A started the upstream request, idemproxy A has granted
 	// the key (fence 1) and answered; freezing it now loses the lease.
-	waitFor(t, 10*time.Second, "A's request on its way to the backend", func() bool {
-		return envoyStat(t, a.envoyAdmin, "cluster.backend.upstream_rq_total") == 1
+	testenv.WaitFor(t, 10*time.Second, "A's request on its way to the backend", func() bool {
+		return a.envoyStat(t, "cluster.backend.upstream_rq_total") == 1
 	})
 	resume := pauseProcess(t, a.idemproxy)
 
 	var conflicts int
 	var bFirst reply
-	waitFor(t, 10*time.Second, "B to take the key once A's lock expired", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "B to take the key once A's lock expired", func() bool {
 		bFirst = b.do(t, "POST", path, body, hdrs...)
 		if bFirst.status == http.StatusConflict && bFirst.problemType() == problem+"in-progress" {
 			conflicts++
@@ -159,7 +163,7 @@ func TestEndToEnd_StaleFence(t *testing.T) {
 	require.EqualValues(t, 2, st.Fences[key], "B's grant is the key's second")
 	require.Zero(t, st.StaleFences[key])
 
-	waitFor(t, 10*time.Second, "A's late request to reach the backend", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "A's late request to reach the backend", func() bool {
 		return shared.stats(t).StaleFences[key] == 1
 	})
 	resume()

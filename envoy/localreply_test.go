@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // Envoy 1.40 passes its own local replies through ext_proc. These tests
@@ -14,8 +16,9 @@ import (
 // TestEndToEnd_BackendUnreachable: a connect failure never reached the
 // backend, so the key is released and the retry runs once the backend is back.
 func TestEndToEnd_BackendUnreachable(t *testing.T) {
+	t.Parallel()
 	s := startStack(t)
-	s.backendProc.stop(9, time.Second) // SIGKILL: the port refuses connections at once
+	s.backendProc.Kill() // SIGKILL: the port refuses connections at once
 
 	key := newKey(t)
 	r := s.do(t, "POST", "/charge", "", "Idempotency-Key", key)
@@ -25,7 +28,7 @@ func TestEndToEnd_BackendUnreachable(t *testing.T) {
 	require.Zero(t, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
 
 	s.backendProc = startBackend(t, s.backendAddr)
-	s.backendProc.logAddr(t, "listening")
+	s.backendProc.LogAddr(t, "listening")
 	r = s.do(t, "POST", "/charge", "", "Idempotency-Key", key)
 	require.Equal(t, http.StatusOK, r.status, "%s", r.body)
 	require.False(t, r.replayed())
@@ -37,6 +40,7 @@ func TestEndToEnd_BackendUnreachable(t *testing.T) {
 // a retry gets 409 outcome-unknown, also long after the lock TTL, and the
 // request never runs a second time.
 func TestEndToEnd_UpstreamTimeout(t *testing.T) {
+	t.Parallel()
 	const lockTTL = 2 * time.Second
 	s := startStackWith(t, stackConfig{
 		idemproxyArgs: []string{"--lock-ttl", lockTTL.String(), "--heartbeat", "500ms"},
@@ -49,7 +53,7 @@ func TestEndToEnd_UpstreamTimeout(t *testing.T) {
 	require.Equal(t, 1.0, s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`))
 
 	var retries int
-	waitFor(t, 3*lockTTL+10*time.Second, "retries past twice the lock TTL", func() bool {
+	testenv.WaitFor(t, 3*lockTTL+10*time.Second, "retries past twice the lock TTL", func() bool {
 		again := s.do(t, "POST", "/slow?delay=1500ms", "", "Idempotency-Key", key)
 		require.Equal(t, http.StatusConflict, again.status, "%s", again.body)
 		require.Equal(t, problem+"outcome-unknown", again.problemType())

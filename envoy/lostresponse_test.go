@@ -2,7 +2,6 @@ package envoy
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
@@ -11,6 +10,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/toxi"
 )
 
 // loseResponse is the toxic of the story: on the downstream stream (Envoy
@@ -27,14 +29,15 @@ var loseResponse = map[string]any{"timeout": 0}
 // on its way to the client, the client retries with the same key and gets
 // the first charge back; the backend ran once.
 func TestEndToEnd_LostResponse(t *testing.T) {
+	t.Parallel()
 	s := startStack(t)
-	tp := startToxiproxy(t)
+	tp := toxi.Start(t, binDir)
 	envoyAddr := strings.TrimPrefix(s.url, "http://")
 
 	t.Run("the retry after a lost response replays the charge", func(t *testing.T) {
 		t.Parallel()
-		front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		tp.createProxy(t, "envoy_front", front, envoyAddr)
+		front := testenv.Addr(t)
+		tp.CreateProxy(t, "envoy_front", front, envoyAddr)
 		charge := func(timeout time.Duration, key string) (*http.Response, []byte, error) {
 			return send("http://"+front+"/charge", key, timeout)
 		}
@@ -43,14 +46,14 @@ func TestEndToEnd_LostResponse(t *testing.T) {
 		_, _, err := charge(10*time.Second, "")
 		require.NoError(t, err, "Toxiproxy passes traffic before the toxic")
 
-		tp.addToxic(t, "envoy_front", "lose_response", "timeout", "downstream", loseResponse)
+		tp.AddToxic(t, "envoy_front", "lose_response", "timeout", "downstream", loseResponse)
 		start := time.Now()
 		resp, _, err := charge(1500*time.Millisecond, key)
 		require.Error(t, err, "the response must be lost, got %v", resp)
 		t.Logf("lost: the client gave up after %v: %v", time.Since(start).Round(time.Millisecond), err)
-		waitFor(t, 5*time.Second, "the charge at the backend", func() bool { return s.executions(t, key) == 1 })
+		testenv.WaitFor(t, 5*time.Second, "the charge at the backend", func() bool { return s.executions(t, key) == 1 })
 
-		tp.removeToxic(t, "envoy_front", "lose_response")
+		tp.RemoveToxic(t, "envoy_front", "lose_response")
 		resp, body, err := charge(10*time.Second, key)
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
@@ -86,14 +89,14 @@ func TestEndToEnd_LostResponse(t *testing.T) {
 
 // lostResponseScript runs deploy/demo/lost-response.sh with a new Toxiproxy
 // proxy named proxy in front of upstream, and returns its output.
-func lostResponseScript(t *testing.T, tp *toxiproxy, proxy, upstream, backend string) (string, error) {
+func lostResponseScript(t *testing.T, tp *toxi.Toxiproxy, proxy, upstream, backend string) (string, error) {
 	t.Helper()
 	_, err := exec.LookPath("curl")
 	require.NoError(t, err, "lost-response.sh needs curl")
-	front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	front := testenv.Addr(t)
 	cmd := exec.Command("bash", "../deploy/demo/lost-response.sh")
 	cmd.Env = append(cmd.Environ(),
-		"TOXIPROXY_API="+tp.api,
+		"TOXIPROXY_API="+tp.API,
 		"FRONT=http://"+front,
 		"BACKEND_STATS="+backend+"/stats",
 		"PROXY_NAME="+proxy,

@@ -12,6 +12,7 @@ import (
 // stream's protocol_config, and idemproxy refuses instead of letting the
 // request through unguarded.
 func TestEndToEnd_BodyNotBuffered(t *testing.T) {
+	t.Parallel()
 	s := startStackWith(t, stackConfig{
 		envoyEdits: [][2]string{{"request_body_mode: BUFFERED", "request_body_mode: NONE"}},
 	})

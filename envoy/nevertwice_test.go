@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // TestNeverTwice_ClientHangsUpMidBody: the client reads the 200 status line,
@@ -23,6 +25,7 @@ import (
 // status, never a second execution (the previous version treated it as an
 // unknown outcome: 409 for the lock TTL, then a re-run).
 func TestNeverTwice_ClientHangsUpMidBody(t *testing.T) {
+	t.Parallel()
 	s := startStack(t, "--lock-ttl", "1s", "--heartbeat", "300ms")
 	key := newKey(t)
 	// 512 KiB in 32 KiB chunks, 50 ms apart: the body takes most of a second.
@@ -42,7 +45,7 @@ func TestNeverTwice_ClientHangsUpMidBody(t *testing.T) {
 	// The stream's end reaches idemproxy just after the hang-up: until it
 	// stores the outcome, a retry may still see the key in progress.
 	var r reply
-	waitFor(t, 10*time.Second, "the key to be settled", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "the key to be settled", func() bool {
 		r = s.do(t, "POST", path, "", "Host", "payments.example", "Idempotency-Key", key)
 		return r.problemType() != problem+"in-progress"
 	})
@@ -64,10 +67,11 @@ func TestNeverTwice_ClientHangsUpMidBody(t *testing.T) {
 // outcome-unknown, also after the lock TTL (the previous version let the
 // lock expire and ran the job again).
 func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
+	t.Parallel()
 	const lockTTL = 2 * time.Second
 	flags := []string{"--lock-ttl", lockTTL.String(), "--heartbeat", "500ms"}
 	s := startStack(t, append([]string{"--shutdown-grace", "500ms"}, flags...)...)
-	grpcAddr := s.idemproxy.logAddr(t, "grpc listening")
+	grpcAddr := s.idemproxy.LogAddr(t, "grpc listening")
 	key := newKey(t)
 	const path = "/slow?delay=5s"
 
@@ -79,10 +83,10 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 		}
 		first <- r
 	}()
-	waitFor(t, 10*time.Second, "the job at the backend", func() bool { return s.executions(t, key) == 1 })
-	require.NoError(t, s.idemproxy.cmd.Process.Signal(syscall.SIGTERM))
+	testenv.WaitFor(t, 10*time.Second, "the job at the backend", func() bool { return s.executions(t, key) == 1 })
+	require.NoError(t, s.idemproxy.Signal(syscall.SIGTERM))
 	select {
-	case <-s.idemproxy.done:
+	case <-s.idemproxy.Done():
 	case <-time.After(10 * time.Second):
 		require.FailNow(t, "idemproxy did not exit after SIGTERM")
 	}
@@ -93,12 +97,12 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		require.FailNow(t, "the cut request never ended")
 	}
-	require.Contains(t, s.idemproxy.out.String(), "key held until an operator clears it", "the key was marked before exiting")
+	require.Contains(t, s.idemproxy.Output(), "key held until an operator clears it", "the key was marked before exiting")
 
-	s.idemproxy, _, s.adminURL = runIdemproxy(t, s.redis.URL(), grpcAddr,
+	s.idemproxy, _, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), grpcAddr, "debug",
 		append([]string{"--admin-token", adminToken, "--held-keys-interval", "200ms"}, flags...)...)
 	var retries int
-	waitFor(t, 2*lockTTL+15*time.Second, "retries past twice the lock TTL", func() bool {
+	testenv.WaitFor(t, 2*lockTTL+15*time.Second, "retries past twice the lock TTL", func() bool {
 		r, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
 		require.NoError(t, err)
 		if r.status == http.StatusInternalServerError && r.problemType() == "" && retries == 0 {
@@ -114,7 +118,7 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 
 	// The operator finds the held key without knowing the client's key,
 	// and settles it by id.
-	waitFor(t, 5*time.Second, "the held-keys gauge", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "the held-keys gauge", func() bool {
 		return s.metric(t, `idemproxy_held_keys{state="outcome_unknown"}`) == 1
 	})
 	var page struct {
@@ -150,6 +154,7 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 // replicas replay A's response. (With the opt-in takeover, B runs it a
 // second time: TestEndToEnd_LeaseLost.)
 func TestNeverTwice_LeaseRunsOut(t *testing.T) {
+	t.Parallel()
 	shared := startShared(t)
 	a := addFrontend(t, shared, frontendConfig{idemproxyArgs: leaseFlags, envoyEdits: [][2]string{patientEnvoy}})
 	b := addFrontend(t, shared, frontendConfig{idemproxyArgs: leaseFlags})
@@ -165,12 +170,12 @@ func TestNeverTwice_LeaseRunsOut(t *testing.T) {
 		}
 		aReply <- r
 	}()
-	waitFor(t, 10*time.Second, "A's request at the backend", func() bool { return shared.executions(t, key) == 1 })
+	testenv.WaitFor(t, 10*time.Second, "A's request at the backend", func() bool { return shared.executions(t, key) == 1 })
 	resume := pauseProcess(t, a.idemproxy)
 	frozen := time.Now()
 
 	var inProgress, unknown int
-	waitFor(t, 15*time.Second, "B's retries to meet the unknown outcome", func() bool {
+	testenv.WaitFor(t, 15*time.Second, "B's retries to meet the unknown outcome", func() bool {
 		r := b.do(t, "POST", path, body, hdrs...)
 		require.Equal(t, http.StatusConflict, r.status, "B never runs the key: %s", r.body)
 		switch r.problemType() {

@@ -7,12 +7,15 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // TestEndToEnd_RoutePolicy: two routes of the shipped envoy.yaml, two
 // policies, sent per route as gRPC metadata, no idemproxy restart. /strict/
 // requires a key and locks for 10 s; the default route locks for 30 s.
 func TestEndToEnd_RoutePolicy(t *testing.T) {
+	t.Parallel()
 	s := startStack(t)
 
 	t.Run("a keyless request is refused on the strict route and passes elsewhere", func(t *testing.T) {
@@ -25,12 +28,11 @@ func TestEndToEnd_RoutePolicy(t *testing.T) {
 	t.Run("each route locks for its own TTL", func(t *testing.T) {
 		retryAfter := func(path string) int {
 			key := newKey(t)
-			first := make(chan reply, 1)
-			go func() { first <- s.do(t, "POST", path, "", "Idempotency-Key", key) }()
-			waitFor(t, 5*time.Second, "the first request to reach the backend", func() bool { return s.executions(t, key) == 1 })
+			first := s.goDo("POST", path, "", "Idempotency-Key", key)
+			testenv.WaitFor(t, 5*time.Second, "the first request to reach the backend", func() bool { return s.executions(t, key) == 1 })
 			dup := s.do(t, "POST", path, "", "Idempotency-Key", key)
 			require.Equal(t, http.StatusConflict, dup.status, "%s", dup.body)
-			require.Equal(t, http.StatusOK, (<-first).status)
+			require.Equal(t, http.StatusOK, await(t, first, 10*time.Second, "the first request").status)
 			n, err := strconv.Atoi(dup.header.Get("Retry-After"))
 			require.NoError(t, err)
 			return n
@@ -56,6 +58,7 @@ func TestEndToEnd_RoutePolicy(t *testing.T) {
 // TestEndToEnd_RoutePolicyInvalid: a route whose metadata idemproxy cannot
 // read refuses its requests with a problem, never runs them unguarded.
 func TestEndToEnd_RoutePolicyInvalid(t *testing.T) {
+	t.Parallel()
 	s := startStackWith(t, stackConfig{envoyEdits: [][2]string{{"value: 10s }", "value: soon }"}}})
 	key := newKey(t)
 	r := s.do(t, "POST", "/strict/charge", "", "Idempotency-Key", key)

@@ -3,30 +3,28 @@ package envoy
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // stack is the demo, started for one test: Redis, the backend, idemproxy
 // and Envoy with the shipped envoy.yaml.
 type stack struct {
-	redis       *redistest.Server
-	backendProc *process
+	redis       *redistopo.Server
+	backendProc *testenv.Process
 	backendAddr string
 	backend     string // base URL
-	idemproxy   *process
+	idemproxy   *testenv.Process
 	adminURL    string // idemproxy admin
-	envoy       *process
+	envoy       *testenv.Process
 	url         string // Envoy listener base URL
-	envoyAdmin  int
+	envoyAdmin  string // Envoy admin host:port
 	client      *http.Client
 }
 
@@ -47,38 +45,24 @@ func startStack(t *testing.T, idemproxyArgs ...string) *stack {
 
 func startStackWith(t *testing.T, c stackConfig) *stack {
 	t.Helper()
-	envoyBin := envoyBinary(t)
-	s := &stack{redis: redistest.Start(t, c.redisArgs...)}
-
-	s.backendProc = startBackend(t, "127.0.0.1:0")
-	s.backendAddr = s.backendProc.logAddr(t, "listening")
-	s.backend = "http://" + s.backendAddr
-
-	args := append([]string{
-		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-		"--redis-url", s.redis.URL(), "--log-level", "debug",
-	}, c.idemproxyArgs...)
-	s.idemproxy = startProcess(t, "idemproxy", filepath.Join(binDir, "idemproxy"), args...)
-	grpcAddr := s.idemproxy.logAddr(t, "grpc listening")
-	s.adminURL = "http://" + s.idemproxy.logAddr(t, "admin listening")
-	waitFor(t, 10*time.Second, "idemproxy /readyz", func() bool {
-		resp, err := http.Get(s.adminURL + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-
-	ports := envoyPorts{listener: freePort(t), admin: freePort(t), idemproxy: grpcAddr, backend: s.backendAddr,
-		edits: c.envoyEdits}
-	cfg := renderConfig(t, "envoy.yaml", ports)
-	s.envoy = startEnvoy(t, envoyBin, cfg, ports.admin)
-	s.envoyAdmin = ports.admin
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", ports.listener)
-	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
-	t.Cleanup(s.client.CloseIdleConnections)
+	envoyBin := testenv.EnvoyBin(t)
+	s := startSharedWith(t, c.redisArgs...)
+	var grpcAddr string
+	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", c.idemproxyArgs...)
+	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, Edits: c.envoyEdits}, 256)
 	return s
+}
+
+// startEnvoy runs an Envoy in front of c.ExtProc and c.Backend, on free
+// ports, and points the stack's client at it.
+func (s *stack) startEnvoy(t *testing.T, bin string, c testenv.EnvoyConfig, conns int) {
+	t.Helper()
+	c.Listener, c.Admin = testenv.Port(t), testenv.Port(t)
+	s.envoy = testenv.StartEnvoy(t, bin, testenv.WriteEnvoyConfig(t, "envoy.yaml", c), c.Admin)
+	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", c.Admin)
+	s.url = fmt.Sprintf("http://127.0.0.1:%d", c.Listener)
+	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
+	t.Cleanup(s.client.CloseIdleConnections)
 }
 
 // reply is what a client saw.
@@ -104,12 +88,39 @@ func (r reply) problemType() string {
 func (r reply) replayed() bool { return r.header.Get("Idempotent-Replayed") == "true" }
 
 // do sends one request through Envoy. headers are name/value pairs; a
-// "Host" pair sets the authority. Any wire error fails the test.
+// "Host" pair sets the authority. Any wire error fails the test, so do
+// runs on the test goroutine only; a goroutine uses tryDo.
 func (s *stack) do(t testing.TB, method, path, body string, headers ...string) reply {
 	t.Helper()
 	r, err := s.tryDo(method, path, body, headers...)
 	require.NoError(t, err)
 	return r
+}
+
+// result is a reply, or the wire error that kept it from coming.
+type result struct {
+	reply
+	err error
+}
+
+// goDo sends one request through Envoy on a goroutine of its own, which
+// never touches the test (see do), and returns where its result arrives.
+func (s *stack) goDo(method, path, body string, headers ...string) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		r, err := s.tryDo(method, path, body, headers...)
+		ch <- result{r, err}
+	}()
+	return ch
+}
+
+// await waits up to timeout for a goDo result and fails the test on a wire
+// error, as do would have.
+func await(t testing.TB, ch <-chan result, timeout time.Duration, what string) reply {
+	t.Helper()
+	res := testenv.Receive(t, ch, timeout, what)
+	require.NoError(t, res.err, what)
+	return res.reply
 }
 
 // backendStats is the mock backend's /stats.
@@ -136,29 +147,21 @@ func (s *stack) executions(t testing.TB, key string) int {
 	return s.stats(t).Keys[key]
 }
 
-// metric returns the value of one idemproxy metric line, e.g.
+// metric returns the value of one idemproxy series, e.g.
 // `idemproxy_requests_total{outcome="replayed"}`.
 func (s *stack) metric(t testing.TB, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(s.adminURL + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			var f float64
-			_, err := fmt.Sscan(v, &f)
-			require.NoError(t, err)
-			return f
-		}
-	}
-	require.FailNow(t, "metric not found", series)
-	return 0
+	return testenv.Metric(t, s.adminURL+"/metrics", series)
+}
+
+// envoyStat reads one counter of this stack's Envoy.
+func (s *stack) envoyStat(t testing.TB, name string) int {
+	t.Helper()
+	return testenv.EnvoyStat(t, s.envoyAdmin, name)
 }
 
 // startBackend runs the mock backend; its slow job takes 5 s by default.
-func startBackend(t *testing.T, addr string) *process {
+func startBackend(t *testing.T, addr string) *testenv.Process {
 	t.Helper()
-	return startProcess(t, "backend", filepath.Join(binDir, "backend"), "--addr", addr, "--slow-delay", "5s")
+	return startBin(t, "backend", "backend", "--addr", addr, "--slow-delay", "5s")
 }

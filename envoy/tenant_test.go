@@ -13,6 +13,7 @@ import (
 // the other's stored response: its request runs and gets its own charge. A
 // request without the header is a scope of its own, too.
 func TestEndToEnd_TenantIsolation(t *testing.T) {
+	t.Parallel()
 	s := startStack(t, "--scope-headers", "x-tenant-id")
 	key := newKey(t)
 	const body = `{"amount":5000}`

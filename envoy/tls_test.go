@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,7 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // envoyUpstreamTLS makes Envoy's idemproxy cluster speak mutual TLS.
@@ -46,8 +46,9 @@ func envoyUpstreamTLS(p testPKI) [2]string {
 // TestEndToEnd_TLS: Envoy talks to idemproxy over mutual TLS, and idemproxy
 // talks to a Redis that only accepts TLS and an ACL user with a password.
 func TestEndToEnd_TLS(t *testing.T) {
+	t.Parallel()
 	pki := newTestPKI(t)
-	redisTLSPort := freePort(t)
+	redisTLSPort := testenv.Port(t)
 	s := startStackWith(t, stackConfig{
 		redisArgs: []string{
 			"--tls-port", strconv.Itoa(redisTLSPort),
@@ -75,7 +76,7 @@ func TestEndToEnd_TLS(t *testing.T) {
 		require.Equal(t, 1, s.executions(t, key))
 	})
 
-	grpcAddr := s.idemproxy.logAddr(t, "grpc listening")
+	grpcAddr := s.idemproxy.LogAddr(t, "grpc listening")
 	check := func(t *testing.T, creds credentials.TransportCredentials) error {
 		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(creds))
 		require.NoError(t, err)
@@ -106,13 +107,14 @@ func TestEndToEnd_TLS(t *testing.T) {
 // TestEndToEnd_RedisWrongPassword: with credentials Redis refuses, idemproxy
 // does not report ready and says why in its log.
 func TestEndToEnd_RedisWrongPassword(t *testing.T) {
-	rs := redistest.Start(t, "--user", "default", "off", "--user", "alice", "on", ">s3cret-pass", "~*", "&*", "+@all")
-	p := startProcess(t, "idemproxy", filepath.Join(binDir, "idemproxy"),
+	t.Parallel()
+	rs := redistopo.Start(t, "--user", "default", "off", "--user", "alice", "on", ">s3cret-pass", "~*", "&*", "+@all")
+	p := startBin(t, "idemproxy", "idemproxy",
 		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--redis-url", "redis://alice:wrong-pass@"+rs.Addr+"/0", "--health-interval", "100ms")
-	admin := "http://" + p.logAddr(t, "admin listening")
-	waitFor(t, 10*time.Second, "the failed Redis check to be logged", func() bool {
-		return strings.Contains(p.out.String(), "WRONGPASS")
+	admin := "http://" + p.LogAddr(t, "admin listening")
+	testenv.WaitFor(t, 10*time.Second, "the failed Redis check to be logged", func() bool {
+		return strings.Contains(p.Output(), "WRONGPASS")
 	})
 	resp, err := http.Get(admin + "/readyz")
 	require.NoError(t, err)

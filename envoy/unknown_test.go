@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/toxi"
 )
 
 // TestEndToEnd_UnknownOutcome is scenario 8 of RELIABILITY.md: Toxiproxy
@@ -19,8 +22,9 @@ import (
 // runs again. Cut mid-body, the status is known: the key is completed
 // without its body and never re-runs.
 func TestEndToEnd_UnknownOutcome(t *testing.T) {
+	t.Parallel()
 	shared := startShared(t)
-	tp := startToxiproxy(t)
+	tp := toxi.Start(t, binDir)
 
 	t.Run("with rerun-after-ttl the key runs again only after the lock TTL", func(t *testing.T) {
 		t.Parallel()
@@ -43,7 +47,7 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 		var conflicts int
 		var again reply
 		var usable time.Duration
-		waitFor(t, lockTTL+10*time.Second, "the key to run again after the lock TTL", func() bool {
+		testenv.WaitFor(t, lockTTL+10*time.Second, "the key to run again after the lock TTL", func() bool {
 			sent := time.Since(cutAt)
 			again = s.do(t, "POST", path, body, "Idempotency-Key", key)
 			if again.status == http.StatusConflict && again.problemType() == problem+"in-progress" {
@@ -89,7 +93,7 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 		// until then, outcome-unknown after, and never a run.
 		var held, inProgress int
 		var refused time.Duration
-		waitFor(t, 10*time.Second, "retries refused for twice the lock TTL", func() bool {
+		testenv.WaitFor(t, 10*time.Second, "retries refused for twice the lock TTL", func() bool {
 			r := s.do(t, "POST", path, body, "Idempotency-Key", key)
 			require.Equal(t, http.StatusConflict, r.status, "%s", r.body)
 			switch r.problemType() {
@@ -143,7 +147,7 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 		restore()
 
 		var r reply
-		waitFor(t, 10*time.Second, "the key to be settled", func() bool {
+		testenv.WaitFor(t, 10*time.Second, "the key to be settled", func() bool {
 			r = s.do(t, "POST", path, "", "Idempotency-Key", key)
 			return r.problemType() != problem+"in-progress"
 		})
@@ -162,20 +166,20 @@ func TestEndToEnd_UnknownOutcome(t *testing.T) {
 // on the backend's answers (close the connection after that many bytes),
 // behind a bandwidth toxic of rate KB/s unless rate is 0, and returns the
 // function that removes them.
-func cutFrontend(t *testing.T, shared *stack, tp *toxiproxy, proxy string, args ...string) (*stack, func(map[string]any, int) func()) {
+func cutFrontend(t *testing.T, shared *stack, tp *toxi.Toxiproxy, proxy string, args ...string) (*stack, func(map[string]any, int) func()) {
 	t.Helper()
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tp.createProxy(t, proxy, listen, shared.backendAddr)
+	listen := testenv.Addr(t)
+	tp.CreateProxy(t, proxy, listen, shared.backendAddr)
 	s := addFrontend(t, shared, frontendConfig{idemproxyArgs: args, backendAddr: listen})
 	cut := func(limit map[string]any, rate int) func() {
 		if rate > 0 {
-			tp.addToxic(t, proxy, "trickle", "bandwidth", "downstream", map[string]any{"rate": rate})
+			tp.AddToxic(t, proxy, "trickle", "bandwidth", "downstream", map[string]any{"rate": rate})
 		}
-		tp.addToxic(t, proxy, "cut", "limit_data", "downstream", limit)
+		tp.AddToxic(t, proxy, "cut", "limit_data", "downstream", limit)
 		return func() {
-			tp.removeToxic(t, proxy, "cut")
+			tp.RemoveToxic(t, proxy, "cut")
 			if rate > 0 {
-				tp.removeToxic(t, proxy, "trickle")
+				tp.RemoveToxic(t, proxy, "trickle")
 			}
 		}
 	}

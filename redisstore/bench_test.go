@@ -6,13 +6,13 @@ import (
 	"time"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // Each store operation against a real redis-server on loopback: one round
 // trip each, so these are mostly Redis and network latency.
 func BenchmarkStore(b *testing.B) {
-	srv := redistest.Start(b)
+	srv := redistopo.Start(b)
 	s := New(srv.Client(b), Options{})
 	ctx := b.Context()
 	rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, BodyStored: true,

@@ -5,8 +5,8 @@ import (
 	"time"
 
 	"github.com/idemproxy/idemproxy/internal/storetest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 	"github.com/idemproxy/idemproxy/processor"
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
 )
 
 // The Store satisfies the interface its consumer defines. The check lives in
@@ -18,7 +18,7 @@ var _ processor.Store = (*Store)(nil)
 // the processor runs the same table on its fake.
 func TestStore_conformance(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
+	srv := redistopo.Start(t)
 	storetest.Run(t, func(t *testing.T) storetest.Subject {
 		// One Redis for the whole table; a prefix per behaviour keeps them apart.
 		s := New(srv.Client(t), Options{Prefix: "conformance:" + t.Name() + ":"})

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 func TestStore_scriptCache(t *testing.T) {
@@ -45,7 +45,7 @@ func TestStore_scriptCache(t *testing.T) {
 
 func TestStore_redisDown(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
+	srv := redistopo.Start(t)
 	// No command retries and one quick dial retry, so the test does not
 	// wait through the client's backoff.
 	c := redis.NewClient(&redis.Options{

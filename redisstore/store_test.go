@@ -13,14 +13,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // newTestStore starts a Redis for one test and returns a store on it and a
 // client for looking at what the store wrote.
-func newTestStore(t *testing.T) (*Store, *redis.Client, *redistest.Server) {
+func newTestStore(t *testing.T) (*Store, *redis.Client, *redistopo.Server) {
 	t.Helper()
-	srv := redistest.Start(t)
+	srv := redistopo.Start(t)
 	c := srv.Client(t)
 	return New(c, Options{}), c, srv
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (redis-server, Envoy), then
-# runs vet and the whole suite with the race detector. The tests start their
-# own Redis, Envoy, idemproxy and backend on free loopback ports.
+# runs the style checks (scripts/lint.sh) and the whole suite with the race
+# detector. The tests start their own Redis, Envoy, idemproxy and backend on
+# free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -11,10 +12,12 @@ ensure_redis
 ensure_envoy
 note "Envoy: $ENVOY_BIN"
 
-note "go vet ./..."
-go vet ./...
+./scripts/lint.sh
+# -parallel 4: the end-to-end tests that run in parallel spend most of their
+# time waiting out lock TTLs and slow backends, not on the CPU; the storms,
+# which are CPU-bound, run alone before them.
 note "go test -race ./..."
-go test -race -count=1 -timeout 12m "$@" ./...
+go test -race -count=1 -timeout 12m -parallel 4 "$@" ./...
 # Fuzzing, after the suite (which already ran every seed and committed
 # corpus entry): each target for a bounded time, one after another, since
 # go test fuzzes one target per run. A failure writes its input under the

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,12 +9,13 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // TestMain fails the package if a test leaves a goroutine behind: run must
@@ -100,43 +100,13 @@ func TestRun_Help(t *testing.T) {
 	require.Contains(t, stdout.String(), "-addr")
 }
 
-// syncBuffer is written by the server goroutine while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // listeningAddr finds the address in the "listening" log line, or "".
-func listeningAddr(logs string) string {
-	sc := bufio.NewScanner(strings.NewReader(logs))
-	for sc.Scan() {
-		var line struct {
-			Msg  string `json:"msg"`
-			Addr string `json:"addr"`
-		}
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
-			return line.Addr
-		}
-	}
-	return ""
-}
+func listeningAddr(logs string) string { return testenv.FindLogAddr(logs, "listening") }
 
 func TestRun_ServesUntilCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var logs syncBuffer
+	var logs testenv.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--log-level", "debug"}, io.Discard, &logs)
@@ -181,7 +151,7 @@ func TestRun_ServesUntilCancelled(t *testing.T) {
 func TestRun_ShutdownEndsSlowRequests(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var logs syncBuffer
+	var logs testenv.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"--addr=127.0.0.1:0", "--slow-delay=10m"}, io.Discard, &logs) }()
 
@@ -222,5 +192,5 @@ func TestRun_ShutdownEndsSlowRequests(t *testing.T) {
 	case <-time.After(shutdownTimeout / 2):
 		t.Fatal("run waited for the slow request instead of ending it")
 	}
-	<-slowDone
+	testenv.Receive(t, slowDone, 5*time.Second, "the slow request to end")
 }

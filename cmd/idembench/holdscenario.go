@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // Scenario (f)'s idemproxy renews locks every holdHeartbeat, so that its
@@ -49,7 +51,7 @@ func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	for i := range reqs {
 		reqs[i] = slowRequest(b.nonce+"-dup-"+strconv.Itoa(i), "3s")
 	}
-	start, err := metric(ctx, b.st.http, idem.admin, acquiredSeries)
+	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
 	if err != nil {
 		return r, err
 	}
@@ -134,16 +136,16 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	if err != nil {
 		return r, err
 	}
-	idle, err := procMemory(idem.pid())
+	idle, err := testenv.ProcessMemory(idem.Pid())
 	if err != nil {
 		return r, err
 	}
-	r.RSSIdleKiB = idle.rss
-	if r.GoroutinesIdle, err = metric(ctx, b.st.http, idem.admin, "go_goroutines"); err != nil {
+	r.RSSIdleKiB = idle.RSS
+	if r.GoroutinesIdle, err = testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", "go_goroutines"); err != nil {
 		return r, err
 	}
-	_ = resetPeakRSS(idem.pid())
-	start, err := metric(ctx, b.st.http, idem.admin, acquiredSeries)
+	_ = testenv.ResetPeakRSS(idem.Pid())
+	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
 	if err != nil {
 		return r, err
 	}
@@ -172,11 +174,11 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	if err != nil {
 		return r, err
 	}
-	held, err := procMemory(idem.pid())
+	held, err := testenv.ProcessMemory(idem.Pid())
 	if err != nil {
 		return r, err
 	}
-	r.RSSHeldKiB, r.PeakRSSKiB, r.GoroutinesHeld = held.rss, held.peak, after.metrics["goroutines"]
+	r.RSSHeldKiB, r.PeakRSSKiB, r.GoroutinesHeld = held.RSS, held.Peak, after.metrics["goroutines"]
 	wall := after.at.Sub(before.at).Seconds()
 	r.WindowSeconds = wall
 	r.Redis = classifyRedis(before.redis, after.redis)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 func reader(s string) *bufio.Reader { return bufio.NewReaderSize(strings.NewReader(s), 64) }
@@ -105,7 +107,7 @@ func TestHTTPConn_RoundTrip(t *testing.T) {
 	})
 
 	t.Run("an unreachable address is an error", func(t *testing.T) {
-		addr, err := freeAddr()
+		addr, err := testenv.FreeAddr()
 		require.NoError(t, err)
 		_, err = newHTTPConn(addr, time.Second).roundTrip(appendCharge(nil, nil))
 		require.Error(t, err)

@@ -11,10 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 func TestNullProcessor_Process(t *testing.T) {
-	addr, err := freeAddr()
+	addr, err := testenv.FreeAddr()
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)
@@ -61,5 +63,5 @@ func TestNullProcessor_Process(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF)
 
 	cancel()
-	require.NoError(t, <-served)
+	require.NoError(t, testenv.Receive(t, served, 10*time.Second, "the null server to stop"))
 }

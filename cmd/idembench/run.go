@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // run measures every selected scenario: all saturation runs first, since
@@ -18,8 +20,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		Warmup: b.cfg.warmup.String(), Duration: b.cfg.duration.String(),
 		Envoy: version(b.cfg.bins.envoy, "--version"), Redis: version(b.cfg.bins.redis, "--version"),
 		Go: runtime.Version()}
-	if !strings.Contains(rep.Envoy, "/"+envoyVersion+"/") {
-		fmt.Fprintf(b.progress, "warning: Envoy is not %s: %s\n", envoyVersion, rep.Envoy)
+	if !strings.Contains(rep.Envoy, "/"+testenv.EnvoyVersion+"/") {
+		fmt.Fprintf(b.progress, "warning: Envoy is not %s: %s\n", testenv.EnvoyVersion, rep.Envoy)
 	}
 	var selected []scenario
 	for _, sc := range loadScenarios {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // scenario is one kind of traffic through one Envoy setup.
@@ -73,8 +75,8 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 		return phaseResult{}, err
 	}
 	if ext != nil {
-		if err := resetPeakRSS(ext.pid()); err != nil {
-			fmt.Fprintf(b.progress, "warning: cannot reset the peak RSS of %s (%v); it is the peak since start\n", ext.name, err)
+		if err := testenv.ResetPeakRSS(ext.Pid()); err != nil {
+			fmt.Fprintf(b.progress, "warning: cannot reset the peak RSS of %s (%v); it is the peak since start\n", ext.Name(), err)
 		}
 	}
 	var answered atomic.Int64
@@ -99,11 +101,11 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 	}
 	var peak int64 = -1
 	if ext != nil {
-		m, err := procMemory(ext.pid())
+		m, err := testenv.ProcessMemory(ext.Pid())
 		if err != nil {
 			return phaseResult{}, err
 		}
-		peak = m.peak
+		peak = m.Peak
 	}
 	return newPhaseResult(ph, b.cfg, res, before, after, peak), nil
 }
@@ -137,22 +139,22 @@ func (b *bench) sample(ctx context.Context, env, ext *server, answered *atomic.I
 	if answered != nil {
 		s.answered = answered.Load()
 	}
-	roles := map[string]int{"envoy": env.pid(), "loadgen": os.Getpid()}
+	roles := map[string]int{"envoy": env.Pid(), "loadgen": os.Getpid()}
 	if ext != nil {
-		roles["server"] = ext.pid()
+		roles["server"] = ext.Pid()
 	}
 	if b.st.backend != nil {
-		roles["backend"] = b.st.backend.pid()
+		roles["backend"] = b.st.backend.Pid()
 	}
 	if b.st.redis != nil {
-		roles["redis"] = b.st.redis.pid()
+		roles["redis"] = b.st.redis.Pid()
 	}
 	var err error
-	if s.machine, err = machineCPU(); err != nil {
+	if s.machine, err = testenv.MachineCPU(); err != nil {
 		return s, err
 	}
 	for role, pid := range roles {
-		d, err := procCPU(pid)
+		d, err := testenv.ProcessCPU(pid)
 		if err != nil {
 			return s, fmt.Errorf("cpu of %s: %w", role, err)
 		}
@@ -161,16 +163,16 @@ func (b *bench) sample(ctx context.Context, env, ext *server, answered *atomic.I
 	if s.redis, err = b.redisCalls(ctx); err != nil {
 		return s, err
 	}
-	if s.streams, err = envoyCounter(ctx, b.st.http, env.admin, "http.ingress.ext_proc.streams_started"); err != nil {
+	if s.streams, err = testenv.EnvoyCounter(ctx, b.st.http, env.admin, "http.ingress.ext_proc.streams_started"); err != nil {
 		return s, err
 	}
 	if ext != nil && ext.admin != "" {
-		text, err := getText(ctx, b.st.http, "http://"+ext.admin+"/metrics")
+		m, err := testenv.ScrapeMetrics(ctx, b.st.http, "http://"+ext.admin+"/metrics")
 		if err != nil {
 			return s, err
 		}
 		for name, series := range decisionSeries {
-			if v, ok := metricValue(text, series); ok {
+			if v, ok := m.Value(series); ok {
 				s.metrics[name] = v
 			}
 		}

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // TestIdembench_Smoke runs the real benchmark end to end with tiny runs:
@@ -17,16 +19,13 @@ import (
 // It checks what the run reports about behaviour (statuses, Redis round
 // trips, processes cleaned up), never how fast anything was.
 func TestIdembench_Smoke(t *testing.T) {
-	bin := t.TempDir()
-	build := exec.CommandContext(t.Context(), "go", "build", "-o", bin+string(filepath.Separator), "../idemproxy", "../backend", ".")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
+	bin := testenv.BuildBinaries(t, false, "../idemproxy", "../backend", ".")
 
 	jsonPath := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), filepath.Join(bin, "idembench"),
 		"--duration", "300ms", "--warmup", "100ms", "--connections", "8", "--only", "b,c",
-		"--envoy-config", shippedEnvoyYAML, "--json", jsonPath)
+		"--envoy-config", "../../envoy/envoy.yaml", "--json", jsonPath)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	require.NoError(t, cmd.Run(), "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 

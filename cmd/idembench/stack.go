@@ -8,18 +8,24 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // readyTimeout bounds how long one server may take to come up.
 const readyTimeout = 30 * time.Second
 
+// stopGrace is how long a child may take to exit after SIGTERM before it is
+// killed. Every child is told to shut down fast, so this is rarely reached.
+const stopGrace = 5 * time.Second
+
 // server is a started child and the addresses it serves.
 type server struct {
-	*proc
+	*testenv.Process
 	addr  string // main listener, host:port
 	admin string // admin listener, host:port; "" when it has none
 }
@@ -39,10 +45,10 @@ const (
 type stack struct {
 	cfg    config
 	logDir string
-	procs  []*proc
+	procs  []*testenv.Process
 	http   *http.Client
 
-	redis     *server
+	redis     *redistopo.Server
 	rdb       *redis.Client
 	backend   *server
 	null      *server
@@ -62,13 +68,18 @@ func (s *stack) close() {
 		_ = s.rdb.Close()
 	}
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		s.procs[i].stop(stopGrace)
+		s.procs[i].Stop(stopGrace)
 	}
 	s.procs = nil
+	if s.redis != nil {
+		s.redis.Stop()
+	}
 }
 
-func (s *stack) start(name, bin string, args ...string) (*proc, error) {
-	p, err := startProc(s.logDir, name, bin, args...)
+// start starts a child with its output in logDir/name.log.
+func (s *stack) start(name, bin string, args ...string) (*testenv.Process, error) {
+	p, err := testenv.StartProcess(testenv.Command{Name: name, Path: bin, Args: args,
+		LogFile: filepath.Join(s.logDir, name+".log")})
 	if err != nil {
 		return nil, err
 	}
@@ -77,45 +88,21 @@ func (s *stack) start(name, bin string, args ...string) (*proc, error) {
 }
 
 // httpOK is a readiness check: GET url answers 200.
-func (s *stack) httpOK(url string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := s.http.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", url, resp.Status)
-		}
-		return nil
-	}
-}
+func (s *stack) httpOK(url string) func(context.Context) error { return testenv.HTTPOK(s.http, url) }
 
 // Redis starts redis-server without persistence: the benchmark measures
 // the request path, and a save would be a pause in the middle of a run.
-func (s *stack) Redis(ctx context.Context) (*server, error) {
+func (s *stack) Redis(ctx context.Context) (*redistopo.Server, error) {
 	if s.redis != nil {
 		return s.redis, nil
 	}
-	port, err := freePort()
+	srv, err := redistopo.StartServer(redistopo.Options{Bin: s.cfg.bins.redis, Dir: s.logDir,
+		LogFile: filepath.Join(s.logDir, "redis.log")})
 	if err != nil {
-		return nil, err
-	}
-	p, err := s.start("redis", s.cfg.bins.redis, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no")
-	if err != nil {
-		return nil, err
-	}
-	srv := &server{proc: p, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
-	s.rdb = redis.NewClient(&redis.Options{Addr: srv.addr, PoolSize: 2})
-	if err := waitReady(ctx, p, readyTimeout, func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }); err != nil {
 		return nil, err
 	}
 	s.redis = srv
+	s.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 2})
 	return srv, nil
 }
 
@@ -124,7 +111,7 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 	if s.backend != nil {
 		return s.backend, nil
 	}
-	addr, err := freeAddr()
+	addr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -132,10 +119,10 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := waitReady(ctx, p, readyTimeout, s.httpOK("http://"+addr+"/healthz")); err != nil {
+	if err := p.WaitReady(ctx, readyTimeout, s.httpOK("http://"+addr+"/healthz")); err != nil {
 		return nil, err
 	}
-	s.backend = &server{proc: p, addr: addr}
+	s.backend = &server{Process: p, addr: addr}
 	return s.backend, nil
 }
 
@@ -150,24 +137,24 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	if err != nil {
 		return nil, err
 	}
-	grpcAddr, err := freeAddr()
+	grpcAddr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	adminAddr, err := freeAddr()
+	adminAddr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
-		"--redis-url", "redis://" + rs.addr + "/0", "--shutdown-grace", "2s"}, extra...)
+		"--redis-url", rs.URL(), "--shutdown-grace", "2s"}, extra...)
 	p, err := s.start(name, s.cfg.bins.idemproxy, args...)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitReady(ctx, p, readyTimeout, s.httpOK("http://"+adminAddr+"/readyz")); err != nil {
+	if err := p.WaitReady(ctx, readyTimeout, s.httpOK("http://"+adminAddr+"/readyz")); err != nil {
 		return nil, err
 	}
-	srv := &server{proc: p, addr: grpcAddr, admin: adminAddr}
+	srv := &server{Process: p, addr: grpcAddr, admin: adminAddr}
 	s.idemproxy[name] = srv
 	return srv, nil
 }
@@ -182,7 +169,7 @@ func (s *stack) Null(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("null server: own executable: %w", err)
 	}
-	addr, err := freeAddr()
+	addr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -198,10 +185,10 @@ func (s *stack) Null(ctx context.Context) (*server, error) {
 		}
 		return err
 	}
-	if err := waitReady(ctx, p, readyTimeout, dial); err != nil {
+	if err := p.WaitReady(ctx, readyTimeout, dial); err != nil {
 		return nil, err
 	}
-	s.null = &server{proc: p, addr: addr}
+	s.null = &server{Process: p, addr: addr}
 	return s.null, nil
 }
 
@@ -236,38 +223,30 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	src, err := os.ReadFile(s.cfg.envoyYAML)
-	if err != nil {
-		return nil, fmt.Errorf("reading the shipped Envoy config: %w", err)
-	}
-	ec := envoyConfig{backend: be.addr}
+	ec := testenv.EnvoyConfig{Backend: be.addr}
 	if ext != nil {
-		ec.extProc = ext.addr
+		ec.ExtProc = ext.addr
 	}
-	if ec.listener, err = freePort(); err != nil {
+	if ec.Listener, err = testenv.FreePort(); err != nil {
 		return nil, err
 	}
-	if ec.admin, err = freePort(); err != nil {
+	if ec.Admin, err = testenv.FreePort(); err != nil {
 		return nil, err
 	}
-	yaml, err := renderEnvoyConfig(string(src), ec)
+	path, err := testenv.RenderEnvoyFile(s.cfg.envoyYAML, ec, s.logDir, "envoy-"+string(kind)+".yaml")
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(s.logDir, "envoy-"+string(kind)+".yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		return nil, err
-	}
-	p, err := s.start("envoy-"+string(kind), s.cfg.bins.envoy, "-c", path,
-		"--concurrency", "1", "--disable-hot-restart", "-l", "error")
+	c := testenv.EnvoyCommand("envoy-"+string(kind), s.cfg.bins.envoy, path, "error")
+	p, err := s.start(c.Name, c.Path, c.Args...)
 	if err != nil {
 		return nil, err
 	}
-	admin := fmt.Sprintf("127.0.0.1:%d", ec.admin)
-	if err := waitReady(ctx, p, readyTimeout, s.httpOK("http://"+admin+"/ready")); err != nil {
+	admin := fmt.Sprintf("127.0.0.1:%d", ec.Admin)
+	if err := testenv.WaitEnvoyReady(ctx, p, admin); err != nil {
 		return nil, err
 	}
-	srv := &server{proc: p, addr: fmt.Sprintf("127.0.0.1:%d", ec.listener), admin: admin}
+	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", ec.Listener), admin: admin}
 	s.envoys[kind] = srv
 	return srv, nil
 }
@@ -275,9 +254,12 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 // alive fails when a child the run depends on has died.
 func (s *stack) alive() error {
 	for _, p := range s.procs {
-		if done, err := p.exited(); done {
-			return p.failure(errors.Join(errors.New("exited during the run"), err))
+		if done, err := p.Exited(); done {
+			return p.Failure(errors.Join(errors.New("exited during the run"), err))
 		}
+	}
+	if s.redis != nil && !s.redis.Running() {
+		return fmt.Errorf("redis-server exited during the run:\n%s", s.redis.Output())
 	}
 	return nil
 }

@@ -46,7 +46,7 @@ type healthChecker struct {
 
 // errNotChecked refuses keyed requests until Redis's eviction policy has
 // been read once: unknown is not safe.
-var errNotChecked = errors.New("Redis's maxmemory-policy has not been read yet")
+var errNotChecked = errors.New("the maxmemory-policy of Redis has not been read yet")
 
 func newHealthChecker(rdb redis.Cmdable, hs *health.Server, s settings, reg prometheus.Registerer, log *slog.Logger) (*healthChecker, error) {
 	g, err := newHealthGauges(reg)

@@ -1,15 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/idemproxy/idemproxy/redisstore/redistest"
+	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 const (
@@ -29,8 +26,8 @@ const (
 )
 
 func TestRun_servesAndFollowsRedis(t *testing.T) {
-	rs := redistest.Start(t)
-	logs := &syncBuffer{}
+	rs := redistopo.Start(t)
+	logs := &testenv.Buffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
@@ -164,15 +161,12 @@ func TestRun_addressInUse(t *testing.T) {
 }
 
 // logAddr waits for the JSON log line msg and returns its addr field.
-func logAddr(t *testing.T, logs *syncBuffer, done chan error, msg string) string {
+func logAddr(t *testing.T, logs *testenv.Buffer, done chan error, msg string) string {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for time.Now().Before(deadline) {
-		for _, line := range strings.Split(logs.String(), "\n") {
-			var rec struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == msg {
-				return rec.Addr
-			}
+		if addr := testenv.FindLogAddr(logs.String(), msg); addr != "" {
+			return addr
 		}
 		select {
 		case err := <-done:
@@ -183,22 +177,4 @@ func logAddr(t *testing.T, logs *syncBuffer, done chan error, msg string) string
 	}
 	t.Fatalf("no %q log line; logs:\n%s", msg, logs.String())
 	return ""
-}
-
-// syncBuffer is the stderr of run: its goroutines log while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -1,4 +1,4 @@
-package redistest
+package redistopo
 
 import (
 	"testing"
@@ -6,12 +6,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
 
 func TestStart(t *testing.T) {
 	t.Run("server answers on its address and URL", func(t *testing.T) {
@@ -35,7 +30,7 @@ func TestServer_Stop(t *testing.T) {
 		srv := Start(t)
 		srv.Stop()
 		srv.Stop()
-		require.Error(t, ping(srv.Addr))
+		require.Error(t, Ping(srv.Addr))
 	})
 }
 

@@ -1,0 +1,114 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// EnvoyReadyTimeout bounds how long an Envoy may take to answer /ready.
+const EnvoyReadyTimeout = 30 * time.Second
+
+// EnvoyCommand runs Envoy on cfg with one worker thread (the benchmark's
+// unit, and cheap for tests), no hot restart (so several run at once), at
+// logLevel, plus extra flags.
+func EnvoyCommand(name, bin, cfg, logLevel string, extra ...string) Command {
+	args := append([]string{"-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", logLevel}, extra...)
+	return Command{Name: name, Path: bin, Args: args}
+}
+
+// WaitEnvoyReady waits until the Envoy p answers /ready on adminAddr.
+func WaitEnvoyReady(ctx context.Context, p *Process, adminAddr string) error {
+	return p.WaitReady(ctx, EnvoyReadyTimeout, HTTPOK(http.DefaultClient, "http://"+adminAddr+"/ready"))
+}
+
+// StartEnvoy runs Envoy on cfg for one test (at log level warn, see
+// EnvoyCommand and Start) and waits until its admin on 127.0.0.1:adminPort
+// is ready.
+func StartEnvoy(t testing.TB, bin, cfg string, adminPort int) *Process {
+	t.Helper()
+	p := Start(t, EnvoyCommand("envoy", bin, cfg, "warn"))
+	if err := WaitEnvoyReady(t.Context(), p, fmt.Sprintf("127.0.0.1:%d", adminPort)); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return p
+}
+
+// ValidateEnvoyConfig runs `envoy --mode validate`, the authoritative check.
+func ValidateEnvoyConfig(bin, path string) error {
+	out, err := exec.Command(bin, "--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("envoy --mode validate -c %s: %w\n%s", path, err, out)
+	}
+	if !strings.Contains(string(out), "OK") {
+		return fmt.Errorf("envoy --mode validate -c %s: no OK in\n%s", path, out)
+	}
+	return nil
+}
+
+// ValidateEnvoy is ValidateEnvoyConfig for a test.
+func ValidateEnvoy(t testing.TB, bin, path string) {
+	t.Helper()
+	if err := ValidateEnvoyConfig(bin, path); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+// EnvoyCounter reads one counter from the Envoy admin /stats at adminAddr
+// (host:port); a counter never incremented may be absent and reads as 0.
+func EnvoyCounter(ctx context.Context, c *http.Client, adminAddr, name string) (int64, error) {
+	text, err := GetText(ctx, c, "http://"+adminAddr+"/stats?filter=^"+name+"$")
+	if err != nil {
+		return 0, err
+	}
+	line := strings.TrimSpace(text)
+	if line == "" {
+		return 0, nil
+	}
+	_, v, ok := strings.Cut(line, ": ")
+	if !ok {
+		return 0, fmt.Errorf("envoy stat line %q", line)
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("envoy stat line %q: %w", line, err)
+	}
+	return n, nil
+}
+
+// EnvoyStat is EnvoyCounter for a test.
+func EnvoyStat(t testing.TB, adminAddr, name string) int {
+	t.Helper()
+	n, err := EnvoyCounter(t.Context(), http.DefaultClient, adminAddr, name)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return int(n)
+}
+
+// GetText fetches url's body, requiring 200.
+func GetText(ctx context.Context, c *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), nil
+}

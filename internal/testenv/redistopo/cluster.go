@@ -1,0 +1,221 @@
+package redistopo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+)
+
+// Cluster timing: failovers within seconds, not the production defaults.
+const (
+	// ClusterReadyTimeout bounds creating the cluster and each wait on it.
+	ClusterReadyTimeout = 30 * time.Second
+	// clusterBusOffset is where each node's cluster bus listens: port+10000.
+	clusterBusOffset = 10000
+	// maxClusterPort keeps the bus port a valid port.
+	maxClusterPort = 65535 - clusterBusOffset
+)
+
+// ClusterOptions configure StartCluster.
+type ClusterOptions struct {
+	// Bin and CLI are redis-server and redis-cli; "" finds them.
+	Bin, CLI string
+	// Dir holds the nodes' cluster config files (nodes-PORT.conf).
+	Dir string
+}
+
+// Cluster is a Redis Cluster of 3 primaries with one replica each, on
+// loopback. Nodes keep their ports (and node ids) across Kill and Restart.
+type Cluster struct {
+	// Nodes are all six servers; which are primaries changes on failover.
+	Nodes []*Server
+
+	cli  string
+	view []clusterNode // the last CLUSTER NODES seen before a Kill
+}
+
+// clusterArgs are every node's settings: failure detection in a second
+// (node timeout 1 s, a replica always eligible, pings every second), and
+// replication without a disk and without waiting.
+func clusterArgs(dir string, port int) []string {
+	return append([]string{
+		"--cluster-enabled", "yes",
+		"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
+		"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
+	}, replicationArgs...)
+}
+
+// StartCluster starts six nodes, joins them with `redis-cli --cluster
+// create`, and waits until every node reports cluster_state:ok, all 16384
+// slots are covered and every replica is synced.
+func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
+	if o.CLI == "" {
+		var err error
+		if o.CLI, err = testenv.FindRedisCLI(); err != nil {
+			return nil, err
+		}
+	}
+	c := &Cluster{cli: o.CLI}
+	for i := range 6 {
+		s, err := startClusterNode(o, i)
+		if s != nil {
+			c.Nodes = append(c.Nodes, s)
+		}
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
+	if err := c.create(ctx); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// startClusterNode starts node i on a free port below maxClusterPort whose
+// bus port is free too, trying three ports.
+func startClusterNode(o ClusterOptions, i int) (*Server, error) {
+	var err error
+	for range 3 {
+		var port int
+		if port, err = clusterPort(); err != nil {
+			continue
+		}
+		var s *Server
+		name := fmt.Sprintf("cluster-%d", i)
+		s, err = StartServer(Options{Bin: o.Bin, Port: port, Args: clusterArgs(o.Dir, port), Name: name, Dir: subdir(o.Dir, name)})
+		if err == nil {
+			return s, nil
+		}
+	}
+	return nil, err
+}
+
+// clusterPort finds a free port p < 55535 with p+10000 free as well.
+func clusterPort() (int, error) {
+	for range 100 {
+		p, err := testenv.FreePort()
+		if err != nil {
+			return 0, err
+		}
+		if p >= maxClusterPort {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+clusterBusOffset)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p, nil
+	}
+	return 0, errors.New("no free port pair for a cluster node")
+}
+
+// create runs redis-cli --cluster create and waits for the cluster.
+func (c *Cluster) create(ctx context.Context) error {
+	args := []string{"--cluster", "create"}
+	for _, s := range c.Nodes {
+		args = append(args, s.Addr)
+	}
+	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
+	cctx, cancel := context.WithTimeout(ctx, ClusterReadyTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(cctx, c.cli, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+	}
+	return c.WaitHealthy(ctx)
+}
+
+// Running are the nodes whose process is up.
+func (c *Cluster) Running() []*Server {
+	var up []*Server
+	for _, s := range c.Nodes {
+		if s.Running() {
+			up = append(up, s)
+		}
+	}
+	return up
+}
+
+// Addrs are every node's address, for redis.ClusterOptions.Addrs.
+func (c *Cluster) Addrs() []string {
+	addrs := make([]string, len(c.Nodes))
+	for i, s := range c.Nodes {
+		addrs[i] = s.Addr
+	}
+	return addrs
+}
+
+// WaitHealthy waits until every running node says cluster_state:ok with
+// all slots covered and every running replica is synced.
+func (c *Cluster) WaitHealthy(ctx context.Context) error {
+	return testenv.Poll(ctx, ClusterReadyTimeout, func(ctx context.Context) error {
+		for _, s := range c.Running() {
+			info, err := text(ctx, s.Addr, "CLUSTER", "INFO")
+			if err != nil {
+				return err
+			}
+			if field(info, "cluster_state") != "ok" || field(info, "cluster_slots_ok") != "16384" {
+				return fmt.Errorf("%s: cluster_state %s, slots ok %s", s.Addr, field(info, "cluster_state"), field(info, "cluster_slots_ok"))
+			}
+			if r, up, err := role(ctx, s.Addr); err != nil || (r == "slave" && !up) {
+				return fmt.Errorf("%s: replica not synced (%v)", s.Addr, err)
+			}
+		}
+		return nil
+	})
+}
+
+// NewClient returns a cluster client over every node; the caller closes it.
+func (c *Cluster) NewClient() *redis.ClusterClient {
+	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+}
+
+// Stop kills every node.
+func (c *Cluster) Stop() {
+	for _, s := range c.Nodes {
+		s.Stop()
+	}
+}
+
+// node returns the Server at addr.
+func (c *Cluster) node(addr string) (*Server, error) {
+	for _, s := range c.Nodes {
+		if s.Addr == addr {
+			return s, nil
+		}
+	}
+	return nil, fmt.Errorf("no cluster node at %s", addr)
+}
+
+// NewCluster is StartCluster for a test (skipped under -short): every node
+// is stopped in t.Cleanup, its output printed if the test failed.
+func NewCluster(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := StartCluster(t.Context(), ClusterOptions{Bin: testenv.RedisServerBin(t), Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("redistopo: %v", err)
+	}
+	for _, s := range c.Nodes {
+		cleanup(t, s)
+	}
+	return c
+}
+
+// Client returns a cluster client, closed in t.Cleanup.
+func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
+	cc := c.NewClient()
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}

@@ -1,0 +1,91 @@
+package redistopo
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// do runs one command on addr over a client of its own, closed at once,
+// so the waits here leave no pools behind and never retry.
+func do(ctx context.Context, addr string, args ...any) (any, error) {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second,
+		ReadTimeout: time.Second, WriteTimeout: time.Second, PoolSize: 1})
+	defer c.Close()
+	return c.Do(ctx, args...).Result()
+}
+
+// text runs a command whose reply is a string (INFO, CLUSTER INFO/NODES).
+func text(ctx context.Context, addr string, args ...any) (string, error) {
+	v, err := do(ctx, addr, args...)
+	if err != nil {
+		return "", fmt.Errorf("%s %v: %w", addr, args, err)
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("%s %v: reply %T, not a string", addr, args, v)
+	}
+	return s, nil
+}
+
+// field reads "name:value" out of an INFO-style reply.
+func field(info, name string) string {
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// role returns "master" or "slave" and, for a replica, whether its link
+// to the primary is up.
+func role(ctx context.Context, addr string) (string, bool, error) {
+	info, err := text(ctx, addr, "INFO", "replication")
+	if err != nil {
+		return "", false, err
+	}
+	return field(info, "role"), field(info, "master_link_status") == "up", nil
+}
+
+// waitLinked waits until the replica at addr is synced with its primary.
+func waitLinked(ctx context.Context, addr string) error {
+	r, up, err := role(ctx, addr)
+	switch {
+	case err != nil:
+		return err
+	case r != "slave" || !up:
+		return fmt.Errorf("%s: role %s, link up %v", addr, r, up)
+	}
+	return nil
+}
+
+// splitAddr splits host:port with a numeric port.
+func splitAddr(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.Atoi(port)
+	return host, p, err
+}
+
+// subdir makes dir/name for one server of a topology ("" leaves the choice
+// to StartServer).
+func subdir(dir, name string) string {
+	if dir == "" {
+		return ""
+	}
+	path := filepath.Join(dir, name)
+	if os.MkdirAll(path, 0o700) != nil {
+		return ""
+	}
+	return path
+}

@@ -1,0 +1,231 @@
+package redistopo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+)
+
+// MasterName is the name the sentinels monitor the primary under.
+const MasterName = "mymaster"
+
+// SentinelReadyTimeout bounds starting the topology and each wait on it.
+const SentinelReadyTimeout = 30 * time.Second
+
+// replicationArgs make full syncs quick and diskless on both ends: over
+// the socket, at once, loaded straight into the replica's memory.
+var replicationArgs = []string{"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+	"--repl-diskless-load", "on-empty-db", "--repl-ping-replica-period", "1"}
+
+// SentinelOptions configure StartSentinel.
+type SentinelOptions struct {
+	// Bin is redis-server; "" finds it.
+	Bin string
+	// Dir holds the sentinels' config files, which they rewrite.
+	Dir string
+}
+
+// Sentinel is one primary with two replicas, watched by three sentinels
+// (quorum 2) that fail over a primary down for a second.
+type Sentinel struct {
+	// Data are the primary and replicas, the initial primary first; which
+	// is the primary changes on failover.
+	Data []*Server
+	// Sentinels are the three sentinel processes.
+	Sentinels []*Server
+}
+
+// StartSentinel starts the primary, its replicas and the sentinels, and
+// waits until the replicas are synced and every sentinel knows the primary,
+// both replicas and the other two sentinels.
+func StartSentinel(ctx context.Context, o SentinelOptions) (*Sentinel, error) {
+	st := &Sentinel{}
+	primary, err := StartServer(Options{Bin: o.Bin, Args: replicationArgs, Name: "primary", Dir: subdir(o.Dir, "primary")})
+	if err != nil {
+		return nil, err
+	}
+	st.Data = append(st.Data, primary)
+	for i := range 2 {
+		name := fmt.Sprintf("replica-%d", i+1)
+		if err := st.add(&st.Data, Options{Bin: o.Bin, Name: name, Dir: subdir(o.Dir, name),
+			Args: append(replicaOf(primary.Addr), replicationArgs...)}); err != nil {
+			return nil, err
+		}
+	}
+	for i := range 3 {
+		conf, err := sentinelConfig(o.Dir, i, primary.Addr)
+		if err != nil {
+			st.Stop()
+			return nil, err
+		}
+		name := fmt.Sprintf("sentinel-%d", i+1)
+		if err := st.add(&st.Sentinels, Options{Bin: o.Bin, Name: name, Dir: subdir(o.Dir, name),
+			Config: conf, Args: []string{"--sentinel"}}); err != nil {
+			return nil, err
+		}
+	}
+	if err := st.WaitHealthy(ctx); err != nil {
+		st.Stop()
+		return nil, err
+	}
+	return st, nil
+}
+
+// add starts one server into list, stopping everything on failure.
+func (st *Sentinel) add(list *[]*Server, o Options) error {
+	s, err := StartServer(o)
+	if err != nil {
+		st.Stop()
+		return err
+	}
+	*list = append(*list, s)
+	return nil
+}
+
+func replicaOf(addr string) []string {
+	host, port, _ := splitAddr(addr)
+	return []string{"--replicaof", host, fmt.Sprint(port)}
+}
+
+// sentinelConfig writes sentinel i's config file: monitor the primary with
+// quorum 2, call it down after a second, fail over within seconds.
+func sentinelConfig(dir string, i int, primary string) (string, error) {
+	host, port, err := splitAddr(primary)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, fmt.Sprintf("sentinel-%d.conf", i+1))
+	conf := fmt.Sprintf("dir %s\nsentinel monitor %s %s %d 2\nsentinel down-after-milliseconds %s 1000\n"+
+		"sentinel failover-timeout %s 5000\nsentinel parallel-syncs %s 2\n", dir, MasterName, host, port, MasterName, MasterName, MasterName)
+	return path, os.WriteFile(path, []byte(conf), 0o600)
+}
+
+// WaitHealthy waits until every running sentinel sees a primary with both
+// replicas and the two other sentinels, and every replica is synced.
+func (st *Sentinel) WaitHealthy(ctx context.Context) error {
+	return testenv.Poll(ctx, SentinelReadyTimeout, func(ctx context.Context) error {
+		for _, s := range st.Sentinels {
+			m, err := sentinelMaster(ctx, s.Addr)
+			if err != nil {
+				return err
+			}
+			if m["flags"] != "master" || m["num-slaves"] != "2" || m["num-other-sentinels"] != "2" {
+				return fmt.Errorf("sentinel %s: master %s flags %s, %s replicas, %s other sentinels",
+					s.Addr, m["ip"]+":"+m["port"], m["flags"], m["num-slaves"], m["num-other-sentinels"])
+			}
+			if err := replicasUp(ctx, s.Addr); err != nil {
+				return err
+			}
+		}
+		primary, err := st.PrimaryAddr(ctx)
+		if err != nil {
+			return err
+		}
+		for _, d := range st.Data {
+			if d.Addr != primary {
+				if err := waitLinked(ctx, d.Addr); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// sentinelMaster is SENTINEL MASTER as a map.
+func sentinelMaster(ctx context.Context, addr string) (map[string]string, error) {
+	v, err := do(ctx, addr, "SENTINEL", "MASTER", MasterName)
+	if err != nil {
+		return nil, fmt.Errorf("sentinel %s: %w", addr, err)
+	}
+	return asMap(v)
+}
+
+// replicasUp checks that the sentinel at addr sees every replica healthy.
+func replicasUp(ctx context.Context, addr string) error {
+	v, err := do(ctx, addr, "SENTINEL", "REPLICAS", MasterName)
+	if err != nil {
+		return fmt.Errorf("sentinel %s: %w", addr, err)
+	}
+	list, _ := v.([]any)
+	for _, r := range list {
+		m, err := asMap(r)
+		if err != nil {
+			return err
+		}
+		if m["flags"] != "slave" || m["master-link-status"] != "ok" {
+			return fmt.Errorf("sentinel %s: replica %s:%s flags %s link %s", addr, m["ip"], m["port"], m["flags"], m["master-link-status"])
+		}
+	}
+	return nil
+}
+
+// asMap reads a RESP2 flat list or RESP3 map reply as strings.
+func asMap(v any) (map[string]string, error) {
+	out := map[string]string{}
+	switch r := v.(type) {
+	case map[any]any:
+		for k, v := range r {
+			out[fmt.Sprint(k)] = fmt.Sprint(v)
+		}
+	case []any:
+		for i := 0; i+1 < len(r); i += 2 {
+			out[fmt.Sprint(r[i])] = fmt.Sprint(r[i+1])
+		}
+	default:
+		return nil, fmt.Errorf("unexpected sentinel reply %T", v)
+	}
+	return out, nil
+}
+
+// SentinelAddrs are the sentinels' addresses, for redis.FailoverOptions.
+func (st *Sentinel) SentinelAddrs() []string {
+	var addrs []string
+	for _, s := range st.Sentinels {
+		addrs = append(addrs, s.Addr)
+	}
+	return addrs
+}
+
+// NewClient returns a Sentinel-aware client; the caller closes it.
+func (st *Sentinel) NewClient() *redis.Client {
+	return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: MasterName, SentinelAddrs: st.SentinelAddrs()})
+}
+
+// Stop kills every process of the topology.
+func (st *Sentinel) Stop() {
+	for _, s := range append(st.Sentinels, st.Data...) {
+		s.Stop()
+	}
+}
+
+// NewSentinel is StartSentinel for a test (skipped under -short): every
+// process is stopped in t.Cleanup, its output printed if the test failed.
+func NewSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	st, err := StartSentinel(t.Context(), SentinelOptions{Bin: testenv.RedisServerBin(t), Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("redistopo: %v", err)
+	}
+	for _, s := range append(st.Sentinels, st.Data...) {
+		cleanup(t, s)
+	}
+	return st
+}
+
+// Client returns a Sentinel-aware client, closed in t.Cleanup.
+func (st *Sentinel) Client(t testing.TB) *redis.Client {
+	c := st.NewClient()
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+var errNoSentinel = errors.New("no sentinel is running")
