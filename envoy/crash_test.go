@@ -51,13 +51,16 @@ func TestEndToEnd_IdemproxyKilled(t *testing.T) {
 		require.FailNow(t, "the first request hung after idemproxy died")
 	}
 	t.Logf("first request, idemproxy killed mid-flight: status %d after %v: %s", r.status, r.elapsed.Round(time.Millisecond), r.body)
-	require.Equal(t, http.StatusInternalServerError, r.status, "Envoy fails closed when its ext_proc stream breaks")
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "Envoy fails closed when its ext_proc stream breaks")
+	require.Equal(t, problem+"proxy-unavailable", r.problemType(), "Envoy's own reply, as problem+json (local_reply_config)")
+	require.Equal(t, "1", r.header.Get("Retry-After"))
 	// Envoy ends the request when its ext_proc stream fails: the backend
 	// sees its connection close mid-request (it has already counted it).
 	require.Equal(t, 1, s.envoyStat(t, "cluster.backend.upstream_cx_destroy_local_with_active_rq"))
 
 	down := s.do(t, "POST", path, "", "Idempotency-Key", key)
-	require.Equal(t, http.StatusInternalServerError, down.status, "idemproxy down: Envoy fails closed: %s", down.body)
+	require.Equal(t, http.StatusServiceUnavailable, down.status, "idemproxy down: Envoy fails closed: %s", down.body)
+	require.Equal(t, problem+"proxy-unavailable", down.problemType())
 	require.Equal(t, 1, s.executions(t, key))
 
 	s.idemproxy, _, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), grpcAddr, "debug", flags...)
@@ -73,7 +76,7 @@ func TestEndToEnd_IdemproxyKilled(t *testing.T) {
 		again, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
 		require.NoError(t, err)
 		switch {
-		case again.status == http.StatusInternalServerError && inProgress+unknown == 0 && again.problemType() == "":
+		case again.problemType() == problem+"proxy-unavailable" && inProgress+unknown == 0:
 			reconnecting++
 		case again.status == http.StatusConflict && again.problemType() == problem+"in-progress":
 			require.Zero(t, unknown, "once unknown, the key stays unknown")

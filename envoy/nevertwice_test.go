@@ -105,7 +105,7 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 	testenv.WaitFor(t, 2*lockTTL+15*time.Second, "retries past twice the lock TTL", func() bool {
 		r, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
 		require.NoError(t, err)
-		if r.status == http.StatusInternalServerError && r.problemType() == "" && retries == 0 {
+		if r.problemType() == problem+"proxy-unavailable" && retries == 0 {
 			return false // Envoy still reconnecting to the new idemproxy
 		}
 		require.Equal(t, http.StatusConflict, r.status, "%s", r.body)

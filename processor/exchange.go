@@ -37,6 +37,7 @@ type exchange struct {
 
 	sawRequestHeaders bool
 	waitingBody       bool // key found; the fingerprint needs the body
+	bodyBuffered      bool // Envoy said it buffers the request body (protocol_config)
 	method, path      string
 	key               string // composite store key; "" when not taking part
 	scope             string // for operators: authority and identity hash
@@ -78,7 +79,7 @@ func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return continueRequestTrailers(), nil
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return continueResponseTrailers(), nil
+		return e.onResponseTrailers(), nil
 	default:
 		return nil, fmt.Errorf("processor: unexpected message %T", m)
 	}
@@ -163,6 +164,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	if !h.GetEndOfStream() {
 		// BUFFERED: Envoy holds the headers until we answer the body.
 		e.waitingBody = true
+		e.bodyBuffered = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
 		return continueRequestHeaders(), nil
 	}
 	return e.decide(nil, continueRequestHeaders), nil
@@ -188,8 +190,10 @@ func (e *exchange) onRequestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingRe
 	if !e.waitingBody {
 		return continueRequestBody(), nil
 	}
-	if !b.GetEndOfStream() {
+	if !b.GetEndOfStream() && !e.bodyBuffered {
 		// Only BUFFERED mode (one complete body) gives a sound fingerprint.
+		// A buffered body without end_of_stream is whole too: trailers
+		// follow it (HTTP/2), and they are not part of the fingerprint.
 		return nil, errors.New("processor: request body is not buffered: configure request_body_mode BUFFERED")
 	}
 	e.waitingBody = false

@@ -33,7 +33,7 @@ var hopByHop = map[string]bool{
 	"connection": true, "keep-alive": true, "proxy-connection": true,
 	"transfer-encoding": true, "upgrade": true, "te": true, "trailer": true,
 	"proxy-authenticate": true, "proxy-authorization": true,
-	"content-length": true, "date": true, replayedHeader: true,
+	"content-length": true, "date": true, replayedHeader: true, contentTypeStash: true,
 }
 
 // replayedHeader marks a replayed response (Stripe's name).

@@ -33,11 +33,13 @@ const (
 	resultStoredNoBody = "stored_without_body"
 	// resultStoredIncomplete: the status arrived, the body never ended.
 	resultStoredIncomplete = "stored_incomplete"
-	resultReleasedStatus   = "released_status"
-	resultReleasedEarly    = "released_early"
-	resultUnknownOutcome   = "unknown_outcome"
-	resultLeaseLost        = "lease_lost"
-	resultStoreError       = "store_error"
+	// resultStoredTrailers: the response ended with trailers (not replayable).
+	resultStoredTrailers = "stored_trailers"
+	resultReleasedStatus = "released_status"
+	resultReleasedEarly  = "released_early"
+	resultUnknownOutcome = "unknown_outcome"
+	resultLeaseLost      = "lease_lost"
+	resultStoreError     = "store_error"
 )
 
 // Watchdog renewal results and the stages at which a lease can be lost.
@@ -103,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge} {
 		m.requests.WithLabelValues(o)
 	}
-	for _, r := range []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultReleasedStatus, resultReleasedEarly,
+	for _, r := range []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,
 		resultUnknownOutcome, resultLeaseLost, resultStoreError} {
 		m.responses.WithLabelValues(r)
 	}

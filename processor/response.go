@@ -57,6 +57,18 @@ func responseStatus(hs []*corev3.HeaderValue) int {
 	return 0
 }
 
+// onResponseTrailers ends a response that ends with trailers: its body is
+// complete, but an immediate response cannot carry trailers, so a replay
+// could not be faithful. The key is completed without its body: a retry
+// learns the status (409 response-not-stored), and never runs again.
+func (e *exchange) onResponseTrailers() *extprocv3.ProcessingResponse {
+	if e.collecting {
+		e.rec.BodyStored, e.rec.Trailers = false, true
+		e.complete(true)
+	}
+	return continueResponseTrailers()
+}
+
 // onResponseBody keeps a copy of each chunk and lets it through unchanged.
 func (e *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
 	if !e.collecting {

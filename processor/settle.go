@@ -142,6 +142,9 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 	case rec.Incomplete:
 		m.responses.WithLabelValues(resultStoredIncomplete).Inc()
 		e.logger().Info("response stored without its body: the body never completed", "status", rec.Status)
+	case rec.Trailers:
+		m.responses.WithLabelValues(resultStoredTrailers).Inc()
+		e.logger().Info("response stored without its body: it ended with trailers, which cannot be replayed", "status", rec.Status)
 	default:
 		m.responses.WithLabelValues(resultStoredNoBody).Inc()
 		e.logger().Info("response stored without its body (over the cap)", "status", rec.Status, "cap", e.srv.cfg.MaxStoredBody)

@@ -33,6 +33,7 @@ type KeyInfo struct {
 	Status         int           `json:"status,omitempty"`
 	BodyStored     bool          `json:"body_stored,omitempty"`
 	BodyIncomplete bool          `json:"body_incomplete,omitempty"`
+	BodyTrailers   bool          `json:"body_trailers,omitempty"`
 	BodyBytes      int64         `json:"body_bytes,omitempty"`
 	TTL            time.Duration `json:"ttl_ns,omitempty"`
 	Fence          int64         `json:"fence,omitempty"`      // fence of the grant that made the record
@@ -167,6 +168,7 @@ func (f recordFields) fill(info *KeyInfo, now int64) error {
 	info.Status, _ = strconv.Atoi(f.status)
 	info.BodyStored = f.bs == "1"
 	info.BodyIncomplete = f.bs == "i"
+	info.BodyTrailers = f.bs == "t"
 	info.Fence, _ = strconv.ParseInt(f.fence, 10, 64)
 	return nil
 }

@@ -96,6 +96,8 @@ func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, err
 	case "0":
 	case "i":
 		rec.Incomplete = true
+	case "t":
+		rec.Trailers = true
 	default:
 		return nil, fmt.Errorf("%w: body-stored flag %q", ErrCorruptRecord, bs)
 	}

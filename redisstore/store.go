@@ -18,7 +18,8 @@
 //	status  HTTP status (completed only)
 //	hdr     encoded response headers (completed only)
 //	body    response body (completed only; empty when not stored)
-//	bs      "1" body stored, "0" too large to store, "i" it never ended
+//	bs      "1" body stored, "0" too large to store, "i" it never ended,
+//	        "t" it ended with trailers (not replayable)
 //	enc     id of the key that sealed hdr and body, "" or absent when plain
 //
 // An in-progress record lives for the hold (the retention), not for its
@@ -173,7 +174,7 @@ func checkLease(op, token string, l idem.Lease) (lease, keyTTL int64, err error)
 }
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
-// is not written, whatever rec.Body holds; rec.Incomplete is kept.
+// is not written, whatever rec.Body holds; rec.Incomplete and rec.Trailers are kept.
 func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
 	const op = "complete"
 	ms, err := checkArgs(op, token, "retention", retention)
@@ -185,6 +186,8 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 	case rec.BodyStored:
 	case rec.Incomplete:
 		body, bs = nil, "i"
+	case rec.Trailers:
+		body, bs = nil, "t"
 	default:
 		body, bs = nil, "0"
 	}

@@ -61,6 +61,7 @@ func (b *backend) routes() http.Handler {
 	mux.Handle("/fail", b.executes(b.fail))
 	mux.Handle("/large", b.executes(b.large))
 	mux.Handle("/status", b.executes(b.status))
+	mux.Handle("/trailers", b.executes(b.trailers))
 	mux.HandleFunc("GET /stats", b.getStats)
 	mux.HandleFunc("POST /stats/reset", b.resetStats)
 	mux.HandleFunc("GET /healthz", healthz)

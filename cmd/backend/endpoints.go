@@ -119,8 +119,25 @@ func (b *backend) large(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// status handles /status?code=N: any status the proxy must decide whether to
-// cache.
+// trailers handles /trailers: a charge whose response ends with a trailer
+// (X-Charge-Checksum), to show what the proxy does with trailers. The body
+// says how many trailers the request itself carried.
+func (b *backend) trailers(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	w.Header().Set("Trailer", "X-Charge-Checksum")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, `{"id":%q,"request_body_bytes":%d,"request_trailers":%d}`, newChargeID(), len(body), len(r.Trailer))
+	w.Header().Set("X-Charge-Checksum", "sha256:demo")
+}
+
+// status handles /status?code=N[&body=B[&type=T]]: any status the proxy must
+// decide whether to cache; with body, exactly that body and Content-Type T
+// (none without type), plus a Location header.
 func (b *backend) status(w http.ResponseWriter, r *http.Request) {
 	code, err := queryInt(r, "code", -1, 101, 599)
 	if err == nil && code < 0 {
@@ -131,6 +148,19 @@ func (b *backend) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	status := int(code)
+	if q := r.URL.Query(); q.Has("body") {
+		// An exact response for replay checks: this body, and this
+		// Content-Type or none at all (net/http would otherwise sniff one).
+		if q.Has("type") {
+			w.Header().Set("Content-Type", q.Get("type"))
+		} else {
+			w.Header()["Content-Type"] = nil
+		}
+		w.Header().Set("Location", "/orders/1")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, q.Get("body"))
+		return
+	}
 	if !bodyAllowed(status) {
 		w.WriteHeader(status)
 		return

@@ -222,3 +222,23 @@ func TestBackend_Status(t *testing.T) {
 		requireError(t, send(t, h, http.MethodPost, "/status", "", ""), http.StatusBadRequest)
 	})
 }
+
+func TestBackend_StatusExactBody(t *testing.T) {
+	_, h := newTestBackend(t, time.Millisecond)
+	rec := send(t, h, http.MethodPost, "/status?code=201&body=&type=application/json", "", "k")
+	require.Equal(t, http.StatusCreated, rec.Code)
+	require.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+	require.Empty(t, rec.Body.String())
+	rec = send(t, h, http.MethodPost, "/status?code=200&body=hello", "", "k2")
+	require.Equal(t, "hello", rec.Body.String())
+	_, has := rec.Header()["Content-Type"]
+	require.False(t, has && rec.Header().Get("Content-Type") != "", "no Content-Type, not even a sniffed one")
+}
+
+func TestBackend_Trailers(t *testing.T) {
+	_, h := newTestBackend(t, time.Millisecond)
+	rec := send(t, h, http.MethodPost, "/trailers", `{"amount":1}`, "k")
+	require.Equal(t, http.StatusOK, rec.Code)
+	require.Contains(t, rec.Body.String(), `"request_body_bytes":12`)
+	require.Equal(t, "sha256:demo", rec.Result().Trailer.Get("X-Charge-Checksum"))
+}

@@ -75,7 +75,12 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logge
 		// Request contexts derive from ctx so a /slow request waiting minutes
 		// ends at shutdown instead of holding Shutdown until its timeout.
 		BaseContext: func(net.Listener) context.Context { return ctx },
+		// HTTP/1.1 and cleartext HTTP/2 on one port, so tests can put Envoy
+		// in front over either (trailers travel differently in each).
+		Protocols: new(http.Protocols),
 	}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	log.Info("listening", slog.String("addr", ln.Addr().String()))
 
 	errc := make(chan error, 1)

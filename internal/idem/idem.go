@@ -104,10 +104,13 @@ type Record struct {
 	// BodyStored is false when the body was not kept: the key is
 	// completed, but its response cannot be replayed.
 	BodyStored bool
-	// Incomplete says why BodyStored is false: the status and headers
+	// Incomplete and Trailers say why BodyStored is false; with neither
+	// the body was over the cap. Incomplete: the status and headers
 	// arrived, but the body never ended (the client hung up, or the
-	// upstream reset mid-body). Otherwise the body was over the cap.
+	// upstream reset mid-body). Trailers: the response ended with HTTP
+	// trailers, which an immediate response cannot replay.
 	Incomplete bool
+	Trailers   bool
 }
 
 // Header is one response header line.

@@ -34,16 +34,17 @@ var behaviours = []behaviour{
 		require.Equal(t, &rec, acq.Record)
 	}},
 	{"a record completed without its body keeps the status and why", func(t *testing.T, s Subject) {
-		for key, incomplete := range map[string]bool{"too-large": false, "cut": true} {
+		for key, why := range map[string]idem.Record{"too-large": {}, "cut": {Incomplete: true}, "trailers": {Trailers: true}} {
 			tok, _ := grant(t, s.Store, key, "fp", holdLease)
-			rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped"), Incomplete: incomplete}
+			rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped"), Incomplete: why.Incomplete, Trailers: why.Trailers}
 			require.NoError(t, s.Store.Complete(t.Context(), key, tok, rec, time.Hour))
 			got := look(t, s.Store, key, "fp", holdLease).Record
 			require.NotNil(t, got, key)
 			require.Equal(t, 200, got.Status, key)
 			require.False(t, got.BodyStored, key)
 			require.Empty(t, got.Body, key)
-			require.Equal(t, incomplete, got.Incomplete, key)
+			require.Equal(t, why.Incomplete, got.Incomplete, key)
+			require.Equal(t, why.Trailers, got.Trailers, key)
 		}
 	}},
 	{"release frees the key and the next grant gets the next fence", func(t *testing.T, s Subject) {

@@ -11,7 +11,8 @@
 -- ARGV[4]  HTTP status
 -- ARGV[5]  encoded headers (opaque here)
 -- ARGV[6]  body (bytes; empty when not stored)
--- ARGV[7]  "1" body stored, "0" too large to store, "i" the body never ended
+-- ARGV[7]  "1" body stored, "0" too large to store, "i" the body never ended,
+--          "t" the response ended with trailers
 -- ARGV[8]  id of the key that sealed hdr and body, "" when stored plain
 --
 -- Returns 1 when written, 0 when the token does not own an in-progress record.
