@@ -158,12 +158,24 @@ func TestEndToEnd(t *testing.T) {
 		require.Equal(t, 1, s.executions(t, key))
 	})
 
-	t.Run("a backend 500 is not stored and the retry runs again", func(t *testing.T) {
+	t.Run("a backend 500 is its outcome: stored, replayed, never run again", func(t *testing.T) {
+		t.Parallel()
+		key := newKey(t)
+		first := s.do(t, "POST", "/fail", "", "Idempotency-Key", key)
+		require.Equal(t, http.StatusInternalServerError, first.status)
+		again := s.do(t, "POST", "/fail", "", "Idempotency-Key", key)
+		require.Equal(t, http.StatusInternalServerError, again.status)
+		require.True(t, again.replayed())
+		require.Equal(t, string(first.body), string(again.body))
+		require.Equal(t, 1, s.executions(t, key))
+	})
+
+	t.Run("a 429 says the request was not processed: released, the retry runs", func(t *testing.T) {
 		t.Parallel()
 		key := newKey(t)
 		for i := 1; i <= 2; i++ {
-			r := s.do(t, "POST", "/fail", "", "Idempotency-Key", key)
-			require.Equal(t, http.StatusInternalServerError, r.status)
+			r := s.do(t, "POST", "/status?code=429", "", "Idempotency-Key", key)
+			require.Equal(t, http.StatusTooManyRequests, r.status)
 			require.False(t, r.replayed())
 			require.Equal(t, i, s.executions(t, key))
 		}

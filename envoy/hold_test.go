@@ -94,8 +94,8 @@ func TestEndToEnd_Fence(t *testing.T) {
 	s := startStack(t)
 	key := newKey(t)
 	for i := 1; i <= 2; i++ {
-		// /fail is not stored, so each try is a new grant with a new fence.
-		require.Equal(t, http.StatusInternalServerError, s.do(t, "POST", "/fail", "", "Idempotency-Key", key).status)
+		// A 429 is not stored, so each try is a new grant with a new fence.
+		require.Equal(t, http.StatusTooManyRequests, s.do(t, "POST", "/status?code=429", "", "Idempotency-Key", key).status)
 	}
 	// A client's own fence never reaches the backend: idemproxy sets it.
 	r := s.do(t, "POST", "/charge", "", "Idempotency-Key", key, "Idempotency-Fence", "999999")

@@ -67,7 +67,7 @@ func DefaultConfig() Config {
 		Heartbeat:             10 * time.Second,
 		Retention:             24 * time.Hour,
 		MaxStoredBody:         1 << 20,
-		NoStore:               MustParseStatusSet("5xx,408,425,429"),
+		NoStore:               MustParseStatusSet("408,425,429"),
 		ExcludeHeaders:        []string{"set-cookie"},
 		FenceHeader:           "idempotency-fence",
 		MaxRequestHeaders:     100,

@@ -12,7 +12,7 @@ func TestServer_Process_fence(t *testing.T) {
 		store := newFakeStore()
 		srv, _ := newTestServer(t, store, nil)
 		// The first run fails (503: released), the retry is a new grant.
-		out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("{}", true), respHeaders(true, ":status", "503"))
+		out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("{}", true), respHeaders(true, ":status", "429"))
 		require.NoError(t, err)
 		fence, _ := fenceOf(out[1])
 		require.Equal(t, "1", fence, "the fence rides on the reply that lets the request go")

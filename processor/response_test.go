@@ -2,6 +2,7 @@ package processor
 
 import (
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -86,7 +87,7 @@ func TestServer_Process_responseHeadersEndStream(t *testing.T) {
 }
 
 func TestServer_Process_releasesNoStoreStatus(t *testing.T) {
-	for _, code := range []string{"500", "503", "429", "408"} {
+	for _, code := range []string{"429", "408", "425"} {
 		t.Run("status "+code, func(t *testing.T) {
 			store := newFakeStore()
 			srv, reg := newTestServer(t, store, nil)
@@ -186,4 +187,31 @@ func TestServer_Process_completeStoreError(t *testing.T) {
 	require.Greater(t, len(ops), 2, "retried until the finalize timeout")
 	require.NotContains(t, ops, "release", "no release: the request ran, its lease must run out into an unknown outcome")
 	require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStoreError))
+}
+
+func TestServer_Process_storesServerErrors(t *testing.T) {
+	// A 5xx may come after the side effect (the charge ran, then the
+	// backend failed): it is the outcome, stored and replayed, as Stripe and
+	// the IETF draft do. Only --no-store-statuses 5xx would re-run it.
+	for _, code := range []string{"500", "502", "503", "504"} {
+		t.Run("status "+code, func(t *testing.T) {
+			store := newFakeStore()
+			srv, _ := newTestServer(t, store, nil)
+			_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", code), respBody("failed", true))
+			require.NoError(t, err)
+			require.Equal(t, []string{"acquire", "complete"}, store.ops())
+			out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+			require.NoError(t, err)
+			ir, _ := immediateOf(t, out[0])
+			require.Equal(t, code, strconv.Itoa(int(ir.GetStatus().GetCode())), "the replay")
+			require.Equal(t, "failed", string(ir.GetBody()))
+		})
+	}
+	t.Run("unless told to release them", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, func(c *Config) { c.NoStore = MustParseStatusSet("5xx") })
+		_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "500"))
+		require.NoError(t, err)
+		require.Equal(t, []string{"acquire", "release"}, store.ops())
+	})
 }

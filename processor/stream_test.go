@@ -222,7 +222,7 @@ func TestServer_Process_releaseErrorIsSwallowed(t *testing.T) {
 	store := newFakeStore()
 	store.failOn("release", errors.New("redis: i/o timeout"))
 	srv, reg := newTestServer(t, store, func(c *Config) { c.FinalizeTimeout = 300 * time.Millisecond })
-	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "500"))
+	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "429"))
 	require.NoError(t, err)
 	require.Len(t, out, 2, "the client's answer does not wait for the store")
 	ops := store.ops()
@@ -245,7 +245,7 @@ func TestServer_Process_settleRetries(t *testing.T) {
 		{"a store that fails once still stores the response", "complete",
 			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true), respHeaders(true, ":status", "200")}, endEOF},
 		{"a release that fails once still frees the key", "release",
-			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true), respHeaders(false, ":status", "503")}, endEOF},
+			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true), respHeaders(false, ":status", "429")}, endEOF},
 		{"an abandon that fails once still holds the key", "abandon",
 			[]*extprocv3.ProcessingRequest{keyed("POST", "k", true)}, endCanceled},
 	} {

@@ -49,7 +49,7 @@ func TestWatchdog_stopsOnRelease(t *testing.T) {
 	s := serve(t, srv)
 	requireContinue(t, s.roundTrip(keyed("POST", "k", true)))
 	require.Eventually(t, func() bool { return len(store.callsOf("renew")) >= 1 }, waitFor, poll)
-	s.roundTrip(respHeaders(false, ":status", "502"))
+	s.roundTrip(respHeaders(false, ":status", "429"))
 	require.False(t, watchdogRunning(srv))
 	all := store.callsOf("")
 	require.Equal(t, "release", all[len(all)-1].op)

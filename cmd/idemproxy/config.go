@@ -122,7 +122,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.Var(listFlag{&p.ScopeHeaders}, "scope-headers", "comma list of trusted identity headers added to the key scope (e.g. x-tenant-id)")
 	fs.Var(methodsFlag{&p.Methods}, "methods", "comma list of methods that take part (empty: all)")
 	fs.IntVar(&p.MaxStoredBody, "max-body-bytes", p.MaxStoredBody, "largest response body stored for replay")
-	fs.Func("no-store-statuses", "response statuses that release the key instead of storing it (default \"5xx,408,425,429\")", func(v string) error {
+	fs.Func("no-store-statuses", "response statuses that release the key instead of storing it, so a retry runs again: only statuses that say the request was not processed belong here (default \"408,425,429\"; adding 5xx MAY RUN TWICE a request that failed after its side effect)", func(v string) error {
 		set, err := processor.ParseStatusSet(v)
 		p.NoStore = set
 		return err
