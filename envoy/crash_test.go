@@ -97,7 +97,7 @@ func TestEndToEnd_IdemproxyKilled(t *testing.T) {
 	require.Positive(t, unknown)
 	require.Greater(t, firstUnknown, lockTTL/2, "unknown only once the lease ran out")
 	require.Equal(t, 1, s.executions(t, key), "one run before the crash, none after")
-	t.Logf("killed: restarted after %v; duplicates: %d x 500 while reconnecting, %d x 409 in-progress, %d x 409 outcome-unknown from %v after the kill (lock TTL %v); backend executions %d",
+	t.Logf("killed: restarted after %v; duplicates: %d x 503 proxy-unavailable while reconnecting, %d x 409 in-progress, %d x 409 outcome-unknown from %v after the kill (lock TTL %v); backend executions %d",
 		restarted.Round(time.Millisecond), reconnecting, inProgress, unknown, firstUnknown.Round(time.Millisecond), lockTTL, s.executions(t, key))
 	require.EqualValues(t, unknown, s.metric(t, `idemproxy_requests_total{outcome="outcome_unknown"}`))
 }
