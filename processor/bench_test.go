@@ -56,6 +56,9 @@ func (m *memStore) Acquire(_ context.Context, key string, c idem.Claim) (idem.Ac
 	return idem.Acquisition{State: idem.StateAcquired, Fence: m.n.Add(1)}, nil
 }
 func (m *memStore) Renew(context.Context, string, string, idem.Lease) error { return nil }
+func (m *memStore) Peek(context.Context, string) (idem.Acquisition, error) {
+	return idem.Acquisition{State: idem.StateFree}, nil
+}
 func (m *memStore) Complete(_ context.Context, key, _ string, rec idem.Record, _ time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

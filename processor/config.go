@@ -3,6 +3,7 @@ package processor
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -15,6 +16,22 @@ type Config struct {
 	// ScopeHeaders are identity headers (set by a trusted filter, e.g. an
 	// auth filter's x-tenant-id) added to the scope next to :authority.
 	ScopeHeaders []string
+	// ScopeAuthorization puts a hash of the Authorization header into the
+	// scope, so two credentials never share a record. Off, requests with
+	// the same authority and scope headers share their keys.
+	ScopeAuthorization bool
+	// ScopeJWTClaim, when set, scopes keys by this claim of the JWT that
+	// Envoy's jwt_authn filter verified (forwarded as filter metadata)
+	// instead of the credential hash, so a refreshed token of the same
+	// subject keeps its records. A keyed request without it is refused.
+	ScopeJWTClaim string
+	// ScopeJWTPayload is the jwt_authn provider's payload_in_metadata name.
+	ScopeJWTPayload string
+	// ScopeLegacyUntil, while in the future, makes a new key also look
+	// for a record under the previous version's scope (authority and
+	// scope headers only), so a retry of a request made before the
+	// upgrade still finds it.
+	ScopeLegacyUntil time.Time
 	// Methods is an optional allow-list; empty means every method takes part.
 	Methods []string
 	// LockTTL is how long an in-progress lock lives without renewal.
@@ -63,6 +80,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		KeyHeaders:            []string{"idempotency-key", "x-idempotency-key"},
+		ScopeAuthorization:    true,
+		ScopeJWTPayload:       DefaultJWTPayload,
 		LockTTL:               30 * time.Second,
 		Heartbeat:             10 * time.Second,
 		Retention:             24 * time.Hour,
@@ -94,6 +113,9 @@ func (c Config) Validate() error {
 	}
 	if err := (timings{c.LockTTL, c.Heartbeat, c.Retention}).check("lock TTL", "heartbeat", "retention"); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ScopeJWTClaim != "" && (c.ScopeJWTPayload == "" || strings.ContainsAny(c.ScopeJWTClaim+c.ScopeJWTPayload, " \t\r\n")) {
+		errs = append(errs, fmt.Errorf("JWT claim %q and payload name %q must be non-empty words", c.ScopeJWTClaim, c.ScopeJWTPayload))
 	}
 	if c.MaxRequestHeaders < 1 || c.MaxRequestHeaderBytes < 1 {
 		errs = append(errs, errors.New("the request header limits must be positive"))

@@ -37,12 +37,41 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		}
 		return e.storeFailed(err, cont)
 	}
-	if acq.State == idem.StateAcquired {
-		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
-		e.token, e.lock = token, lockAcquired
-		e.rec.Fingerprint = fp
-		e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, token, e.pol)
-		return e.srv.fence(cont(), acq.Fence)
+	if acq.State != idem.StateAcquired {
+		return e.answerExisting(acq, fp)
+	}
+	e.token, e.lock = token, lockAcquired
+	e.rec.Fingerprint = fp
+	e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, token, e.pol)
+	if e.legacyKey != "" {
+		if resp := e.fromLegacy(fp); resp != nil {
+			return resp
+		}
+	}
+	e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
+	return e.srv.fence(cont(), acq.Fence)
+}
+
+// fromLegacy looks, during --scope-legacy-until, for a record the previous
+// version wrote under its own scope for this request's key: a retry of a
+// request made before the upgrade must find it. When one is there (or
+// Redis cannot say), the new grant is given back and the request answered
+// as that record says; nil means the key is new in both schemes.
+func (e *exchange) fromLegacy(fp []byte) *extprocv3.ProcessingResponse {
+	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
+	start := time.Now()
+	acq, err := e.srv.store.Peek(ctx, e.legacyKey)
+	cancel()
+	e.srv.metrics.observeStore("peek", start, err)
+	if err == nil && acq.State == idem.StateFree {
+		return nil
+	}
+	e.release(resultReleasedEarly, true, "after", "a record under the previous scope")
+	if err != nil {
+		// Fail closed: the previous scheme may hold this key.
+		e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
+		e.logger().Error("store failed looking up the previous scope; request refused (fail-closed)", "error", err)
+		return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
 	}
 	return e.answerExisting(acq, fp)
 }

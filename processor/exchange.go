@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
 )
@@ -41,6 +43,7 @@ type exchange struct {
 	method, path      string
 	key               string // composite store key; "" when not taking part
 	scope             string // for operators: authority and identity hash
+	legacyKey         string // the previous version's key, during --scope-legacy-until
 	token             string
 	lock              lockState
 	dog               *watchdog
@@ -69,7 +72,7 @@ func (e *exchange) logger() *slog.Logger {
 func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
 	switch m := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return e.onRequestHeaders(m.RequestHeaders, req.GetProtocolConfig())
+		return e.onRequestHeaders(m.RequestHeaders, req.GetProtocolConfig(), req.GetMetadataContext().GetFilterMetadata())
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return e.onRequestBody(m.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
@@ -93,28 +96,24 @@ func (e *exchange) sent() {
 	}
 }
 
-func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration) (*extprocv3.ProcessingResponse, error) {
+func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration, md map[string]*structpb.Struct) (*extprocv3.ProcessingResponse, error) {
 	if e.sawRequestHeaders {
 		return nil, errors.New("processor: request headers received twice")
 	}
 	e.sawRequestHeaders = true
 
 	var keys []string
-	scope := make([]string, 1+len(e.srv.cfg.ScopeHeaders))
+	rs := requestScope{headers: make([]string, len(e.srv.cfg.ScopeHeaders))}
 	for _, hv := range h.GetHeaders().GetHeaders() {
-		name := hv.GetKey()
-		switch {
+		switch name := hv.GetKey(); {
 		case name == ":method":
 			e.method = headerValue(hv)
 		case name == ":path":
 			e.path = headerValue(hv)
-		case name == ":authority":
-			scope[0] = string(bytes.ToLower([]byte(headerValue(hv))))
 		case e.srv.keyHdrs[name]:
 			keys = append(keys, headerValue(hv))
-		}
-		if i, ok := e.srv.scope[name]; ok {
-			scope[1+i] = headerValue(hv)
+		default:
+			e.srv.readScope(hv, &rs)
 		}
 	}
 	if e.policyErr != nil {
@@ -152,7 +151,19 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		e.srv.metrics.requests.WithLabelValues(outcomeHeadersTooLarge).Inc()
 		return problemReply(probHeadersTooLarge, p, ""), nil
 	}
-	e.key, e.scope = storeKey(scope, key), scopeLabel(scope)
+	identity, err := e.srv.identity(rs, md)
+	if err != nil {
+		e.srv.metrics.requests.WithLabelValues(outcomeIdentityRequired).Inc()
+		return problemReply(probIdentityRequired, fmt.Sprintf(
+			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), nil
+	}
+	parts := e.srv.scopeParts(rs, identity)
+	e.key, e.scope = storeKey(parts, key), scopeLabel(parts)
+	if time.Now().Before(e.srv.cfg.ScopeLegacyUntil) {
+		if legacy := storeKey(legacyParts(rs), key); legacy != e.key {
+			e.legacyKey = legacy
+		}
+	}
 	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
 		// Without the buffered body there is no fingerprint, and answering
 		// the headers would let the request upstream unguarded.

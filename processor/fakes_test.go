@@ -206,6 +206,28 @@ func (s *fakeStore) Acquire(ctx context.Context, key string, c idem.Claim) (idem
 	}
 }
 
+func (s *fakeStore) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.record(ctx, storeCall{op: "peek", key: key}); err != nil {
+		return idem.Acquisition{}, err
+	}
+	e, ok := s.live(key)
+	switch {
+	case !ok:
+		return idem.Acquisition{State: idem.StateFree}, nil
+	case e.unknown:
+		return idem.Acquisition{State: idem.StateUnknown, Fingerprint: bytes.Clone(e.fp), LockTTL: e.expires.Sub(s.now)}, nil
+	case e.rec == nil && !s.now.Before(e.leaseEnd):
+		return idem.Acquisition{State: idem.StateUnknown, Expired: true, Fingerprint: bytes.Clone(e.fp), LockTTL: e.expires.Sub(s.now)}, nil
+	case e.rec == nil:
+		return idem.Acquisition{State: idem.StateInProgress, Fingerprint: bytes.Clone(e.fp), LockTTL: e.leaseEnd.Sub(s.now)}, nil
+	default:
+		rec := cloneRecord(*e.rec)
+		return idem.Acquisition{State: idem.StateCompleted, Fingerprint: bytes.Clone(e.fp), Record: &rec}, nil
+	}
+}
+
 func (s *fakeStore) Renew(ctx context.Context, key, token string, l idem.Lease) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -173,6 +173,11 @@ func respBody(body string, eos bool) *extprocv3.ProcessingRequest {
 // keyOf is the store key the processor derives for testAuthority and key.
 func keyOf(key string) string { return storeKey([]string{testAuthority}, key) }
 
+// keyOfCredential is keyOf for a request with this Authorization header.
+func keyOfCredential(authorization, key string) string {
+	return storeKey([]string{testAuthority, credentialID(authorization)}, key)
+}
+
 // requireContinue checks a plain CONTINUE without override; the only
 // mutation allowed is the fencing header sent upstream with a grant.
 func requireContinue(t *testing.T, resp *extprocv3.ProcessingResponse) {

@@ -126,19 +126,3 @@ func validHeaderName(h string) bool {
 	}
 	return true
 }
-
-// StoreKey is the store key of a client key as a request with this
-// authority and these scope header values would get, for operators
-// inspecting or clearing a key. rawKey is parsed like the header.
-func (s *Server) StoreKey(authority string, scope map[string]string, rawKey string) (string, error) {
-	key, err := parseKey(rawKey)
-	if err != nil {
-		return "", err
-	}
-	parts := make([]string, 1+len(s.cfg.ScopeHeaders))
-	parts[0] = strings.ToLower(authority)
-	for i, h := range s.cfg.ScopeHeaders {
-		parts[1+i] = scope[h]
-	}
-	return storeKey(parts, key), nil
-}

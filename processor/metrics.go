@@ -11,20 +11,21 @@ import (
 
 // Request outcomes: the decision taken for each request that reached us.
 const (
-	outcomePassthrough     = "passthrough"
-	outcomeAcquired        = "acquired"
-	outcomeReplayed        = "replayed"
-	outcomeConflict        = "in_progress_conflict"
-	outcomeMismatch        = "fingerprint_mismatch"
-	outcomeInvalidKey      = "invalid_key"
-	outcomeStoreError      = "store_error"
-	outcomeStoreUnsafe     = "store_unsafe"
-	outcomeFailOpen        = "fail_open"
-	outcomeNotStored       = "not_stored"
-	outcomeMisconfigured   = "misconfigured"
-	outcomeKeyRequired     = "key_required"
-	outcomeUnknown         = "outcome_unknown"
-	outcomeHeadersTooLarge = "headers_too_large"
+	outcomePassthrough      = "passthrough"
+	outcomeAcquired         = "acquired"
+	outcomeReplayed         = "replayed"
+	outcomeConflict         = "in_progress_conflict"
+	outcomeMismatch         = "fingerprint_mismatch"
+	outcomeInvalidKey       = "invalid_key"
+	outcomeStoreError       = "store_error"
+	outcomeStoreUnsafe      = "store_unsafe"
+	outcomeFailOpen         = "fail_open"
+	outcomeNotStored        = "not_stored"
+	outcomeMisconfigured    = "misconfigured"
+	outcomeKeyRequired      = "key_required"
+	outcomeUnknown          = "outcome_unknown"
+	outcomeHeadersTooLarge  = "headers_too_large"
+	outcomeIdentityRequired = "identity_required"
 )
 
 // Response results: what became of an acquired key.
@@ -102,7 +103,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge} {
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge, outcomeIdentityRequired} {
 		m.requests.WithLabelValues(o)
 	}
 	for _, r := range []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,

@@ -16,15 +16,16 @@ type problemType struct {
 const problemBase = "urn:idemproxy:problem:"
 
 var (
-	probInvalidKey      = problemType{"invalid-key", "Invalid idempotency key", 400}
-	probKeyRequired     = problemType{"key-required", "Idempotency key required", 400}
-	probHeadersTooLarge = problemType{"headers-too-large", "Request headers too large", 431}
-	probInProgress      = problemType{"in-progress", "A request with this idempotency key is in progress", 409}
-	probMismatch        = problemType{"fingerprint-mismatch", "Idempotency key reused with a different request", 422}
-	probNotStored       = problemType{"response-not-stored", "The original response was not stored", 409}
-	probStoreUnavail    = problemType{"store-unavailable", "Idempotency store unavailable", 503}
-	probMisconfigured   = problemType{"misconfigured", "Idempotency layer misconfigured", 500}
-	probOutcomeUnknown  = problemType{"outcome-unknown", "The outcome of the first request is unknown", 409}
+	probInvalidKey       = problemType{"invalid-key", "Invalid idempotency key", 400}
+	probKeyRequired      = problemType{"key-required", "Idempotency key required", 400}
+	probHeadersTooLarge  = problemType{"headers-too-large", "Request headers too large", 431}
+	probInProgress       = problemType{"in-progress", "A request with this idempotency key is in progress", 409}
+	probMismatch         = problemType{"fingerprint-mismatch", "Idempotency key reused with a different request", 422}
+	probNotStored        = problemType{"response-not-stored", "The original response was not stored", 409}
+	probStoreUnavail     = problemType{"store-unavailable", "Idempotency store unavailable", 503}
+	probMisconfigured    = problemType{"misconfigured", "Idempotency layer misconfigured", 500}
+	probOutcomeUnknown   = problemType{"outcome-unknown", "The outcome of the first request is unknown", 409}
+	probIdentityRequired = problemType{"identity-required", "Verified identity required", 401}
 )
 
 const problemContentType = "application/problem+json"

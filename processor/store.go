@@ -27,6 +27,10 @@ type Store interface {
 	// Release deletes the in-progress record. idem.ErrLeaseLost when token
 	// no longer owns it: nothing is deleted then.
 	Release(ctx context.Context, key, token string) error
+	// Peek reports the record that holds key as Acquire would, without
+	// taking it: idem.StateFree when none does. Only the scope migration
+	// (--scope-legacy-until) uses it, for the previous version's keys.
+	Peek(ctx context.Context, key string) (idem.Acquisition, error)
 	// Abandon marks the in-progress record "outcome unknown" and keeps it
 	// for hold: the request may have run, so retries must not run it again.
 	// idem.ErrLeaseLost when token no longer owns it.

@@ -18,6 +18,8 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 		state, _ = reply[0].(string)
 	}
 	switch {
+	case state == "free" && len(reply) == 1:
+		return idem.Acquisition{State: idem.StateFree}, nil
 	case state == "acquired" && len(reply) == 2:
 		fence, ok := reply[1].(int64)
 		if !ok || fence <= 0 {

@@ -136,6 +136,18 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	return parseAcquire(reply, s.opener(rk))
 }
 
+// Peek implements processor.Store: acquire.lua in its read-only mode, so
+// both read a record with the same rules.
+func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
+	rk := s.RedisKey(key)
+	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix},
+		"", "", 1, 1, 1, "0", "", "peek").Slice()
+	if err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
+	}
+	return parseAcquire(reply, s.opener(rk))
+}
+
 // opener opens the sealed fields of the record at redis key rk.
 func (s *Store) opener(rk string) func(enc, field string, blob []byte) ([]byte, error) {
 	return func(enc, field string, blob []byte) ([]byte, error) {

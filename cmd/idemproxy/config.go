@@ -120,6 +120,10 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.DurationVar(&p.Retention, "retention", p.Retention, "how long a completed response is kept for replay")
 	fs.Var(listFlag{&p.KeyHeaders}, "key-headers", "comma list of headers carrying the idempotency key")
 	fs.Var(listFlag{&p.ScopeHeaders}, "scope-headers", "comma list of trusted identity headers added to the key scope (e.g. x-tenant-id)")
+	fs.BoolVar(&p.ScopeAuthorization, "scope-authorization", p.ScopeAuthorization, "scope keys by a hash of the Authorization header, so two credentials never share a record (false: only authority and --scope-headers; for clients whose Authorization changes between retries, prefer --scope-jwt-claim or --scope-headers)")
+	fs.StringVar(&p.ScopeJWTClaim, "scope-jwt-claim", "", "scope keys by this claim (e.g. sub) of the JWT Envoy's jwt_authn filter verified, instead of the credential hash: a refreshed token of the same subject keeps its records; keyed requests without it get 401")
+	fs.StringVar(&p.ScopeJWTPayload, "scope-jwt-payload", p.ScopeJWTPayload, "the jwt_authn provider's payload_in_metadata name, for --scope-jwt-claim")
+	fs.TextVar(&p.ScopeLegacyUntil, "scope-legacy-until", time.Time{}, "until this time (RFC 3339), a new key also looks for a record of the previous version's scope (authority and --scope-headers only), so retries of requests made before the upgrade find theirs")
 	fs.Var(methodsFlag{&p.Methods}, "methods", "comma list of methods that take part (empty: all)")
 	fs.IntVar(&p.MaxStoredBody, "max-body-bytes", p.MaxStoredBody, "largest response body stored for replay")
 	fs.Func("no-store-statuses", "response statuses that release the key instead of storing it, so a retry runs again: only statuses that say the request was not processed belong here (default \"408,425,429\"; adding 5xx MAY RUN TWICE a request that failed after its side effect)", func(v string) error {

@@ -39,7 +39,7 @@ func TestParseSettings_defaults(t *testing.T) {
 	require.Equal(t, 1<<20, p.MaxStoredBody)
 	require.False(t, p.FailOpen)
 	require.Equal(t, []string{"set-cookie"}, p.ExcludeHeaders)
-	require.True(t, p.NoStore.Contains(500))
+	require.False(t, p.NoStore.Contains(500), "a 5xx is an outcome: stored, never re-run")
 	require.True(t, p.NoStore.Contains(429))
 	require.False(t, p.NoStore.Contains(404))
 	require.Equal(t, s.RedisTimeout, p.StoreTimeout, "the store timeout follows --redis-timeout")

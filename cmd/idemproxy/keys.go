@@ -11,13 +11,14 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
 
 // keyAdmin is what the admin key endpoint needs: turning a client key into
 // the store key, and inspecting or deleting that key's record.
 type keyAdmin interface {
-	StoreKey(authority string, scope map[string]string, rawKey string) (string, error)
+	StoreKey(in processor.ScopeInput, rawKey string) (string, error)
 }
 
 type keyStore interface {
@@ -31,7 +32,9 @@ type keyStore interface {
 // keysHandler serves /admin/v1/keys. It answers only with the right bearer
 // token: it can clear a key, which allows a re-run.
 //
-//   - GET or DELETE ?authority=..&key=.. plus one parameter per
+//   - GET or DELETE ?authority=..&key=.. plus the request's identity
+//     (authorization=<its Authorization header> or jwt_claim=<the claim>),
+//     scheme=https when it came over https, and one parameter per
 //     --scope-headers name: one key, as a client's request names it;
 //   - GET or DELETE ?id=..: one record by the id a listing shows (client
 //     keys are never stored, so a listed record is found by its id);
@@ -117,11 +120,12 @@ func (h keysHandler) target(w http.ResponseWriter, q url.Values) (key, id string
 		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "The query needs authority and key, or id.")
 		return "", "", false
 	}
-	scope := map[string]string{}
+	in := processor.ScopeInput{Authority: authority, Scheme: q.Get("scheme"), Authorization: q.Get("authorization"),
+		JWTClaim: q.Get("jwt_claim"), Headers: map[string]string{}}
 	for _, name := range h.scopeHeaders {
-		scope[name] = q.Get(name)
+		in.Headers[name] = q.Get(name)
 	}
-	key, err := h.keys.StoreKey(authority, scope, rawKey)
+	key, err := h.keys.StoreKey(in, rawKey)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", err.Error())
 		return "", "", false

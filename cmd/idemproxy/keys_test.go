@@ -11,17 +11,18 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
 
 // fakeKeys maps (authority, scope, key) to a readable store key.
 type fakeKeys struct{}
 
-func (fakeKeys) StoreKey(authority string, scope map[string]string, rawKey string) (string, error) {
+func (fakeKeys) StoreKey(in processor.ScopeInput, rawKey string) (string, error) {
 	if rawKey == "bad key" {
 		return "", errors.New("the idempotency key may contain only visible ASCII characters")
 	}
-	return authority + "|" + scope["x-tenant-id"] + "|" + rawKey, nil
+	return in.Authority + "|" + in.Headers["x-tenant-id"] + "|" + in.Authorization + rawKey, nil
 }
 
 type fakeKeyStore struct {

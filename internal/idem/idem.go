@@ -29,6 +29,8 @@ const (
 	// lease ran out without a word from the owner (a crash). The key is
 	// refused until the record expires or an operator deletes it.
 	StateUnknown
+	// StateFree means no record holds the key (Peek only).
+	StateFree
 )
 
 // String names the state for logs.
@@ -42,6 +44,8 @@ func (s State) String() string {
 		return "completed"
 	case StateUnknown:
 		return "outcome_unknown"
+	case StateFree:
+		return "free"
 	default:
 		return "unknown"
 	}

@@ -142,6 +142,28 @@ var behaviours = []behaviour{
 		s.Wait(hold + past)
 		grant(t, s.Store, "k", "fp", holdLease)
 	}},
+	{"peek reports what acquire would, and takes nothing", func(t *testing.T, s Subject) {
+		peek := func(key string) idem.Acquisition {
+			acq, err := s.Store.Peek(t.Context(), key)
+			require.NoError(t, err)
+			return acq
+		}
+		require.Equal(t, idem.StateFree, peek("k").State)
+		require.Equal(t, idem.StateFree, peek("k").State, "peeking never creates a record")
+		tok, fence := grant(t, s.Store, "k", "fp", holdLease)
+		require.EqualValues(t, 1, fence, "peeking took no fence")
+		acq := peek("k")
+		require.Equal(t, idem.StateInProgress, acq.State)
+		require.Equal(t, []byte("fp"), acq.Fingerprint)
+		rec := sampleRecord()
+		require.NoError(t, s.Store.Complete(t.Context(), "k", tok, rec, time.Hour))
+		require.Equal(t, &rec, peek("k").Record)
+		grant(t, s.Store, "held", "fp", holdLease)
+		s.Wait(leaseTTL + past)
+		acq = peek("held")
+		require.Equal(t, idem.StateUnknown, acq.State)
+		require.True(t, acq.Expired)
+	}},
 	{"keys are independent", func(t *testing.T, s Subject) {
 		grant(t, s.Store, "a", "fp", holdLease)
 		grant(t, s.Store, "b", "fp", holdLease)

@@ -21,6 +21,7 @@ import (
 // this package cannot import (the store's tests would then build gRPC).
 type Store interface {
 	Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error)
+	Peek(ctx context.Context, key string) (idem.Acquisition, error)
 	Renew(ctx context.Context, key, token string, lease idem.Lease) error
 	Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error
 	Release(ctx context.Context, key, token string) error

@@ -12,9 +12,12 @@
 -- ARGV[5]  fence counter TTL in milliseconds
 -- ARGV[6]  "1": takeover (an expired lease frees the key), "0": hold
 -- ARGV[7]  scope, for operators (authority and identity hash, never the key)
+-- ARGV[8]  "peek": report what holds the key, but never take it (then
+--          ARGV[1]-ARGV[7] are ignored and {"free"} stands for a free key)
 --
 -- Returns one of:
 --   {"acquired", fence}                              a new in-progress record is ours
+--   {"free"}                                         (peek only) nothing holds the key
 --   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
 --                                                    ms more; why is "abandoned" (its owner said so)
@@ -36,6 +39,9 @@ local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx")
 local st = v[1]
 
 local function grant()
+  if ARGV[8] == "peek" then
+    return {"free"}
+  end
   local fence = redis.call("INCR", KEYS[2])
   redis.call("PEXPIRE", KEYS[2], ARGV[5])
   redis.call("HSET", KEYS[1], "st", "p", "tok", ARGV[1], "fp", ARGV[2], "fence", fence,
