@@ -34,6 +34,8 @@ type settings struct {
 	AdminTokenFile  string
 	OnUnknown       string
 	AllowEvicting   bool
+	AuthTokenFile   string
+	AllowUnauth     bool
 	HeldKeysEvery   time.Duration
 	Pprof           bool
 	TLSCert         string
@@ -107,6 +109,8 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.RedisCA, "redis-ca", "", "PEM CA bundle to verify a rediss:// server (default: the system roots)")
 	fs.StringVar(&s.TLSCert, "tls-cert", "", "PEM certificate for the gRPC listener (with --tls-key: TLS; reloaded when the file changes)")
 	fs.StringVar(&s.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&s.AuthTokenFile, "auth-token-file", "", "file of bearer tokens (one per line, 16+ characters) Envoy must send on every ext_proc stream as gRPC metadata authorization: Bearer <token>; reloaded when it changes, so tokens can rotate")
+	fs.BoolVar(&s.AllowUnauth, "allow-unauthenticated", false, "serve ext_proc on a non-loopback address with neither --auth-token-file nor mutual TLS (only where something else, e.g. a mesh's mTLS and authorization policy, guards the port)")
 	fs.StringVar(&s.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require and verify client certificates (mutual TLS with Envoy)")
 	fs.StringVar(&s.RedisPrefix, "redis-prefix", "idemproxy:", "prefix of every Redis key")
 	fs.BoolVar(&s.Reflection, "reflection", true, "register gRPC server reflection (for grpcurl)")
@@ -170,6 +174,10 @@ func (s *settings) resolve() error {
 		errs = append(errs, err)
 		s.EncryptionKeys = keys
 	}
+	if s.AuthTokenFile != "" {
+		_, err := readTokens(s.AuthTokenFile)
+		errs = append(errs, err)
+	}
 	if s.EncryptionKeys != "" {
 		kr, err := redisstore.ParseKeyring(s.EncryptionKeys)
 		if err != nil {
@@ -216,6 +224,9 @@ func (s *settings) validate() error {
 	}
 	if s.HeldKeysEvery < 0 {
 		errs = append(errs, errors.New("--held-keys-interval must not be negative"))
+	}
+	if !loopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
+		errs = append(errs, fmt.Errorf("--grpc-addr %s: %w", s.GRPCAddr, errOpenPort))
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))

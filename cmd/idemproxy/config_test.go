@@ -18,7 +18,9 @@ type env map[string]string
 func (e env) get(name string) string { return e[name] }
 
 func TestParseSettings_defaults(t *testing.T) {
-	s, err := parseSettings(nil, env{}.get, io.Discard)
+	// The default listen address is every interface: it needs a token or
+	// mutual TLS (TestParseSettings_openPort), or this explicit opt-out.
+	s, err := parseSettings([]string{"--allow-unauthenticated"}, env{}.get, io.Discard)
 	require.NoError(t, err)
 	require.Equal(t, ":50051", s.GRPCAddr)
 	require.Equal(t, ":9090", s.AdminAddr)
@@ -88,7 +90,7 @@ func TestParseSettings_flagsAndEnv(t *testing.T) {
 
 func TestParseSettings_flagWinsOverBadEnv(t *testing.T) {
 	// A broken env var is ignored when its flag is given.
-	s, err := parseSettings([]string{"--lock-ttl", "20s"}, env{"IDEMPROXY_LOCK_TTL": "soon"}.get, io.Discard)
+	s, err := parseSettings([]string{"--lock-ttl", "20s", "--allow-unauthenticated"}, env{"IDEMPROXY_LOCK_TTL": "soon"}.get, io.Discard)
 	require.NoError(t, err)
 	require.Equal(t, 20*time.Second, s.Processor.LockTTL)
 }
@@ -190,4 +192,45 @@ func TestParseSettings_emptySecretFiles(t *testing.T) {
 			require.ErrorContains(t, err, flagName+" "+empty+" is empty")
 		})
 	}
+}
+
+func TestParseSettings_openPort(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("# rotated 2026-12\nfirst-token-0123456789\nsecond-token-0123456789\n"), 0o600))
+	t.Run("an unauthenticated port on every interface is refused, saying what to configure", func(t *testing.T) {
+		for _, addr := range []string{":50051", "0.0.0.0:50051", "[::]:50051", "10.1.2.3:50051", "idemproxy:50051"} {
+			_, err := parseSettings([]string{"--grpc-addr", addr}, env{}.get, io.Discard)
+			var usage usageError
+			require.ErrorAs(t, err, &usage, addr)
+			require.ErrorContains(t, err, "--auth-token-file", addr)
+			require.ErrorContains(t, err, "--tls-client-ca", addr)
+			require.ErrorContains(t, err, "--allow-unauthenticated", addr)
+		}
+	})
+	t.Run("loopback, a token, mutual TLS or the opt-out are accepted", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"--grpc-addr", "127.0.0.1:50051"},
+			{"--grpc-addr", "[::1]:50051"},
+			{"--grpc-addr", "localhost:50051"},
+			{"--auth-token-file", tokenFile},
+			{"--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"},
+			{"--allow-unauthenticated"},
+		} {
+			_, err := parseSettings(args, env{}.get, io.Discard)
+			require.NoError(t, err, "%v", args)
+		}
+		_, err := parseSettings(nil, env{"IDEMPROXY_AUTH_TOKEN_FILE": tokenFile}.get, io.Discard)
+		require.NoError(t, err)
+	})
+	t.Run("a token file that cannot serve is refused at start", func(t *testing.T) {
+		dir := t.TempDir()
+		for name, content := range map[string]string{"empty": "\n# nothing\n", "short": "tooshort\n", "spaces": "a token with spaces in it\n"} {
+			path := filepath.Join(dir, name)
+			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+			_, err := parseSettings([]string{"--auth-token-file", path}, env{}.get, io.Discard)
+			require.ErrorContains(t, err, "--auth-token-file", name)
+		}
+		_, err := parseSettings([]string{"--auth-token-file", filepath.Join(dir, "missing")}, env{}.get, io.Discard)
+		require.ErrorContains(t, err, "--auth-token-file")
+	})
 }

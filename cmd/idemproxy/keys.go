@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -49,8 +48,8 @@ type keysHandler struct {
 }
 
 func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.token)) != 1 {
+	got, ok := bearer(r.Header.Get("Authorization"))
+	if !ok || !tokenMatches(got, []string{h.token}) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
 		writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid bearer token is required.")
 		return

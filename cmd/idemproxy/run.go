@@ -8,20 +8,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
 	"time"
 
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
@@ -74,42 +69,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return usageError{err}
 	}
 
+	// The server is built before anything listens: its TLS and token
+	// files are read here, and a bad one must not leave a port open.
+	gs, err := newGRPCServer(s, reg, log, proc, hs)
+	if err != nil {
+		return err
+	}
 	grpcLis, err := net.Listen("tcp", s.GRPCAddr)
 	if err != nil {
+		gs.Stop() // its stream workers run from the start
 		return fmt.Errorf("grpc listener: %w", err)
 	}
 	adminLis, err := net.Listen("tcp", s.AdminAddr)
 	if err != nil {
 		grpcLis.Close()
+		gs.Stop()
 		return fmt.Errorf("admin listener: %w", err)
-	}
-
-	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(s.MaxMessageBytes),
-		// A fixed pool of stream goroutines instead of one new goroutine
-		// per stream: every HTTP request is a stream here.
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-	}
-	if s.TLSCert != "" {
-		reloads, err := newTLSReloads(reg)
-		if err != nil {
-			grpcLis.Close()
-			adminLis.Close()
-			return fmt.Errorf("metrics: %w", err)
-		}
-		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
-		if err != nil {
-			grpcLis.Close()
-			adminLis.Close()
-			return usageError{err}
-		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
-	}
-	gs := grpc.NewServer(opts...)
-	extprocv3.RegisterExternalProcessorServer(gs, proc)
-	healthpb.RegisterHealthServer(gs, hs)
-	if s.Reflection {
-		reflection.Register(gs)
 	}
 	var keys http.Handler
 	if s.AdminToken != "" {
@@ -117,7 +92,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	admin := &http.Server{Handler: adminHandler(reg, checker, keys, s.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
-	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "")
+	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "",
+		"token_auth", s.AuthTokenFile != "")
+	if !loopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" {
+		log.Warn("ext_proc port open to anyone who can reach it (--allow-unauthenticated): keep it behind a mesh's mutual TLS and authorization policy",
+			"addr", grpcLis.Addr().String())
+	}
 	log.Info("admin listening", "addr", adminLis.Addr().String())
 
 	g, gctx := errgroup.WithContext(ctx)

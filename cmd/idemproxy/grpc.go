@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"runtime"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+)
+
+// newGRPCServer builds the ext_proc server with its transport security:
+// TLS (and mutual TLS) from certificate files, bearer tokens from the
+// token file, both reloaded when their files change. The health service
+// is registered too; it is the one service that needs no token.
+func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc extprocv3.ExternalProcessorServer, hs *health.Server) (*grpc.Server, error) {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.MaxMessageBytes),
+		// A fixed pool of stream goroutines instead of one new goroutine
+		// per stream: every HTTP request is a stream here.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+	}
+	if s.TLSCert != "" {
+		reloads, err := newTLSReloads(reg)
+		if err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+	}
+	if s.AuthTokenFile != "" {
+		tokens, err := newTokenFile(s.AuthTokenFile, log, reg)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		auth, err := newStreamAuth(tokens.current, reg, log)
+		if err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		opts = append(opts, grpc.ChainStreamInterceptor(auth.stream), grpc.ChainUnaryInterceptor(auth.unary))
+	}
+	gs := grpc.NewServer(opts...)
+	extprocv3.RegisterExternalProcessorServer(gs, proc)
+	healthpb.RegisterHealthServer(gs, hs)
+	if s.Reflection {
+		reflection.Register(gs)
+	}
+	return gs, nil
+}
