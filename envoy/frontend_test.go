@@ -71,7 +71,7 @@ func runIdemproxy(t *testing.T, name, redisURL, grpcAddr, logLevel string, extra
 	t.Helper()
 	args := append([]string{
 		"--grpc-addr", grpcAddr, "--admin-addr", "127.0.0.1:0",
-		"--redis-url", redisURL, "--log-level", logLevel,
+		"--redis-url", redisURL, "--log-level", logLevel, "--auth-token-file", e2eTokenFile,
 	}, extra...)
 	p := startBin(t, name, "idemproxy", args...)
 	grpc := p.LogAddr(t, "grpc listening")

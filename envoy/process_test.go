@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -13,6 +15,10 @@ import (
 // binDir holds the idemproxy and backend binaries built once by TestMain,
 // and toxiproxy-server once a test needs it.
 var binDir string
+
+// e2eToken is the bearer token every test's Envoy sends and every test's
+// idemproxy accepts (from e2eTokenFile), as the shipped config has it.
+var e2eToken, e2eTokenFile string
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
@@ -36,6 +42,12 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	binDir = dir
+	e2eToken = "e2e-token-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-0123456789"
+	e2eTokenFile = filepath.Join(dir, "auth-token")
+	if err := os.WriteFile(e2eTokenFile, []byte(e2eToken+"\n"), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: token file:", err)
+		return 1
+	}
 	return m.Run()
 }
 

@@ -58,6 +58,7 @@ func startStackWith(t *testing.T, c stackConfig) *stack {
 func (s *stack) startEnvoy(t *testing.T, bin string, c testenv.EnvoyConfig, conns int) {
 	t.Helper()
 	c.Listener, c.Admin = testenv.Port(t), testenv.Port(t)
+	c.AuthToken = e2eToken
 	s.envoy = testenv.StartEnvoy(t, bin, testenv.WriteEnvoyConfig(t, "envoy.yaml", c), c.Admin)
 	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", c.Admin)
 	s.url = fmt.Sprintf("http://127.0.0.1:%d", c.Listener)
@@ -129,6 +130,8 @@ type backendStats struct {
 	Keys        map[string]int   `json:"keys"`
 	StaleFences map[string]int   `json:"stale_fences"`
 	Fences      map[string]int64 `json:"fences"`
+	// FencedWithoutKey counts keyless requests that arrived with a fence.
+	FencedWithoutKey int `json:"fenced_without_key"`
 }
 
 func (s *stack) stats(t testing.TB) backendStats {

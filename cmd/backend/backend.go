@@ -32,6 +32,9 @@ type backend struct {
 	// the requests refused for carrying a lower one.
 	fences map[string]int64
 	stale  map[string]int
+	// fencedNoKey counts keyless requests that arrived with a fence: the
+	// proxy should have removed a client's own.
+	fencedNoKey int
 }
 
 func newBackend(slowDelay time.Duration, log *slog.Logger) *backend {
@@ -49,6 +52,8 @@ type stats struct {
 	StaleFences map[string]int `json:"stale_fences"`
 	// Fences is the highest fence seen per key.
 	Fences map[string]int64 `json:"fences"`
+	// FencedWithoutKey counts keyless requests that carried a fence.
+	FencedWithoutKey int `json:"fenced_without_key"`
 }
 
 // routes returns the service's handler. Only the execution endpoints count;
@@ -99,6 +104,9 @@ func (b *backend) executes(next http.HandlerFunc) http.Handler {
 func (b *backend) record(key string, fence int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if key == "" && fence > 0 {
+		b.fencedNoKey++
+	}
 	if key != "" && fence > 0 {
 		if fence < b.fences[key] {
 			b.stale[key]++
@@ -115,7 +123,7 @@ func (b *backend) snapshot() stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := stats{Total: b.total, Keys: make(map[string]int, len(b.counts)), NoKey: b.counts[""],
-		StaleFences: maps.Clone(b.stale), Fences: maps.Clone(b.fences)}
+		StaleFences: maps.Clone(b.stale), Fences: maps.Clone(b.fences), FencedWithoutKey: b.fencedNoKey}
 	for k, n := range b.counts {
 		if k != "" {
 			s.Keys[k] = n
@@ -134,6 +142,7 @@ func (b *backend) resetStats(w http.ResponseWriter, _ *http.Request) {
 	clear(b.counts)
 	clear(b.fences)
 	clear(b.stale)
+	b.fencedNoKey = 0
 	b.mu.Unlock()
 	writeJSON(w, http.StatusOK, stats{Keys: map[string]int{}, StaleFences: map[string]int{}, Fences: map[string]int64{}})
 }

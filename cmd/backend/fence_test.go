@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -43,4 +44,14 @@ func TestBackend_fence(t *testing.T) {
 		require.Equal(t, http.StatusBadRequest, charge("a", "x"))
 		require.Equal(t, http.StatusBadRequest, charge("a", "-3"))
 	})
+}
+
+func TestBackend_countsFencedKeylessRequests(t *testing.T) {
+	_, h := newTestBackend(t, time.Millisecond)
+	req := httptest.NewRequest(http.MethodPost, "/charge", nil)
+	req.Header.Set(headerFence, "7")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	require.Equal(t, http.StatusOK, rec.Code)
+	require.Equal(t, 1, getStats(t, h).FencedWithoutKey, "a fence a proxy should have removed")
 }

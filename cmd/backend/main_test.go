@@ -135,7 +135,7 @@ func TestRun_ServesUntilCancelled(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	code, body = get("/stats")
 	require.Equal(t, http.StatusOK, code)
-	require.JSONEq(t, `{"total":1,"keys":{"run-key":1},"no_key":0,"stale_fences":{},"fences":{}}`, body)
+	require.JSONEq(t, `{"total":1,"keys":{"run-key":1},"no_key":0,"stale_fences":{},"fences":{},"fenced_without_key":0}`, body)
 
 	cancel()
 	select {

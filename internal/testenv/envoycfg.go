@@ -17,6 +17,9 @@ const (
 	ListenerMarker = "{ address: 0.0.0.0, port_value: 10000 }"
 	ExtProcMarker  = "port_value: 50051 }"
 	BackendMarker  = "port_value: 8081 }"
+	// TokenMarker is the placeholder of the bearer token Envoy sends to
+	// idemproxy (grpc_service.initial_metadata).
+	TokenMarker = "Bearer REPLACE_WITH_A_TOKEN_FROM_IDEMPROXY_AUTH_TOKEN_FILE"
 	// The ext_proc filter runs from its list entry up to the router's.
 	ExtProcFilterStart = "          - name: envoy.filters.http.ext_proc\n"
 	ExtProcFilterEnd   = "          - name: envoy.filters.http.router\n"
@@ -33,6 +36,9 @@ type EnvoyConfig struct {
 	// chain entirely. The then unused idemproxy cluster stays, pointing
 	// nowhere anything listens.
 	ExtProc string
+	// AuthToken replaces the token placeholder; empty leaves it, for an
+	// ext_proc server that checks no token.
+	AuthToken string
 	// Edits are further exact replacements, each matching once, applied
 	// after the addresses, for tests that need one setting changed.
 	Edits [][2]string
@@ -57,6 +63,9 @@ func RenderEnvoyConfig(src string, c EnvoyConfig) (string, error) {
 			return "", fmt.Errorf("ext_proc: %w", err)
 		}
 		reps = append(reps, [2]string{ExtProcMarker, "port_value: " + extPort + " }"})
+	}
+	if c.AuthToken != "" {
+		reps = append(reps, [2]string{TokenMarker, "Bearer " + c.AuthToken})
 	}
 	cfg := src
 	for _, r := range append(reps, c.Edits...) {
