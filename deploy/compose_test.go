@@ -35,7 +35,7 @@ func loadCompose(t *testing.T) *types.Project {
 func TestCompose_Services(t *testing.T) {
 	p := loadCompose(t)
 	require.Equal(t, "idemproxy", p.Name)
-	require.ElementsMatch(t, []string{"envoy", "redis", "idemproxy", "backend", "toxiproxy"}, p.ServiceNames())
+	require.ElementsMatch(t, []string{"envoy", "token", "redis", "idemproxy", "backend", "toxiproxy"}, p.ServiceNames())
 
 	t.Run("envoy is the version the tests run", func(t *testing.T) {
 		require.Equal(t, "envoyproxy/envoy:v"+envoyVersion(t), p.Services["envoy"].Image)
@@ -45,10 +45,26 @@ func TestCompose_Services(t *testing.T) {
 	})
 	t.Run("envoy runs envoy-compose.yaml", func(t *testing.T) {
 		v := p.Services["envoy"].Volumes
-		require.Len(t, v, 1)
+		require.Len(t, v, 2)
 		require.Equal(t, mustAbs(t, repoPath("envoy", "envoy-compose.yaml")), v[0].Source)
 		require.Equal(t, "/etc/envoy/envoy.yaml", v[0].Target)
 		require.True(t, v[0].ReadOnly)
+	})
+	t.Run("envoy and idemproxy share the token, read-only", func(t *testing.T) {
+		for _, name := range []string{"envoy", "idemproxy"} {
+			found := false
+			for _, v := range p.Services[name].Volumes {
+				if v.Source == "auth" {
+					require.Equal(t, "/run/idemproxy", v.Target, name)
+					require.True(t, v.ReadOnly, name)
+					found = true
+				}
+			}
+			require.True(t, found, "%s mounts the auth volume", name)
+		}
+		require.Equal(t, "/run/idemproxy/token", *p.Services["idemproxy"].Environment["IDEMPROXY_AUTH_TOKEN_FILE"])
+		require.Equal(t, "auth", p.Services["token"].Volumes[0].Source)
+		require.False(t, p.Services["token"].Volumes[0].ReadOnly, "the token service writes it")
 	})
 	t.Run("idemproxy and backend are built from the Dockerfile", func(t *testing.T) {
 		for _, name := range []string{"idemproxy", "backend"} {
@@ -95,12 +111,20 @@ func TestCompose_Ports(t *testing.T) {
 func TestCompose_StartOrder(t *testing.T) {
 	p := loadCompose(t)
 	for name, s := range p.Services {
+		for dep, d := range s.DependsOn {
+			want := types.ServiceConditionHealthy
+			if dep == "token" {
+				want = types.ServiceConditionCompletedSuccessfully // a one-shot job
+			}
+			require.Equal(t, want, d.Condition, "%s -> %s", name, dep)
+		}
+		if name == "token" {
+			require.Nil(t, s.HealthCheck, "the token job exits; it has no health")
+			continue
+		}
 		require.NotNil(t, s.HealthCheck, "%s has no healthcheck", name)
 		require.False(t, s.HealthCheck.Disable, name)
 		require.Equal(t, "CMD", s.HealthCheck.Test[0], "%s: exec form, no shell needed", name)
-		for dep, d := range s.DependsOn {
-			require.Equal(t, types.ServiceConditionHealthy, d.Condition, "%s -> %s", name, dep)
-		}
 	}
 	deps := func(name string) []string {
 		var out []string
@@ -110,8 +134,9 @@ func TestCompose_StartOrder(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	require.Equal(t, []string{"idemproxy", "toxiproxy"}, deps("envoy"))
-	require.Equal(t, []string{"redis"}, deps("idemproxy"))
+	require.Equal(t, []string{"idemproxy", "token", "toxiproxy"}, deps("envoy"))
+	require.Equal(t, []string{"redis", "token"}, deps("idemproxy"))
+	require.Empty(t, deps("token"))
 	require.Equal(t, []string{"backend"}, deps("toxiproxy"))
 	require.Empty(t, deps("redis"))
 	require.Empty(t, deps("backend"))
@@ -231,4 +256,51 @@ func TestCompose_EnvoyHealthcheck(t *testing.T) {
 	require.NoError(t, ln.Close())
 	cmd := exec.Command(test[1], test[2], strings.Replace(script, "/9901", "/"+deadPort, 1))
 	require.Error(t, cmd.Run(), "healthcheck without an Envoy")
+}
+
+// TestCompose_Token runs the token service's script and Envoy's entrypoint
+// script for real (sh, od, sed; paths moved into a temp dir): the token is
+// made once, kept on the next start, and written into a copy of
+// envoy-compose.yaml that the real Envoy accepts.
+func TestCompose_Token(t *testing.T) {
+	t.Parallel()
+	p := loadCompose(t)
+	dir := t.TempDir()
+	run := func(script string) string {
+		t.Helper()
+		script = strings.ReplaceAll(script, "/run/idemproxy", dir)
+		out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput()
+		require.NoError(t, err, "%s\n%s", script, out)
+		return string(out)
+	}
+	tokenCmd := p.Services["token"].Command
+	require.Equal(t, []string{"/bin/sh", "-c"}, []string(tokenCmd[:2]))
+	run(tokenCmd[2])
+	token, err := os.ReadFile(filepath.Join(dir, "token"))
+	require.NoError(t, err)
+	require.Regexp(t, `^[0-9a-f]{64}$`, string(token), "32 random bytes in hex, no newline")
+	st, err := os.Stat(filepath.Join(dir, "token"))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o444), st.Mode().Perm(), "readable by idemproxy's non-root user")
+	run(tokenCmd[2])
+	again, err := os.ReadFile(filepath.Join(dir, "token"))
+	require.NoError(t, err)
+	require.Equal(t, token, again, "a restart keeps the token")
+
+	envoy := p.Services["envoy"]
+	require.Equal(t, []string{"/bin/sh", "-c"}, []string(envoy.Entrypoint))
+	script := envoy.Command[0]
+	require.Contains(t, script, "exec envoy -c /tmp/envoy.yaml")
+	// Up to the exec: the config copy with the token in it. ($$ became $
+	// when compose loaded the file.)
+	render, _, ok := strings.Cut(script, " && exec envoy")
+	require.True(t, ok)
+	render = strings.ReplaceAll(render, "/etc/envoy/envoy.yaml", mustAbs(t, repoPath("envoy", "envoy-compose.yaml")))
+	render = strings.ReplaceAll(render, "/tmp/envoy.yaml", filepath.Join(dir, "envoy.yaml"))
+	run(render)
+	cfg, err := os.ReadFile(filepath.Join(dir, "envoy.yaml"))
+	require.NoError(t, err)
+	require.Contains(t, string(cfg), "Bearer "+string(token))
+	require.NotContains(t, string(cfg), "REPLACE_WITH_A_TOKEN")
+	validateEnvoy(t, envoyBinary(t), filepath.Join(dir, "envoy.yaml"))
 }

@@ -122,6 +122,16 @@ func staticCluster(name, host string, port int, http2 bool) generic {
 // would insert it, in a minimal bootstrap: a listener with that filter before
 // the router, one route to the "backend" cluster, and the given clusters.
 func filterBootstrap(filter generic, clusters ...generic) generic {
+	return filterBootstrapChain([]generic{filter}, clusters...)
+}
+
+// filterBootstrapChain is filterBootstrap with several filters, in order,
+// before the router.
+func filterBootstrapChain(filters []generic, clusters ...generic) generic {
+	chain := make([]any, len(filters))
+	for i, f := range filters {
+		chain[i] = f
+	}
 	hcm := generic{
 		"@type":       "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
 		"stat_prefix": "ingress",
@@ -129,10 +139,10 @@ func filterBootstrap(filter generic, clusters ...generic) generic {
 			"name": "all", "domains": []any{"*"},
 			"routes": []any{generic{"match": generic{"prefix": "/"}, "route": generic{"cluster": "backend", "timeout": "10s"}}},
 		}}},
-		"http_filters": []any{filter, generic{
+		"http_filters": append(chain, generic{
 			"name":         "envoy.filters.http.router",
 			"typed_config": generic{"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-		}},
+		}),
 	}
 	cs := make([]any, len(clusters))
 	for i, c := range clusters {

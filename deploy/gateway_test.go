@@ -17,12 +17,14 @@ type envoyGateway struct {
 	policies []*egv1a1.EnvoyExtensionPolicy
 	routes   map[string]*gwapiv1.HTTPRoute
 	grants   []*gwapiv1b1.ReferenceGrant
+	proxies  []*egv1a1.EnvoyProxy
+	tls      []*gwapiv1.BackendTLSPolicy
 }
 
 func loadEnvoyGateway(t *testing.T) envoyGateway {
 	t.Helper()
 	eg := envoyGateway{routes: map[string]*gwapiv1.HTTPRoute{}}
-	for _, file := range []string{"extension-policy.yaml", "httproute.yaml", "referencegrant.yaml"} {
+	for _, file := range []string{"extension-policy.yaml", "httproute.yaml", "referencegrant.yaml", "mtls.yaml"} {
 		for _, doc := range yamlDocs(t, readRepoFile(t, "deploy", "envoy-gateway", file)) {
 			switch apiVersion, kind := typeOf(t, doc); apiVersion + " " + kind {
 			case "gateway.envoyproxy.io/v1alpha1 EnvoyExtensionPolicy":
@@ -33,6 +35,14 @@ func loadEnvoyGateway(t *testing.T) envoyGateway {
 				var v gwapiv1.HTTPRoute
 				decodeStrict(t, doc, &v)
 				eg.routes[v.Name] = &v
+			case "gateway.envoyproxy.io/v1alpha1 EnvoyProxy":
+				var v egv1a1.EnvoyProxy
+				decodeStrict(t, doc, &v)
+				eg.proxies = append(eg.proxies, &v)
+			case "gateway.networking.k8s.io/v1 BackendTLSPolicy":
+				var v gwapiv1.BackendTLSPolicy
+				decodeStrict(t, doc, &v)
+				eg.tls = append(eg.tls, &v)
 			case "gateway.networking.k8s.io/v1beta1 ReferenceGrant":
 				var v gwapiv1b1.ReferenceGrant
 				decodeStrict(t, doc, &v)
@@ -146,6 +156,31 @@ func TestEnvoyGateway_References(t *testing.T) {
 			require.Equal(t, 60*time.Second, mustDuration(t, string(*rule.Timeouts.Request)))
 		}
 		require.ElementsMatch(t, keyHeaders, matched)
+	})
+	t.Run("only the keyless route removes a client's fence", func(t *testing.T) {
+		f := catchAll.Spec.Rules[0].Filters
+		require.Len(t, f, 1)
+		require.Equal(t, gwapiv1.HTTPRouteFilterRequestHeaderModifier, f[0].Type)
+		require.Equal(t, []string{"Idempotency-Fence"}, f[0].RequestHeaderModifier.Remove)
+		for _, rule := range keyed.Spec.Rules {
+			require.Empty(t, rule.Filters, "a route-level removal would strip idemproxy's own fence too")
+		}
+	})
+	t.Run("mutual TLS to idemproxy: a client certificate and a checked server", func(t *testing.T) {
+		require.Len(t, eg.proxies, 1)
+		cc := eg.proxies[0].Spec.BackendTLS.ClientCertificateRef
+		require.NotNil(t, cc)
+		require.Equal(t, gwapiv1.ObjectName("eg-idemproxy-client-cert"), cc.Name)
+		require.Len(t, eg.tls, 1)
+		p := eg.tls[0]
+		ref := policy.Spec.ExtProc[0].BackendRefs[0].BackendObjectReference
+		require.Equal(t, string(*ref.Namespace), p.Namespace)
+		require.Len(t, p.Spec.TargetRefs, 1)
+		require.Equal(t, gwapiv1.Kind("Service"), p.Spec.TargetRefs[0].Kind)
+		require.Equal(t, ref.Name, p.Spec.TargetRefs[0].Name)
+		require.Equal(t, gwapiv1.SectionName("grpc"), *p.Spec.TargetRefs[0].SectionName, "the Service port named grpc")
+		require.Len(t, p.Spec.Validation.CACertificateRefs, 1)
+		require.Equal(t, gwapiv1.PreciseHostname("idemproxy.idemproxy.svc.cluster.local"), p.Spec.Validation.Hostname)
 	})
 	t.Run("catch-all route has no header match", func(t *testing.T) {
 		require.Len(t, catchAll.Spec.Rules, 1)

@@ -10,13 +10,16 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
+	securityv1 "istio.io/api/security/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -49,8 +52,22 @@ func loadEnvoyFilter(t *testing.T, file string) (*networkingv1alpha3.EnvoyFilter
 	require.Equal(t, "EnvoyFilter", obj.Kind)
 	var ef networkingv1alpha3.EnvoyFilter
 	require.NoError(t, protojson.Unmarshal(obj.Spec, &ef))
-	require.Len(t, ef.ConfigPatches, 1)
+	require.Len(t, ef.ConfigPatches, 2, "idemproxy's filter, and the one that removes a client's fence")
 	return &ef, ef.ConfigPatches[0].Patch.Value.AsMap()
+}
+
+// fenceFilter is the EnvoyFilter's second patch: the header_mutation filter
+// that removes a client's Idempotency-Fence before idemproxy's filter.
+func fenceFilter(t *testing.T, ef *networkingv1alpha3.EnvoyFilter) generic {
+	t.Helper()
+	cp := ef.ConfigPatches[1]
+	require.Equal(t, ef.ConfigPatches[0].Match.Context, cp.Match.Context)
+	require.Equal(t, networkingv1alpha3.EnvoyFilter_Patch_INSERT_BEFORE, cp.Patch.Operation)
+	require.Equal(t, "idemproxy.composite", cp.Match.GetListener().GetFilterChain().GetFilter().GetSubFilter().GetName(),
+		"before idemproxy's filter, so a client's fence is gone before idemproxy sets its own")
+	v := cp.Patch.Value.AsMap()
+	require.Equal(t, []any{map[string]any{"remove": "idempotency-fence"}}, dig(t, v, "typed_config", "mutations", "request_mutations"))
+	return v
 }
 
 // idemproxyCluster is the outbound cluster Istio creates for the idemproxy
@@ -167,9 +184,13 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 	bin := envoyBinary(t)
 	for file := range istioFilters {
 		t.Run(file, func(t *testing.T) {
-			_, filter := loadEnvoyFilter(t, file)
+			ef, filter := loadEnvoyFilter(t, file)
 			proc, procPort, stopProc := startProcessor(t)
+			var fenced atomic.Int32
 			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Idempotency-Fence") != "" {
+					fenced.Add(1)
+				}
 				body, _ := io.ReadAll(r.Body)
 				w.WriteHeader(http.StatusCreated)
 				fmt.Fprintf(w, `{"charged":%s}`, body)
@@ -179,7 +200,7 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 			require.NoError(t, err)
 			backendPort, err := strconv.Atoi(port)
 			require.NoError(t, err)
-			_, listener := runEnvoy(t, bin, filterBootstrap(filter,
+			_, listener := runEnvoy(t, bin, filterBootstrapChain([]generic{fenceFilter(t, ef), filter},
 				staticCluster(idemproxyCluster(t), "127.0.0.1", procPort, true),
 				staticCluster("backend", host, backendPort, false)))
 
@@ -189,6 +210,7 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 				if header != "" {
 					req.Header.Set(header, key)
 				}
+				req.Header.Set("Idempotency-Fence", "999999") // a client's own: never passed on
 				resp, err := http.DefaultClient.Do(req)
 				require.NoError(t, err)
 				defer resp.Body.Close()
@@ -217,6 +239,8 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 				require.Len(t, streams, i+1, header)
 				require.Equal(t, wantStream, streams[i], header)
 			}
+
+			require.Zero(t, fenced.Load(), "no client's fence reached the workload, keyed or not")
 
 			t.Run("fails closed without idemproxy", func(t *testing.T) {
 				stopProc()
@@ -268,5 +292,52 @@ func TestIstioEnvoyFilter_InitialMetadata(t *testing.T) {
 	got := proc.streamMetadata(0)
 	for _, e := range entries {
 		require.Equal(t, []string{e[2]}, got.Get(e[1]), e[1])
+	}
+}
+
+// TestIstio_Authorization decodes the mesh's authentication of Envoy to
+// idemproxy into Istio's own types: strict mutual TLS for idemproxy's pods,
+// and only the listed workloads may reach the gRPC port.
+func TestIstio_Authorization(t *testing.T) {
+	docs := yamlDocs(t, readRepoFile(t, "deploy", "istio", "authorization.yaml"))
+	require.Len(t, docs, 2)
+	labels := decodeK8s(t, yamlDocs(t, readRepoFile(t, "deploy", "kubernetes", "deployment.yaml"))).deployments["idemproxy"].Spec.Selector.MatchLabels
+	spec := func(doc []byte, kind string) json.RawMessage {
+		js, err := yaml.YAMLToJSON(doc)
+		require.NoError(t, err)
+		var obj struct {
+			APIVersion string          `json:"apiVersion"`
+			Kind       string          `json:"kind"`
+			Metadata   json.RawMessage `json:"metadata"`
+			Spec       json.RawMessage `json:"spec"`
+		}
+		dec := json.NewDecoder(strings.NewReader(string(js)))
+		dec.DisallowUnknownFields()
+		require.NoError(t, dec.Decode(&obj))
+		require.Equal(t, "security.istio.io/v1", obj.APIVersion)
+		require.Equal(t, kind, obj.Kind)
+		return obj.Spec
+	}
+	var pa securityv1.PeerAuthentication
+	require.NoError(t, protojson.Unmarshal(spec(docs[0], "PeerAuthentication"), &pa))
+	require.Equal(t, labels, pa.GetSelector().GetMatchLabels())
+	require.Equal(t, securityv1.PeerAuthentication_MutualTLS_STRICT, pa.GetMtls().GetMode())
+
+	var ap securityv1.AuthorizationPolicy
+	require.NoError(t, protojson.Unmarshal(spec(docs[1], "AuthorizationPolicy"), &ap))
+	require.Equal(t, labels, ap.GetSelector().GetMatchLabels())
+	require.Equal(t, securityv1.AuthorizationPolicy_ALLOW, ap.GetAction())
+	var grpcRule *securityv1.Rule
+	for _, r := range ap.GetRules() {
+		for _, to := range r.GetTo() {
+			if slices.Contains(to.GetOperation().GetPorts(), "50051") {
+				grpcRule = r
+			}
+		}
+	}
+	require.NotNil(t, grpcRule, "a rule for the gRPC port")
+	require.NotEmpty(t, grpcRule.GetFrom(), "the gRPC port is for named workloads only")
+	for _, from := range grpcRule.GetFrom() {
+		require.NotEmpty(t, from.GetSource().GetPrincipals())
 	}
 }

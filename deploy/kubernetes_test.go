@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -25,6 +26,8 @@ type k8sObjects struct {
 	deployments map[string]*appsv1.Deployment
 	services    map[string]*corev1.Service
 	pdbs        map[string]*policyv1.PodDisruptionBudget
+	netpols     map[string]*networkingv1.NetworkPolicy
+	secrets     map[string]*corev1.Secret
 }
 
 // decodeK8s decodes every document strictly into its k8s.io/api type; a
@@ -32,7 +35,8 @@ type k8sObjects struct {
 func decodeK8s(t *testing.T, docs [][]byte) k8sObjects {
 	t.Helper()
 	o := k8sObjects{configMaps: map[string]*corev1.ConfigMap{}, deployments: map[string]*appsv1.Deployment{},
-		services: map[string]*corev1.Service{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}}
+		services: map[string]*corev1.Service{}, pdbs: map[string]*policyv1.PodDisruptionBudget{},
+		netpols: map[string]*networkingv1.NetworkPolicy{}, secrets: map[string]*corev1.Secret{}}
 	for _, doc := range docs {
 		switch apiVersion, kind := typeOf(t, doc); apiVersion + " " + kind {
 		case "v1 Namespace":
@@ -55,6 +59,14 @@ func decodeK8s(t *testing.T, docs [][]byte) k8sObjects {
 			var v policyv1.PodDisruptionBudget
 			decodeStrict(t, doc, &v)
 			o.pdbs[v.Name] = &v
+		case "networking.k8s.io/v1 NetworkPolicy":
+			var v networkingv1.NetworkPolicy
+			decodeStrict(t, doc, &v)
+			o.netpols[v.Name] = &v
+		case "v1 Secret":
+			var v corev1.Secret
+			decodeStrict(t, doc, &v)
+			o.secrets[v.Name] = &v
 		default:
 			require.FailNow(t, "unexpected manifest", "%s %s", apiVersion, kind)
 		}
@@ -155,6 +167,31 @@ func TestKubernetes_Manifests(t *testing.T) {
 		require.NotNil(t, grpc.AppProtocol)
 		require.Equal(t, "grpc", *grpc.AppProtocol, "Istio and Envoy Gateway need it to speak HTTP/2")
 	})
+	t.Run("Envoy must authenticate: the token from a Secret, read-only", func(t *testing.T) {
+		require.Equal(t, "/etc/idemproxy/auth/token", cm.Data["IDEMPROXY_AUTH_TOKEN_FILE"])
+		require.Len(t, c.VolumeMounts, 1)
+		require.Equal(t, "/etc/idemproxy/auth", c.VolumeMounts[0].MountPath)
+		require.True(t, c.VolumeMounts[0].ReadOnly)
+		require.Len(t, pod.Volumes, 1)
+		require.Equal(t, c.VolumeMounts[0].Name, pod.Volumes[0].Name)
+		require.Equal(t, "idemproxy-auth", pod.Volumes[0].Secret.SecretName)
+	})
+	t.Run("only labelled client pods reach the gRPC port", func(t *testing.T) {
+		np := o.netpols["idemproxy"]
+		require.NotNil(t, np)
+		require.Equal(t, dep.Spec.Selector.MatchLabels, np.Spec.PodSelector.MatchLabels)
+		require.Equal(t, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, np.Spec.PolicyTypes)
+		byPort := map[int32]map[string]string{}
+		for _, rule := range np.Spec.Ingress {
+			require.Len(t, rule.Ports, 1)
+			require.Len(t, rule.From, 1)
+			byPort[rule.Ports[0].Port.IntVal] = rule.From[0].PodSelector.MatchLabels
+		}
+		require.Equal(t, map[int32]map[string]string{
+			50051: {"idemproxy.io/client": "true"},
+			9090:  {"idemproxy.io/admin": "true"},
+		}, byPort)
+	})
 	t.Run("demo redis is marked not for production", func(t *testing.T) {
 		raw := string(readRepoFile(t, "deploy", "kubernetes", "redis-demo.yaml"))
 		require.True(t, strings.HasPrefix(raw, "# NOT FOR PRODUCTION."))
@@ -184,9 +221,19 @@ func requireLockedDown(t *testing.T, pod corev1.PodSpec, c corev1.Container) {
 // TestKubernetes_Kustomize renders the folder with the kustomize library (what
 // `kubectl apply -k` runs) and decodes the result strictly again.
 func TestKubernetes_Kustomize(t *testing.T) {
+	// The operator makes auth-token (never committed); here a copy of the
+	// folder gets one, as `openssl rand -hex 32 > auth-token` would.
+	dir := t.TempDir()
+	files, err := filepath.Glob(repoPath("deploy", "kubernetes", "*.yaml"))
+	require.NoError(t, err)
+	for _, f := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(f)), readRepoFile(t, "deploy", "kubernetes", filepath.Base(f)), 0o600))
+	}
+	const token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "auth-token"), []byte(token+"\n"), 0o600))
 	opts := krusty.MakeDefaultOptions()
 	k := krusty.MakeKustomizer(opts)
-	resMap, err := k.Run(filesys.MakeFsOnDisk(), repoPath("deploy", "kubernetes"))
+	resMap, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	require.NoError(t, err)
 	var kust types.Kustomization
 	decodeStrict(t, readRepoFile(t, "deploy", "kubernetes", "kustomization.yaml"), &kust)
@@ -200,8 +247,9 @@ func TestKubernetes_Kustomize(t *testing.T) {
 	})
 
 	resources := resMap.Resources()
-	// Namespace, ConfigMap, Deployment, Service, PDB; Redis Deployment and Service.
-	require.Len(t, resources, 7)
+	// Namespace, ConfigMap, Secret, Deployment, Service, PDB, NetworkPolicy;
+	// Redis Deployment and Service.
+	require.Len(t, resources, 9)
 	var docs [][]byte
 	for _, r := range resources {
 		y, err := r.AsYAML()
@@ -216,4 +264,11 @@ func TestKubernetes_Kustomize(t *testing.T) {
 	require.Equal(t, kust.Namespace, o.namespaces[0].Name)
 	require.Equal(t, "idemproxy", kust.Namespace, "the Istio and Envoy Gateway examples address idemproxy.idemproxy")
 	require.Equal(t, "idemproxy/idemproxy:dev", o.deployments["idemproxy"].Spec.Template.Spec.Containers[0].Image)
+	require.Len(t, o.secrets, 1)
+	for name, sec := range o.secrets {
+		require.True(t, strings.HasPrefix(name, "idemproxy-auth-"), "a content hash names it: %s", name)
+		require.Equal(t, name, o.deployments["idemproxy"].Spec.Template.Spec.Volumes[0].Secret.SecretName,
+			"kustomize points the Deployment at the generated Secret")
+		require.Equal(t, token+"\n", string(sec.Data["token"]))
+	}
 }

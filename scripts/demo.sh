@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: Redis, the mock payment backend, idemproxy and Envoy, natively
-# (no Docker), with envoy/envoy.yaml exactly as shipped. Envoy listens on
+# (no Docker), with envoy/envoy.yaml as shipped but for the bearer token
+# Envoy shows idemproxy, which is made fresh for each run. Envoy listens on
 # :10000; Toxiproxy (API :8474) forwards :10001 to it, so
 # deploy/demo/lost-response.sh can lose a response on its way back.
 # Ctrl-C stops everything.
@@ -58,12 +59,20 @@ note "starting the mock payment backend on :8081"
 pids+=($!)
 wait_http backend http://127.0.0.1:8081/healthz
 note "starting idemproxy (gRPC :50051, admin :9090)"
-"$state/bin/idemproxy" --grpc-addr 127.0.0.1:50051 --admin-addr 127.0.0.1:9090 \
+# A fresh token for this run: idemproxy accepts only streams that carry it,
+# and Envoy's copy of envoy.yaml sends it. Never committed, never reused.
+umask 077
+token="demo-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+printf '%s\n' "$token" >"$state/auth-token"
+sed "s|Bearer REPLACE_WITH_A_TOKEN_FROM_IDEMPROXY_AUTH_TOKEN_FILE|Bearer $token|" envoy/envoy.yaml >"$state/envoy.yaml"
+grep -q "Bearer $token" "$state/envoy.yaml" || die "envoy/envoy.yaml has no token placeholder to fill"
+umask 022
+"$state/bin/idemproxy" --grpc-addr 127.0.0.1:50051 --admin-addr 127.0.0.1:9090 --auth-token-file "$state/auth-token" \
   --redis-url redis://127.0.0.1:6379/0 >"$state/logs/idemproxy.log" 2>&1 &
 pids+=($!)
 wait_http idemproxy http://127.0.0.1:9090/readyz
 note "starting Envoy $ENVOY_VERSION on :10000 (admin 127.0.0.1:9901)"
-"$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 1 --disable-hot-restart -l warn >"$state/logs/envoy.log" 2>&1 &
+"$ENVOY_BIN" -c "$state/envoy.yaml" --concurrency 1 --disable-hot-restart -l warn >"$state/logs/envoy.log" 2>&1 &
 pids+=($!)
 wait_http envoy http://127.0.0.1:9901/ready
 note "starting Toxiproxy (API 127.0.0.1:8474): envoy_front 127.0.0.1:10001 -> Envoy :10000"
