@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -45,6 +47,7 @@ const (
 type stack struct {
 	cfg    config
 	logDir string
+	token  string // the bearer token Envoy sends idemproxy, made by tokenFile
 	procs  []*testenv.Process
 	http   *http.Client
 
@@ -145,8 +148,12 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	if err != nil {
 		return nil, err
 	}
+	tokenFile, err := s.tokenFile()
+	if err != nil {
+		return nil, err
+	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
-		"--redis-url", rs.URL(), "--shutdown-grace", "2s"}, extra...)
+		"--redis-url", rs.URL(), "--shutdown-grace", "2s", "--auth-token-file", tokenFile}, extra...)
 	p, err := s.start(name, s.cfg.bins.idemproxy, args...)
 	if err != nil {
 		return nil, err
@@ -223,7 +230,12 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	ec := testenv.EnvoyConfig{Backend: be.addr}
+	// Every Envoy sends the token, as the shipped config does, so the
+	// null server's runs carry the same metadata as idemproxy's.
+	if _, err := s.tokenFile(); err != nil {
+		return nil, err
+	}
+	ec := testenv.EnvoyConfig{Backend: be.addr, AuthToken: s.token}
 	if ext != nil {
 		ec.ExtProc = ext.addr
 	}
@@ -262,4 +274,23 @@ func (s *stack) alive() error {
 		return fmt.Errorf("redis-server exited during the run:\n%s", s.redis.Output())
 	}
 	return nil
+}
+
+// tokenFile makes the run's bearer token on first use and returns the file
+// idemproxy reads it from.
+func (s *stack) tokenFile() (string, error) {
+	path := filepath.Join(s.logDir, "auth-token")
+	if s.token != "" {
+		return path, nil
+	}
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("auth token: %w", err)
+	}
+	token := "bench-" + hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("auth token: %w", err)
+	}
+	s.token = token
+	return path, nil
 }
