@@ -32,6 +32,19 @@ type Config struct {
 	// scope headers only), so a retry of a request made before the
 	// upgrade still finds it.
 	ScopeLegacyUntil time.Time
+	// InProgressWait holds a duplicate of a key in progress (same
+	// fingerprint) until the first request completes, then answers it with
+	// the replay, instead of 409 at once. Up to MaxWait; at most MaxWaiters
+	// at once per process (beyond, the 409 at once). WaitRecheck bounds how
+	// long a waiter relies on the completion notice alone.
+	InProgressWait bool
+	MaxWait        time.Duration
+	MaxWaiters     int
+	WaitRecheck    time.Duration
+	// Shadow takes part exactly as in enforcement (acquire, fingerprint,
+	// complete) but never changes what the client gets: what would be
+	// refused or replayed is passed upstream instead, and counted.
+	Shadow bool
 	// Methods is an optional allow-list; empty means every method takes part.
 	Methods []string
 	// LockTTL is how long an in-progress lock lives without renewal.
@@ -81,6 +94,9 @@ func DefaultConfig() Config {
 	return Config{
 		KeyHeaders:            []string{"idempotency-key", "x-idempotency-key"},
 		ScopeAuthorization:    true,
+		MaxWait:               10 * time.Second,
+		MaxWaiters:            1000,
+		WaitRecheck:           time.Second,
 		ScopeJWTPayload:       DefaultJWTPayload,
 		LockTTL:               30 * time.Second,
 		Heartbeat:             10 * time.Second,
@@ -116,6 +132,10 @@ func (c Config) Validate() error {
 	}
 	if c.ScopeJWTClaim != "" && (c.ScopeJWTPayload == "" || strings.ContainsAny(c.ScopeJWTClaim+c.ScopeJWTPayload, " \t\r\n")) {
 		errs = append(errs, fmt.Errorf("JWT claim %q and payload name %q must be non-empty words", c.ScopeJWTClaim, c.ScopeJWTPayload))
+	}
+	if c.MaxWait <= 0 || c.MaxWait > MaxWaitLimit || c.MaxWaiters < 0 || c.WaitRecheck <= 0 {
+		errs = append(errs, fmt.Errorf("max wait %v must be positive and at most %v, max waiters %d not negative, wait re-check %v positive",
+			c.MaxWait, MaxWaitLimit, c.MaxWaiters, c.WaitRecheck))
 	}
 	if c.MaxRequestHeaders < 1 || c.MaxRequestHeaderBytes < 1 {
 		errs = append(errs, errors.New("the request header limits must be positive"))

@@ -3,7 +3,6 @@ package processor
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -12,39 +11,55 @@ import (
 )
 
 // decide takes or inspects the lock once the fingerprint is known.
-// cont builds the CONTINUE of the message being answered.
+// cont builds the CONTINUE of the message being answered. A nil reply
+// means the stream ended while the request waited: nobody to answer.
 func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	if err := e.srv.gate.Usable(); err != nil {
 		// The store answers but could lose what it is given: nothing runs
 		// on its word, fail-open or not. The gate logs the cause itself,
 		// once per change, not once per request.
 		e.srv.metrics.requests.WithLabelValues(outcomeStoreUnsafe).Inc()
-		return problemReply(probStoreUnavail, "The idempotency store is not safe to use; the request was not run. Retry later.", "1")
+		return e.refuse(outcomeStoreUnsafe, problemReply(probStoreUnavail,
+			"The idempotency store is not safe to use; the request was not run. Retry later.", "1"), cont)
 	}
 	fp := fingerprint(e.method, e.path, body)
 	token, err := newToken()
 	if err != nil {
 		return e.storeFailed(err, cont)
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
-	start := time.Now()
-	acq, err := e.srv.store.Acquire(ctx, e.key, idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease()})
-	cancel()
-	e.srv.metrics.observeStore("acquire", start, err)
+	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease()}
+	acq, err := e.look(claim)
 	if err != nil {
-		if !e.srv.cfg.FailOpen {
-			e.token, e.lock = token, lockUnanswered
-		}
+		e.unanswered(token)
 		return e.storeFailed(err, cont)
 	}
-	if acq.State != idem.StateAcquired {
-		return e.answerExisting(acq, fp)
+	switch {
+	case acq.State == idem.StateAcquired:
+		return e.granted(claim, acq, cont)
+	case acq.State == idem.StateInProgress && e.pol.wait && !e.pol.shadow && bytes.Equal(acq.Fingerprint, fp):
+		return e.wait(claim, acq, cont)
+	default:
+		return e.answerExisting(acq, fp, cont)
 	}
-	e.token, e.lock = token, lockAcquired
-	e.rec.Fingerprint = fp
-	e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, token, e.pol)
+}
+
+// unanswered notes that an acquire for token failed: Redis may have run it
+// after we stopped waiting, so finish releases whatever lock the token
+// holds (never one of another request's).
+func (e *exchange) unanswered(token string) {
+	if !e.srv.cfg.FailOpen {
+		e.token, e.lock = token, lockUnanswered
+	}
+}
+
+// granted makes this request the key's owner and lets it go upstream with
+// its fence.
+func (e *exchange) granted(claim idem.Claim, acq idem.Acquisition, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	e.token, e.lock = claim.Token, lockAcquired
+	e.rec.Fingerprint = claim.Fingerprint
+	e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, claim.Token, e.pol)
 	if e.legacyKey != "" {
-		if resp := e.fromLegacy(fp); resp != nil {
+		if resp := e.fromLegacy(claim.Fingerprint, cont); resp != nil {
 			return resp
 		}
 	}
@@ -57,7 +72,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 // request made before the upgrade must find it. When one is there (or
 // Redis cannot say), the new grant is given back and the request answered
 // as that record says; nil means the key is new in both schemes.
-func (e *exchange) fromLegacy(fp []byte) *extprocv3.ProcessingResponse {
+func (e *exchange) fromLegacy(fp []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
 	start := time.Now()
 	acq, err := e.srv.store.Peek(ctx, e.legacyKey)
@@ -71,81 +86,40 @@ func (e *exchange) fromLegacy(fp []byte) *extprocv3.ProcessingResponse {
 		// Fail closed: the previous scheme may hold this key.
 		e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
 		e.logger().Error("store failed looking up the previous scope; request refused (fail-closed)", "error", err)
-		return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
+		return e.refuse(outcomeStoreError, problemReply(probStoreUnavail,
+			"The idempotency store did not answer; the request was not run. Retry later.", "1"), cont)
 	}
-	return e.answerExisting(acq, fp)
+	return e.answerExisting(acq, fp, cont)
 }
 
 // answerExisting answers a request whose key another request has taken.
-func (e *exchange) answerExisting(acq idem.Acquisition, fp []byte) *extprocv3.ProcessingResponse {
+func (e *exchange) answerExisting(acq idem.Acquisition, fp []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	outcome, resp := e.existing(acq, fp)
+	e.srv.metrics.requests.WithLabelValues(outcome).Inc()
+	return e.refuse(outcome, resp, cont)
+}
+
+// existing is the answer a record gives, and its outcome label.
+func (e *exchange) existing(acq idem.Acquisition, fp []byte) (string, *extprocv3.ProcessingResponse) {
 	switch {
 	case !bytes.Equal(acq.Fingerprint, fp):
-		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
-		return problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
+		return outcomeMismatch, problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
 	case acq.State == idem.StateUnknown:
-		e.srv.metrics.requests.WithLabelValues(outcomeUnknown).Inc()
 		if acq.Expired {
 			// The first time anyone learns of a crash: its owner never
 			// said a word, so this log line is the operator's trace of it.
 			e.logger().Warn("outcome unknown: the key's lease ran out without word from its owner (crashed or cut off from Redis); refused, not run",
 				"scope", e.scope, "held_for", acq.LockTTL.Round(time.Second).String())
 		}
-		return problemReply(probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
+		return outcomeUnknown, problemReply(probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
 	case acq.State == idem.StateInProgress:
-		e.srv.metrics.requests.WithLabelValues(outcomeConflict).Inc()
-		return problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
+		return outcomeConflict, problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
 			retryAfterSeconds(acq.LockTTL.Milliseconds()))
 	case acq.Record == nil || !acq.Record.BodyStored:
-		e.srv.metrics.requests.WithLabelValues(outcomeNotStored).Inc()
-		return problemReply(probNotStored, notStoredDetail(acq.Record), "")
+		return outcomeNotStored, problemReply(probNotStored, notStoredDetail(acq.Record), "")
 	default:
-		e.srv.metrics.requests.WithLabelValues(outcomeReplayed).Inc()
-		return immediate(acq.Record.Status, replayHeaders(acq.Record), acq.Record.Body, "idemproxy_replayed")
+		return outcomeReplayed, immediate(acq.Record.Status, replayHeaders(acq.Record), acq.Record.Body, "idemproxy_replayed")
 	}
-}
-
-// contentTypeStash carries a replay's true Content-Type past Envoy, which
-// rewrites it in every local reply (an immediate response is one): it
-// drops Content-Type when the body is empty, and adds text/plain when a
-// body has none (seen with Envoy 1.40). The Lua filter in the shipped
-// envoy.yaml puts the stashed value back, "-" meaning none, and removes the
-// stash. It is only sent when Envoy would otherwise change the type.
-const contentTypeStash = "x-idemproxy-content-type"
-
-// replayHeaders are the stored headers plus the replay marker, and the
-// Content-Type stash where Envoy would alter the type.
-func replayHeaders(rec *idem.Record) []idem.Header {
-	hs := append(rec.Headers[:len(rec.Headers):len(rec.Headers)], idem.Header{Name: replayedHeader, Value: "true"})
-	ct, has := "", false
-	for _, h := range rec.Headers {
-		if h.Name == "content-type" {
-			ct, has = h.Value, true
-			break
-		}
-	}
-	switch {
-	case len(rec.Body) == 0 && has:
-		hs = append(hs, idem.Header{Name: contentTypeStash, Value: ct})
-	case len(rec.Body) > 0 && !has:
-		hs = append(hs, idem.Header{Name: contentTypeStash, Value: "-"})
-	}
-	return hs
-}
-
-// notStoredDetail tells the client what became of a request that ran but
-// whose response cannot be replayed.
-func notStoredDetail(rec *idem.Record) string {
-	status, why := 0, "its response was too large to store"
-	if rec != nil {
-		status = rec.Status
-		switch {
-		case rec.Incomplete:
-			why = "its response body never reached the proxy in full (the connection broke mid-body)"
-		case rec.Trailers:
-			why = "its response ended with HTTP trailers, which cannot be replayed"
-		}
-	}
-	return fmt.Sprintf("The request with this idempotency key completed with status %d, but %s; it will not run again.", status, why)
 }
 
 // storeFailed fails closed (503, nothing upstream) unless fail-open is set.
@@ -157,5 +131,6 @@ func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingRespo
 	}
 	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
 	e.logger().Error("store failed; request refused (fail-closed)", "error", err)
-	return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
+	return e.refuse(outcomeStoreError, problemReply(probStoreUnavail,
+		"The idempotency store did not answer; the request was not run. Retry later.", "1"), cont)
 }

@@ -32,6 +32,7 @@ const (
 type exchange struct {
 	srv       *Server
 	ctx       context.Context
+	send      func(*extprocv3.ProcessingResponse) error // for a message besides the one reply (wait)
 	id        uint64
 	log       *slog.Logger // made on first use: most requests log nothing
 	pol       policy
@@ -54,8 +55,8 @@ type exchange struct {
 	body       bytes.Buffer
 }
 
-func (s *Server) newExchange(ctx context.Context) *exchange {
-	e := &exchange{srv: s, ctx: ctx, id: s.streams.Add(1)}
+func (s *Server) newExchange(ctx context.Context, send func(*extprocv3.ProcessingResponse) error) *exchange {
+	e := &exchange{srv: s, ctx: ctx, send: send, id: s.streams.Add(1)}
 	e.pol, e.policyErr = s.policyFor(ctx)
 	return e
 }
@@ -120,7 +121,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
 		e.logger().Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
 			"error", e.policyErr.Error())
-		return problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), nil
+		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), forwardHeaders), nil
 	}
 	keyed := len(keys) > 0
 	if e.srv.methods != nil && !e.srv.methods[e.method] {
@@ -128,7 +129,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	}
 	if len(keys) == 0 && e.pol.keyRequired {
 		e.srv.metrics.requests.WithLabelValues(outcomeKeyRequired).Inc()
-		return problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), nil
+		return e.refuse(outcomeKeyRequired, problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), forwardHeaders), nil
 	}
 	if len(keys) == 0 {
 		e.srv.metrics.requests.WithLabelValues(outcomePassthrough).Inc()
@@ -145,17 +146,17 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	if err != nil {
 		e.srv.metrics.requests.WithLabelValues(outcomeInvalidKey).Inc()
 		e.logger().Info("invalid idempotency key", "reason", err.Error())
-		return problemReply(probInvalidKey, err.Error(), ""), nil
+		return e.refuse(outcomeInvalidKey, problemReply(probInvalidKey, err.Error(), ""), forwardHeaders), nil
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
 		e.srv.metrics.requests.WithLabelValues(outcomeHeadersTooLarge).Inc()
-		return problemReply(probHeadersTooLarge, p, ""), nil
+		return e.refuse(outcomeHeadersTooLarge, problemReply(probHeadersTooLarge, p, ""), forwardHeaders), nil
 	}
 	identity, err := e.srv.identity(rs, md)
 	if err != nil {
 		e.srv.metrics.requests.WithLabelValues(outcomeIdentityRequired).Inc()
-		return problemReply(probIdentityRequired, fmt.Sprintf(
-			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), nil
+		return e.refuse(outcomeIdentityRequired, problemReply(probIdentityRequired, fmt.Sprintf(
+			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), forwardHeaders), nil
 	}
 	parts := e.srv.scopeParts(rs, identity)
 	e.key, e.scope = storeKey(parts, key), scopeLabel(parts)
@@ -170,7 +171,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
 		e.logger().Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
 			"request_body_mode", pc.GetRequestBodyMode().String())
-		return problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), nil
+		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), forwardHeaders), nil
 	}
 	if !h.GetEndOfStream() {
 		// BUFFERED: Envoy holds the headers until we answer the body.

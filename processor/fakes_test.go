@@ -122,13 +122,63 @@ type fakeStore struct {
 	fail    map[string]error // op -> error returned instead of acting
 	failN   map[string]int   // op -> how many more calls fail; absent: all
 	fences  map[string]int64 // grows per grant, survives deletion
+	// watchers are told when their key is settled; mute drops the notices
+	// (a lost Pub/Sub message).
+	watchers map[string][]chan struct{}
+	mute     bool
+}
+
+var _ Watcher = (*fakeStore)(nil)
+
+// Watch implements Watcher: Complete, Release and Abandon tell the key's
+// watchers, as the Redis scripts publish on its channel.
+func (s *fakeStore) Watch(_ context.Context, key string) (<-chan struct{}, bool, func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail["watch"]; err != nil {
+		return nil, false, nil, err
+	}
+	c := make(chan struct{}, 1)
+	fresh := len(s.watchers[key]) == 0
+	s.watchers[key] = append(s.watchers[key], c)
+	return c, fresh, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		ws := s.watchers[key]
+		for i, w := range ws {
+			if w == c {
+				s.watchers[key] = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+	}, nil
+}
+
+// settled tells key's watchers; s.mu is held.
+func (s *fakeStore) settled(key string) {
+	if s.mute {
+		return
+	}
+	for _, c := range s.watchers[key] {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// watching is how many waiters watch key.
+func (s *fakeStore) watching(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.watchers[key])
 }
 
 var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
 	return &fakeStore{now: time.Unix(1_700_000_000, 0), entries: map[string]*storeEntry{},
-		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}}
+		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}, watchers: map[string][]chan struct{}{}}
 }
 
 // advance moves the store's clock on.
@@ -257,6 +307,7 @@ func (s *fakeStore) Complete(ctx context.Context, key, token string, rec idem.Re
 		stored.Body = nil
 	}
 	e.rec, e.token, e.expires = &stored, "", s.now.Add(retention)
+	s.settled(key)
 	return nil
 }
 
@@ -270,6 +321,7 @@ func (s *fakeStore) Release(ctx context.Context, key, token string) error {
 		return idem.ErrLeaseLost
 	}
 	delete(s.entries, key)
+	s.settled(key)
 	return nil
 }
 
@@ -284,6 +336,7 @@ func (s *fakeStore) Abandon(ctx context.Context, key, token string, hold time.Du
 		return idem.ErrLeaseLost
 	}
 	e.unknown, e.token, e.expires = true, "", s.now.Add(hold)
+	s.settled(key)
 	return nil
 }
 

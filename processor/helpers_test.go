@@ -34,7 +34,11 @@ func newTestServer(t *testing.T, store Store, mut func(*Config)) (*Server, *prom
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg)
 	require.NoError(t, err)
-	srv, err := New(cfg, Options{Store: store, Metrics: m, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts := Options{Store: store, Metrics: m, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if w, ok := store.(Watcher); ok {
+		opts.Watcher = w
+	}
+	srv, err := New(cfg, opts)
 	require.NoError(t, err)
 	return srv, reg
 }
@@ -265,6 +269,20 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 		}
 	}
 	t.Fatalf("metric %s{%s=%q} not found", name, label, value)
+	return 0
+}
+
+// gauge reads an unlabelled gauge from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("gauge %s not found", name)
 	return 0
 }
 

@@ -60,7 +60,12 @@ type Metrics struct {
 	leaseLost *prometheus.CounterVec
 	redis     *prometheus.HistogramVec
 	retries   *prometheus.CounterVec
-	streams   prometheus.Gauge
+	// waiting duplicates and shadow decisions
+	waiting     prometheus.Gauge
+	waits       *prometheus.CounterVec
+	waitSeconds prometheus.Histogram
+	shadow      *prometheus.CounterVec
+	streams     prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -91,12 +96,29 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "idemproxy_store_retries_total",
 			Help: "Settling writes (complete, release, abandon) tried again after a failure, by operation.",
 		}, []string{"op"}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_waiters",
+			Help: "Duplicates held right now until their key is settled (--in-progress=wait).",
+		}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_waits_total",
+			Help: "Waits of duplicates by how they ended: replayed, acquired, other, timeout, gone, full, error.",
+		}, []string{"result"}),
+		waitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "idemproxy_wait_duration_seconds",
+			Help:    "How long waiting duplicates were held.",
+			Buckets: []float64{.005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		shadow: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_shadow_decisions_total",
+			Help: "Shadow mode: requests passed upstream that enforcement would have answered itself, by what it would have done.",
+		}, []string{"would"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_active_streams",
 			Help: "ext_proc streams currently open.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.streams} {
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.streams} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -112,6 +134,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, r := range []string{renewOK, renewLost, renewError} {
 		m.renewals.WithLabelValues(r)
+	}
+	for _, r := range []string{waitReplayed, waitAcquired, waitOther, waitTimeout, waitGone, waitFull, waitError} {
+		m.waits.WithLabelValues(r)
 	}
 	m.leaseLost.WithLabelValues(stageRenew)
 	m.leaseLost.WithLabelValues(stageDone)

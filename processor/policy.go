@@ -19,7 +19,15 @@ const (
 	mdHeartbeat   = "x-idemproxy-heartbeat"    // duration, below the lock TTL
 	mdRetention   = "x-idemproxy-retention"    // duration, at least the lock TTL
 	mdKeyRequired = "x-idemproxy-key-required" // true: a request without a key gets 400
+	mdInProgress  = "x-idemproxy-in-progress"  // conflict (409) or wait (for the replay)
+	mdMaxWait     = "x-idemproxy-max-wait"     // duration a waiting duplicate is held, at most
+	mdMode        = "x-idemproxy-mode"         // enforce, or shadow (decide, count, refuse nothing)
 )
+
+// MaxWaitLimit bounds --max-wait: Envoy holds a waiting message only up to
+// its filter's max_message_timeout (30 s in the shipped configs), and
+// ignores a longer override altogether (seen with Envoy 1.40).
+const MaxWaitLimit = time.Minute
 
 // policy is the part of the configuration a route may override.
 type policy struct {
@@ -27,7 +35,10 @@ type policy struct {
 	heartbeat   time.Duration
 	retention   time.Duration
 	keyRequired bool
-	takeover    bool // --on-unknown=rerun-after-ttl
+	takeover    bool          // --on-unknown=rerun-after-ttl
+	wait        bool          // --in-progress=wait: a duplicate waits for the replay
+	maxWait     time.Duration // how long it may wait
+	shadow      bool          // --mode=shadow: refuse nothing, count what would be
 }
 
 // lease is how a request on this route holds its key: for the lock TTL,
@@ -41,7 +52,8 @@ func (p policy) lease() idem.Lease {
 // metadata. An invalid value is an operator error: the caller refuses the
 // request rather than guess.
 func (s *Server) policyFor(ctx context.Context) (policy, error) {
-	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, takeover: s.cfg.RerunAfterTTL}
+	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, takeover: s.cfg.RerunAfterTTL,
+		wait: s.cfg.InProgressWait, maxWait: s.cfg.MaxWait, shadow: s.cfg.Shadow}
 	md, ok := metadata.FromIncomingContext(ctx)
 	if !ok {
 		return p, nil
@@ -73,6 +85,25 @@ func (s *Server) policyFor(ctx context.Context) (policy, error) {
 			errs = append(errs, fmt.Errorf("%s=%q is not a boolean", mdKeyRequired, v[len(v)-1]))
 		}
 		p.keyRequired = b
+	}
+	choice := func(name string, dst *bool, off, on string) {
+		v := md.Get(name)
+		if len(v) == 0 {
+			return
+		}
+		switch v[len(v)-1] {
+		case off:
+			*dst = false
+		case on:
+			*dst = true
+		default:
+			errs = append(errs, fmt.Errorf("%s=%q must be %s or %s", name, v[len(v)-1], off, on))
+		}
+	}
+	choice(mdInProgress, &p.wait, "conflict", "wait")
+	choice(mdMode, &p.shadow, "enforce", "shadow")
+	if duration(mdMaxWait, &p.maxWait) && p.maxWait > MaxWaitLimit {
+		errs = append(errs, fmt.Errorf("%s %v must be at most %v", mdMaxWait, p.maxWait, MaxWaitLimit))
 	}
 	if len(errs) == 0 {
 		errs = append(errs, timings{p.lockTTL, p.heartbeat, p.retention}.check(mdLockTTL, mdHeartbeat, mdRetention))

@@ -23,18 +23,25 @@ func TestServer_policyFor(t *testing.T) {
 		wantErr string
 	}{
 		{"no metadata keeps the server's settings", nil,
-			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour}, ""},
+			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour, maxWait: 10 * time.Second}, ""},
 		{"a shorter lock TTL brings a heartbeat of a third of it", []string{mdLockTTL, "6s"},
-			policy{lockTTL: 6 * time.Second, heartbeat: 2 * time.Second, retention: 24 * time.Hour}, ""},
+			policy{lockTTL: 6 * time.Second, heartbeat: 2 * time.Second, retention: 24 * time.Hour, maxWait: 10 * time.Second}, ""},
 		{"a longer lock TTL keeps the server's heartbeat", []string{mdLockTTL, "2m"},
-			policy{lockTTL: 2 * time.Minute, heartbeat: 10 * time.Second, retention: 24 * time.Hour}, ""},
+			policy{lockTTL: 2 * time.Minute, heartbeat: 10 * time.Second, retention: 24 * time.Hour, maxWait: 10 * time.Second}, ""},
 		{"every field set", []string{mdLockTTL, "5s", mdHeartbeat, "1s", mdRetention, "1h", mdKeyRequired, "true"},
-			policy{lockTTL: 5 * time.Second, heartbeat: time.Second, retention: time.Hour, keyRequired: true}, ""},
+			policy{lockTTL: 5 * time.Second, heartbeat: time.Second, retention: time.Hour, keyRequired: true, maxWait: 10 * time.Second}, ""},
 		{"not a duration", []string{mdLockTTL, "banana"}, policy{}, "x-idemproxy-lock-ttl=\"banana\" is not a positive duration"},
 		{"not a boolean", []string{mdKeyRequired, "sometimes"}, policy{}, "is not a boolean"},
 		{"lock TTL under a second", []string{mdLockTTL, "500ms"}, policy{}, "must be at least 1s"},
 		{"heartbeat not below the TTL", []string{mdLockTTL, "5s", mdHeartbeat, "5s"}, policy{}, "must be shorter than the lock TTL"},
 		{"retention below the TTL", []string{mdLockTTL, "1m", mdRetention, "30s"}, policy{}, "must be at least the lock TTL"},
+		{"a route that waits, in shadow", []string{mdInProgress, "wait", mdMaxWait, "25s", mdMode, "shadow"},
+			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour, wait: true, maxWait: 25 * time.Second, shadow: true}, ""},
+		{"a route that enforces and conflicts", []string{mdInProgress, "conflict", mdMode, "enforce"},
+			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour, maxWait: 10 * time.Second}, ""},
+		{"not a waiting policy", []string{mdInProgress, "linger"}, policy{}, `must be conflict or wait`},
+		{"not a mode", []string{mdMode, "audit"}, policy{}, `must be enforce or shadow`},
+		{"a wait past Envoy's limit", []string{mdMaxWait, "2m"}, policy{}, "must be at most 1m0s"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

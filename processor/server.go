@@ -34,7 +34,10 @@ type Server struct {
 	keyHdrs map[string]bool
 	methods map[string]bool
 	scope   map[string]int
+	watcher Watcher
 	streams atomic.Uint64
+	// waiters counts the duplicates held right now, against --max-waiters.
+	waiters atomic.Int64
 	// watchdogs counts the locks being renewed right now.
 	watchdogs atomic.Int64
 }
@@ -44,7 +47,10 @@ type Options struct {
 	Store Store
 	// Gate, when set, can refuse every keyed request while the store is
 	// not safe to use (nil: always usable).
-	Gate    StoreGate
+	Gate StoreGate
+	// Watcher tells waiting duplicates when their key is settled (nil:
+	// they only re-check every --wait-recheck).
+	Watcher Watcher
 	Metrics *Metrics     // nil: collected into a private registry
 	Logger  *slog.Logger // nil: slog.Default()
 }
@@ -71,7 +77,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		opts.Gate = usable{}
 	}
 	s := &Server{
-		cfg: cfg, store: opts.Store, gate: opts.Gate, metrics: opts.Metrics, log: opts.Logger,
+		cfg: cfg, store: opts.Store, gate: opts.Gate, watcher: opts.Watcher, metrics: opts.Metrics, log: opts.Logger,
 		filter:  newHeaderFilter(cfg.ExcludeHeaders),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
@@ -97,7 +103,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
-	ex := s.newExchange(ctx)
+	ex := s.newExchange(ctx, stream.Send)
 	defer ex.finish()
 	for {
 		req, err := stream.Recv()
@@ -115,6 +121,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		if err != nil {
 			ex.logger().Warn("ext_proc protocol violation", "error", err)
 			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		if resp == nil {
+			return nil // the stream ended while the request waited
 		}
 		if err := stream.Send(resp); err != nil {
 			ex.logger().Info("ext_proc stream send failed", "error", err)

@@ -116,6 +116,11 @@ func (s *Store) RedisKey(key string) string {
 // fenceSuffix names a record's fence counter, beside it in the same slot.
 const fenceSuffix = ":fence"
 
+// settledSuffix names a record's shard channel (same hash tag, so the same
+// slot): the scripts that settle a key (complete, release, abandon)
+// publish there, for duplicates waiting on the key.
+const settledSuffix = ":settled"
+
 // Acquire implements processor.Store.
 func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error) {
 	const op = "acquire"
@@ -215,7 +220,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 		}
 	}
 	n, err := completeScript.Run(ctx, s.client, []string{rk},
-		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc).Int64()
+		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk+settledSuffix).Int64()
 	return owned(op, n, err)
 }
 
@@ -226,7 +231,8 @@ func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Durati
 	if err != nil {
 		return err
 	}
-	n, err := abandonScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, ms).Int64()
+	rk := s.RedisKey(key)
+	n, err := abandonScript.Run(ctx, s.client, []string{rk}, token, ms, rk+settledSuffix).Int64()
 	return owned(op, n, err)
 }
 
@@ -236,7 +242,8 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	if token == "" {
 		return fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
 	}
-	n, err := releaseScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token).Int64()
+	rk := s.RedisKey(key)
+	n, err := releaseScript.Run(ctx, s.client, []string{rk}, token, rk+settledSuffix).Int64()
 	return owned(op, n, err)
 }
 

@@ -41,7 +41,7 @@ func parseCommandStats(info string) (map[string]int64, error) {
 // a test keeps this list in step). INFO commandstats counts them like the
 // commands clients send, so they are reported apart: they cost Redis CPU
 // but no round trip.
-var scriptInternal = []string{"del", "get", "hmget", "hset", "hdel", "hstrlen", "incr", "pexpire", "pttl", "time"}
+var scriptInternal = []string{"del", "get", "hmget", "hset", "hdel", "hstrlen", "incr", "pexpire", "pttl", "spublish", "time"}
 
 // scriptCalls are the commands that run a script: one round trip each.
 var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}

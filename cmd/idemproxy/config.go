@@ -35,6 +35,8 @@ type settings struct {
 	OnUnknown       string
 	AllowEvicting   bool
 	AuthTokenFile   string
+	InProgress      string
+	Mode            string
 	AllowUnauth     bool
 	HeldKeysEvery   time.Duration
 	Pprof           bool
@@ -136,6 +138,11 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 		return err
 	})
 	fs.Var(listFlag{&p.ExcludeHeaders}, "exclude-headers", "response headers never replayed, besides hop-by-hop, content-length, date and x-envoy-*")
+	fs.StringVar(&s.InProgress, "in-progress", "conflict", "a duplicate of a key still in progress: conflict (409 with Retry-After, the IETF draft's answer) or wait (held until the first request completes, then its replay; per route: x-idemproxy-in-progress)")
+	fs.DurationVar(&p.MaxWait, "max-wait", p.MaxWait, "how long a waiting duplicate is held at most before its 409 (below Envoy's max_message_timeout; per route: x-idemproxy-max-wait)")
+	fs.IntVar(&p.MaxWaiters, "max-waiters", p.MaxWaiters, "duplicates held at once per process; beyond, the 409 at once")
+	fs.DurationVar(&p.WaitRecheck, "wait-recheck", p.WaitRecheck, "how often a waiting duplicate looks at its key itself, in case a completion notice was lost")
+	fs.StringVar(&s.Mode, "mode", "enforce", "enforce, or shadow: decide and store as usual but refuse and replay nothing, counting what enforcement would do (idemproxy_shadow_decisions_total); per route: x-idemproxy-mode")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
 	fs.StringVar(&s.OnUnknown, "on-unknown", onUnknownHold, "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
 	fs.BoolVar(&s.AllowEvicting, "allow-evicting-redis", false, "serve even when Redis's maxmemory-policy may evict keys (MAY RUN TWICE: an evicted lock or response lets a retry run again); default: not ready and 503 until the policy is noeviction")
@@ -164,6 +171,8 @@ func (s *settings) resolve() error {
 	var errs []error
 	s.Processor.StoreTimeout = s.RedisTimeout
 	s.Processor.RerunAfterTTL = s.OnUnknown == onUnknownRerun
+	s.Processor.InProgressWait = s.InProgress == "wait"
+	s.Processor.Shadow = s.Mode == "shadow"
 	if s.AdminTokenFile != "" {
 		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
 		errs = append(errs, err)
@@ -221,6 +230,12 @@ func (s *settings) validate() error {
 			`The default, hold, never runs it twice; to keep the old behaviour knowingly, say --on-unknown rerun-after-ttl`))
 	default:
 		errs = append(errs, fmt.Errorf("--on-unknown %q must be hold or rerun-after-ttl", s.OnUnknown))
+	}
+	if s.InProgress != "conflict" && s.InProgress != "wait" {
+		errs = append(errs, fmt.Errorf("--in-progress %q must be conflict or wait", s.InProgress))
+	}
+	if s.Mode != "enforce" && s.Mode != "shadow" {
+		errs = append(errs, fmt.Errorf("--mode %q must be enforce or shadow", s.Mode))
 	}
 	if s.HeldKeysEvery < 0 {
 		errs = append(errs, errors.New("--held-keys-interval must not be negative"))

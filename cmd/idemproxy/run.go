@@ -59,9 +59,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	// One sharded Pub/Sub connection carries every waited-on key's channel;
+	// it ends with run.
+	wctx, stopWatcher := context.WithCancel(ctx)
+	watcher := store.NewWatcher(wctx, rdb, log)
+	defer watcher.Close()
+	defer stopWatcher()
 	proc, err := processor.New(s.Processor, processor.Options{
 		Store:   store,
 		Gate:    checker,
+		Watcher: watcher,
 		Metrics: metrics,
 		Logger:  log,
 	})

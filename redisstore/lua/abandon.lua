@@ -5,6 +5,7 @@
 -- KEYS[1]  record hash
 -- ARGV[1]  owner token
 -- ARGV[2]  hold period in milliseconds
+-- ARGV[3]  the record's shard channel, for waiting duplicates
 --
 -- Returns 1 when marked, 0 when the token does not own an in-progress record.
 local v = redis.call("HMGET", KEYS[1], "st", "tok")
@@ -14,4 +15,5 @@ end
 redis.call("HSET", KEYS[1], "st", "u")
 redis.call("HDEL", KEYS[1], "tok")
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
+redis.call("SPUBLISH", ARGV[3], "u")
 return 1

@@ -1,0 +1,206 @@
+package processor
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+)
+
+// waitConfig waits up to maxWait, re-checking rarely so a test sees that
+// the notice, not the re-check, woke the waiter.
+func waitConfig(maxWait time.Duration) func(*Config) {
+	return func(c *Config) { c.InProgressWait, c.MaxWait, c.WaitRecheck = true, maxWait, time.Hour }
+}
+
+// startWaiter sends a duplicate and checks that idemproxy first extends
+// Envoy's timer for the held message.
+func startWaiter(t *testing.T, srv *Server, store *fakeStore) *session {
+	t.Helper()
+	dup := serve(t, srv)
+	dup.send(keyed("POST", "k", true))
+	ovr := dup.reply()
+	require.Nil(t, ovr.GetResponse(), "the first message only extends Envoy's timer")
+	require.Equal(t, srv.cfg.MaxWait+waitSlack, ovr.GetOverrideMessageTimeout().AsDuration())
+	require.Eventually(t, func() bool { return store.watching(keyOf("k")) == 1 }, waitFor, time.Millisecond)
+	return dup
+}
+
+func TestServer_Process_waitForTheReplay(t *testing.T) {
+	t.Run("a duplicate gets the replay the moment the first request completes", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		require.EqualValues(t, 1, gauge(t, reg, "idemproxy_waiters"))
+
+		start := time.Now()
+		first.roundTrip(respHeaders(false, ":status", "201"))
+		first.roundTrip(respBody("charged", true))
+		ir, hs := immediateOf(t, dup.reply())
+		require.EqualValues(t, 201, ir.GetStatus().GetCode())
+		require.Equal(t, "charged", string(ir.GetBody()))
+		require.Equal(t, "true", headerGet(hs, "idempotent-replayed"))
+		require.Less(t, time.Since(start), time.Second, "woken by the notice, not a re-check (an hour)")
+		dup.end(endEOF)
+		require.NoError(t, dup.wait())
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitReplayed))
+		require.EqualValues(t, 0, gauge(t, reg, "idemproxy_waiters"))
+		require.Zero(t, store.watching(keyOf("k")), "the subscription ends with its waiter")
+	})
+	t.Run("when the first request gives its key back, the waiter runs it", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		first.roundTrip(respHeaders(false, ":status", "429")) // released
+		resp := dup.reply()
+		require.NotNil(t, resp.GetRequestHeaders(), "the waiter goes upstream itself")
+		fence, _ := fenceOf(resp)
+		require.Equal(t, "2", fence, "with a grant of its own")
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitAcquired))
+	})
+	t.Run("an unknown outcome ends the wait with 409 outcome-unknown", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		first.end(endCanceled) // abandoned
+		requireProblem(t, dup.reply(), 409, "outcome-unknown")
+	})
+	t.Run("after --max-wait the duplicate gets 409 in-progress with Retry-After", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, waitConfig(100*time.Millisecond))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		_, hs := requireProblem(t, dup.reply(), 409, "in-progress")
+		require.NotEmpty(t, headerGet(hs, "retry-after"))
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitTimeout))
+	})
+	t.Run("a lost notice is made up for by the re-check", func(t *testing.T) {
+		store := newFakeStore()
+		store.mute = true
+		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		first.roundTrip(respHeaders(true, ":status", "200"))
+		ir, _ := immediateOf(t, dup.reply())
+		require.EqualValues(t, 200, ir.GetStatus().GetCode())
+	})
+	t.Run("a client that hangs up frees its waiter at once", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		dup.st.cancel()
+		require.NoError(t, dup.wait())
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitGone))
+		require.EqualValues(t, 0, gauge(t, reg, "idemproxy_waiters"))
+		require.Zero(t, store.watching(keyOf("k")))
+	})
+	t.Run("a Redis failure while waiting is a 503", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		store.failOn("acquire", errRedisDown)
+		first.roundTrip(respHeaders(true, ":status", "200"))
+		requireProblem(t, dup.reply(), 503, "store-unavailable")
+	})
+	t.Run("beyond --max-waiters the duplicate gets the 409 at once", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, func(c *Config) { waitConfig(10 * time.Second)(c); c.MaxWaiters = 1 })
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		startWaiter(t, srv, store)
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		requireProblem(t, out[0], 409, "in-progress")
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitFull))
+	})
+	t.Run("a duplicate with another body does not wait: 422 at once", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		out, err := run(t, srv, endEOF, keyed("POST", "k", false), reqBody("other", true))
+		require.NoError(t, err)
+		requireProblem(t, out[1], 422, "fingerprint-mismatch")
+	})
+	t.Run("the route decides: a conflict route answers 409 at once", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, nil)
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		requireProblem(t, out[0], 409, "in-progress")
+		require.Zero(t, store.watching(keyOf("k")))
+	})
+}
+
+func TestServer_Process_shadow(t *testing.T) {
+	shadow := func(c *Config) { c.Shadow = true }
+	t.Run("what enforcement would refuse or replay goes upstream, counted", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, shadow)
+		first := serve(t, srv)
+		owner := first.roundTrip(keyed("POST", "k", true))
+		requireContinue(t, owner)
+		fence, _ := fenceOf(owner)
+		require.Equal(t, "1", fence, "the owner still gets its fence")
+		// A duplicate while in progress: would be 409.
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.NotNil(t, out[0].GetRequestHeaders(), "passed upstream")
+		_, removed := fenceOf(out[0])
+		require.True(t, removed, "no grant, so no fence, and not the client's own")
+		// Another body: would be 422.
+		out, err = run(t, srv, endEOF, keyed("POST", "k", false), reqBody("other", true))
+		require.NoError(t, err)
+		require.NotNil(t, out[1].GetRequestBody())
+		// After completion, a retry: would be the replay.
+		first.roundTrip(respHeaders(true, ":status", "200"))
+		out, err = run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.NotNil(t, out[0].GetRequestHeaders())
+		// A bad key: would be 400.
+		out, err = run(t, srv, endEOF, keyed("POST", "", true))
+		require.NoError(t, err)
+		require.NotNil(t, out[0].GetRequestHeaders())
+		require.NotNil(t, out[0].GetModeOverride(), "nothing more of it is sent")
+
+		for would, n := range map[string]float64{outcomeConflict: 1, outcomeMismatch: 1, outcomeReplayed: 1, outcomeInvalidKey: 1} {
+			require.EqualValues(t, n, counter(t, reg, "idemproxy_shadow_decisions_total", "would", would), would)
+		}
+		rec, _ := store.entry(keyOf("k"))
+		require.NotNil(t, rec.rec, "the record enforcement will read was made in shadow")
+	})
+	t.Run("a store outage goes upstream too", func(t *testing.T) {
+		store := newFakeStore()
+		store.failOn("acquire", errRedisDown)
+		srv, reg := newTestServer(t, store, shadow)
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.NotNil(t, out[0].GetRequestHeaders())
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_shadow_decisions_total", "would", outcomeStoreError))
+	})
+	t.Run("a shadow route does not wait", func(t *testing.T) {
+		store := newFakeStore()
+		srv, _ := newTestServer(t, store, func(c *Config) { c.Shadow, c.InProgressWait = true, true })
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.NotNil(t, out[0].GetRequestHeaders())
+	})
+}
+
