@@ -57,7 +57,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Prefix: s.RedisPrefix,
 		// Fences must keep growing for as long as a backend may remember a
 		// key, which is at least as long as we do.
-		FenceTTL: max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
+		FenceTTL:       max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
 		Keyring:        s.Keyring,
 		MinReplicas:    s.MinReplicas,
 		ReplicaTimeout: s.ReplicaTimeout,
