@@ -139,13 +139,19 @@ func (s *Store) runDurable(ctx context.Context, sc *redis.Script, keys []string,
 			asking = ask
 			continue
 		}
-		if s.cluster != nil {
-			// A failover or a reshard in progress: the next attempt
-			// should see the new slot map (reloaded in the background).
-			s.cluster.ReloadState(ctx)
-		}
-		return durableResult{}, err
+		return durableResult{}, s.seen(err)
 	}
+}
+
+// seen passes err on; on a cluster a failed call also makes the slot map
+// reload in the background (go-redis only does so on MOVED and READONLY),
+// so after a failover the next attempt goes to the new primary, not the
+// dead one.
+func (s *Store) seen(err error) error {
+	if err != nil && s.cluster != nil && !errors.Is(err, redis.Nil) {
+		s.cluster.ReloadState(context.Background())
+	}
+	return err
 }
 
 // primaryFor is the client that serves key: the store's client, or on a

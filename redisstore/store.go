@@ -152,7 +152,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope}
 	if s.minReplicas == 0 {
 		reply, err := acquireScript.Run(ctx, s.client, keys, args...).Slice()
-		if err != nil {
+		if err = s.seen(err); err != nil {
 			return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 		}
 		return parseAcquire(reply, s.opener(rk))
@@ -195,7 +195,7 @@ func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) erro
 		return err
 	}
 	n, err := renewScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, lease, keyTTL).Int64()
-	return owned(op, n, err)
+	return owned(op, n, s.seen(err))
 }
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
@@ -228,7 +228,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 	args := []any{token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc}
 	if s.minReplicas == 0 {
 		n, err := completeScript.Run(ctx, s.client, []string{rk}, args...).Int64()
-		return owned(op, n, err)
+		return owned(op, n, s.seen(err))
 	}
 	res, err := s.runDurable(ctx, completeScript, []string{rk}, args...)
 	if err != nil {
@@ -252,7 +252,7 @@ func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Durati
 		return err
 	}
 	n, err := abandonScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, ms).Int64()
-	return owned(op, n, err)
+	return owned(op, n, s.seen(err))
 }
 
 // Release implements processor.Store.
@@ -262,5 +262,5 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		return fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
 	}
 	n, err := releaseScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token).Int64()
-	return owned(op, n, err)
+	return owned(op, n, s.seen(err))
 }
