@@ -143,7 +143,7 @@ func inFlight(t *testing.T, s *stack, keys []string, path string, retry <-chan s
 // retry is not a replay of the first response, byte for byte).
 type failoverFigures struct {
 	twice, lost, firstOK int
-	statuses           map[string]int
+	statuses             map[string]int
 }
 
 func countFailover(t *testing.T, s *stack, path string, keys []string, runs []keyRun) failoverFigures {
