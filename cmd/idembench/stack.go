@@ -38,6 +38,8 @@ const (
 	envoyNull envoyKind = "null"      // (b): ext_proc -> null server
 	envoyIdem envoyKind = "idemproxy" // (c), (d), (e), dup
 	envoyHold envoyKind = "hold"      // (f): ext_proc -> the fast-heartbeat idemproxy
+	// (c1): ext_proc -> an idemproxy with --redis-min-replicas 1
+	envoyDurable envoyKind = "durable"
 )
 
 // stack owns every child process of a run. Servers start when a scenario
@@ -49,6 +51,7 @@ type stack struct {
 	http   *http.Client
 
 	redis     *redistopo.Server
+	replica   *redistopo.Server // only when (c1) runs
 	rdb       *redis.Client
 	backend   *server
 	null      *server
@@ -71,6 +74,9 @@ func (s *stack) close() {
 		s.procs[i].Stop(stopGrace)
 	}
 	s.procs = nil
+	if s.replica != nil {
+		s.replica.Stop()
+	}
 	if s.redis != nil {
 		s.redis.Stop()
 	}
@@ -104,6 +110,42 @@ func (s *stack) Redis(ctx context.Context) (*redistopo.Server, error) {
 	s.redis = srv
 	s.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 2})
 	return srv, nil
+}
+
+// Replica starts a replica of Redis and waits until a WAIT on the
+// primary counts it. Started before the first scenario when (c1) runs, so
+// (c) replicates to it too and the two differ only by waiting.
+func (s *stack) Replica(ctx context.Context) (*redistopo.Server, error) {
+	if s.replica != nil {
+		return s.replica, nil
+	}
+	rs, err := s.Redis(ctx)
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := net.SplitHostPort(rs.Addr)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.logDir, "replica") // it writes what it receives there
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	srv, err := redistopo.StartServer(redistopo.Options{Bin: s.cfg.bins.redis, Dir: dir,
+		Name: "replica", LogFile: filepath.Join(s.logDir, "replica.log"),
+		Args: []string{"--replicaof", host, port, "--repl-diskless-load", "on-empty-db"}})
+	if err != nil {
+		return nil, err
+	}
+	s.replica = srv
+	err = testenv.Poll(ctx, readyTimeout, func(ctx context.Context) error {
+		n, err := s.rdb.Wait(ctx, 1, 100*time.Millisecond).Result()
+		if err == nil && n < 1 {
+			err = errors.New("the replica has not synced yet")
+		}
+		return err
+	})
+	return srv, err
 }
 
 // Backend starts the mock payment service.
@@ -201,6 +243,11 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 		return s.Null(ctx)
 	case envoyIdem:
 		return s.Idemproxy(ctx, "idemproxy")
+	case envoyDurable:
+		if _, err := s.Replica(ctx); err != nil {
+			return nil, err
+		}
+		return s.Idemproxy(ctx, "idemproxy-durable", "--redis-min-replicas", "1")
 	case envoyHold:
 		// Scenario (f) wants renewals to happen during its short window.
 		return s.Idemproxy(ctx, "idemproxy-hold",

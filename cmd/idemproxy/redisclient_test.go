@@ -2,6 +2,9 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,4 +119,25 @@ func TestNewRedis_options(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConfigMap_redisExamples parses the topology examples of the shipped
+// Kubernetes ConfigMap with the real parser, so they cannot rot.
+func TestConfigMap_redisExamples(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "kubernetes", "configmap.yaml"))
+	require.NoError(t, err)
+	modes := 0
+	var mode string
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		line = strings.TrimLeft(strings.TrimSpace(line), "# ")
+		if v, ok := strings.CutPrefix(line, "IDEMPROXY_REDIS_MODE: "); ok {
+			mode = v
+		}
+		if v, ok := strings.CutPrefix(line, "IDEMPROXY_REDIS_URL: "); ok {
+			_, err := parseRedisURL(mode, v)
+			require.NoError(t, err, "%s: %s", mode, v)
+			modes++
+		}
+	}
+	require.Equal(t, 3, modes, "standalone, cluster and sentinel")
 }
