@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -38,11 +39,12 @@ func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bo
 	killed, share := f.kill(t)
 	start := time.Now()
 	close(retry)
+	notReady := sampleNotReady(s)
 	f.promoted(t, killed)
 	promoted := time.Since(start)
-	ready := waitReady(t, s) + promoted
 	runs := wait()
 	settled := time.Since(start)
+	unready := notReady()
 	fig := countFailover(t, s, path, keys, runs)
 	// New keys while the killed node is still down: on a cluster its
 	// promoted replica has no replica of its own, so with min replicas 1
@@ -57,7 +59,7 @@ func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bo
 	logFigures(t, scenario, "keys", len(keys), "locks_on_killed_primary", share, "executions", sumKeys(st.Keys, keys),
 		"ran_twice", fig.twice, "lost_responses", fig.lost, "first_200", fig.firstOK,
 		"statuses", fmt.Sprint(fig.statuses), "new_keys_before_restart", fmt.Sprint(degraded), "promoted_after", promoted.Round(time.Millisecond),
-		"ready_after", ready.Round(time.Millisecond), "all_settled_after", settled.Round(time.Millisecond),
+		"not_ready_for", unready.Round(100*time.Millisecond), "all_settled_after", settled.Round(time.Millisecond),
 		"unreplicated_completions", s.metric(t, `idemproxy_unreplicated_writes_total{op="complete"}`),
 		"complete_retries", s.metric(t, `idemproxy_store_retries_total{op="complete"}`))
 	if durable {
@@ -65,6 +67,37 @@ func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bo
 		require.Zero(t, fig.lost, "every key replays its first response")
 		for _, k := range keys {
 			require.Equal(t, 1, st.Keys[k], "key %s ran once", k)
+		}
+	}
+}
+
+// sampleNotReady polls /readyz every 100 ms until the returned function
+// is called, which returns for how long it was not 200.
+func sampleNotReady(s *stack) func() time.Duration {
+	stop, out := make(chan struct{}), make(chan time.Duration, 1)
+	go func() {
+		var down time.Duration
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				out <- down
+				return
+			case <-t.C:
+				if readyz(s.adminURL) != http.StatusOK {
+					down += 100 * time.Millisecond
+				}
+			}
+		}
+	}()
+	return func() time.Duration {
+		close(stop)
+		select {
+		case d := <-out:
+			return d
+		case <-time.After(5 * time.Second):
+			return -1
 		}
 	}
 }

@@ -168,11 +168,3 @@ func countFailover(t *testing.T, s *stack, path string, keys []string, runs []ke
 	}
 	return f
 }
-
-// waitReady waits until idemproxy's readiness is back after a failover.
-func waitReady(t *testing.T, s *stack) time.Duration {
-	t.Helper()
-	start := time.Now()
-	testenv.WaitFor(t, 30*time.Second, "readiness", func() bool { return readyz(s.adminURL) == http.StatusOK })
-	return time.Since(start)
-}
