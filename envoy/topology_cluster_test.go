@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -126,6 +127,27 @@ func TestTopology_Cluster(t *testing.T) {
 		}
 		require.EqualValues(t, 3, s.metric(t, `idemproxy_redis_primaries{state="serving"}`))
 		require.Positive(t, s.metric(t, `idemproxy_redis_pool_conn_total_current{mode="cluster"}`))
+	})
+
+	ok = ok && t.Run("an ACL user with least privileges, on every node", func(t *testing.T) {
+		// What a managed cluster hands out: its own keys only, no
+		// dangerous commands (CONFIG among them: persistence then reads
+		// as unknown), the cluster topology readable.
+		for _, n := range cl.Running() {
+			require.NoError(t, n.Client(t).Do(t.Context(), "acl", "setuser", "idemproxy", "reset", "on", ">s3cret-pw",
+				"~idemproxy:*", "+@all", "-@dangerous", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info").Err())
+		}
+		u := strings.Replace(clusterURL(cl), "redis://", "redis://idemproxy:s3cret-pw@", 1)
+		acl := topoFrontend(t, backend, "cluster", u, "--redis-min-replicas", "1", "--redis-replica-timeout", "250ms")
+		for range 20 {
+			k := newKey(t)
+			first := acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)
+			again := acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)
+			require.Equal(t, classExecuted, classify(first))
+			require.Equal(t, classReplayed, classify(again))
+			require.Equal(t, 1, acl.executions(t, k))
+		}
+		require.EqualValues(t, 1, acl.metric(t, `idemproxy_redis_persistence{kind="unknown"}`), "CONFIG GET refused")
 	})
 
 	ok = ok && t.Run("SCRIPT FLUSH on every node mid-load is served", func(t *testing.T) {

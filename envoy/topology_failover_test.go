@@ -178,6 +178,22 @@ func TestTopology_SentinelFailover(t *testing.T) {
 			require.NoError(t, st.Restart(t.Context(), killed))
 		},
 	}
+	if !t.Run("an ACL user on the data nodes", func(t *testing.T) {
+		for _, n := range st.Data {
+			require.NoError(t, n.Client(t).Do(t.Context(), "acl", "setuser", "idemproxy", "reset", "on", ">s3cret-pw",
+				"~idemproxy:*", "+@all", "-@dangerous", "+info").Err())
+		}
+		// The URL's user:password would be the sentinels'; the data
+		// nodes' ACL user goes in query parameters (go-redis's rule).
+		acl := topoFrontend(t, backend, "sentinel", sentinelURL(st)+"&username=idemproxy&password=s3cret-pw",
+			"--redis-min-replicas", "2", "--redis-replica-timeout", "250ms")
+		k := newKey(t)
+		require.Equal(t, classExecuted, classify(acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)))
+		require.Equal(t, classReplayed, classify(acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)))
+		require.Equal(t, 1, acl.executions(t, k))
+	}) {
+		return
+	}
 	for _, replicas := range []int{1, 0} {
 		ok := t.Run(fmt.Sprintf("min replicas %d", replicas), func(t *testing.T) {
 			s := topoFrontend(t, backend, "sentinel", sentinelURL(st), failoverArgs(replicas)...)
