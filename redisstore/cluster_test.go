@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,6 +94,24 @@ func TestStore_cluster(t *testing.T) {
 			require.ErrorIs(t, err, ErrBadCursor, "a standalone cursor on a cluster")
 		})
 	}
+
+	t.Run("each WAIT runs on the primary that ran its script", func(t *testing.T) {
+		s := New(cc, Options{Prefix: "wait:", MinReplicas: 1, ReplicaTimeout: time.Second})
+		for _, n := range cl.Running() {
+			require.NoError(t, n.Client(t).ConfigResetStat(t.Context()).Err())
+		}
+		for k := range clusterKeys(t, s, cl, 30) {
+			tok := acquired(t, s, k, time.Minute)
+			require.NoError(t, s.Complete(t.Context(), k, tok, sampleRecord(), time.Hour))
+		}
+		total := 0
+		for _, n := range cl.Running() {
+			stats := commandCalls(t, n.Client(t))
+			require.Equal(t, stats["evalsha"]+stats["eval"], stats["wait"], "node %s", n.Addr)
+			total += stats["wait"]
+		}
+		require.Equal(t, 60, total, "one WAIT per acquire and per completion")
+	})
 
 	t.Run("durable writes after SCRIPT FLUSH on every node", func(t *testing.T) {
 		s := New(cc, Options{Prefix: "flush:", MinReplicas: 1, ReplicaTimeout: time.Second})
@@ -190,4 +210,21 @@ func redisKeySlot(t *testing.T, srv *redistopo.Server, key string) int64 {
 	n, err := srv.Client(t).ClusterKeySlot(context.WithoutCancel(t.Context()), key).Result()
 	require.NoError(t, err)
 	return n
+}
+
+// commandCalls reads INFO commandstats: calls per command.
+func commandCalls(t *testing.T, c *redis.Client) map[string]int {
+	t.Helper()
+	info, err := c.Info(t.Context(), "commandstats").Result()
+	require.NoError(t, err)
+	calls := map[string]int{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		calls[strings.TrimPrefix(name, "cmdstat_")] = n
+	}
+	return calls
 }

@@ -8,9 +8,12 @@ package redisstore
 // replicas have the write.
 //
 // The pipeline runs on a plain client of the key's primary, never through
-// a ClusterClient's own pipeline: that one sends the keyless WAIT to any
-// primary it picks (or refuses it as an all-shards command), and re-sends
-// only the redirected script after a MOVED, without its WAIT. So redirects
+// a ClusterClient's own pipeline: go-redis v9.23 sends the keyless WAIT of
+// such a pipeline to the primaries in turn, so two times in three it
+// counts the replicas of a connection that wrote nothing and succeeds
+// without proving anything (seen on a real cluster); and after a MOVED it
+// re-sends only the redirected script, without its WAIT. A TxPipeline is
+// no better: WAIT inside MULTI does not block and answers 0. So redirects
 // are followed here, and NOSCRIPT too: Script.Run's EVALSHA-to-EVAL
 // fallback does not happen inside a pipeline.
 
