@@ -165,7 +165,7 @@ func TestTopology_Cluster(t *testing.T) {
 		require.Zero(t, statuses[classUnavailable], "no request failed for a flushed script")
 	})
 
-	_ = ok && t.Run("resharding under load runs no key twice", func(t *testing.T) {
+	ok = ok && t.Run("resharding under load runs no key twice", func(t *testing.T) {
 		primaries, err := cl.Primaries(t.Context())
 		require.NoError(t, err)
 		stop := make(chan struct{})
@@ -182,5 +182,43 @@ func TestTopology_Cluster(t *testing.T) {
 		logFigures(t, "cluster-reshard", "slots_moved", slots, "reshard_took", took.Round(time.Millisecond),
 			"keys", len(outs), "statuses", fmt.Sprint(statuses), "transient_503", statuses[classUnavailable],
 			"store_errors", s.metric(t, `idemproxy_requests_total{outcome="store_error"}`))
+	})
+
+	ok = ok && t.Run("one evicting primary refuses keyed requests and fails readiness", func(t *testing.T) {
+		primaries, err := cl.Primaries(t.Context())
+		require.NoError(t, err)
+		c := primaries[1].Client(t)
+		require.NoError(t, c.ConfigSet(t.Context(), "maxmemory-policy", "allkeys-lru").Err())
+		testenv.WaitFor(t, 10*time.Second, "readiness to fail", func() bool { return readyz(s.adminURL) == http.StatusServiceUnavailable })
+		r := s.do(t, "POST", "/charge", "", "Idempotency-Key", newKey(t))
+		require.Equal(t, classUnavailable, classify(r))
+		require.NoError(t, c.ConfigSet(t.Context(), "maxmemory-policy", "noeviction").Err())
+		testenv.WaitFor(t, 10*time.Second, "readiness to return", func() bool { return readyz(s.adminURL) == http.StatusOK })
+	})
+
+	_ = ok && t.Run("one dead shard does not fail readiness; the other keys are served", func(t *testing.T) {
+		// Without full coverage required, the other shards serve on
+		// while a primary's slots wait for its replica.
+		for _, n := range cl.Running() {
+			require.NoError(t, n.Client(t).ConfigSet(t.Context(), "cluster-require-full-coverage", "no").Err())
+		}
+		primaries, err := cl.Primaries(t.Context())
+		require.NoError(t, err)
+		victim := primaries[2]
+		require.NoError(t, cl.Kill(t.Context(), victim))
+		start := time.Now()
+		notReady := sampleNotReady(s)
+		statuses := map[string]int{}
+		for time.Since(start) < 1500*time.Millisecond {
+			statuses[classify(s.do(t, "POST", "/charge", "", "Idempotency-Key", newKey(t)))]++
+		}
+		_, err = cl.WaitPromoted(t.Context(), victim)
+		require.NoError(t, err)
+		down := notReady()
+		logFigures(t, "cluster-dead-shard", "requests", fmt.Sprint(statuses), "not_ready_for", down,
+			"primaries_down_metric_seen", s.metric(t, `idemproxy_redis_primaries{state="down"}`))
+		require.Zero(t, down, "readiness stayed up")
+		require.Positive(t, statuses[classExecuted], "keys on the other shards ran")
+		require.NoError(t, cl.Restart(t.Context(), victim))
 	})
 }
