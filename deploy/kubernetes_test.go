@@ -112,6 +112,13 @@ func TestKubernetes_Manifests(t *testing.T) {
 		require.Equal(t, ":50051", cm.Data["IDEMPROXY_GRPC_ADDR"])
 		require.Equal(t, ":9090", cm.Data["IDEMPROXY_ADMIN_ADDR"])
 		require.Equal(t, "redis://redis:6379/0", cm.Data["IDEMPROXY_REDIS_URL"])
+		require.Equal(t, "standalone", cm.Data["IDEMPROXY_REDIS_MODE"])
+		require.Equal(t, "0", cm.Data["IDEMPROXY_REDIS_MIN_REPLICAS"])
+		raw, err := os.ReadFile(repoPath("deploy", "kubernetes", "configmap.yaml"))
+		require.NoError(t, err)
+		for _, mode := range []string{"cluster", "sentinel"} {
+			require.Contains(t, string(raw), "#   IDEMPROXY_REDIS_MODE: "+mode, "the ConfigMap shows every topology")
+		}
 		require.Contains(t, o.services, "redis", "the demo Redis the ConfigMap points at")
 	})
 	t.Run("replicas, rollout and disruption budget", func(t *testing.T) {

@@ -3,6 +3,7 @@ package processor
 import (
 	"bytes"
 	"context"
+	"errors"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -31,6 +32,12 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	acq, err := e.look(claim)
 	if err != nil {
 		e.unanswered(token)
+		if errors.Is(err, idem.ErrUnreplicated) {
+			// The lock exists on the primary only: a failover could
+			// lose it, and a retry then run a second time. finish
+			// releases it, best-effort, as for any failed acquire.
+			e.srv.metrics.unreplicated.WithLabelValues("acquire").Inc()
+		}
 		return e.storeFailed(err, cont)
 	}
 	switch {
@@ -130,6 +137,11 @@ func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingRespo
 		return e.srv.fence(cont(), 0)
 	}
 	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
+	if errors.Is(err, idem.ErrUnreplicated) {
+		e.logger().Warn("lock taken, but fewer replicas acknowledged it than --redis-min-replicas asks; request refused (fail-closed)", "error", err)
+		return e.refuse(outcomeStoreError, problemReply(probStoreUnavail,
+			"The idempotency store could not make the key durable on enough replicas; the request was not run. Retry later.", "1"), cont)
+	}
 	e.logger().Error("store failed; request refused (fail-closed)", "error", err)
 	return e.refuse(outcomeStoreError, problemReply(probStoreUnavail,
 		"The idempotency store did not answer; the request was not run. Retry later.", "1"), cont)

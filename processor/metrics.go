@@ -65,7 +65,10 @@ type Metrics struct {
 	waits       *prometheus.CounterVec
 	waitSeconds prometheus.Histogram
 	shadow      *prometheus.CounterVec
-	streams     prometheus.Gauge
+	// unreplicated counts writes fewer replicas acknowledged than asked
+	// (--redis-min-replicas): refused locks and stored-but-exposed responses.
+	unreplicated *prometheus.CounterVec
+	streams      prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -113,12 +116,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "idemproxy_shadow_decisions_total",
 			Help: "Shadow mode: requests passed upstream that enforcement would have answered itself, by what it would have done.",
 		}, []string{"would"}),
+		unreplicated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_unreplicated_writes_total",
+			Help: "Writes fewer replicas acknowledged than --redis-min-replicas asks, by operation: acquire (the request was refused with 503), complete (the response was delivered, stored on the primary only).",
+		}, []string{"op"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_active_streams",
 			Help: "ext_proc streams currently open.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.streams} {
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.unreplicated, m.streams} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -140,6 +147,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	m.leaseLost.WithLabelValues(stageRenew)
 	m.leaseLost.WithLabelValues(stageDone)
+	m.unreplicated.WithLabelValues("acquire")
+	m.unreplicated.WithLabelValues("complete")
 	return m, nil
 }
 
@@ -150,6 +159,8 @@ func (m *Metrics) observeStore(op string, start time.Time, err error) {
 	switch {
 	case errors.Is(err, idem.ErrLeaseLost):
 		result = "lost"
+	case errors.Is(err, idem.ErrUnreplicated):
+		result = "unreplicated"
 	case err != nil:
 		result = "error"
 	}

@@ -49,10 +49,12 @@ func (e *exchange) settle(w write, inBand bool) {
 }
 
 // retryable reports whether a settling write failed in a way worth
-// another attempt: not when it succeeded, and not when the record is no
-// longer ours (a retry would get the same answer).
+// another attempt: not when it succeeded, not when the record is no
+// longer ours (a retry would get the same answer), and not when it was
+// written but too few replicas acknowledged it in time (a retry would
+// find it written).
 func retryable(err error) bool {
-	return err != nil && !errors.Is(err, idem.ErrLeaseLost)
+	return err != nil && !errors.Is(err, idem.ErrLeaseLost) && !errors.Is(err, idem.ErrUnreplicated)
 }
 
 // attempt runs w once and records its latency.
@@ -133,6 +135,14 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 		m.responses.WithLabelValues(resultLeaseLost).Inc()
 		m.leaseLost.WithLabelValues(stageDone).Inc()
 		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", rec.Status)
+	case errors.Is(err, idem.ErrUnreplicated):
+		// Written on the primary; the wait for replicas is over, so the
+		// response goes out: holding it longer would only turn it into
+		// Envoy's 504. A failover before the replicas catch up loses it.
+		m.unreplicated.WithLabelValues("complete").Inc()
+		m.responses.WithLabelValues(storedResult(rec)).Inc()
+		e.logger().Warn("response stored, but fewer replicas acknowledged it than --redis-min-replicas asks; delivered all the same",
+			"error", err, "status", rec.Status)
 	case err != nil:
 		m.responses.WithLabelValues(resultStoreError).Inc()
 		e.logger().Error("storing the response failed; the key is refused as an unknown outcome once its lease ends",
@@ -149,6 +159,17 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 		m.responses.WithLabelValues(resultStoredNoBody).Inc()
 		e.logger().Info("response stored without its body (over the cap)", "status", rec.Status, "cap", e.srv.cfg.MaxStoredBody)
 	}
+}
+
+// storedResult is the responses_total result of a stored rec.
+func storedResult(rec idem.Record) string {
+	switch {
+	case rec.BodyStored:
+		return resultStored
+	case rec.Incomplete:
+		return resultStoredIncomplete
+	}
+	return resultStoredNoBody
 }
 
 // release deletes our lock so the client can retry at once: the request

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
 )
 
 // waitConfig waits up to maxWait, re-checking rarely so a test sees that
@@ -203,4 +202,3 @@ func TestServer_Process_shadow(t *testing.T) {
 		require.NotNil(t, out[0].GetRequestHeaders())
 	})
 }
-

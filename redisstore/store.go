@@ -67,7 +67,16 @@ type Options struct {
 	FenceTTL time.Duration
 	// Keyring, when set, encrypts stored headers and bodies at rest.
 	Keyring *Keyring
+	// MinReplicas, when positive, makes Acquire and Complete wait (WAIT,
+	// pipelined with the script) until that many replicas have the write,
+	// at most ReplicaTimeout; fewer is idem.ErrUnreplicated.
+	MinReplicas int
+	// ReplicaTimeout bounds that wait. Default DefaultReplicaTimeout.
+	ReplicaTimeout time.Duration
 }
+
+// DefaultReplicaTimeout is Options.ReplicaTimeout when it is not set.
+const DefaultReplicaTimeout = 250 * time.Millisecond
 
 // Client is the narrowest part of go-redis the store needs: scripts for
 // every request-path operation; DEL, SCAN and pipelines for operators. A
@@ -82,12 +91,18 @@ type Client interface {
 // Store is a processor.Store backed by Redis. It is safe for concurrent use.
 type Store struct {
 	client   Client
+	cluster  Cluster // client, when it is a cluster client; else nil
 	prefix   string
 	fenceTTL int64 // ms
 	keyring  *Keyring
+
+	minReplicas    int
+	replicaTimeout time.Duration
 }
 
 // New returns a Store using client; the store does not close the client.
+// A client that also implements Cluster (a *redis.ClusterClient) is used
+// per primary where one node matters: durable writes and listings.
 func New(client Client, opts Options) *Store {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
@@ -95,7 +110,13 @@ func New(client Client, opts Options) *Store {
 	if opts.FenceTTL <= 0 {
 		opts.FenceTTL = DefaultFenceTTL
 	}
-	return &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL), keyring: opts.Keyring}
+	if opts.ReplicaTimeout <= 0 {
+		opts.ReplicaTimeout = DefaultReplicaTimeout
+	}
+	s := &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL), keyring: opts.Keyring,
+		minReplicas: max(opts.MinReplicas, 0), replicaTimeout: opts.ReplicaTimeout}
+	s.cluster, _ = client.(Cluster)
+	return s
 }
 
 // RedisKey maps the processor's opaque key to the Redis key of its record:
@@ -133,12 +154,33 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 		takeover = "1"
 	}
 	rk := s.RedisKey(key)
-	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix},
-		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope).Slice()
+	keys := []string{rk, rk + fenceSuffix}
+	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope}
+	if s.minReplicas == 0 {
+		reply, err := acquireScript.Run(ctx, s.client, keys, args...).Slice()
+		if err = s.seen(err); err != nil {
+			return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+		}
+		return parseAcquire(reply, s.opener(rk))
+	}
+	res, err := s.runDurable(ctx, acquireScript, keys, args...)
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
-	return parseAcquire(reply, s.opener(rk))
+	reply, err := res.reply.Slice()
+	if err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	acq, err := parseAcquire(reply, s.opener(rk))
+	if err != nil || acq.State != idem.StateAcquired {
+		// Only a new lock needs replicas: an existing record was
+		// written (and waited for) by the request that made it.
+		return acq, err
+	}
+	if err := s.unreplicated(res); err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return acq, nil
 }
 
 // Peek implements processor.Store: acquire.lua in its read-only mode, so
@@ -147,7 +189,7 @@ func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) 
 	rk := s.RedisKey(key)
 	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix},
 		"", "", 1, 1, 1, "0", "", "peek").Slice()
-	if err != nil {
+	if err = s.seen(err); err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
 	}
 	return parseAcquire(reply, s.opener(rk))
@@ -171,23 +213,7 @@ func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) erro
 		return err
 	}
 	n, err := renewScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, lease, keyTTL).Int64()
-	return owned(op, n, err)
-}
-
-// checkLease validates a lease and returns it and the in-progress record's
-// key TTL in milliseconds: the hold, so the record outlives a crashed
-// owner, or with takeover the lease itself, as the previous version did.
-func checkLease(op, token string, l idem.Lease) (lease, keyTTL int64, err error) {
-	if lease, err = checkArgs(op, token, "lease", l.TTL); err != nil {
-		return 0, 0, err
-	}
-	if l.Takeover {
-		return lease, lease, nil
-	}
-	if l.Hold < l.TTL {
-		return 0, 0, fmt.Errorf("%w: %s: hold %v is shorter than the lease %v", ErrInvalidArgument, op, l.Hold, l.TTL)
-	}
-	return lease, millis(l.Hold), nil
+	return owned(op, n, s.seen(err))
 }
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
@@ -219,9 +245,23 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 			return err
 		}
 	}
-	n, err := completeScript.Run(ctx, s.client, []string{rk},
-		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk+settledSuffix).Int64()
-	return owned(op, n, err)
+	args := []any{token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk + settledSuffix}
+	if s.minReplicas == 0 {
+		n, err := completeScript.Run(ctx, s.client, []string{rk}, args...).Int64()
+		return owned(op, n, s.seen(err))
+	}
+	res, err := s.runDurable(ctx, completeScript, []string{rk}, args...)
+	if err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	n, err := res.reply.Int64()
+	if err := owned(op, n, err); err != nil {
+		return err
+	}
+	if err := s.unreplicated(res); err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return nil
 }
 
 // Abandon implements processor.Store.
@@ -233,7 +273,7 @@ func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Durati
 	}
 	rk := s.RedisKey(key)
 	n, err := abandonScript.Run(ctx, s.client, []string{rk}, token, ms, rk+settledSuffix).Int64()
-	return owned(op, n, err)
+	return owned(op, n, s.seen(err))
 }
 
 // Release implements processor.Store.
@@ -244,42 +284,5 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	}
 	rk := s.RedisKey(key)
 	n, err := releaseScript.Run(ctx, s.client, []string{rk}, token, rk+settledSuffix).Int64()
-	return owned(op, n, err)
-}
-
-// checkArgs validates a call and converts its TTL to whole milliseconds,
-// rounded up and at least 1: PEXPIRE with 0 would delete the key at once.
-// An empty token is refused because it would let any empty token match.
-func checkArgs(op, token, what string, ttl time.Duration) (int64, error) {
-	if token == "" {
-		return 0, fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
-	}
-	if ttl <= 0 {
-		return 0, fmt.Errorf("%w: %s: %s %v is not positive", ErrInvalidArgument, op, what, ttl)
-	}
-	return millis(ttl), nil
-}
-
-// millis converts a positive duration to milliseconds, rounding up so a
-// lock or retention is never shorter than asked.
-func millis(d time.Duration) int64 {
-	ms := int64(d / time.Millisecond)
-	if d%time.Millisecond != 0 {
-		ms++
-	}
-	return ms
-}
-
-// owned maps the 1/0 reply of the owner-checked scripts to an error.
-func owned(op string, n int64, err error) error {
-	switch {
-	case err != nil:
-		return fmt.Errorf("redisstore: %s: %w", op, err)
-	case n == 0:
-		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrLeaseLost)
-	case n == 1:
-		return nil
-	default:
-		return fmt.Errorf("%w: %s: unexpected reply %d", ErrCorruptRecord, op, n)
-	}
+	return owned(op, n, s.seen(err))
 }

@@ -103,13 +103,19 @@ func TestStore_Acquire(t *testing.T) {
 		require.Nil(t, acq.Record)
 	})
 
-	t.Run("the owner acquiring again is in progress too", func(t *testing.T) {
+	t.Run("the owner acquiring again gets its own grant back", func(t *testing.T) {
+		// Tokens are per request, so the same token twice is a retry of
+		// one acquire whose reply was lost (go-redis retries a command
+		// on a broken connection, as in a failover). Answering "in
+		// progress" would refuse a request that never ran, and leave its
+		// lock to turn into an unknown outcome.
 		tok := token(t)
-		_, err := s.Acquire(t.Context(), "again", claim(tok, nil, lockTTL))
+		first, err := s.Acquire(t.Context(), "again", claim(tok, nil, lockTTL))
 		require.NoError(t, err)
 		acq, err := s.Acquire(t.Context(), "again", claim(tok, nil, lockTTL))
 		require.NoError(t, err)
-		require.Equal(t, idem.StateInProgress, acq.State)
+		require.Equal(t, idem.StateAcquired, acq.State)
+		require.Equal(t, first.Fence, acq.Fence)
 	})
 
 	t.Run("completed key returns the full stored record", func(t *testing.T) {

@@ -19,26 +19,34 @@ type Subscriber interface {
 // Watcher tells duplicates waiting for a key (--in-progress=wait) the
 // moment the key is settled: the scripts that complete, release or abandon
 // a record publish on its shard channel, and one Pub/Sub connection per
-// process carries the channels of every key waited on, whatever the number
-// of waiters. Pub/Sub may drop a message (a reconnect, a failover); the
-// waiters' own slow re-check covers that.
+// Redis primary carries the channels of every key waited on, whatever the
+// number of waiters. Pub/Sub may drop a message (a reconnect, a failover,
+// a slot moved away, which unsubscribes its channels); the waiters' own
+// slow re-check covers that.
 type Watcher struct {
 	sub   Subscriber
 	store *Store
 	log   *slog.Logger
-	ctx    context.Context // ends the receiving goroutine
+	ctx   context.Context // ends the receiving goroutines
 
 	mu      sync.Mutex
-	ps      *redis.PubSub
+	nodes   map[string]*watchConn                 // primary address ("" outside a cluster) -> its connection
 	waiters map[string]map[chan struct{}]struct{} // channel -> waiting
-	done    chan struct{}                         // closed when the receiver ends
+	via     map[string]*watchConn                 // channel -> the connection it is subscribed on
+	wg      sync.WaitGroup                        // the receivers
 }
 
-// NewWatcher returns a Watcher for the store's keys. The Pub/Sub connection
-// opens with the first wait; ctx ends it (Close waits for that).
+// watchConn is one primary's sharded Pub/Sub connection.
+type watchConn struct{ ps *redis.PubSub }
+
+// NewWatcher returns a Watcher for the store's keys. sub opens the Pub/Sub
+// connections outside a cluster; on a cluster each primary's own client
+// does, since a shard channel can only be subscribed to on its slot's node.
+// Connections open with the first wait on them; ctx ends them (Close waits
+// for that).
 func (s *Store) NewWatcher(ctx context.Context, sub Subscriber, log *slog.Logger) *Watcher {
 	return &Watcher{sub: sub, store: s, log: log, ctx: ctx,
-		waiters: map[string]map[chan struct{}]struct{}{}, done: make(chan struct{})}
+		nodes: map[string]*watchConn{}, waiters: map[string]map[chan struct{}]struct{}{}, via: map[string]*watchConn{}}
 }
 
 // channel is key's shard channel, as the scripts name it.
@@ -71,19 +79,34 @@ func (w *Watcher) Watch(ctx context.Context, key string) (settled <-chan struct{
 	return c, !known, func() { w.unwatch(ch, c) }, nil
 }
 
-// subscribeLocked adds ch to the Pub/Sub connection, opening it (and its
-// receiver) on first use; w.mu is held.
+// subscribeLocked adds ch to its primary's Pub/Sub connection, opening it
+// (and its receiver) on first use; w.mu is held.
 func (w *Watcher) subscribeLocked(ctx context.Context, ch string) error {
-	if w.ps == nil {
-		w.ps = w.sub.SSubscribe(w.ctx, ch)
-		go w.receive(w.ps)
+	addr, sub := "", w.sub
+	if w.store.cluster != nil {
+		c, err := w.store.cluster.MasterForKey(ctx, ch)
+		if err != nil {
+			return fmt.Errorf("redisstore: watch: the primary of a key: %w", w.store.seen(err))
+		}
+		addr, sub = c.Options().Addr, c
+	}
+	conn := w.nodes[addr]
+	if conn == nil {
+		// SSubscribe on a new PubSub only queues the channel; the
+		// connection and the subscription are made by its receiver.
+		conn = &watchConn{ps: sub.SSubscribe(w.ctx, ch)}
+		w.nodes[addr] = conn
+		w.via[ch] = conn
+		w.wg.Add(1)
+		go w.receive(conn.ps)
 		return nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if err := w.ps.SSubscribe(sctx, ch); err != nil {
+	if err := conn.ps.SSubscribe(sctx, ch); err != nil {
 		return fmt.Errorf("redisstore: watch: %w", err)
 	}
+	w.via[ch] = conn
 	return nil
 }
 
@@ -97,10 +120,12 @@ func (w *Watcher) unwatch(ch string, c chan struct{}) {
 		return
 	}
 	delete(w.waiters, ch)
-	if w.ps != nil && w.ctx.Err() == nil {
+	conn := w.via[ch]
+	delete(w.via, ch)
+	if conn != nil && w.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(w.ctx, time.Second)
 		defer cancel()
-		if err := w.ps.SUnsubscribe(ctx, ch); err != nil {
+		if err := conn.ps.SUnsubscribe(ctx, ch); err != nil {
 			// Harmless: a message for it finds no waiter.
 			w.log.Debug("unsubscribing a settled key failed", "error", err)
 		}
@@ -109,7 +134,7 @@ func (w *Watcher) unwatch(ch string, c chan struct{}) {
 
 // receive hands each message to the key's waiters until ctx ends.
 func (w *Watcher) receive(ps *redis.PubSub) {
-	defer close(w.done)
+	defer w.wg.Done()
 	msgs := ps.Channel()
 	for {
 		select {
@@ -132,13 +157,6 @@ func (w *Watcher) receive(ps *redis.PubSub) {
 	}
 }
 
-// Close waits for the receiver to stop; the context given to NewWatcher
+// Close waits for the receivers to stop; the context given to NewWatcher
 // must have ended.
-func (w *Watcher) Close() {
-	w.mu.Lock()
-	started := w.ps != nil
-	w.mu.Unlock()
-	if started {
-		<-w.done
-	}
-}
+func (w *Watcher) Close() { w.wg.Wait() }

@@ -14,7 +14,11 @@ import (
 )
 
 // allScenarios is every scenario, in the order they run.
-var allScenarios = []string{"a", "b", "c", "d", "e", "dup", "f"}
+var allScenarios = []string{"a", "b", "c", "c1", "d", "e", "dup", "f"}
+
+// defaultScenarios run without --only: all but (c1), which adds a replica
+// to Redis: --only c,c1 compares them in one run.
+var defaultScenarios = []string{"a", "b", "c", "d", "e", "dup", "f"}
 
 // config is one benchmark run's validated settings.
 type config struct {
@@ -46,7 +50,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "measured time of each load run")
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each run")
 	fs.IntVar(&c.connections, "connections", 32, "client connections to Envoy")
-	fs.StringVar(&only, "only", strings.Join(allScenarios, ","), "comma list of scenarios to run: "+strings.Join(allScenarios, ","))
+	fs.StringVar(&only, "only", strings.Join(defaultScenarios, ","), "comma list of scenarios to run: "+strings.Join(allScenarios, ","))
 	fs.Float64Var(&c.rate, "rate", 0, "requests/s of the fixed-rate runs (0: half of scenario b's saturation throughput)")
 	fs.StringVar(&c.jsonPath, "json", "", "also write the results as JSON to this file")
 	fs.IntVar(&c.inFlight, "in-flight", 1000, "slow requests held at once in scenario f")

@@ -41,6 +41,11 @@ func (r *report) goals() []goal {
 		gs = append(gs, goal{Name: "p99(c) - p99(b) at the fixed rate", Measured: "-", Target: "<= 1 ms", Verdict: "n/a (needs b and c)"})
 	}
 	ratio("throughput d/c (replay vs new key)", "d", "c", 1.5)
+	// (c1) runs only when asked for (--only ...,c1): it needs a replica.
+	durable := r.find(r.Saturation, "c1") != nil
+	if durable {
+		ratio("throughput c1/c (1 replica acknowledged vs none)", "c1", "c", 0.8)
+	}
 	ratio("throughput e/a (no key vs no ext_proc)", "e", "a", 0.95)
 
 	trips := func(name, id string, want float64) {
@@ -58,6 +63,9 @@ func (r *report) goals() []goal {
 		gs = append(gs, goal{Name: name, Measured: fmt.Sprintf("%.2f", p.RedisPerReq), Target: fmt.Sprintf("%.0f", want), Verdict: verdict(ok)})
 	}
 	trips("Redis round trips per request: new key (c)", "c", 2)
+	if durable {
+		trips("Redis round trips per request: new key, WAIT 1 (c1)", "c1", 2)
+	}
 	trips("Redis round trips per request: replay (d)", "d", 1)
 	if d := r.Dup; d != nil {
 		gs = append(gs, goal{Name: "Redis round trips per request: in-flight dup", Measured: fmt.Sprintf("%.2f", d.RedisPerReq),

@@ -23,6 +23,11 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	if !strings.Contains(rep.Envoy, "/"+testenv.EnvoyVersion+"/") {
 		fmt.Fprintf(b.progress, "warning: Envoy is not %s: %s\n", testenv.EnvoyVersion, rep.Envoy)
 	}
+	if b.cfg.only["c1"] {
+		if _, err := b.st.Replica(ctx); err != nil {
+			return nil, err
+		}
+	}
 	var selected []scenario
 	for _, sc := range loadScenarios {
 		if b.cfg.only[sc.id] {

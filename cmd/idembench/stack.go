@@ -40,6 +40,8 @@ const (
 	envoyNull envoyKind = "null"      // (b): ext_proc -> null server
 	envoyIdem envoyKind = "idemproxy" // (c), (d), (e), dup
 	envoyHold envoyKind = "hold"      // (f): ext_proc -> the fast-heartbeat idemproxy
+	// (c1): ext_proc -> an idemproxy with --redis-min-replicas 1
+	envoyDurable envoyKind = "durable"
 )
 
 // stack owns every child process of a run. Servers start when a scenario
@@ -52,6 +54,7 @@ type stack struct {
 	http   *http.Client
 
 	redis     *redistopo.Server
+	replica   *redistopo.Server // only when (c1) runs
 	rdb       *redis.Client
 	backend   *server
 	null      *server
@@ -74,6 +77,9 @@ func (s *stack) close() {
 		s.procs[i].Stop(stopGrace)
 	}
 	s.procs = nil
+	if s.replica != nil {
+		s.replica.Stop()
+	}
 	if s.redis != nil {
 		s.redis.Stop()
 	}
@@ -208,6 +214,11 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 		return s.Null(ctx)
 	case envoyIdem:
 		return s.Idemproxy(ctx, "idemproxy")
+	case envoyDurable:
+		if _, err := s.Replica(ctx); err != nil {
+			return nil, err
+		}
+		return s.Idemproxy(ctx, "idemproxy-durable", "--redis-min-replicas", "1")
 	case envoyHold:
 		// Scenario (f) wants renewals to happen during its short window.
 		return s.Idemproxy(ctx, "idemproxy-hold",

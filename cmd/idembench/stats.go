@@ -48,7 +48,10 @@ var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", 
 
 // housekeeping are connection and monitoring commands (idemproxy's health
 // PINGs, go-redis's handshake, our own INFO): not part of a request.
-var housekeeping = []string{"ping", "info", "config", "client", "hello", "script", "command", "select", "auth", "quit", "readonly"}
+// WAIT (c1) rides in the pipeline of the script it follows, and REPLCONF
+// is the replica's own traffic: neither is a round trip of a request.
+var housekeeping = []string{"ping", "info", "config", "client", "hello", "script", "command", "select", "auth", "quit", "readonly",
+	"wait", "replconf"}
 
 // redisCount is one window's Redis commands by kind.
 type redisCount struct {

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
@@ -23,6 +21,9 @@ type settings struct {
 	GRPCAddr        string
 	AdminAddr       string
 	RedisURL        string
+	RedisMode       string
+	MinReplicas     int
+	ReplicaTimeout  time.Duration
 	RedisTimeout    time.Duration
 	RedisPrefix     string
 	Reflection      bool
@@ -106,7 +107,10 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	p := &s.Processor
 	fs.StringVar(&s.GRPCAddr, "grpc-addr", ":50051", "ext_proc gRPC listen address")
 	fs.StringVar(&s.AdminAddr, "admin-addr", ":9090", "admin HTTP listen address (/healthz, /readyz, /metrics)")
-	fs.StringVar(&s.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user and password allowed)")
+	fs.StringVar(&s.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user and password allowed); more nodes as ?addr=host:port, the Sentinel primary as ?master_name=NAME")
+	fs.StringVar(&s.RedisMode, "redis-mode", modeStandalone, "Redis topology: standalone, cluster (the URL names one or more nodes or a configuration endpoint) or sentinel (the URL names the sentinels)")
+	fs.IntVar(&s.MinReplicas, "redis-min-replicas", 0, "replicas that must acknowledge a lock and a stored response (WAIT, pipelined with the write): a lock fewer acknowledged is refused with 503; 0: do not wait (a failover can lose what the primary had not passed on)")
+	fs.DurationVar(&s.ReplicaTimeout, "redis-replica-timeout", redisstore.DefaultReplicaTimeout, "how long a write waits for --redis-min-replicas acknowledgements (shorter than --redis-timeout)")
 	fs.DurationVar(&s.RedisTimeout, "redis-timeout", time.Second, "bound on each Redis call on the request path (keep under Envoy's message_timeout)")
 	fs.StringVar(&s.RedisCA, "redis-ca", "", "PEM CA bundle to verify a rediss:// server (default: the system roots)")
 	fs.StringVar(&s.TLSCert, "tls-cert", "", "PEM certificate for the gRPC listener (with --tls-key: TLS; reloaded when the file changes)")
@@ -203,10 +207,19 @@ func (s *settings) validate() error {
 	if s.GRPCAddr == "" || s.AdminAddr == "" {
 		errs = append(errs, errors.New("--grpc-addr and --admin-addr must not be empty"))
 	}
-	if opts, err := redis.ParseURL(s.RedisURL); err != nil {
-		errs = append(errs, fmt.Errorf("--redis-url: %w", err))
-	} else if s.RedisCA != "" && opts.TLSConfig == nil {
+	if opts, err := parseRedisURL(s.RedisMode, s.RedisURL); err != nil {
+		errs = append(errs, err)
+	} else if s.RedisCA != "" && opts.tlsConfig() == nil {
 		errs = append(errs, errors.New("--redis-ca needs a rediss:// --redis-url"))
+	}
+	switch {
+	case s.MinReplicas < 0:
+		errs = append(errs, errors.New("--redis-min-replicas must not be negative"))
+	case s.ReplicaTimeout <= 0:
+		errs = append(errs, errors.New("--redis-replica-timeout must be positive"))
+	case s.MinReplicas > 0 && s.ReplicaTimeout >= s.RedisTimeout:
+		errs = append(errs, fmt.Errorf("--redis-replica-timeout %v must be shorter than --redis-timeout %v: the wait for replicas is part of the write it follows",
+			s.ReplicaTimeout, s.RedisTimeout))
 	}
 	if (s.TLSCert == "") != (s.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,12 +26,20 @@ const extProcService = "envoy.service.ext_proc.v3.ExternalProcessor"
 // SERVING only while Redis answers and keeps what it is given; without that
 // every keyed request would get a 503, so a balancer should prefer another
 // replica. It is also the processor's StoreGate.
+//
+// On a cluster it asks every primary, and stays ready while at least one
+// serves (answers, is a primary, and sees cluster_state:ok): every
+// idemproxy replica sees the same Redis, so failing readiness for one
+// failed shard would take all of them out of service at once, and with
+// them the keys the other shards still serve. A key whose shard is down
+// gets 503 on its own, and idemproxy_redis_primaries says which are down.
 type healthChecker struct {
-	rdb           redis.Cmdable
+	redis         primaries
 	hs            *health.Server
 	interval      time.Duration
 	timeout       time.Duration
 	allowEvicting bool
+	minReplicas   int
 	log           *slog.Logger
 	gauges        healthGauges
 
@@ -40,21 +50,28 @@ type healthChecker struct {
 	// last results, only touched by the run goroutine, to log changes once
 	checked     bool
 	lastErr     string
+	lastDown    string
+	lastShort   string
 	lastPolicy  string
 	lastPersist string
+}
+
+// primaries visits every primary of the topology (redisConn.eachPrimary).
+type primaries interface {
+	eachPrimary(ctx context.Context, fn func(ctx context.Context, addr string, c redis.Cmdable) error) error
 }
 
 // errNotChecked refuses keyed requests until Redis's eviction policy has
 // been read once: unknown is not safe.
 var errNotChecked = errors.New("the maxmemory-policy of Redis has not been read yet")
 
-func newHealthChecker(rdb redis.Cmdable, hs *health.Server, s settings, reg prometheus.Registerer, log *slog.Logger) (*healthChecker, error) {
+func newHealthChecker(rdb primaries, hs *health.Server, s settings, reg prometheus.Registerer, log *slog.Logger) (*healthChecker, error) {
 	g, err := newHealthGauges(reg)
 	if err != nil {
 		return nil, err
 	}
-	c := &healthChecker{rdb: rdb, hs: hs, interval: s.HealthInterval, timeout: s.RedisTimeout,
-		allowEvicting: s.AllowEvicting, log: log, gauges: g, unsafe: errNotChecked}
+	c := &healthChecker{redis: rdb, hs: hs, interval: s.HealthInterval, timeout: s.RedisTimeout,
+		allowEvicting: s.AllowEvicting, minReplicas: s.MinReplicas, log: log, gauges: g, unsafe: errNotChecked}
 	c.set(false)
 	return c, nil
 }
@@ -73,19 +90,18 @@ func (c *healthChecker) run(ctx context.Context) {
 	}
 }
 
-// redisFacts is what one health check learnt.
-type redisFacts struct {
-	policy  string // maxmemory_policy
-	persist string // aof, rdb, none, unknown
-}
-
 func (c *healthChecker) check(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, c.timeout)
-	facts, err := c.ask(pctx)
+	nodes, err := c.ask(pctx)
 	cancel()
 	if ctx.Err() != nil || c.closing.Load() {
 		return
 	}
+	serving, down := split(nodes)
+	if err == nil && len(serving) == 0 {
+		err = down[0].err
+	}
+	c.gauges.setPrimaries(len(serving), len(down))
 	// Log changes, and the first result: a Redis that refuses us from the
 	// start (wrong password, TLS) must say why at once.
 	if errText := fmt.Sprint(err); errText != c.lastErr || !c.checked {
@@ -100,44 +116,58 @@ func (c *healthChecker) check(ctx context.Context) {
 		c.set(false)
 		return
 	}
-	c.notePersistence(facts.persist)
-	unsafe := c.notePolicy(facts.policy)
+	c.noteDown(down)
+	c.noteReplicas(serving)
+	c.notePersistence(weakestPersistence(serving))
+	unsafe := c.notePolicy(evictingPolicy(serving))
 	c.mu.Lock()
 	c.unsafe = unsafe
 	c.mu.Unlock()
 	c.set(unsafe == nil)
 }
 
-// ask reads the eviction policy and persistence in one round trip. INFO
-// works where CONFIG is disabled (managed Redis); CONFIG GET save only
-// refines "no AOF" into RDB or nothing, and may be refused.
-func (c *healthChecker) ask(ctx context.Context) (redisFacts, error) {
-	var info *redis.StringCmd
-	var save *redis.MapStringStringCmd
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		info = p.Info(ctx, "memory", "persistence")
-		save = p.ConfigGet(ctx, "save")
-		return nil
-	})
-	if err := info.Err(); err != nil {
-		return redisFacts{}, err
+// noteDown logs each change of the set of primaries that do not serve,
+// while others do (a cluster with a failed shard).
+func (c *healthChecker) noteDown(down []nodeFacts) {
+	var addrs []string
+	for _, n := range down {
+		addrs = append(addrs, n.addr+": "+n.err.Error())
 	}
-	_ = err // CONFIG GET's own failure is not a failure of Redis
-	fields := parseInfo(info.Val())
-	f := redisFacts{policy: fields["maxmemory_policy"], persist: "unknown"}
-	switch {
-	case fields["aof_enabled"] == "1":
-		f.persist = "aof"
-	case save.Err() != nil:
-	case save.Val()["save"] != "":
-		f.persist = "rdb"
-	default:
-		f.persist = "none"
+	now := strings.Join(addrs, "; ")
+	if now == c.lastDown {
+		return
 	}
-	if f.policy == "" {
-		return f, errors.New("INFO memory has no maxmemory_policy")
+	c.lastDown = now
+	if now == "" {
+		c.log.Info("every redis primary serves again")
+		return
 	}
-	return f, nil
+	c.log.Error("redis primaries not serving; requests whose keys live there get 503 until a replica takes over, "+
+		"the others are served (readiness stays up)", "primaries", now)
+}
+
+// noteReplicas logs each change of the primaries with fewer replicas
+// connected than --redis-min-replicas: every lock taken there is refused.
+func (c *healthChecker) noteReplicas(serving []nodeFacts) {
+	short, names := 0, []string{}
+	for _, n := range serving {
+		if n.replicas < c.minReplicas {
+			short++
+			names = append(names, fmt.Sprintf("%s (%d)", cmp.Or(n.addr, "primary"), n.replicas))
+		}
+	}
+	c.gauges.shortOfReplicas.Set(float64(short))
+	now := strings.Join(names, ", ")
+	if now == c.lastShort {
+		return
+	}
+	c.lastShort = now
+	if now != "" {
+		c.log.Error("redis primaries with fewer replicas connected than --redis-min-replicas: new keys there are refused with 503",
+			"primaries", now, "min_replicas", c.minReplicas)
+	} else if c.minReplicas > 0 {
+		c.log.Info("every redis primary has its replicas", "min_replicas", c.minReplicas)
+	}
 }
 
 // notePolicy returns why the store must not be used under policy, and logs

@@ -24,8 +24,10 @@ func parseInfo(info string) map[string]string {
 // healthGauges show what the health checker learnt about Redis, so an
 // alert can fire on an evicting or forgetful Redis.
 type healthGauges struct {
-	evicting    prometheus.Gauge
-	persistence *prometheus.GaugeVec
+	evicting        prometheus.Gauge
+	persistence     *prometheus.GaugeVec
+	primaries       *prometheus.GaugeVec
+	shortOfReplicas prometheus.Gauge
 }
 
 // persistenceKinds are the values of idemproxy_redis_persistence's label.
@@ -41,8 +43,16 @@ func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 			Name: "idemproxy_redis_persistence",
 			Help: "1 for how Redis persists its data: aof, rdb, none (a restart forgets every key) or unknown.",
 		}, []string{"kind"}),
+		primaries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "idemproxy_redis_primaries",
+			Help: "Redis primaries at the last health check: serving, or down (unreachable, a replica, or cluster_state not ok); one outside a cluster.",
+		}, []string{"state"}),
+		shortOfReplicas: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_redis_primaries_short_of_replicas",
+			Help: "Serving primaries with fewer replicas connected than --redis-min-replicas: new keys there are refused with 503.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{g.evicting, g.persistence} {
+	for _, c := range []prometheus.Collector{g.evicting, g.persistence, g.primaries, g.shortOfReplicas} {
 		if err := reg.Register(c); err != nil {
 			return healthGauges{}, err
 		}
@@ -66,4 +76,9 @@ func (g healthGauges) setPersistence(kind string) {
 		}
 		g.persistence.WithLabelValues(k).Set(v)
 	}
+}
+
+func (g healthGauges) setPrimaries(serving, down int) {
+	g.primaries.WithLabelValues("serving").Set(float64(serving))
+	g.primaries.WithLabelValues("down").Set(float64(down))
 }

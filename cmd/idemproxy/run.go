@@ -12,8 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
+	"github.com/redis/go-redis/extra/redisprometheus/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -31,7 +30,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.LogLevel}))
 
-	rdb, err := newRedisClient(s)
+	rdb, err := newRedis(s)
 	if err != nil {
 		return usageError{err}
 	}
@@ -39,16 +38,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// go-redis's own pool statistics (hits, misses, timeouts, connections),
+	// summed over every node of a cluster, labelled with the topology.
+	if err := prometheus.WrapRegistererWith(prometheus.Labels{"mode": s.RedisMode}, reg).
+		Register(redisprometheus.NewCollector("idemproxy", "redis", rdb.client)); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	metrics, err := processor.NewMetrics(reg)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	store := redisstore.New(rdb, redisstore.Options{
+	store := redisstore.New(rdb.client, redisstore.Options{
 		Prefix: s.RedisPrefix,
 		// Fences must keep growing for as long as a backend may remember a
 		// key, which is at least as long as we do.
-		FenceTTL: max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
-		Keyring:  s.Keyring,
+		FenceTTL:       max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
+		Keyring:        s.Keyring,
+		MinReplicas:    s.MinReplicas,
+		ReplicaTimeout: s.ReplicaTimeout,
 	})
 	hs := health.NewServer()
 	checker, err := newHealthChecker(rdb, hs, s, reg, log)
@@ -62,7 +69,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// One sharded Pub/Sub connection carries every waited-on key's channel;
 	// it ends with run.
 	wctx, stopWatcher := context.WithCancel(ctx)
-	watcher := store.NewWatcher(wctx, rdb, log)
+	watcher := store.NewWatcher(wctx, rdb.client, log)
 	defer watcher.Close()
 	defer stopWatcher()
 	proc, err := processor.New(s.Processor, processor.Options{
@@ -148,42 +155,4 @@ func stopGRPC(gs *grpc.Server, grace time.Duration, log *slog.Logger) {
 		gs.Stop()
 		<-done
 	}
-}
-
-// newRedisClient applies our timeouts to the URL's options: every Redis
-// call must fail fast enough for the client to get our 503, not Envoy's 504.
-func newRedisClient(s settings) (*redis.Client, error) {
-	opts, err := redis.ParseURL(s.RedisURL)
-	if err != nil {
-		return nil, fmt.Errorf("--redis-url: %w", err)
-	}
-	opts.DialTimeout = s.RedisTimeout
-	opts.ReadTimeout = s.RedisTimeout
-	opts.WriteTimeout = s.RedisTimeout
-	opts.PoolTimeout = s.RedisTimeout
-	if opts.TLSConfig != nil && s.RedisCA != "" {
-		pool, err := loadPool(s.RedisCA)
-		if err != nil {
-			return nil, fmt.Errorf("--redis-ca: %w", err)
-		}
-		opts.TLSConfig.RootCAs = pool
-	}
-	// A new connection should cost one round trip, not four: the request
-	// path's Redis deadline covers the dial too. RESP2 needs no HELLO,
-	// and the client-name and maintenance-notification handshakes are
-	// extras we do not use.
-	opts.Protocol = 2
-	opts.DisableIdentity = true
-	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	// A few warm connections, so a quiet period does not make the next
-	// requests pay for dials.
-	opts.MinIdleConns = 4
-	opts.MaxRetries = 1
-	// go-redis retries a refused dial 5 times, 100 ms apart, by default:
-	// 0.5 s of a client's wait spent on a Redis that is gone. Fail at once;
-	// the health checker notices recovery within its interval.
-	opts.DialerRetries = 1
-	opts.DialerRetryTimeout = 10 * time.Millisecond
-	opts.ContextTimeoutEnabled = true
-	return redis.NewClient(opts), nil
 }

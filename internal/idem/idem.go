@@ -14,6 +14,14 @@ import (
 // the key after the lease expired.
 var ErrLeaseLost = errors.New("idem: lease lost")
 
+// ErrUnreplicated reports a write the primary made but fewer replicas than
+// asked for acknowledged in time, so a failover now could lose it. From
+// Acquire it means the lock was taken but must not be relied on: the
+// request is not forwarded, and the caller releases the lock. From Complete
+// it means the response is stored on the primary only: the caller delivers
+// it and counts it.
+var ErrUnreplicated = errors.New("idem: not acknowledged by enough replicas")
+
 // State is the state of a key as Acquire found it.
 type State int
 

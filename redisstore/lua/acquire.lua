@@ -16,7 +16,8 @@
 --          ARGV[1]-ARGV[7] are ignored and {"free"} stands for a free key)
 --
 -- Returns one of:
---   {"acquired", fence}                              a new in-progress record is ours
+--   {"acquired", fence}                              a new in-progress record is ours (or the
+--                                                    one an earlier try with this token made)
 --   {"free"}                                         (peek only) nothing holds the key
 --   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
@@ -35,7 +36,7 @@
 -- one. It lives beside the record because the record is deleted on release.
 local t = redis.call("TIME")
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx")
+local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence")
 local st = v[1]
 
 local function grant()
@@ -52,6 +53,11 @@ end
 
 if not st then
   return grant()
+end
+-- Our own token: this is a retry of an acquire whose reply was lost (a
+-- connection cut during a failover, a client-side retry). The lock is ours.
+if st == "p" and v[4] == ARGV[1] then
+  return {"acquired", tonumber(v[5])}
 end
 if st == "p" then
   local lx = tonumber(v[3])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -154,4 +155,53 @@ func (c *Cluster) Restart(ctx context.Context, s *Server) error {
 		return err
 	}
 	return c.WaitHealthy(ctx)
+}
+
+// NodeID is the cluster node id of s (CLUSTER MYID).
+func (c *Cluster) NodeID(ctx context.Context, s *Server) (string, error) {
+	return text(ctx, s.Addr, "CLUSTER", "MYID")
+}
+
+// Reshard moves n slots, with their keys, from primary from to primary to
+// with `redis-cli --cluster reshard`, as an operator would, and returns
+// once redis-cli is done. Requests may run meanwhile: keys of a slot in
+// migration answer ASK, and TRYAGAIN for a multi-key command split
+// between the two nodes.
+func (c *Cluster) Reshard(ctx context.Context, from, to *Server, n int) error {
+	fromID, err := c.NodeID(ctx, from)
+	if err != nil {
+		return err
+	}
+	toID, err := c.NodeID(ctx, to)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, ClusterReadyTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, c.cli, "--cluster", "reshard", from.Addr,
+		"--cluster-from", fromID, "--cluster-to", toID, "--cluster-slots", strconv.Itoa(n),
+		"--cluster-yes", "--cluster-pipeline", "10").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("redis-cli --cluster reshard: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// Primaries are the running nodes that serve slots now.
+func (c *Cluster) Primaries(ctx context.Context) ([]*Server, error) {
+	view, err := c.liveView(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Server
+	for _, n := range view {
+		if n.primary() && !slices.Contains(n.flags, "fail") && len(n.slots) > 0 {
+			s, err := c.node(n.addr)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }

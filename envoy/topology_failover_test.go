@@ -1,0 +1,206 @@
+package envoy
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
+)
+
+// failoverKeys is how many slow requests are in flight when a primary dies.
+const failoverKeys = 150
+
+// failover is one topology's part of a failover scenario: kill the primary
+// that holds the most keys, wait until a replica took over, and bring the
+// killed node back as a replica.
+type failover struct {
+	kill     func(t *testing.T) (killed *redistopo.Server, share string)
+	promoted func(t *testing.T, killed *redistopo.Server)
+	restart  func(t *testing.T, killed *redistopo.Server)
+}
+
+// runFailover sends failoverKeys slow requests through s, SIGKILLs the
+// busiest primary while they run, lets every client retry until it gets a
+// 200, and logs the figures. With durable set, every key must have run
+// exactly once and replay its first response byte for byte.
+func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bool) {
+	t.Helper()
+	keys := make([]string, failoverKeys)
+	for i := range keys {
+		keys[i] = newKey(t)
+	}
+	const path = "/slow?delay=2s"
+	retry := make(chan struct{})
+	wait := inFlight(t, s, keys, path, retry)
+	killed, share := f.kill(t)
+	start := time.Now()
+	close(retry)
+	notReady := sampleNotReady(s)
+	f.promoted(t, killed)
+	promoted := time.Since(start)
+	runs := wait()
+	settled := time.Since(start)
+	unready := notReady()
+	fig := countFailover(t, s, path, keys, runs)
+	// New keys while the killed node is still down: on a cluster its
+	// promoted replica has no replica of its own, so with min replicas 1
+	// its keys are refused (503) until the node is back.
+	degraded := map[string]int{}
+	for range 30 {
+		r := s.do(t, "POST", "/charge", "", "Idempotency-Key", newKey(t))
+		degraded[classify(r)]++
+	}
+	f.restart(t, killed)
+	st := s.stats(t)
+	logFigures(t, scenario, "keys", len(keys), "locks_on_killed_primary", share, "executions", sumKeys(st.Keys, keys),
+		"ran_twice", fig.twice, "lost_responses", fig.lost, "first_200", fig.firstOK,
+		"statuses", fmt.Sprint(fig.statuses), "new_keys_before_restart", fmt.Sprint(degraded), "promoted_after", promoted.Round(time.Millisecond),
+		"not_ready_for", unready.Round(100*time.Millisecond), "all_settled_after", settled.Round(time.Millisecond),
+		"unreplicated_completions", s.metric(t, `idemproxy_unreplicated_writes_total{op="complete"}`),
+		"complete_retries", s.metric(t, `idemproxy_store_retries_total{op="complete"}`))
+	if durable {
+		require.Zero(t, fig.twice, "no key ran twice")
+		require.Zero(t, fig.lost, "every key replays its first response")
+		for _, k := range keys {
+			require.Equal(t, 1, st.Keys[k], "key %s ran once", k)
+		}
+	}
+}
+
+// sampleNotReady polls /readyz every 100 ms until the returned function
+// is called, which returns for how long it was not 200.
+func sampleNotReady(s *stack) func() time.Duration {
+	stop, out := make(chan struct{}), make(chan time.Duration, 1)
+	go func() {
+		var down time.Duration
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				out <- down
+				return
+			case <-t.C:
+				if readyz(s.adminURL) != http.StatusOK {
+					down += 100 * time.Millisecond
+				}
+			}
+		}
+	}()
+	return func() time.Duration {
+		close(stop)
+		select {
+		case d := <-out:
+			return d
+		case <-time.After(5 * time.Second):
+			return -1
+		}
+	}
+}
+
+// sumKeys adds up the executions of keys.
+func sumKeys(counts map[string]int, keys []string) int {
+	n := 0
+	for _, k := range keys {
+		n += counts[k]
+	}
+	return n
+}
+
+// clusterFailover kills the cluster primary with the most records.
+func clusterFailover(cl *redistopo.Cluster) failover {
+	return failover{
+		kill: func(t *testing.T) (*redistopo.Server, string) {
+			primaries, err := cl.Primaries(t.Context())
+			require.NoError(t, err)
+			var busiest *redistopo.Server
+			most, total := -1, 0
+			for _, p := range primaries {
+				n := locks(t, p)
+				total += n
+				if n > most {
+					busiest, most = p, n
+				}
+			}
+			require.NoError(t, cl.Kill(t.Context(), busiest))
+			return busiest, fmt.Sprintf("%d/%d", most, total)
+		},
+		promoted: func(t *testing.T, killed *redistopo.Server) {
+			_, err := cl.WaitPromoted(t.Context(), killed)
+			require.NoError(t, err)
+		},
+		restart: func(t *testing.T, killed *redistopo.Server) {
+			require.NoError(t, cl.Restart(t.Context(), killed))
+		},
+	}
+}
+
+// TestTopology_ClusterFailover: 150 slow requests in flight on a 3+3
+// cluster, the primary with the most of their keys SIGKILLed, clients
+// retrying. With --redis-min-replicas 1 every key runs once and replays its
+// response; the same run with 0 is reported, not asserted.
+func TestTopology_ClusterFailover(t *testing.T) {
+	cl := redistopo.NewCluster(t)
+	backend := startBackendOnly(t)
+	for _, replicas := range []int{1, 0} {
+		ok := t.Run(fmt.Sprintf("min replicas %d", replicas), func(t *testing.T) {
+			s := topoFrontend(t, backend, "cluster", clusterURL(cl), failoverArgs(replicas)...)
+			runFailover(t, s, clusterFailover(cl), fmt.Sprintf("cluster-failover-min-replicas-%d", replicas), replicas > 0)
+		})
+		if !ok {
+			return
+		}
+	}
+}
+
+// TestTopology_SentinelFailover: the same on a primary with two replicas
+// under Sentinel; idemproxy follows the new primary by itself.
+func TestTopology_SentinelFailover(t *testing.T) {
+	st := redistopo.NewSentinel(t)
+	backend := startBackendOnly(t)
+	f := failover{
+		kill: func(t *testing.T) (*redistopo.Server, string) {
+			p, err := st.Primary(t.Context())
+			require.NoError(t, err)
+			n := locks(t, p)
+			st.Kill(p)
+			return p, fmt.Sprintf("%d/%d", n, n)
+		},
+		promoted: func(t *testing.T, killed *redistopo.Server) {
+			_, err := st.WaitFailover(t.Context(), killed)
+			require.NoError(t, err)
+		},
+		restart: func(t *testing.T, killed *redistopo.Server) {
+			require.NoError(t, st.Restart(t.Context(), killed))
+		},
+	}
+	if !t.Run("an ACL user on the data nodes", func(t *testing.T) {
+		for _, n := range st.Data {
+			require.NoError(t, n.Client(t).Do(t.Context(), "acl", "setuser", "idemproxy", "reset", "on", ">s3cret-pw",
+				"~idemproxy:*", "+@all", "-@dangerous", "+info").Err())
+		}
+		// The URL's user:password would be the sentinels'; the data
+		// nodes' ACL user goes in query parameters (go-redis's rule).
+		acl := topoFrontend(t, backend, "sentinel", sentinelURL(st)+"&username=idemproxy&password=s3cret-pw",
+			"--redis-min-replicas", "2", "--redis-replica-timeout", "250ms")
+		k := newKey(t)
+		require.Equal(t, classExecuted, classify(acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)))
+		require.Equal(t, classReplayed, classify(acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)))
+		require.Equal(t, 1, acl.executions(t, k))
+	}) {
+		return
+	}
+	for _, replicas := range []int{1, 0} {
+		ok := t.Run(fmt.Sprintf("min replicas %d", replicas), func(t *testing.T) {
+			s := topoFrontend(t, backend, "sentinel", sentinelURL(st), failoverArgs(replicas)...)
+			runFailover(t, s, f, fmt.Sprintf("sentinel-failover-min-replicas-%d", replicas), replicas > 0)
+		})
+		if !ok {
+			return
+		}
+	}
+}
