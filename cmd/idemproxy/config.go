@@ -68,8 +68,19 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	fs := flag.NewFlagSet("idemproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	defineFlags(fs, &s)
+	showVersion := fs.Bool(versionFlag, false, "print the version, commit and Go version, and exit")
+	// --help is not a mistake: its text goes to stdout and the exit code
+	// is 0 (main), and it names every flag's environment variable.
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return s, earlyExit{usageText(fs)}
+		}
+		fmt.Fprintf(stderr, "Run idemproxy --help for the flags and their environment variables.\n")
 		return s, usageError{err}
+	}
+	if *showVersion {
+		return s, earlyExit{versionText()}
 	}
 	if fs.NArg() > 0 {
 		return s, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
@@ -79,6 +90,9 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := envName(f.Name)
+		if f.Name == versionFlag {
+			return
+		}
 		if v := getenv(env); v != "" && !given[f.Name] {
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))

@@ -35,6 +35,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.LogLevel}))
+	// go-redis logs through one package-level logger, not per client.
+	// Setting it here is acceptable because a process runs one run: every
+	// client it makes is ours. (Tests that call run several times in one
+	// process just move go-redis's lines to the latest run's log, still
+	// JSON.) The swap is atomic in go-redis, so no lock is needed.
+	redis.SetLogger(redisLogger{log})
 
 	rdb, err := newRedisClient(s)
 	if err != nil {
