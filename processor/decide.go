@@ -18,7 +18,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		// The store answers but could lose what it is given: nothing runs
 		// on its word, fail-open or not. The gate logs the cause itself,
 		// once per change, not once per request.
-		e.srv.metrics.requests.WithLabelValues(outcomeStoreUnsafe).Inc()
+		e.decided(outcomeStoreUnsafe)
 		return problemReply(probStoreUnavail, "The idempotency store is not safe to use; the request was not run. Retry later.", "1")
 	}
 	fp := fingerprint(e.method, e.path, body)
@@ -38,7 +38,8 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		return e.storeFailed(err, cont)
 	}
 	if acq.State == idem.StateAcquired {
-		e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
+		e.decided(outcomeAcquired)
+		e.granted(acq.Fence)
 		e.token, e.lock = token, lockAcquired
 		e.rec.Fingerprint = fp
 		e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, token, e.pol)
@@ -51,10 +52,10 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 func (e *exchange) answerExisting(acq idem.Acquisition, fp []byte) *extprocv3.ProcessingResponse {
 	switch {
 	case !bytes.Equal(acq.Fingerprint, fp):
-		e.srv.metrics.requests.WithLabelValues(outcomeMismatch).Inc()
+		e.decided(outcomeMismatch)
 		return problemReply(probMismatch, "This idempotency key was first used with a different method, path or body.", "")
 	case acq.State == idem.StateUnknown:
-		e.srv.metrics.requests.WithLabelValues(outcomeUnknown).Inc()
+		e.decided(outcomeUnknown)
 		if acq.Expired {
 			// The first time anyone learns of a crash: its owner never
 			// said a word, so this log line is the operator's trace of it.
@@ -63,14 +64,14 @@ func (e *exchange) answerExisting(acq idem.Acquisition, fp []byte) *extprocv3.Pr
 		}
 		return problemReply(probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
 	case acq.State == idem.StateInProgress:
-		e.srv.metrics.requests.WithLabelValues(outcomeConflict).Inc()
+		e.decided(outcomeConflict)
 		return problemReply(probInProgress, "The first request with this idempotency key is still running; retry later.",
 			retryAfterSeconds(acq.LockTTL.Milliseconds()))
 	case acq.Record == nil || !acq.Record.BodyStored:
-		e.srv.metrics.requests.WithLabelValues(outcomeNotStored).Inc()
+		e.decided(outcomeNotStored)
 		return problemReply(probNotStored, notStoredDetail(acq.Record), "")
 	default:
-		e.srv.metrics.requests.WithLabelValues(outcomeReplayed).Inc()
+		e.decided(outcomeReplayed)
 		hs := append(acq.Record.Headers[:len(acq.Record.Headers):len(acq.Record.Headers)],
 			idem.Header{Name: replayedHeader, Value: "true"})
 		return immediate(acq.Record.Status, hs, acq.Record.Body, "idemproxy_replayed")
@@ -93,11 +94,11 @@ func notStoredDetail(rec *idem.Record) string {
 // storeFailed fails closed (503, nothing upstream) unless fail-open is set.
 func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	if e.srv.cfg.FailOpen {
-		e.srv.metrics.requests.WithLabelValues(outcomeFailOpen).Inc()
+		e.decided(outcomeFailOpen)
 		e.logger().Warn("store failed; request let through unguarded (fail-open)", "error", err)
 		return e.srv.fence(cont(), 0)
 	}
-	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
+	e.decided(outcomeStoreError)
 	e.logger().Error("store failed; request refused (fail-closed)", "error", err)
 	return problemReply(probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
 }

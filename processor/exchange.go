@@ -9,6 +9,7 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
 )
@@ -29,7 +30,8 @@ const (
 // Process goroutine touches it, apart from the watchdog it owns.
 type exchange struct {
 	srv       *Server
-	ctx       context.Context
+	ctx       context.Context // the stream's, carrying its span
+	span      trace.Span      // the no-op span when tracing is off
 	id        uint64
 	log       *slog.Logger // made on first use: most requests log nothing
 	pol       policy
@@ -48,10 +50,17 @@ type exchange struct {
 	collecting bool   // storing the response body
 	rec        idem.Record
 	body       bytes.Buffer
+
+	// What operators see (observe.go): the decision, the grant's fence,
+	// the key's fate, and whether the next reply must carry them.
+	outcome, result string
+	fence           int64
+	metaDue         bool // the next reply must carry metadata
+	metaSent        bool // a reply carried the outcome
 }
 
 func (s *Server) newExchange(ctx context.Context) *exchange {
-	e := &exchange{srv: s, ctx: ctx, id: s.streams.Add(1)}
+	e := &exchange{srv: s, ctx: ctx, span: trace.SpanFromContext(ctx), id: s.streams.Add(1)}
 	e.pol, e.policyErr = s.policyFor(ctx)
 	return e
 }
@@ -117,7 +126,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		}
 	}
 	if e.policyErr != nil {
-		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
+		e.decided(outcomeMisconfigured)
 		e.logger().Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
 			"error", e.policyErr.Error())
 		return problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), nil
@@ -127,11 +136,11 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		keys = nil
 	}
 	if len(keys) == 0 && e.pol.keyRequired {
-		e.srv.metrics.requests.WithLabelValues(outcomeKeyRequired).Inc()
+		e.decided(outcomeKeyRequired)
 		return problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), nil
 	}
 	if len(keys) == 0 {
-		e.srv.metrics.requests.WithLabelValues(outcomePassthrough).Inc()
+		e.decided(outcomePassthrough)
 		resp := continueRequestHeaders()
 		resp.ModeOverride = skipRest()
 		if keyed {
@@ -143,19 +152,19 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	}
 	key, err := singleKey(keys)
 	if err != nil {
-		e.srv.metrics.requests.WithLabelValues(outcomeInvalidKey).Inc()
+		e.decided(outcomeInvalidKey)
 		e.logger().Info("invalid idempotency key", "reason", err.Error())
 		return problemReply(probInvalidKey, err.Error(), ""), nil
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
-		e.srv.metrics.requests.WithLabelValues(outcomeHeadersTooLarge).Inc()
+		e.decided(outcomeHeadersTooLarge)
 		return problemReply(probHeadersTooLarge, p, ""), nil
 	}
 	e.key, e.scope = storeKey(scope, key), scopeLabel(scope)
 	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
 		// Without the buffered body there is no fingerprint, and answering
 		// the headers would let the request upstream unguarded.
-		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
+		e.decided(outcomeMisconfigured)
 		e.logger().Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
 			"request_body_mode", pc.GetRequestBodyMode().String())
 		return problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), nil

@@ -40,6 +40,15 @@ const (
 	resultStoreError       = "store_error"
 )
 
+// allOutcomes and allResults are every value of the two labels.
+var (
+	allOutcomes = []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored,
+		outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge}
+	allResults = []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultReleasedStatus, resultReleasedEarly,
+		resultUnknownOutcome, resultLeaseLost, resultStoreError}
+)
+
 // Watchdog renewal results and the stages at which a lease can be lost.
 const (
 	renewOK    = "ok"
@@ -99,12 +108,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
-	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge} {
+	for _, o := range allOutcomes {
 		m.requests.WithLabelValues(o)
 	}
-	for _, r := range []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultReleasedStatus, resultReleasedEarly,
-		resultUnknownOutcome, resultLeaseLost, resultStoreError} {
+	for _, r := range allResults {
 		m.responses.WithLabelValues(r)
 	}
 	for _, r := range []string{renewOK, renewLost, renewError} {

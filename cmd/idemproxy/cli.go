@@ -34,7 +34,20 @@ const versionFlag = "version"
 
 // versionText is what --version prints: version, commit and Go version.
 func versionText() string {
-	v, c := version, commit
+	v, c := buildVersion()
+	return fmt.Sprintf("idemproxy %s (commit %s, %s, %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// versionString is the version alone, for the trace resource.
+func versionString() string {
+	v, _ := buildVersion()
+	return v
+}
+
+// buildVersion is the version and commit from -ldflags, else from the
+// build information the Go toolchain records, else "unknown".
+func buildVersion() (v, c string) {
+	v, c = version, commit
 	if info, ok := debug.ReadBuildInfo(); ok {
 		if v == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
 			v = info.Main.Version
@@ -51,7 +64,7 @@ func versionText() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return fmt.Sprintf("idemproxy %s (commit %s, %s, %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return v, c
 }
 
 // usageText lists every flag with its environment variable and default.

@@ -44,6 +44,10 @@ type settings struct {
 	EncryptionFile  string
 	Keyring         *redisstore.Keyring
 	Processor       processor.Config
+	// Tracing is on when the OTEL_* environment asks for it (tracing.go);
+	// TraceProtocol is then grpc or http/protobuf.
+	Tracing       bool
+	TraceProtocol string
 }
 
 // usageError marks bad configuration: main exits 2 for it.
@@ -102,7 +106,9 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	if err := errors.Join(errs...); err != nil {
 		return s, usageError{err}
 	}
-	if err := errors.Join(s.resolve(), s.validate()); err != nil {
+	var terr error
+	s.TraceProtocol, s.Tracing, terr = tracingEnabled(getenv)
+	if err := errors.Join(s.resolve(), s.validate(), terr); err != nil {
 		return s, usageError{err}
 	}
 	return s, nil

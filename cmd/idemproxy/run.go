@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -47,6 +48,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return usageError{err}
 	}
 	defer rdb.Close()
+	var tp trace.TracerProvider // nil: no tracing
+	if s.Tracing {
+		sdk, err := startTracing(ctx, s.TraceProtocol, rdb, log)
+		if err != nil {
+			return err
+		}
+		// Deferred after rdb.Close, so it runs first: the last spans,
+		// Redis's included, are flushed before the client goes.
+		defer stopTracing(sdk, log)
+		tp = sdk
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -75,6 +87,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Gate:    checker,
 		Metrics: metrics,
 		Logger:  log,
+
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return usageError{err}
