@@ -18,10 +18,14 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// MetadataNamespace is where Envoy stores the dynamic metadata idemproxy
-// returns: the ext_proc filter's own namespace. The filter must list it in
-// metadata_options.receiving_namespaces.untyped, or Envoy drops it.
-const MetadataNamespace = "envoy.filters.http.ext_proc"
+// DefaultMetadataNamespace is where Envoy stores the dynamic metadata
+// idemproxy returns, unless Config.MetadataNamespace says otherwise: the
+// ext_proc filter's own namespace. The top-level keys of a reply's
+// dynamic_metadata are namespaces, and the filter keeps only those listed
+// in its metadata_options.receiving_namespaces.untyped (Envoy 1.40).
+// Envoy Gateway refuses to list namespaces under envoy.filters.http, so
+// there another one is configured.
+const DefaultMetadataNamespace = "envoy.filters.http.ext_proc"
 
 // The keys of idemproxy's dynamic metadata, in MetadataNamespace, and of
 // its span attributes.
@@ -123,6 +127,10 @@ func (e *exchange) annotate(resp *extprocv3.ProcessingResponse) {
 		return
 	}
 	e.metaDue = false
+	meta := e.srv.meta
+	if meta == nil {
+		return
+	}
 	outcome, result := e.outcome, e.result
 	if e.metaSent {
 		outcome = "" // Envoy has it already
@@ -131,45 +139,55 @@ func (e *exchange) annotate(resp *extprocv3.ProcessingResponse) {
 	switch {
 	case outcome == outcomePassthrough:
 	case outcome == "" && result != "":
-		resp.DynamicMetadata = resultOnly[result]
+		resp.DynamicMetadata = meta.resultOnly[result]
 	case e.fence == 0 && result == "":
 		// Most replies carry one label value: one shared, read-only
 		// message per value (protobuf messages may be marshalled
 		// concurrently), so they cost no allocation.
-		resp.DynamicMetadata = outcomeOnly[outcome]
+		resp.DynamicMetadata = meta.outcomeOnly[outcome]
 	default:
 		fields := make(map[string]*structpb.Value, 3)
-		fields[MetaOutcome] = labelValues[outcome]
+		fields[MetaOutcome] = meta.values[outcome]
 		if e.fence > 0 {
 			fields[MetaFence] = structpb.NewNumberValue(float64(e.fence))
 		}
 		if result != "" {
-			fields[MetaResult] = labelValues[result]
+			fields[MetaResult] = meta.values[result]
 		}
-		resp.DynamicMetadata = namespaced(fields)
+		resp.DynamicMetadata = meta.namespaced(fields)
 	}
 }
 
-func namespaced(fields map[string]*structpb.Value) *structpb.Struct {
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
-	}}
+// metaCache holds, for one namespace, every outcome and result as a
+// metadata value and every single-value reply metadata, built once.
+type metaCache struct {
+	ns                      string
+	values                  map[string]*structpb.Value
+	outcomeOnly, resultOnly map[string]*structpb.Struct
 }
 
-// labelValues and outcomeOnly are built once: every outcome and result as
-// a metadata value, and every outcome as a reply's whole metadata.
-var labelValues, outcomeOnly, resultOnly = func() (map[string]*structpb.Value, map[string]*structpb.Struct, map[string]*structpb.Struct) {
-	vals, outcomes, results := map[string]*structpb.Value{}, map[string]*structpb.Struct{}, map[string]*structpb.Struct{}
+func newMetaCache(ns string) *metaCache {
+	if ns == "" {
+		return nil
+	}
+	c := &metaCache{ns: ns, values: map[string]*structpb.Value{},
+		outcomeOnly: map[string]*structpb.Struct{}, resultOnly: map[string]*structpb.Struct{}}
 	for _, o := range allOutcomes {
-		vals[o] = structpb.NewStringValue(o)
-		outcomes[o] = namespaced(map[string]*structpb.Value{MetaOutcome: vals[o]})
+		c.values[o] = structpb.NewStringValue(o)
+		c.outcomeOnly[o] = c.namespaced(map[string]*structpb.Value{MetaOutcome: c.values[o]})
 	}
 	for _, r := range allResults {
-		vals[r] = structpb.NewStringValue(r)
-		results[r] = namespaced(map[string]*structpb.Value{MetaResult: vals[r]})
+		c.values[r] = structpb.NewStringValue(r)
+		c.resultOnly[r] = c.namespaced(map[string]*structpb.Value{MetaResult: c.values[r]})
 	}
-	return vals, outcomes, results
-}()
+	return c
+}
+
+func (c *metaCache) namespaced(fields map[string]*structpb.Value) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		c.ns: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
+	}}
+}
 
 // endSpan notes the response status and ends the stream's span.
 func (e *exchange) endSpan() {

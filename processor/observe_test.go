@@ -18,7 +18,7 @@ import (
 
 // metaOf returns idemproxy's dynamic metadata on a reply, or nil.
 func metaOf(resp *extprocv3.ProcessingResponse) map[string]any {
-	ns := resp.GetDynamicMetadata().GetFields()[MetadataNamespace]
+	ns := resp.GetDynamicMetadata().GetFields()[DefaultMetadataNamespace]
 	if ns == nil {
 		return nil
 	}
@@ -103,4 +103,16 @@ func TestServer_withoutTracingNoSpanIsMade(t *testing.T) {
 	require.False(t, span.IsRecording())
 	require.Equal(t, t.Context(), ctx, "the stream's context is used as it is")
 	require.False(t, strings.Contains(spanName, " "))
+}
+
+func TestExchange_metadataNamespace(t *testing.T) {
+	srv, _ := newTestServer(t, newFakeStore(), func(c *Config) { c.MetadataNamespace = "idemproxy" })
+	out, err := run(t, srv, endCanceled, keyed("POST", "ns-1", true))
+	require.NoError(t, err)
+	require.Equal(t, "acquired", out[0].GetDynamicMetadata().GetFields()["idemproxy"].GetStructValue().AsMap()[MetaOutcome])
+
+	srv, _ = newTestServer(t, newFakeStore(), func(c *Config) { c.MetadataNamespace = "" })
+	out, err = run(t, srv, endCanceled, keyed("POST", "ns-1", true))
+	require.NoError(t, err)
+	require.Nil(t, out[0].GetDynamicMetadata(), "no namespace: no metadata")
 }

@@ -43,6 +43,7 @@ type Server struct {
 	// context from the stream's metadata.
 	tracer     trace.Tracer
 	propagator propagation.TextMapPropagator
+	meta       *metaCache // nil: no dynamic metadata
 }
 
 // Options are the collaborators of a Server.
@@ -87,6 +88,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 	s := &Server{
 		cfg: cfg, store: opts.Store, gate: opts.Gate, metrics: opts.Metrics, log: opts.Logger,
 		filter:  newHeaderFilter(cfg.ExcludeHeaders),
+		meta:    newMetaCache(cfg.MetadataNamespace),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
 	}

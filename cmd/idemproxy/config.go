@@ -167,6 +167,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.EncryptionFile, "encryption-keys-file", "", "file holding the --encryption-keys value (preferred: not visible in ps)")
 	fs.StringVar(&s.AdminTokenFile, "admin-token-file", "", "file holding the admin bearer token (preferred over --admin-token: not visible in ps)")
 	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
+	fs.StringVar(&p.MetadataNamespace, "metadata-namespace", p.MetadataNamespace, "dynamic-metadata namespace of the decision (idemproxy.outcome, .fence, .result) returned to Envoy for its access log; list it in the filter's metadata_options.receiving_namespaces (empty: none)")
 }
 
 // resolve derives the settings that follow from others: secrets read from
