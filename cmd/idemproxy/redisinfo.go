@@ -24,6 +24,7 @@ func parseInfo(info string) map[string]string {
 // healthGauges show what the health checker learnt about Redis, so an
 // alert can fire on an evicting or forgetful Redis.
 type healthGauges struct {
+	ready       prometheus.Gauge
 	evicting    prometheus.Gauge
 	persistence *prometheus.GaugeVec
 }
@@ -33,6 +34,10 @@ var persistenceKinds = []string{"aof", "rdb", "none", "unknown"}
 
 func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 	g := healthGauges{
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_ready",
+			Help: "1 while this replica is ready (/readyz 200, gRPC health SERVING): Redis answers and may be trusted.",
+		}),
 		evicting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_redis_evicting",
 			Help: "1 while Redis's maxmemory-policy is not noeviction (keyed requests are refused unless --allow-evicting-redis).",
@@ -42,7 +47,7 @@ func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 			Help: "1 for how Redis persists its data: aof, rdb, none (a restart forgets every key) or unknown.",
 		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{g.evicting, g.persistence} {
+	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence} {
 		if err := reg.Register(c); err != nil {
 			return healthGauges{}, err
 		}
