@@ -145,3 +145,32 @@ func knownEnv(t *testing.T) map[string]bool {
 
 // isOTEL reports an OpenTelemetry variable, read by the SDK, not a flag.
 func isOTEL(name string) bool { return strings.HasPrefix(name, "OTEL_") }
+
+// notesEnvoyConfig wraps the filter and cluster snippet NOTES.txt prints
+// into a bootstrap, for `envoy --mode validate`.
+func notesEnvoyConfig(t *testing.T, notes string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(notes, "\n  http_filters:\n")
+	require.True(t, ok, "NOTES have no http_filters")
+	filterBlock, rest, ok := strings.Cut(rest, "\n  clusters:\n")
+	require.True(t, ok, "NOTES have no clusters")
+	clusterBlock, _, _ := strings.Cut(rest, "\n\n")
+	var hcm strings.Builder
+	for _, line := range strings.Split("  http_filters:\n"+filterBlock, "\n") {
+		hcm.WriteString("        " + line + "\n")
+	}
+	return `static_resources:
+  listeners:
+  - name: ingress
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - { name: all, domains: ["*"], routes: [{ match: { prefix: / }, route: { cluster: idemproxy } }] }
+` + hcm.String() + "  clusters:\n" + clusterBlock + "\n"
+}

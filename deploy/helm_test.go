@@ -1,6 +1,8 @@
 package deploy
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -102,6 +104,7 @@ func TestHelmChart_defaults(t *testing.T) {
 		} {
 			require.Contains(t, r.notes, want)
 		}
+		validateEnvoy(t, envoyBinary(t), writeTempFile(t, "notes-envoy.yaml", notesEnvoyConfig(t, r.notes)))
 	})
 }
 
@@ -169,6 +172,7 @@ func TestHelmChart_fullValues(t *testing.T) {
 	t.Run("NOTES tell Envoy to speak TLS", func(t *testing.T) {
 		require.Contains(t, r.notes, "envoy.transport_sockets.tls")
 		require.Contains(t, r.notes, "get secret envoy-ext-proc-token")
+		validateEnvoy(t, envoyBinary(t), writeTempFile(t, "notes-envoy.yaml", notesEnvoyConfig(t, r.notes)))
 	})
 }
 
@@ -251,4 +255,11 @@ func requireSameDeployment(t *testing.T, k8s, chart *appsv1.Deployment) {
 	require.Equal(t, "idemproxy", chart.Spec.Selector.MatchLabels["app.kubernetes.io/name"])
 	require.Equal(t, chart.Spec.Selector.MatchLabels, chart.Spec.Template.Labels)
 	require.Len(t, chart.Spec.Template.Spec.Containers[0].EnvFrom, 1)
+}
+
+func writeTempFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+	return p
 }
