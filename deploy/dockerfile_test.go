@@ -72,7 +72,9 @@ func TestDockerfile_Targets(t *testing.T) {
 	require.Equal(t, "idemproxy", order[len(order)-1], "a plain `docker build .` should give the server")
 	build := strings.Join(stages["build"].lines, "\n")
 	require.Contains(t, build, "CGO_ENABLED=0")
-	require.Contains(t, build, `go build -trimpath -ldflags="-s -w"`)
+	require.Contains(t, build, `go build -trimpath -ldflags="-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}"`)
+	require.Contains(t, build, "ARG VERSION=")
+	require.Contains(t, build, "ARG COMMIT=")
 
 	for target, port := range map[string]string{"idemproxy": "9090", "backend": "8081"} {
 		t.Run(target, func(t *testing.T) {
@@ -96,7 +98,8 @@ func TestDockerfile_Targets(t *testing.T) {
 func TestDockerfile_StaticBinaries(t *testing.T) {
 	t.Parallel()
 	out := t.TempDir()
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out+string(filepath.Separator), "./cmd/idemproxy", "./cmd/backend")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w -X main.version=v1.2.3 -X main.commit=abc123",
+		"-o", out+string(filepath.Separator), "./cmd/idemproxy", "./cmd/backend")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
 	b, err := cmd.CombinedOutput()
@@ -112,6 +115,10 @@ func TestDockerfile_StaticBinaries(t *testing.T) {
 		require.Empty(t, libs, name)
 		f.Close()
 	}
+	// The build arguments reach --version.
+	v, err := exec.Command(filepath.Join(out, "idemproxy"), "--version").Output()
+	require.NoError(t, err)
+	require.Contains(t, string(v), "idemproxy v1.2.3 (commit abc123, go")
 }
 
 // TestDockerignore_KeepsTheSources checks that every directory the two

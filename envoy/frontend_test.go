@@ -3,6 +3,7 @@ package envoy
 import (
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,11 +70,18 @@ func addFrontend(t *testing.T, shared *stack, c frontendConfig) *stack {
 // it listens on and its admin base URL.
 func runIdemproxy(t *testing.T, name, redisURL, grpcAddr, logLevel string, extra ...string) (*testenv.Process, string, string) {
 	t.Helper()
+	return runIdemproxyEnv(t, name, nil, redisURL, grpcAddr, logLevel, extra...)
+}
+
+// runIdemproxyEnv is runIdemproxy with env (NAME=value) added to its
+// environment.
+func runIdemproxyEnv(t *testing.T, name string, env []string, redisURL, grpcAddr, logLevel string, extra ...string) (*testenv.Process, string, string) {
+	t.Helper()
 	args := append([]string{
 		"--grpc-addr", grpcAddr, "--admin-addr", "127.0.0.1:0",
 		"--redis-url", redisURL, "--log-level", logLevel, "--auth-token-file", e2eTokenFile,
 	}, extra...)
-	p := startBin(t, name, "idemproxy", args...)
+	p := testenv.Start(t, testenv.Command{Name: name, Path: filepath.Join(binDir, "idemproxy"), Args: args, Env: env})
 	grpc := p.LogAddr(t, "grpc listening")
 	admin := "http://" + p.LogAddr(t, "admin listening")
 	p.Ready(t, 10*time.Second, testenv.HTTPOK(http.DefaultClient, admin+"/readyz"))

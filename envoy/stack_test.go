@@ -35,6 +35,8 @@ type stackConfig struct {
 	envoyEdits [][2]string
 	// redisArgs are added to redis-server's command line.
 	redisArgs []string
+	// idemproxyEnv is added to idemproxy's environment (NAME=value).
+	idemproxyEnv []string
 }
 
 // startStack starts everything; idemproxyArgs are added to idemproxy's flags.
@@ -48,7 +50,7 @@ func startStackWith(t *testing.T, c stackConfig) *stack {
 	envoyBin := testenv.EnvoyBin(t)
 	s := startSharedWith(t, c.redisArgs...)
 	var grpcAddr string
-	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", c.idemproxyArgs...)
+	s.idemproxy, grpcAddr, s.adminURL = runIdemproxyEnv(t, "idemproxy", c.idemproxyEnv, s.redis.URL(), "127.0.0.1:0", "debug", c.idemproxyArgs...)
 	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, Edits: c.envoyEdits}, 256)
 	return s
 }

@@ -87,6 +87,9 @@ type Config struct {
 	// FinalizeTimeout bounds the store or release that runs after the
 	// response, on a context detached from the stream.
 	FinalizeTimeout time.Duration
+	// MetadataNamespace is the dynamic-metadata namespace of the decision
+	// returned to Envoy (observe.go); empty returns none.
+	MetadataNamespace string
 }
 
 // DefaultConfig returns the defaults documented in the README.
@@ -109,6 +112,7 @@ func DefaultConfig() Config {
 		MaxRequestHeaderBytes: 60 << 10,
 		StoreTimeout:          time.Second,
 		FinalizeTimeout:       5 * time.Second,
+		MetadataNamespace:     DefaultMetadataNamespace,
 	}
 }
 

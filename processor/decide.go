@@ -19,7 +19,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		// The store answers but could lose what it is given: nothing runs
 		// on its word, fail-open or not. The gate logs the cause itself,
 		// once per change, not once per request.
-		e.srv.metrics.requests.WithLabelValues(outcomeStoreUnsafe).Inc()
+		e.decided(outcomeStoreUnsafe)
 		return e.refuse(outcomeStoreUnsafe, problemReply(probStoreUnavail,
 			"The idempotency store is not safe to use; the request was not run. Retry later.", "1"), cont)
 	}
@@ -70,7 +70,8 @@ func (e *exchange) granted(claim idem.Claim, acq idem.Acquisition, cont func() *
 			return resp
 		}
 	}
-	e.srv.metrics.requests.WithLabelValues(outcomeAcquired).Inc()
+	e.decided(outcomeAcquired)
+	e.fenced(acq.Fence)
 	return e.srv.fence(cont(), acq.Fence)
 }
 
@@ -91,7 +92,7 @@ func (e *exchange) fromLegacy(fp []byte, cont func() *extprocv3.ProcessingRespon
 	e.release(resultReleasedEarly, true, "after", "a record under the previous scope")
 	if err != nil {
 		// Fail closed: the previous scheme may hold this key.
-		e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
+		e.decided(outcomeStoreError)
 		e.logger().Error("store failed looking up the previous scope; request refused (fail-closed)", "error", err)
 		return e.refuse(outcomeStoreError, problemReply(probStoreUnavail,
 			"The idempotency store did not answer; the request was not run. Retry later.", "1"), cont)
@@ -102,7 +103,7 @@ func (e *exchange) fromLegacy(fp []byte, cont func() *extprocv3.ProcessingRespon
 // answerExisting answers a request whose key another request has taken.
 func (e *exchange) answerExisting(acq idem.Acquisition, fp []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	outcome, resp := e.existing(acq, fp)
-	e.srv.metrics.requests.WithLabelValues(outcome).Inc()
+	e.decided(outcome)
 	return e.refuse(outcome, resp, cont)
 }
 
@@ -132,11 +133,11 @@ func (e *exchange) existing(acq idem.Acquisition, fp []byte) (string, *extprocv3
 // storeFailed fails closed (503, nothing upstream) unless fail-open is set.
 func (e *exchange) storeFailed(err error, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	if e.srv.cfg.FailOpen {
-		e.srv.metrics.requests.WithLabelValues(outcomeFailOpen).Inc()
+		e.decided(outcomeFailOpen)
 		e.logger().Warn("store failed; request let through unguarded (fail-open)", "error", err)
 		return e.srv.fence(cont(), 0)
 	}
-	e.srv.metrics.requests.WithLabelValues(outcomeStoreError).Inc()
+	e.decided(outcomeStoreError)
 	if errors.Is(err, idem.ErrUnreplicated) {
 		e.logger().Warn("lock taken, but fewer replicas acknowledged it than --redis-min-replicas asks; request refused (fail-closed)", "error", err)
 		return e.refuse(outcomeStoreError, problemReply(probStoreUnavail,

@@ -10,6 +10,7 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
@@ -31,7 +32,8 @@ const (
 // Process goroutine touches it, apart from the watchdog it owns.
 type exchange struct {
 	srv       *Server
-	ctx       context.Context
+	ctx       context.Context                           // the stream's, carrying its span
+	span      trace.Span                                // the no-op span when tracing is off
 	send      func(*extprocv3.ProcessingResponse) error // for a message besides the one reply (wait)
 	id        uint64
 	log       *slog.Logger // made on first use: most requests log nothing
@@ -53,10 +55,17 @@ type exchange struct {
 	collecting bool   // storing the response body
 	rec        idem.Record
 	body       bytes.Buffer
+
+	// What operators see (observe.go): the decision, the grant's fence,
+	// the key's fate, and whether the next reply must carry them.
+	outcome, result string
+	fence           int64
+	metaDue         bool // the next reply must carry metadata
+	metaSent        bool // a reply carried the outcome
 }
 
 func (s *Server) newExchange(ctx context.Context, send func(*extprocv3.ProcessingResponse) error) *exchange {
-	e := &exchange{srv: s, ctx: ctx, send: send, id: s.streams.Add(1)}
+	e := &exchange{srv: s, ctx: ctx, span: trace.SpanFromContext(ctx), send: send, id: s.streams.Add(1)}
 	e.pol, e.policyErr = s.policyFor(ctx)
 	return e
 }
@@ -118,7 +127,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		}
 	}
 	if e.policyErr != nil {
-		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
+		e.decided(outcomeMisconfigured)
 		e.logger().Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
 			"error", e.policyErr.Error())
 		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), forwardHeaders), nil
@@ -128,11 +137,11 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		keys = nil
 	}
 	if len(keys) == 0 && e.pol.keyRequired {
-		e.srv.metrics.requests.WithLabelValues(outcomeKeyRequired).Inc()
+		e.decided(outcomeKeyRequired)
 		return e.refuse(outcomeKeyRequired, problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), forwardHeaders), nil
 	}
 	if len(keys) == 0 {
-		e.srv.metrics.requests.WithLabelValues(outcomePassthrough).Inc()
+		e.decided(outcomePassthrough)
 		resp := continueRequestHeaders()
 		resp.ModeOverride = skipRest()
 		if keyed {
@@ -144,17 +153,17 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	}
 	key, err := singleKey(keys)
 	if err != nil {
-		e.srv.metrics.requests.WithLabelValues(outcomeInvalidKey).Inc()
+		e.decided(outcomeInvalidKey)
 		e.logger().Info("invalid idempotency key", "reason", err.Error())
 		return e.refuse(outcomeInvalidKey, problemReply(probInvalidKey, err.Error(), ""), forwardHeaders), nil
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
-		e.srv.metrics.requests.WithLabelValues(outcomeHeadersTooLarge).Inc()
+		e.decided(outcomeHeadersTooLarge)
 		return e.refuse(outcomeHeadersTooLarge, problemReply(probHeadersTooLarge, p, ""), forwardHeaders), nil
 	}
 	identity, err := e.srv.identity(rs, md)
 	if err != nil {
-		e.srv.metrics.requests.WithLabelValues(outcomeIdentityRequired).Inc()
+		e.decided(outcomeIdentityRequired)
 		return e.refuse(outcomeIdentityRequired, problemReply(probIdentityRequired, fmt.Sprintf(
 			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), forwardHeaders), nil
 	}
@@ -168,7 +177,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
 		// Without the buffered body there is no fingerprint, and answering
 		// the headers would let the request upstream unguarded.
-		e.srv.metrics.requests.WithLabelValues(outcomeMisconfigured).Inc()
+		e.decided(outcomeMisconfigured)
 		e.logger().Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
 			"request_body_mode", pc.GetRequestBodyMode().String())
 		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), forwardHeaders), nil

@@ -43,6 +43,15 @@ const (
 	resultStoreError     = "store_error"
 )
 
+// allOutcomes and allResults are every value of the two labels.
+var (
+	allOutcomes = []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored,
+		outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge, outcomeIdentityRequired}
+	allResults = []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,
+		resultUnknownOutcome, resultLeaseLost, resultStoreError}
+)
+
 // Watchdog renewal results and the stages at which a lease can be lost.
 const (
 	renewOK    = "ok"
@@ -131,12 +140,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	// Pre-create the label values so dashboards see zeros, not gaps.
-	for _, o := range []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored, outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge, outcomeIdentityRequired} {
+	for _, o := range allOutcomes {
 		m.requests.WithLabelValues(o)
 	}
-	for _, r := range []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,
-		resultUnknownOutcome, resultLeaseLost, resultStoreError} {
+	for _, r := range allResults {
 		m.responses.WithLabelValues(r)
 	}
 	for _, r := range []string{renewOK, renewLost, renewError} {

@@ -17,6 +17,8 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -40,6 +42,11 @@ type Server struct {
 	waiters atomic.Int64
 	// watchdogs counts the locks being renewed right now.
 	watchdogs atomic.Int64
+	// tracer is nil when tracing is off; propagator reads Envoy's trace
+	// context from the stream's metadata.
+	tracer     trace.Tracer
+	propagator propagation.TextMapPropagator
+	meta       *metaCache // nil: no dynamic metadata
 }
 
 // Options are the collaborators of a Server.
@@ -53,6 +60,14 @@ type Options struct {
 	Watcher Watcher
 	Metrics *Metrics     // nil: collected into a private registry
 	Logger  *slog.Logger // nil: slog.Default()
+	// TracerProvider, when set, gives every stream a span, a child of
+	// the trace context Envoy sends in the stream's gRPC metadata, and
+	// the store calls made for it run inside that span. nil: no tracing,
+	// at no cost.
+	TracerProvider trace.TracerProvider
+	// Propagator reads the trace context; nil: W3C Trace Context, what
+	// Envoy's OpenTelemetry tracer sends.
+	Propagator propagation.TextMapPropagator
 }
 
 // New validates cfg and builds a Server.
@@ -79,8 +94,16 @@ func New(cfg Config, opts Options) (*Server, error) {
 	s := &Server{
 		cfg: cfg, store: opts.Store, gate: opts.Gate, watcher: opts.Watcher, metrics: opts.Metrics, log: opts.Logger,
 		filter:  newHeaderFilter(cfg.ExcludeHeaders),
+		meta:    newMetaCache(cfg.MetadataNamespace),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
+	}
+	if opts.TracerProvider != nil {
+		s.tracer = opts.TracerProvider.Tracer("github.com/idemproxy/idemproxy/processor")
+		s.propagator = opts.Propagator
+		if s.propagator == nil {
+			s.propagator = propagation.TraceContext{}
+		}
 	}
 	for _, h := range cfg.KeyHeaders {
 		s.keyHdrs[h] = true
@@ -99,11 +122,14 @@ func New(cfg Config, opts Options) (*Server, error) {
 
 // Process serves one HTTP request's stream: one reply per message, in order.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
-	ctx := stream.Context()
+	ctx, _ := s.startSpan(stream.Context())
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
 	ex := s.newExchange(ctx, stream.Send)
+	// The span ends after finish, so the settling writes finish() makes
+	// (and their Redis spans) belong to it.
+	defer ex.endSpan()
 	defer ex.finish()
 	for {
 		req, err := stream.Recv()
@@ -125,6 +151,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		if resp == nil {
 			return nil // the stream ended while the request waited
 		}
+		ex.annotate(resp)
 		if err := stream.Send(resp); err != nil {
 			ex.logger().Info("ext_proc stream send failed", "error", err)
 			return nil

@@ -129,10 +129,10 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 	m := e.srv.metrics
 	switch {
 	case errors.Is(err, idem.ErrLeaseLost) && retried:
-		m.responses.WithLabelValues(resultStored).Inc()
+		e.settledAs(resultStored)
 		e.logger().Info("response stored by an attempt that timed out, most likely: the record is no longer ours to write", "status", rec.Status)
 	case errors.Is(err, idem.ErrLeaseLost):
-		m.responses.WithLabelValues(resultLeaseLost).Inc()
+		e.settledAs(resultLeaseLost)
 		m.leaseLost.WithLabelValues(stageDone).Inc()
 		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", rec.Status)
 	case errors.Is(err, idem.ErrUnreplicated):
@@ -144,19 +144,19 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 		e.logger().Warn("response stored, but fewer replicas acknowledged it than --redis-min-replicas asks; delivered all the same",
 			"error", err, "status", rec.Status)
 	case err != nil:
-		m.responses.WithLabelValues(resultStoreError).Inc()
+		e.settledAs(resultStoreError)
 		e.logger().Error("storing the response failed; the key is refused as an unknown outcome once its lease ends",
 			"error", err, "status", rec.Status)
 	case rec.BodyStored:
-		m.responses.WithLabelValues(resultStored).Inc()
+		e.settledAs(resultStored)
 	case rec.Incomplete:
-		m.responses.WithLabelValues(resultStoredIncomplete).Inc()
+		e.settledAs(resultStoredIncomplete)
 		e.logger().Info("response stored without its body: the body never completed", "status", rec.Status)
 	case rec.Trailers:
 		m.responses.WithLabelValues(resultStoredTrailers).Inc()
 		e.logger().Info("response stored without its body: it ended with trailers, which cannot be replayed", "status", rec.Status)
 	default:
-		m.responses.WithLabelValues(resultStoredNoBody).Inc()
+		e.settledAs(resultStoredNoBody)
 		e.logger().Info("response stored without its body (over the cap)", "status", rec.Status, "cap", e.srv.cfg.MaxStoredBody)
 	}
 }
@@ -178,7 +178,7 @@ func (e *exchange) release(result string, inBand bool, attrs ...any) {
 	e.settle(write{op: "release",
 		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.key, e.token) },
 		done: func(err error, _ bool) {
-			e.srv.metrics.responses.WithLabelValues(result).Inc()
+			e.settledAs(result)
 			if retryable(err) {
 				e.logger().Error("releasing the lock failed; the key is refused as an unknown outcome once its lease ends",
 					append(attrs, "error", err)...)
@@ -225,7 +225,7 @@ func (e *exchange) finish() {
 // it; with --on-unknown=rerun-after-ttl its lock is left to expire instead.
 func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
 	e.collecting = false
-	e.srv.metrics.responses.WithLabelValues(resultUnknownOutcome).Inc()
+	e.settledAs(resultUnknownOutcome)
 	if e.pol.takeover {
 		e.lock = lockDone
 		e.dog.stop()
@@ -243,7 +243,7 @@ func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
 			case retryable(err):
 				// The record still holds our lease: once it runs out, the
 				// key reads as an unknown outcome all the same.
-				e.srv.metrics.responses.WithLabelValues(resultStoreError).Inc()
+				e.settledAs(resultStoreError)
 				e.logger().Error("outcome unknown, and marking the key failed; it is refused as unknown once its lease ends: "+why,
 					append(attrs, "error", err, "lock_ttl", e.pol.lockTTL.String())...)
 			default:

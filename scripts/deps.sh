@@ -31,6 +31,20 @@ ensure_redis() {
   "$FINDBIN" redis-server >/dev/null || die "no usable redis-server (see above)"
 }
 
+# ensure_prometheus installs Debian's prometheus package (the server and
+# promtool) when missing: the deploy tests check the alert rules with
+# `promtool test rules` and evaluate them, and every dashboard query, in a
+# real Prometheus.
+ensure_prometheus() {
+  [ -n "$(findbin promtool)" ] && [ -n "$(findbin prometheus)" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    note "installing prometheus (and promtool) with apt-get"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
+      || die "apt-get install prometheus failed"
+  fi
+  "$FINDBIN" promtool >/dev/null && "$FINDBIN" prometheus >/dev/null || die "no usable promtool or prometheus (see above)"
+}
+
 # ensure_envoy exports ENVOY_BIN, the real Envoy the tests and demo run.
 ensure_envoy() {
   local bin

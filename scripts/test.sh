@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (redis-server, Envoy), then
+# The test command: installs what the tests need (redis-server, Envoy,
+# Prometheus with promtool), then
 # runs the style checks (scripts/lint.sh) and the whole suite with the race
 # detector. The tests start their own Redis, Envoy, idemproxy and backend on
 # free loopback ports.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 ensure_go
 ensure_redis
 ensure_envoy
+ensure_prometheus
 note "Envoy: $ENVOY_BIN"
 
 ./scripts/lint.sh

@@ -49,6 +49,10 @@ type settings struct {
 	EncryptionFile  string
 	Keyring         *redisstore.Keyring
 	Processor       processor.Config
+	// Tracing is on when the OTEL_* environment asks for it (tracing.go);
+	// TraceProtocol is then grpc or http/protobuf.
+	Tracing       bool
+	TraceProtocol string
 }
 
 // usageError marks bad configuration: main exits 2 for it.
@@ -73,8 +77,19 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	fs := flag.NewFlagSet("idemproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	defineFlags(fs, &s)
+	showVersion := fs.Bool(versionFlag, false, "print the version, commit and Go version, and exit")
+	// --help is not a mistake: its text goes to stdout and the exit code
+	// is 0 (main), and it names every flag's environment variable.
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return s, earlyExit{usageText(fs)}
+		}
+		fmt.Fprintf(stderr, "Run idemproxy --help for the flags and their environment variables.\n")
 		return s, usageError{err}
+	}
+	if *showVersion {
+		return s, earlyExit{versionText()}
 	}
 	if fs.NArg() > 0 {
 		return s, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
@@ -84,6 +99,9 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := envName(f.Name)
+		if f.Name == versionFlag {
+			return
+		}
 		if v := getenv(env); v != "" && !given[f.Name] {
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
@@ -93,7 +111,9 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	if err := errors.Join(errs...); err != nil {
 		return s, usageError{err}
 	}
-	if err := errors.Join(s.resolve(), s.validate()); err != nil {
+	var terr error
+	s.TraceProtocol, s.Tracing, terr = tracingEnabled(getenv)
+	if err := errors.Join(s.resolve(), s.validate(), terr); err != nil {
 		return s, usageError{err}
 	}
 	return s, nil
@@ -166,6 +186,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.EncryptionFile, "encryption-keys-file", "", "file holding the --encryption-keys value (preferred: not visible in ps)")
 	fs.StringVar(&s.AdminTokenFile, "admin-token-file", "", "file holding the admin bearer token (preferred over --admin-token: not visible in ps)")
 	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
+	fs.StringVar(&p.MetadataNamespace, "metadata-namespace", p.MetadataNamespace, "dynamic-metadata namespace of the decision (idemproxy.outcome, .fence, .result) returned to Envoy for its access log; list it in the filter's metadata_options.receiving_namespaces (empty: none)")
 }
 
 // resolve derives the settings that follow from others: secrets read from

@@ -143,9 +143,12 @@ func TestParseSettings_usageErrors(t *testing.T) {
 }
 
 func TestParseSettings_help(t *testing.T) {
-	_, err := parseSettings([]string{"-h"}, env{}.get, io.Discard)
-	var usage usageError
-	require.True(t, errors.As(err, &usage))
+	for _, arg := range []string{"-h", "--help", "-help"} {
+		_, err := parseSettings([]string{arg}, env{}.get, io.Discard)
+		var early earlyExit
+		require.ErrorAs(t, err, &early, "help is not a usage error: main exits 0")
+		require.Contains(t, early.text, "IDEMPROXY_REDIS_URL")
+	}
 }
 
 func TestListFlag(t *testing.T) {

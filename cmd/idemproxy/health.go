@@ -219,8 +219,10 @@ func (c *healthChecker) notePersistence(kind string) {
 func (c *healthChecker) set(ok bool) {
 	c.ready.Store(ok)
 	st := healthpb.HealthCheckResponse_NOT_SERVING
+	c.gauges.ready.Set(0)
 	if ok {
 		st = healthpb.HealthCheckResponse_SERVING
+		c.gauges.ready.Set(1)
 	}
 	c.hs.SetServingStatus("", st)
 	c.hs.SetServingStatus(extProcService, st)
@@ -230,6 +232,7 @@ func (c *healthChecker) set(ok bool) {
 func (c *healthChecker) shutdown() {
 	c.closing.Store(true)
 	c.ready.Store(false)
+	c.gauges.ready.Set(0)
 	c.hs.Shutdown()
 }
 

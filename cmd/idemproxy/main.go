@@ -16,6 +16,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stderr)
 	stop()
+	var early earlyExit
+	if errors.As(err, &early) {
+		fmt.Fprint(os.Stdout, early.text)
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "idemproxy:", err)
 		var usage usageError

