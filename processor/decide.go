@@ -29,6 +29,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 		return e.storeFailed(err, cont)
 	}
 	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease()}
+	since := time.Now()
 	acq, err := e.look(claim)
 	if err != nil {
 		e.unanswered(token)
@@ -44,7 +45,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	case acq.State == idem.StateAcquired:
 		return e.granted(claim, acq, cont)
 	case acq.State == idem.StateInProgress && e.pol.wait && !e.pol.shadow && bytes.Equal(acq.Fingerprint, fp):
-		return e.wait(claim, acq, cont)
+		return e.wait(claim, acq, since, cont)
 	default:
 		return e.answerExisting(acq, fp, cont)
 	}

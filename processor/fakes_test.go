@@ -124,24 +124,30 @@ type fakeStore struct {
 	fences  map[string]int64 // grows per grant, survives deletion
 	// watchers are told when their key is settled; mute drops the notices
 	// (a lost Pub/Sub message).
-	watchers map[string][]chan struct{}
-	mute     bool
+	watchers  map[string][]chan struct{}
+	settledAt map[string]time.Time // wall clock, as the Watcher's notices
+	mute      bool
+	peekGate  chan struct{} // closed: Peek may read (holdPeeks)
 }
 
 var _ Watcher = (*fakeStore)(nil)
 
-// Watch implements Watcher: Complete, Release and Abandon tell the key's
-// watchers, as the Redis scripts publish on its channel.
-func (s *fakeStore) Watch(_ context.Context, key string) (<-chan struct{}, bool, func(), error) {
+// Watch implements Watcher: Complete, Release and Abandon prompt the
+// key's watchers, as the Redis scripts publish on its channel; recheck
+// prompts them all, as the Watcher's slow timer does. A settlement since
+// the caller's look prompts at once.
+func (s *fakeStore) Watch(_ context.Context, key string, since time.Time) (<-chan struct{}, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail["watch"]; err != nil {
-		return nil, false, nil, err
+		return nil, nil, err
 	}
 	c := make(chan struct{}, 1)
-	fresh := len(s.watchers[key]) == 0
 	s.watchers[key] = append(s.watchers[key], c)
-	return c, fresh, func() {
+	if t, ok := s.settledAt[key]; ok && !t.Before(since) && !s.mute {
+		c <- struct{}{}
+	}
+	return c, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		ws := s.watchers[key]
@@ -154,11 +160,26 @@ func (s *fakeStore) Watch(_ context.Context, key string) (<-chan struct{}, bool,
 	}, nil
 }
 
+// recheck prompts every watcher of every key.
+func (s *fakeStore) recheck() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key := range s.watchers {
+		s.prompt(key)
+	}
+}
+
 // settled tells key's watchers; s.mu is held.
 func (s *fakeStore) settled(key string) {
 	if s.mute {
 		return
 	}
+	s.settledAt[key] = time.Now()
+	s.prompt(key)
+}
+
+// prompt wakes key's watchers; s.mu is held.
+func (s *fakeStore) prompt(key string) {
 	for _, c := range s.watchers[key] {
 		select {
 		case c <- struct{}{}:
@@ -178,7 +199,7 @@ var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
 	return &fakeStore{now: time.Unix(1_700_000_000, 0), entries: map[string]*storeEntry{},
-		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}, watchers: map[string][]chan struct{}{}}
+		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}, watchers: map[string][]chan struct{}{}, settledAt: map[string]time.Time{}}
 }
 
 // advance moves the store's clock on.
@@ -257,6 +278,16 @@ func (s *fakeStore) Acquire(ctx context.Context, key string, c idem.Claim) (idem
 }
 
 func (s *fakeStore) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
+	s.mu.Lock()
+	gate := s.peekGate
+	s.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return idem.Acquisition{}, ctx.Err()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.record(ctx, storeCall{op: "peek", key: key}); err != nil {
@@ -374,6 +405,20 @@ func (s *fakeStore) seedCompleted(key string, rec idem.Record) {
 	defer s.mu.Unlock()
 	s.entries[key] = &storeEntry{fp: rec.Fingerprint, rec: &rec, expires: s.now.Add(24 * time.Hour)}
 }
+
+// holdPeeks makes Peek calls wait d before they read, as a Redis round
+// trip does, only longer: long enough for everything prompted together to
+// join the one in flight.
+func (s *fakeStore) holdPeeks(d time.Duration) {
+	gate := make(chan struct{})
+	time.AfterFunc(d, func() { close(gate) })
+	s.mu.Lock()
+	s.peekGate = gate
+	s.mu.Unlock()
+}
+
+// count is how many calls of op were made.
+func (s *fakeStore) count(op string) int { return len(s.callsOf(op)) }
 
 // callsOf returns the recorded calls of op ("" for all), in order.
 func (s *fakeStore) callsOf(op string) []storeCall {

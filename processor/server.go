@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"golang.org/x/sync/singleflight"
+
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
@@ -38,8 +40,10 @@ type Server struct {
 	scope   map[string]int
 	watcher Watcher
 	streams atomic.Uint64
-	// waiters counts the duplicates held right now, against --max-waiters.
+	// waiters counts the duplicates held right now, against --max-waiters;
+	// peeks shares one read of a key among its waiters prompted together.
 	waiters atomic.Int64
+	peeks   singleflight.Group
 	// watchdogs counts the locks being renewed right now.
 	watchdogs atomic.Int64
 	// tracer is nil when tracing is off; propagator reads Envoy's trace

@@ -9,6 +9,7 @@ package processor
 // per message and only up to the filter's max_message_timeout).
 
 import (
+	"bytes"
 	"context"
 	"time"
 
@@ -18,13 +19,15 @@ import (
 	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
-// Watcher tells a waiting duplicate when its key was settled (completed,
-// released or marked unknown). settled may stay silent (a lost message):
-// the waiter then looks again after --wait-recheck. fresh says the key
-// had no waiter in this process yet, so a settlement just before may have
-// been missed. redisstore.Watcher implements it on sharded Pub/Sub.
+// Watcher tells waiting duplicates when to look at their key again: when
+// it was settled (completed, released or marked unknown), and on a slow
+// recheck, since a notice can be lost. All of a key's waiters in a
+// process are prompted at the same moment, so they share one read
+// (Server.peekShared). since is when the waiter last looked: a settlement
+// heard after it prompts at once. redisstore.Watcher implements it on
+// sharded Pub/Sub.
 type Watcher interface {
-	Watch(ctx context.Context, key string) (settled <-chan struct{}, fresh bool, stop func(), err error)
+	Watch(ctx context.Context, key string, since time.Time) (wake <-chan struct{}, stop func(), err error)
 }
 
 // waitSlack is the time, past the longest wait, that the final look and
@@ -44,8 +47,8 @@ const (
 
 // wait holds a duplicate until its key is settled or the wait ends, then
 // answers as a new look at the key says. acq is the first look (in
-// progress, with this request's fingerprint).
-func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+// progress, with this request's fingerprint), made at since.
+func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	m := e.srv.metrics
 	if n := e.srv.waiters.Add(1); n > int64(e.srv.cfg.MaxWaiters) {
 		e.srv.waiters.Add(-1)
@@ -64,44 +67,38 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, cont func() *ext
 		m.waits.WithLabelValues(waitGone).Inc()
 		return nil // the stream is gone: nobody to answer
 	}
-	var settled <-chan struct{}
-	lookNow := false
-	if e.srv.watcher != nil {
-		ch, fresh, stop, err := e.srv.watcher.Watch(e.ctx, e.key)
-		if err != nil {
-			// No notices: the re-checks alone will see the end.
-			e.logger().Warn("waiting without completion notices", "error", err)
-		} else {
-			defer stop()
-			settled, lookNow = ch, fresh
-		}
-	}
+	wake, tick, stop := e.watch(since)
+	defer stop()
 	deadline := time.NewTimer(e.pol.maxWait)
 	defer deadline.Stop()
-	recheck := time.NewTicker(e.srv.cfg.WaitRecheck)
-	defer recheck.Stop()
 	for {
-		if !lookNow {
-			select {
-			case <-e.ctx.Done():
-				m.waits.WithLabelValues(waitGone).Inc()
-				return nil
-			case <-deadline.C:
-				m.waits.WithLabelValues(waitTimeout).Inc()
-				return e.answerExisting(acq, claim.Fingerprint, cont)
-			case <-settled:
-			case <-recheck.C:
-			}
+		select {
+		case <-e.ctx.Done():
+			m.waits.WithLabelValues(waitGone).Inc()
+			return nil
+		case <-deadline.C:
+			m.waits.WithLabelValues(waitTimeout).Inc()
+			return e.answerExisting(acq, claim.Fingerprint, cont)
+		case <-wake:
+		case <-tick:
 		}
-		lookNow = false
-		next, err := e.look(claim)
+		next, err := e.srv.peekShared(e.ctx, e.key)
+		if e.ctx.Err() != nil {
+			m.waits.WithLabelValues(waitGone).Inc()
+			return nil
+		}
+		if err == nil && e.mayTake(next, claim) {
+			// Free (its owner gave it back): race for it as a new
+			// request would; one waiter wins, the others wait on.
+			next, err = e.look(claim)
+		}
 		if err != nil {
 			m.waits.WithLabelValues(waitError).Inc()
 			e.unanswered(claim.Token)
 			return e.storeFailed(err, cont)
 		}
 		switch {
-		case next.State == idem.StateInProgress && bytesEqual(next.Fingerprint, claim.Fingerprint):
+		case next.State == idem.StateInProgress && bytes.Equal(next.Fingerprint, claim.Fingerprint):
 			acq = next // still running (or another waiter took it over): wait on
 		case next.State == idem.StateAcquired:
 			m.waits.WithLabelValues(waitAcquired).Inc()
@@ -116,6 +113,51 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, cont func() *ext
 	}
 }
 
+// mayTake says whether a shared look found the key takeable by claim: free,
+// or (under --on-unknown=rerun-after-ttl) left by an owner whose lease ran
+// out.
+func (e *exchange) mayTake(acq idem.Acquisition, claim idem.Claim) bool {
+	return acq.State == idem.StateFree || (acq.State == idem.StateUnknown && acq.Expired && claim.Lease.Takeover)
+}
+
+// watch registers the waiter with the Watcher. Without one (or when it
+// fails) the waiter looks on its own every --wait-recheck (tick).
+func (e *exchange) watch(since time.Time) (wake <-chan struct{}, tick <-chan time.Time, stop func()) {
+	if e.srv.watcher != nil {
+		wake, stop, err := e.srv.watcher.Watch(e.ctx, e.key, since)
+		if err == nil {
+			return wake, nil, stop
+		}
+		e.logger().Warn("waiting without completion notices, re-checking every --wait-recheck", "error", err)
+	}
+	t := time.NewTicker(e.srv.cfg.WaitRecheck)
+	return nil, t.C, t.Stop
+}
+
+// peekShared reads key for every waiter of it in this process that asks
+// at the same time: they are prompted together, and one read serves them
+// all. It is not tied to one waiter's stream (whose client may leave while
+// the others still wait), only bounded like any store call.
+func (s *Server) peekShared(ctx context.Context, key string) (idem.Acquisition, error) {
+	ch := s.peeks.DoChan(key, func() (any, error) {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
+		defer cancel()
+		start := time.Now()
+		acq, err := s.store.Peek(pctx, key)
+		s.metrics.observeStore("peek", start, err)
+		return acq, err
+	})
+	select {
+	case <-ctx.Done():
+		return idem.Acquisition{}, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return idem.Acquisition{}, r.Err
+		}
+		return r.Val.(idem.Acquisition), nil
+	}
+}
+
 // look acquires the key once more for claim, bounded like any request-path
 // store call.
 func (e *exchange) look(claim idem.Claim) (idem.Acquisition, error) {
@@ -126,5 +168,3 @@ func (e *exchange) look(claim idem.Claim) (idem.Acquisition, error) {
 	e.srv.metrics.observeStore("acquire", start, err)
 	return acq, err
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }

@@ -89,8 +89,49 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		dup := startWaiter(t, srv, store)
 		first.roundTrip(respHeaders(true, ":status", "200"))
+		store.recheck()
 		ir, _ := immediateOf(t, dup.reply())
 		require.EqualValues(t, 200, ir.GetStatus().GetCode())
+	})
+	t.Run("without notices (the watch failed) the waiter re-checks on its own", func(t *testing.T) {
+		store := newFakeStore()
+		store.failOn("watch", errRedisDown)
+		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := serve(t, srv)
+		dup.send(keyed("POST", "k", true))
+		require.NotNil(t, dup.reply().GetOverrideMessageTimeout())
+		first.roundTrip(respHeaders(true, ":status", "200"))
+		ir, _ := immediateOf(t, dup.reply())
+		require.EqualValues(t, 200, ir.GetStatus().GetCode())
+	})
+	t.Run("a key's waiters share one read when prompted", func(t *testing.T) {
+		store := newFakeStore()
+		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		const n = 20
+		var dups []*session
+		for range n {
+			dup := serve(t, srv)
+			dup.send(keyed("POST", "k", true))
+			require.NotNil(t, dup.reply().GetOverrideMessageTimeout())
+			dups = append(dups, dup)
+		}
+		require.Eventually(t, func() bool { return store.watching(keyOf("k")) == n }, waitFor, time.Millisecond)
+		// Hold the read until every waiter asks for it, as a Redis
+		// round trip does while the prompts land.
+		store.holdPeeks(500 * time.Millisecond)
+		first.roundTrip(respHeaders(false, ":status", "201"))
+		first.roundTrip(respBody("charged", true))
+		for _, dup := range dups {
+			ir, _ := immediateOf(t, dup.reply())
+			require.EqualValues(t, 201, ir.GetStatus().GetCode())
+		}
+		require.Equal(t, 1, store.count("peek"), "one read for all of them")
+		require.Equal(t, 1+n, store.count("acquire"), "each request's own acquire, nothing per wait")
+		require.EqualValues(t, n, counter(t, reg, "idemproxy_waits_total", "result", waitReplayed))
 	})
 	t.Run("a client that hangs up frees its waiter at once", func(t *testing.T) {
 		store := newFakeStore()
@@ -110,7 +151,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		dup := startWaiter(t, srv, store)
-		store.failOn("acquire", errRedisDown)
+		store.failOn("peek", errRedisDown)
 		first.roundTrip(respHeaders(true, ":status", "200"))
 		requireProblem(t, dup.reply(), 503, "store-unavailable")
 	})

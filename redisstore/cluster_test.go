@@ -119,7 +119,7 @@ func TestStore_cluster(t *testing.T) {
 	t.Run("waiters on every primary hear of their key's settlement", func(t *testing.T) {
 		s := New(cc, Options{Prefix: "watch:"})
 		ctx, cancel := context.WithCancel(t.Context())
-		w := s.NewWatcher(ctx, cc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		w := s.NewWatcher(ctx, cc, slog.New(slog.NewTextHandler(io.Discard, nil)), WatcherOptions{Recheck: time.Hour})
 		defer func() { cancel(); w.Close() }()
 		keys := clusterKeys(t, s, cl, 12)
 		type watched struct {
@@ -129,13 +129,17 @@ func TestStore_cluster(t *testing.T) {
 		all := map[string]watched{}
 		for k := range keys {
 			tok := acquired(t, s, k, time.Minute)
-			settled, fresh, stop, err := w.Watch(t.Context(), k)
-			require.NoError(t, err, "a shard channel is subscribed on its slot's primary (else CROSSSLOT or MOVED)")
+			settled, stop, err := w.Watch(t.Context(), k, time.Now())
+			require.NoError(t, err)
 			defer stop()
-			require.True(t, fresh)
+			require.True(t, promptedWithin(settled, 5*time.Second),
+				"the subscription is confirmed: a shard channel is subscribed on its slot's primary (elsewhere MOVED)")
 			all[k] = watched{tok, settled}
 		}
-		require.Len(t, w.nodes, 3, "one Pub/Sub connection per primary")
+		w.mu.Lock()
+		conns := len(w.conns)
+		w.mu.Unlock()
+		require.Equal(t, 3, conns, "one Pub/Sub connection per primary")
 		for k, addr := range keys {
 			ch := s.RedisKey(k) + settledSuffix
 			node := redis.NewClient(&redis.Options{Addr: addr})
@@ -147,11 +151,7 @@ func TestStore_cluster(t *testing.T) {
 		}
 		for k, x := range all {
 			require.NoError(t, s.Complete(t.Context(), k, x.tok, sampleRecord(), time.Hour))
-			select {
-			case <-x.settled:
-			case <-time.After(5 * time.Second):
-				t.Fatalf("no notice for %s on %s", k, keys[k])
-			}
+			require.True(t, promptedWithin(x.settled, 5*time.Second), "no notice for %s on %s", k, keys[k])
 		}
 	})
 

@@ -10,43 +10,69 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Subscriber opens sharded Pub/Sub connections: a *redis.Client or a
-// *redis.ClusterClient (which routes a shard channel to its slot's node).
+// Subscriber opens sharded Pub/Sub connections: a *redis.Client (also a
+// Sentinel failover client). On a cluster the Watcher uses each primary's
+// own client instead, since a shard channel can only be subscribed to on
+// the node that serves its slot.
 type Subscriber interface {
 	SSubscribe(ctx context.Context, channels ...string) *redis.PubSub
 }
 
-// Watcher tells duplicates waiting for a key (--in-progress=wait) the
-// moment the key is settled: the scripts that complete, release or abandon
-// a record publish on its shard channel, and one Pub/Sub connection per
-// Redis primary carries the channels of every key waited on, whatever the
-// number of waiters. Pub/Sub may drop a message (a reconnect, a failover,
-// a slot moved away, which unsubscribes its channels); the waiters' own
-// slow re-check covers that.
-type Watcher struct {
-	sub   Subscriber
-	store *Store
-	log   *slog.Logger
-	ctx   context.Context // ends the receiving goroutines
+// DefaultWatchRecheck is WatcherOptions.Recheck when it is not set.
+const DefaultWatchRecheck = time.Second
 
-	mu      sync.Mutex
-	nodes   map[string]*watchConn                 // primary address ("" outside a cluster) -> its connection
-	waiters map[string]map[chan struct{}]struct{} // channel -> waiting
-	via     map[string]*watchConn                 // channel -> the connection it is subscribed on
-	wg      sync.WaitGroup                        // the receivers
+// WatcherOptions tune a Watcher.
+type WatcherOptions struct {
+	// Recheck is how often every waiter is told to look again whether or
+	// not a notice came: Pub/Sub may drop a message (a reconnect, a
+	// failover, a slot moved away), and this bounds how long a lost one
+	// can hold a waiter. Default DefaultWatchRecheck.
+	Recheck time.Duration
 }
 
-// watchConn is one primary's sharded Pub/Sub connection.
-type watchConn struct{ ps *redis.PubSub }
+// Watcher tells duplicates waiting for a key (--in-progress=wait) when to
+// look at the key again: the moment the key is settled (the scripts that
+// complete, release or abandon a record publish on its shard channel), the
+// moment a subscription becomes active (a settlement before it was not
+// heard), and every Recheck. One Pub/Sub connection per Redis primary
+// carries the channels of every key waited on, and the prompts of all of a
+// key's waiters come at the same moment, so a caller can serve them with
+// one read per key (processor does), whatever the number of waiters.
+type Watcher struct {
+	sub     Subscriber
+	store   *Store
+	log     *slog.Logger
+	ctx     context.Context // ends the goroutines
+	recheck time.Duration
+
+	mu      sync.Mutex
+	started bool                     // the recheck goroutine runs
+	conns   map[string]*redis.PubSub // primary address ("" outside a cluster) -> its connection
+	chans   map[string]*watched      // channel -> its waiters
+	wg      sync.WaitGroup           // every goroutine of the watcher
+}
+
+// watched is one key's channel in this process.
+type watched struct {
+	waiters map[chan struct{}]struct{}
+	// ps is the connection the channel is subscribed on; nil while it is
+	// not (Redis unsubscribed it when its slot moved): the recheck
+	// subscribes it again.
+	ps *redis.PubSub
+	// notice is when the last settlement notice arrived, so a waiter who
+	// registers just after it still hears of it.
+	notice time.Time
+}
 
 // NewWatcher returns a Watcher for the store's keys. sub opens the Pub/Sub
-// connections outside a cluster; on a cluster each primary's own client
-// does, since a shard channel can only be subscribed to on its slot's node.
-// Connections open with the first wait on them; ctx ends them (Close waits
-// for that).
-func (s *Store) NewWatcher(ctx context.Context, sub Subscriber, log *slog.Logger) *Watcher {
-	return &Watcher{sub: sub, store: s, log: log, ctx: ctx,
-		nodes: map[string]*watchConn{}, waiters: map[string]map[chan struct{}]struct{}{}, via: map[string]*watchConn{}}
+// connection outside a cluster. Connections open with the first wait on
+// them; ctx ends them and the recheck (Close waits for that).
+func (s *Store) NewWatcher(ctx context.Context, sub Subscriber, log *slog.Logger, opts WatcherOptions) *Watcher {
+	if opts.Recheck <= 0 {
+		opts.Recheck = DefaultWatchRecheck
+	}
+	return &Watcher{sub: sub, store: s, log: log, ctx: ctx, recheck: opts.Recheck,
+		conns: map[string]*redis.PubSub{}, chans: map[string]*watched{}}
 }
 
 // channel is key's shard channel, as the scripts name it.
@@ -54,88 +80,106 @@ func (w *Watcher) channel(key string) string {
 	return w.store.RedisKey(key) + settledSuffix
 }
 
-// Watch registers a waiter for key. settled receives (at most once per
-// message) when the key was completed, released or abandoned; stop ends
-// the wait and must be called. fresh says the channel had no waiter in
-// this process yet: a settlement between the caller's last look and the
-// subscription may have been missed, so the caller looks once more.
-func (w *Watcher) Watch(ctx context.Context, key string) (settled <-chan struct{}, fresh bool, stop func(), err error) {
+// Watch registers a waiter for key. wake receives (at most one pending
+// prompt) whenever the waiter should look at the key again; stop ends the
+// wait and must be called. since is when the caller last looked (before
+// its store call began): a notice that arrived after it prompts at once.
+func (w *Watcher) Watch(ctx context.Context, key string, since time.Time) (wake <-chan struct{}, stop func(), err error) {
 	ch := w.channel(key)
 	c := make(chan struct{}, 1)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.ctx.Err() != nil {
-		return nil, false, nil, fmt.Errorf("redisstore: watch: %w", w.ctx.Err())
+		return nil, nil, fmt.Errorf("redisstore: watch: %w", w.ctx.Err())
 	}
-	set, known := w.waiters[ch]
-	if !known {
-		if err := w.subscribeLocked(ctx, ch); err != nil {
-			return nil, false, nil, err
+	if !w.started {
+		w.started = true
+		w.wg.Add(1)
+		go w.rechecks()
+	}
+	st := w.chans[ch]
+	if st == nil {
+		st = &watched{waiters: map[chan struct{}]struct{}{}}
+		ps, err := w.subscribeLocked(ctx, ch)
+		if err != nil {
+			return nil, nil, err
 		}
-		set = map[chan struct{}]struct{}{}
-		w.waiters[ch] = set
+		st.ps = ps
+		w.chans[ch] = st
 	}
-	set[c] = struct{}{}
-	return c, !known, func() { w.unwatch(ch, c) }, nil
+	st.waiters[c] = struct{}{}
+	if !st.notice.IsZero() && !st.notice.Before(since) {
+		c <- struct{}{}
+	}
+	return c, func() { w.unwatch(ch, c) }, nil
 }
 
-// subscribeLocked adds ch to its primary's Pub/Sub connection, opening it
-// (and its receiver) on first use; w.mu is held.
-func (w *Watcher) subscribeLocked(ctx context.Context, ch string) error {
+// subscribeLocked subscribes ch on its primary's connection, opening it
+// (and its receiver) on first use; w.mu is held. The subscription is
+// active when Redis confirms it, which the receiver turns into a prompt.
+func (w *Watcher) subscribeLocked(ctx context.Context, ch string) (*redis.PubSub, error) {
 	addr, sub := "", w.sub
 	if w.store.cluster != nil {
 		c, err := w.store.cluster.MasterForKey(ctx, ch)
 		if err != nil {
-			return fmt.Errorf("redisstore: watch: the primary of a key: %w", w.store.seen(err))
+			return nil, fmt.Errorf("redisstore: watch: the primary of a key: %w", w.store.seen(err))
 		}
 		addr, sub = c.Options().Addr, c
 	}
-	conn := w.nodes[addr]
-	if conn == nil {
-		// SSubscribe on a new PubSub only queues the channel; the
-		// connection and the subscription are made by its receiver.
-		conn = &watchConn{ps: sub.SSubscribe(w.ctx, ch)}
-		w.nodes[addr] = conn
-		w.via[ch] = conn
-		w.wg.Add(1)
-		go w.receive(conn.ps)
-		return nil
+	if ps := w.conns[addr]; ps != nil {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := ps.SSubscribe(sctx, ch); err != nil {
+			return nil, fmt.Errorf("redisstore: watch: %w", err)
+		}
+		return ps, nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if err := conn.ps.SSubscribe(sctx, ch); err != nil {
-		return fmt.Errorf("redisstore: watch: %w", err)
-	}
-	w.via[ch] = conn
-	return nil
+	// A new PubSub connects and subscribes in its receiver; a Redis
+	// that is down is retried there, and the recheck covers the wait.
+	ps := sub.SSubscribe(w.ctx, ch)
+	w.conns[addr] = ps
+	w.wg.Add(1)
+	go w.receive(ps)
+	return ps, nil
 }
 
 // unwatch drops one waiter, and the channel with its last one.
 func (w *Watcher) unwatch(ch string, c chan struct{}) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	set := w.waiters[ch]
-	delete(set, c)
-	if len(set) > 0 || set == nil {
+	st := w.chans[ch]
+	if st == nil {
 		return
 	}
-	delete(w.waiters, ch)
-	conn := w.via[ch]
-	delete(w.via, ch)
-	if conn != nil && w.ctx.Err() == nil {
+	delete(st.waiters, c)
+	if len(st.waiters) > 0 {
+		return
+	}
+	delete(w.chans, ch)
+	if st.ps != nil && w.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(w.ctx, time.Second)
 		defer cancel()
-		if err := conn.ps.SUnsubscribe(ctx, ch); err != nil {
+		if err := st.ps.SUnsubscribe(ctx, ch); err != nil {
 			// Harmless: a message for it finds no waiter.
 			w.log.Debug("unsubscribing a settled key failed", "error", err)
 		}
 	}
 }
 
-// receive hands each message to the key's waiters until ctx ends.
+// promptLocked tells every waiter of st to look; w.mu is held.
+func promptLocked(st *watched) {
+	for c := range st.waiters {
+		select {
+		case c <- struct{}{}:
+		default: // already told
+		}
+	}
+}
+
+// receive turns one connection's messages into prompts until ctx ends.
 func (w *Watcher) receive(ps *redis.PubSub) {
 	defer w.wg.Done()
-	msgs := ps.Channel()
+	msgs := ps.ChannelWithSubscriptions()
 	for {
 		select {
 		case <-w.ctx.Done():
@@ -145,18 +189,66 @@ func (w *Watcher) receive(ps *redis.PubSub) {
 			if !ok {
 				return
 			}
-			w.mu.Lock()
-			for c := range w.waiters[m.Channel] {
-				select {
-				case c <- struct{}{}:
-				default: // already told
-				}
-			}
-			w.mu.Unlock()
+			w.handle(ps, m)
 		}
 	}
 }
 
-// Close waits for the receivers to stop; the context given to NewWatcher
-// must have ended.
+// handle acts on one message of ps: a notice or a confirmed subscription
+// prompts the channel's waiters; an unsubscription Redis made itself (the
+// slot moved to another node) leaves the channel to the recheck.
+func (w *Watcher) handle(ps *redis.PubSub, m any) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch m := m.(type) {
+	case *redis.Message:
+		if st := w.chans[m.Channel]; st != nil {
+			st.notice = time.Now()
+			promptLocked(st)
+		}
+	case *redis.Subscription:
+		st := w.chans[m.Channel]
+		if st == nil || st.ps != ps {
+			return // ours, for a channel no longer waited on
+		}
+		switch m.Kind {
+		case "ssubscribe":
+			promptLocked(st)
+		case "sunsubscribe":
+			st.ps = nil
+			promptLocked(st)
+		}
+	}
+}
+
+// rechecks prompts every waiter each Recheck, and subscribes again the
+// channels Redis unsubscribed.
+func (w *Watcher) rechecks() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.recheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		for ch, st := range w.chans {
+			promptLocked(st)
+			if st.ps == nil {
+				ps, err := w.subscribeLocked(w.ctx, ch)
+				if err != nil {
+					w.log.Debug("subscribing a waited-on key again failed", "error", err)
+					continue
+				}
+				st.ps = ps
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+// Close waits for the watcher's goroutines to stop; the context given to
+// NewWatcher must have ended.
 func (w *Watcher) Close() { w.wg.Wait() }

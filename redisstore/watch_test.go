@@ -12,28 +12,46 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
+// promptedWithin reports whether ch fires within d (it never fails the
+// test itself, so it may run anywhere).
+func promptedWithin(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+	}
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 func TestWatcher(t *testing.T) {
 	t.Parallel()
 	s, c, _ := newTestStore(t)
 	ctx, cancel := context.WithCancel(t.Context())
-	w := s.NewWatcher(ctx, c, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// A recheck far beyond the test: every prompt seen here is a notice
+	// or a subscription, except in the recheck subtest's own watcher.
+	w := s.NewWatcher(ctx, c, slog.New(slog.NewTextHandler(io.Discard, nil)), WatcherOptions{Recheck: time.Hour})
 	t.Cleanup(func() { cancel(); w.Close() })
-	// settledWithin reports whether ch fires within d (it never fails the
-	// test itself, so it may run anywhere).
-	settledWithin := func(ch <-chan struct{}, d time.Duration) bool {
-		select {
-		case <-ch:
-			return true
-		case <-time.After(d):
-			return false
-		}
+	subscribers := func(key string) int64 {
+		n, err := c.PubSubShardNumSub(t.Context(), s.RedisKey(key)+settledSuffix).Result()
+		require.NoError(t, err)
+		return n[s.RedisKey(key)+settledSuffix]
 	}
-	subscribed := func(key string) {
+	// watch registers a waiter and takes the prompt of its subscription
+	// becoming active (the first waiter of a key only).
+	watch := func(key string, first bool) (<-chan struct{}, func()) {
 		t.Helper()
-		testenv.WaitFor(t, 5*time.Second, "the subscription", func() bool {
-			n, err := c.PubSubShardNumSub(t.Context(), s.RedisKey(key)+settledSuffix).Result()
-			return err == nil && n[s.RedisKey(key)+settledSuffix] == 1
-		})
+		wake, stop, err := w.Watch(t.Context(), key, time.Now())
+		require.NoError(t, err)
+		if first {
+			require.True(t, promptedWithin(wake, 5*time.Second), "the subscription's confirmation prompts a look")
+			require.EqualValues(t, 1, subscribers(key))
+		}
+		return wake, stop
 	}
 
 	for name, settle := range map[string]func(key, tok string) error{
@@ -44,32 +62,60 @@ func TestWatcher(t *testing.T) {
 		t.Run("waiters hear of a "+name, func(t *testing.T) {
 			key := "watch-" + name
 			tok := acquired(t, s, key, time.Minute)
-			a, freshA, stopA, err := w.Watch(t.Context(), key)
-			require.NoError(t, err)
+			a, stopA := watch(key, true)
 			defer stopA()
-			b, freshB, stopB, err := w.Watch(t.Context(), key)
-			require.NoError(t, err)
+			b, stopB := watch(key, false)
 			defer stopB()
-			require.True(t, freshA, "the first waiter subscribes")
-			require.False(t, freshB, "the second shares the subscription")
-			subscribed(key)
-			require.False(t, settledWithin(a, 50*time.Millisecond), "nothing yet")
+			require.EqualValues(t, 1, subscribers(key), "one subscription for both")
+			require.False(t, promptedWithin(a, 50*time.Millisecond), "nothing yet")
 			require.NoError(t, settle(key, tok))
-			require.True(t, settledWithin(a, 5*time.Second))
-			require.True(t, settledWithin(b, 5*time.Second))
+			require.True(t, promptedWithin(a, 5*time.Second))
+			require.True(t, promptedWithin(b, 5*time.Second))
 		})
 	}
-	t.Run("other keys' settlements wake nobody, and the last stop unsubscribes", func(t *testing.T) {
-		mine, _, stop, err := w.Watch(t.Context(), "watch-mine")
+	t.Run("a settlement heard after the caller's look prompts a later waiter at once", func(t *testing.T) {
+		key := "watch-late"
+		tok := acquired(t, s, key, time.Minute)
+		a, stopA := watch(key, true)
+		defer stopA()
+		looked := time.Now() // the second waiter's acquire, still in progress
+		require.NoError(t, s.Complete(t.Context(), key, tok, sampleRecord(), time.Hour))
+		require.True(t, promptedWithin(a, 5*time.Second))
+		// It registers only now, after the notice came.
+		b, stopB, err := w.Watch(t.Context(), key, looked)
 		require.NoError(t, err)
-		subscribed("watch-mine")
+		defer stopB()
+		require.True(t, promptedWithin(b, 0), "prompted at registration")
+		c, stopC, err := w.Watch(t.Context(), key, time.Now())
+		require.NoError(t, err)
+		defer stopC()
+		require.False(t, promptedWithin(c, 50*time.Millisecond), "a waiter who looked after the notice is not")
+	})
+	t.Run("other keys' settlements wake nobody, and the last stop unsubscribes", func(t *testing.T) {
+		mine, stop := watch("watch-mine", true)
 		tok := acquired(t, s, "watch-other", time.Minute)
 		require.NoError(t, s.Release(t.Context(), "watch-other", tok))
-		require.False(t, settledWithin(mine, 200*time.Millisecond))
+		require.False(t, promptedWithin(mine, 200*time.Millisecond))
 		stop()
-		testenv.WaitFor(t, 5*time.Second, "the unsubscription", func() bool {
-			n, err := c.PubSubShardNumSub(t.Context(), s.RedisKey("watch-mine")+settledSuffix).Result()
-			return err == nil && n[s.RedisKey("watch-mine")+settledSuffix] == 0
-		})
+		testenv.WaitFor(t, 5*time.Second, "the unsubscription", func() bool { return subscribers("watch-mine") == 0 })
+	})
+	t.Run("the recheck prompts every waiter, notice or not", func(t *testing.T) {
+		rctx, rcancel := context.WithCancel(t.Context())
+		rw := s.NewWatcher(rctx, c, slog.New(slog.NewTextHandler(io.Discard, nil)), WatcherOptions{Recheck: 100 * time.Millisecond})
+		defer func() { rcancel(); rw.Close() }()
+		wake, stop, err := rw.Watch(t.Context(), "watch-recheck", time.Now())
+		require.NoError(t, err)
+		defer stop()
+		for range 3 {
+			require.True(t, promptedWithin(wake, 5*time.Second))
+		}
+	})
+	t.Run("a Watch after the context ended is refused", func(t *testing.T) {
+		dctx, dcancel := context.WithCancel(t.Context())
+		dw := s.NewWatcher(dctx, c, slog.New(slog.NewTextHandler(io.Discard, nil)), WatcherOptions{})
+		dcancel()
+		_, _, err := dw.Watch(t.Context(), "watch-done", time.Now())
+		require.ErrorIs(t, err, context.Canceled)
+		dw.Close()
 	})
 }

@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// One sharded Pub/Sub connection carries every waited-on key's channel;
 	// it ends with run.
 	wctx, stopWatcher := context.WithCancel(ctx)
-	watcher := store.NewWatcher(wctx, rdb.client, log)
+	watcher := store.NewWatcher(wctx, rdb.client, log, redisstore.WatcherOptions{Recheck: s.Processor.WaitRecheck})
 	defer watcher.Close()
 	defer stopWatcher()
 	proc, err := processor.New(s.Processor, processor.Options{
