@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -106,11 +107,16 @@ func pauseProcess(t *testing.T, p *testenv.Process) (resume func()) {
 // tryDo is stack.do for requests that may legitimately fail on the wire (a
 // connection cut mid-response): it returns the error instead of failing.
 func (s *stack) tryDo(method, path, body string, headers ...string) (reply, error) {
+	return s.tryDoCtx(context.Background(), method, path, body, headers...)
+}
+
+// tryDoCtx is tryDo whose request ends with ctx (the client hangs up).
+func (s *stack) tryDoCtx(ctx context.Context, method, path, body string, headers ...string) (reply, error) {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, s.url+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, s.url+path, rd)
 	if err != nil {
 		return reply{}, err
 	}
@@ -128,5 +134,6 @@ func (s *stack) tryDo(method, path, body string, headers ...string) (reply, erro
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return reply{status: resp.StatusCode, header: resp.Header, body: b, elapsed: time.Since(start)}, err
+	done := time.Now()
+	return reply{status: resp.StatusCode, header: resp.Header, body: b, elapsed: done.Sub(start), done: done}, err
 }

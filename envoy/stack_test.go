@@ -74,6 +74,7 @@ type reply struct {
 	header  http.Header
 	body    []byte
 	elapsed time.Duration
+	done    time.Time // when the whole body had arrived
 }
 
 // problemType returns the problem+json type, or "" for other bodies.

@@ -124,7 +124,7 @@ type fakeStore struct {
 	fences  map[string]int64 // grows per grant, survives deletion
 	// watchers are told when their key is settled; mute drops the notices
 	// (a lost Pub/Sub message).
-	watchers  map[string][]chan struct{}
+	watchers  map[string][]chan time.Time
 	settledAt map[string]time.Time // wall clock, as the Watcher's notices
 	mute      bool
 	peekGate  chan struct{} // closed: Peek may read (holdPeeks)
@@ -136,16 +136,16 @@ var _ Watcher = (*fakeStore)(nil)
 // key's watchers, as the Redis scripts publish on its channel; recheck
 // prompts them all, as the Watcher's slow timer does. A settlement since
 // the caller's look prompts at once.
-func (s *fakeStore) Watch(_ context.Context, key string, since time.Time) (<-chan struct{}, func(), error) {
+func (s *fakeStore) Watch(_ context.Context, key string, since time.Time) (<-chan time.Time, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail["watch"]; err != nil {
 		return nil, nil, err
 	}
-	c := make(chan struct{}, 1)
+	c := make(chan time.Time, 1)
 	s.watchers[key] = append(s.watchers[key], c)
 	if t, ok := s.settledAt[key]; ok && !t.Before(since) && !s.mute {
-		c <- struct{}{}
+		c <- t
 	}
 	return c, func() {
 		s.mu.Lock()
@@ -180,11 +180,13 @@ func (s *fakeStore) settled(key string) {
 
 // prompt wakes key's watchers; s.mu is held.
 func (s *fakeStore) prompt(key string) {
+	now := time.Now()
 	for _, c := range s.watchers[key] {
 		select {
-		case c <- struct{}{}:
+		case <-c:
 		default:
 		}
+		c <- now
 	}
 }
 
@@ -199,7 +201,7 @@ var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
 	return &fakeStore{now: time.Unix(1_700_000_000, 0), entries: map[string]*storeEntry{},
-		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}, watchers: map[string][]chan struct{}{}, settledAt: map[string]time.Time{}}
+		fail: map[string]error{}, failN: map[string]int{}, fences: map[string]int64{}, watchers: map[string][]chan time.Time{}, settledAt: map[string]time.Time{}}
 }
 
 // advance moves the store's clock on.

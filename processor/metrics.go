@@ -142,6 +142,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	// Pre-create the label values so dashboards see zeros, not gaps.
 	for _, o := range allOutcomes {
 		m.requests.WithLabelValues(o)
+		if o != outcomePassthrough && o != outcomeAcquired && o != outcomeFailOpen {
+			m.shadow.WithLabelValues(o) // every answer shadow mode can pass on
+		}
 	}
 	for _, r := range allResults {
 		m.responses.WithLabelValues(r)

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"golang.org/x/sync/singleflight"
-
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
@@ -41,9 +39,9 @@ type Server struct {
 	watcher Watcher
 	streams atomic.Uint64
 	// waiters counts the duplicates held right now, against --max-waiters;
-	// peeks shares one read of a key among its waiters prompted together.
+	// reads shares the reads of a key among its waiters.
 	waiters atomic.Int64
-	peeks   singleflight.Group
+	reads   *sharedReads
 	// watchdogs counts the locks being renewed right now.
 	watchdogs atomic.Int64
 	// tracer is nil when tracing is off; propagator reads Envoy's trace
@@ -101,6 +99,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		meta:    newMetaCache(cfg.MetadataNamespace),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
+		reads:   newSharedReads(opts.Store, cfg.StoreTimeout, opts.Metrics),
 	}
 	if opts.TracerProvider != nil {
 		s.tracer = opts.TracerProvider.Tracer("github.com/idemproxy/idemproxy/processor")

@@ -11,9 +11,11 @@ package processor
 import (
 	"bytes"
 	"context"
+	"sync"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
@@ -21,13 +23,13 @@ import (
 
 // Watcher tells waiting duplicates when to look at their key again: when
 // it was settled (completed, released or marked unknown), and on a slow
-// recheck, since a notice can be lost. All of a key's waiters in a
-// process are prompted at the same moment, so they share one read
-// (Server.peekShared). since is when the waiter last looked: a settlement
-// heard after it prompts at once. redisstore.Watcher implements it on
-// sharded Pub/Sub.
+// recheck, since a notice can be lost. A prompt carries the time of its
+// event: any read begun after it sees the key as the event left it, so all
+// of a key's waiters prompted by one event share one read (sharedReads).
+// since is when the waiter last looked: a settlement heard after it
+// prompts at once. redisstore.Watcher implements it on sharded Pub/Sub.
 type Watcher interface {
-	Watch(ctx context.Context, key string, since time.Time) (wake <-chan struct{}, stop func(), err error)
+	Watch(ctx context.Context, key string, since time.Time) (wake <-chan time.Time, stop func(), err error)
 }
 
 // waitSlack is the time, past the longest wait, that the final look and
@@ -67,11 +69,14 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		m.waits.WithLabelValues(waitGone).Inc()
 		return nil // the stream is gone: nobody to answer
 	}
+	e.srv.reads.enter(e.key)
+	defer e.srv.reads.leave(e.key)
 	wake, tick, stop := e.watch(since)
 	defer stop()
 	deadline := time.NewTimer(e.pol.maxWait)
 	defer deadline.Stop()
 	for {
+		var event time.Time // the key must be read as it was after this
 		select {
 		case <-e.ctx.Done():
 			m.waits.WithLabelValues(waitGone).Inc()
@@ -79,10 +84,10 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		case <-deadline.C:
 			m.waits.WithLabelValues(waitTimeout).Inc()
 			return e.answerExisting(acq, claim.Fingerprint, cont)
-		case <-wake:
-		case <-tick:
+		case event = <-wake:
+		case event = <-tick:
 		}
-		next, err := e.srv.peekShared(e.ctx, e.key)
+		next, err := e.srv.reads.peek(e.ctx, e.key, event)
 		if e.ctx.Err() != nil {
 			m.waits.WithLabelValues(waitGone).Inc()
 			return nil
@@ -122,7 +127,7 @@ func (e *exchange) mayTake(acq idem.Acquisition, claim idem.Claim) bool {
 
 // watch registers the waiter with the Watcher. Without one (or when it
 // fails) the waiter looks on its own every --wait-recheck (tick).
-func (e *exchange) watch(since time.Time) (wake <-chan struct{}, tick <-chan time.Time, stop func()) {
+func (e *exchange) watch(since time.Time) (wake, tick <-chan time.Time, stop func()) {
 	if e.srv.watcher != nil {
 		wake, stop, err := e.srv.watcher.Watch(e.ctx, e.key, since)
 		if err == nil {
@@ -134,27 +139,95 @@ func (e *exchange) watch(since time.Time) (wake <-chan struct{}, tick <-chan tim
 	return nil, t.C, t.Stop
 }
 
-// peekShared reads key for every waiter of it in this process that asks
-// at the same time: they are prompted together, and one read serves them
-// all. It is not tied to one waiter's stream (whose client may leave while
-// the others still wait), only bounded like any store call.
-func (s *Server) peekShared(ctx context.Context, key string) (idem.Acquisition, error) {
-	ch := s.peeks.DoChan(key, func() (any, error) {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
-		defer cancel()
-		start := time.Now()
-		acq, err := s.store.Peek(pctx, key)
-		s.metrics.observeStore("peek", start, err)
-		return acq, err
-	})
-	select {
-	case <-ctx.Done():
-		return idem.Acquisition{}, ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return idem.Acquisition{}, r.Err
+// sharedReads serves the reads of a key's waiters: one read answers every
+// waiter whose prompt came before the read began, so the waiters of one
+// event cost one round trip per process, however many there are and
+// however late each goroutine runs. It keeps a key's last read only while
+// the key has waiters.
+type sharedReads struct {
+	store   Store
+	timeout time.Duration
+	metrics *Metrics
+
+	flights singleflight.Group
+	mu      sync.Mutex
+	keys    map[string]*keyReads
+}
+
+type keyReads struct {
+	waiters int
+	last    *sharedRead // the latest finished read, nil before the first
+}
+
+type sharedRead struct {
+	began time.Time
+	acq   idem.Acquisition
+	err   error
+}
+
+func newSharedReads(store Store, timeout time.Duration, m *Metrics) *sharedReads {
+	return &sharedReads{store: store, timeout: timeout, metrics: m, keys: map[string]*keyReads{}}
+}
+
+// enter and leave bracket one waiter of key.
+func (r *sharedReads) enter(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := r.keys[key]
+	if k == nil {
+		k = &keyReads{}
+		r.keys[key] = k
+	}
+	k.waiters++
+}
+
+func (r *sharedReads) leave(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if k := r.keys[key]; k != nil {
+		if k.waiters--; k.waiters <= 0 {
+			delete(r.keys, key)
 		}
-		return r.Val.(idem.Acquisition), nil
+	}
+}
+
+// peek returns key as read after event: the last read if it began after
+// event, else the read in flight (if that began after event too) or a new
+// one. At most two flights are waited for: one that began after event
+// comes at the latest right after the one in flight. The read is not tied
+// to one waiter's stream (whose client may leave while the others wait),
+// only bounded like any store call; ctx ends this waiter's part in it.
+func (r *sharedReads) peek(ctx context.Context, key string, event time.Time) (idem.Acquisition, error) {
+	for {
+		r.mu.Lock()
+		if k := r.keys[key]; k != nil && k.last != nil && !k.last.began.Before(event) {
+			last := *k.last
+			r.mu.Unlock()
+			return last.acq, last.err
+		}
+		r.mu.Unlock()
+		ch := r.flights.DoChan(key, func() (any, error) {
+			read := sharedRead{began: time.Now()}
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
+			defer cancel()
+			read.acq, read.err = r.store.Peek(pctx, key)
+			r.metrics.observeStore("peek", read.began, read.err)
+			r.mu.Lock()
+			if k := r.keys[key]; k != nil {
+				k.last = &read
+			}
+			r.mu.Unlock()
+			return read, nil
+		})
+		select {
+		case <-ctx.Done():
+			return idem.Acquisition{}, ctx.Err()
+		case res := <-ch:
+			if read := res.Val.(sharedRead); !read.began.Before(event) {
+				return read.acq, read.err
+			}
+			// That read began before this waiter's event: another.
+		}
 	}
 }
 

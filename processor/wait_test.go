@@ -120,9 +120,9 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 			dups = append(dups, dup)
 		}
 		require.Eventually(t, func() bool { return store.watching(keyOf("k")) == n }, waitFor, time.Millisecond)
-		// Hold the read until every waiter asks for it, as a Redis
-		// round trip does while the prompts land.
-		store.holdPeeks(500 * time.Millisecond)
+		// A slow read: waiters scheduled after it began join it or
+		// take its result, never a read of their own.
+		store.holdPeeks(50 * time.Millisecond)
 		first.roundTrip(respHeaders(false, ":status", "201"))
 		first.roundTrip(respBody("charged", true))
 		for _, dup := range dups {

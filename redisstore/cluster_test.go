@@ -124,7 +124,7 @@ func TestStore_cluster(t *testing.T) {
 		keys := clusterKeys(t, s, cl, 12)
 		type watched struct {
 			tok     string
-			settled <-chan struct{}
+			settled <-chan time.Time
 		}
 		all := map[string]watched{}
 		for k := range keys {

@@ -54,7 +54,7 @@ type Watcher struct {
 
 // watched is one key's channel in this process.
 type watched struct {
-	waiters map[chan struct{}]struct{}
+	waiters map[chan time.Time]struct{}
 	// ps is the connection the channel is subscribed on; nil while it is
 	// not (Redis unsubscribed it when its slot moved): the recheck
 	// subscribes it again.
@@ -80,13 +80,15 @@ func (w *Watcher) channel(key string) string {
 	return w.store.RedisKey(key) + settledSuffix
 }
 
-// Watch registers a waiter for key. wake receives (at most one pending
-// prompt) whenever the waiter should look at the key again; stop ends the
-// wait and must be called. since is when the caller last looked (before
-// its store call began): a notice that arrived after it prompts at once.
-func (w *Watcher) Watch(ctx context.Context, key string, since time.Time) (wake <-chan struct{}, stop func(), err error) {
+// Watch registers a waiter for key. wake receives a prompt whenever the
+// waiter should look at the key again: the time of the event, so a read
+// begun after it is fresh enough (one pending prompt at most, the latest);
+// stop ends the wait and must be called. since is when the caller last
+// looked (before its store call began): a notice that arrived after it
+// prompts at once.
+func (w *Watcher) Watch(ctx context.Context, key string, since time.Time) (wake <-chan time.Time, stop func(), err error) {
 	ch := w.channel(key)
-	c := make(chan struct{}, 1)
+	c := make(chan time.Time, 1)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.ctx.Err() != nil {
@@ -99,7 +101,7 @@ func (w *Watcher) Watch(ctx context.Context, key string, since time.Time) (wake 
 	}
 	st := w.chans[ch]
 	if st == nil {
-		st = &watched{waiters: map[chan struct{}]struct{}{}}
+		st = &watched{waiters: map[chan time.Time]struct{}{}}
 		ps, err := w.subscribeLocked(ctx, ch)
 		if err != nil {
 			return nil, nil, err
@@ -109,7 +111,7 @@ func (w *Watcher) Watch(ctx context.Context, key string, since time.Time) (wake 
 	}
 	st.waiters[c] = struct{}{}
 	if !st.notice.IsZero() && !st.notice.Before(since) {
-		c <- struct{}{}
+		c <- st.notice
 	}
 	return c, func() { w.unwatch(ch, c) }, nil
 }
@@ -144,7 +146,7 @@ func (w *Watcher) subscribeLocked(ctx context.Context, ch string) (*redis.PubSub
 }
 
 // unwatch drops one waiter, and the channel with its last one.
-func (w *Watcher) unwatch(ch string, c chan struct{}) {
+func (w *Watcher) unwatch(ch string, c chan time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.chans[ch]
@@ -166,13 +168,16 @@ func (w *Watcher) unwatch(ch string, c chan struct{}) {
 	}
 }
 
-// promptLocked tells every waiter of st to look; w.mu is held.
-func promptLocked(st *watched) {
+// promptLocked tells every waiter of st to look at the key as it is after
+// at; w.mu is held (it is the only sender). A prompt still pending is
+// replaced: the waiter must read after the latest event.
+func promptLocked(st *watched, at time.Time) {
 	for c := range st.waiters {
 		select {
-		case c <- struct{}{}:
-		default: // already told
+		case <-c:
+		default:
 		}
+		c <- at
 	}
 }
 
@@ -204,7 +209,7 @@ func (w *Watcher) handle(ps *redis.PubSub, m any) {
 	case *redis.Message:
 		if st := w.chans[m.Channel]; st != nil {
 			st.notice = time.Now()
-			promptLocked(st)
+			promptLocked(st, st.notice)
 		}
 	case *redis.Subscription:
 		st := w.chans[m.Channel]
@@ -213,10 +218,10 @@ func (w *Watcher) handle(ps *redis.PubSub, m any) {
 		}
 		switch m.Kind {
 		case "ssubscribe":
-			promptLocked(st)
+			promptLocked(st, time.Now())
 		case "sunsubscribe":
 			st.ps = nil
-			promptLocked(st)
+			promptLocked(st, time.Now())
 		}
 	}
 }
@@ -234,8 +239,9 @@ func (w *Watcher) rechecks() {
 		case <-t.C:
 		}
 		w.mu.Lock()
+		now := time.Now()
 		for ch, st := range w.chans {
-			promptLocked(st)
+			promptLocked(st, now)
 			if st.ps == nil {
 				ps, err := w.subscribeLocked(w.ctx, ch)
 				if err != nil {

@@ -14,7 +14,7 @@ import (
 
 // promptedWithin reports whether ch fires within d (it never fails the
 // test itself, so it may run anywhere).
-func promptedWithin(ch <-chan struct{}, d time.Duration) bool {
+func promptedWithin(ch <-chan time.Time, d time.Duration) bool {
 	select {
 	case <-ch:
 		return true
@@ -43,7 +43,7 @@ func TestWatcher(t *testing.T) {
 	}
 	// watch registers a waiter and takes the prompt of its subscription
 	// becoming active (the first waiter of a key only).
-	watch := func(key string, first bool) (<-chan struct{}, func()) {
+	watch := func(key string, first bool) (<-chan time.Time, func()) {
 		t.Helper()
 		wake, stop, err := w.Watch(t.Context(), key, time.Now())
 		require.NoError(t, err)

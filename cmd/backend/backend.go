@@ -66,6 +66,7 @@ func (b *backend) routes() http.Handler {
 	mux.Handle("/fail", b.executes(b.fail))
 	mux.Handle("/large", b.executes(b.large))
 	mux.Handle("/status", b.executes(b.status))
+	mux.Handle("/busy", b.executes(b.busy))
 	mux.Handle("/trailers", b.executes(b.trailers))
 	mux.HandleFunc("GET /stats", b.getStats)
 	mux.HandleFunc("POST /stats/reset", b.resetStats)
@@ -117,6 +118,13 @@ func (b *backend) record(key string, fence int64) bool {
 	b.total++
 	b.counts[key]++
 	return true
+}
+
+// executions is how many times key has executed so far.
+func (b *backend) executions(key string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.counts[key]
 }
 
 func (b *backend) snapshot() stats {

@@ -73,6 +73,38 @@ func (b *backend) slow(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// busy handles /busy?times=N&delay=D: after the delay, the first N
+// executions of a key answer 429 Too Many Requests (a status the proxy does
+// not store: the key is given back), later ones charge. Tests use it to
+// see what happens to requests waiting on a key that is given back.
+func (b *backend) busy(w http.ResponseWriter, r *http.Request) {
+	times, err := queryInt(r, "times", 1, 0, 1000)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	delay, err := b.delay(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+		writeError(w, http.StatusServiceUnavailable, "charge abandoned: request cancelled")
+		return
+	}
+	// This execution is already counted.
+	if b.executions(idempotencyKey(r.Header)) <= int(times) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, "busy: try again")
+		return
+	}
+	writeCharge(w, defaultAmount)
+}
+
 // fail handles /fail: the upstream failure the proxy must not cache as success.
 func (b *backend) fail(w http.ResponseWriter, _ *http.Request) {
 	writeError(w, http.StatusInternalServerError, "simulated payment failure")

@@ -242,3 +242,20 @@ func TestBackend_Trailers(t *testing.T) {
 	require.Contains(t, rec.Body.String(), `"request_body_bytes":12`)
 	require.Equal(t, "sha256:demo", rec.Result().Trailer.Get("X-Charge-Checksum"))
 }
+
+func TestBackend_Busy(t *testing.T) {
+	t.Run("the first executions of a key answer 429, later ones charge", func(t *testing.T) {
+		_, h := newTestBackend(t, time.Hour)
+		for range 2 {
+			rec := send(t, h, http.MethodPost, "/busy?times=2&delay=1ms", "", "k")
+			requireError(t, rec, http.StatusTooManyRequests)
+			require.Equal(t, "1", rec.Header().Get("Retry-After"))
+		}
+		requireCharge(t, send(t, h, http.MethodPost, "/busy?times=2&delay=1ms", "", "k"), defaultAmount)
+		requireError(t, send(t, h, http.MethodPost, "/busy?delay=1ms", "", "other"), http.StatusTooManyRequests)
+	})
+	t.Run("rejects a bad times", func(t *testing.T) {
+		_, h := newTestBackend(t, time.Millisecond)
+		requireError(t, send(t, h, http.MethodPost, "/busy?times=-1", "", "k"), http.StatusBadRequest)
+	})
+}

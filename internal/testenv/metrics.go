@@ -85,13 +85,16 @@ func labels(s *dto.Metric) map[string]string {
 	return out
 }
 
-// value is a counter's, gauge's or untyped series' value.
+// value is a counter's, gauge's or untyped series' value, or a
+// histogram's number of observations.
 func value(s *dto.Metric) float64 {
 	switch {
 	case s.Counter != nil:
 		return s.GetCounter().GetValue()
 	case s.Gauge != nil:
 		return s.GetGauge().GetValue()
+	case s.Histogram != nil:
+		return float64(s.GetHistogram().GetSampleCount())
 	}
 	return s.GetUntyped().GetValue()
 }
