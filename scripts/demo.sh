@@ -106,15 +106,21 @@ Try, in another terminal:
   sleep 35; curl -i localhost:10000/slow -H 'X-Idempotency-Key: job-7'
   wait; curl -i localhost:10000/slow -H 'X-Idempotency-Key: job-7'
 
-  # 5. No key: straight to the backend, idemproxy is not asked.
+  # 5. A duplicate that waits instead of getting 409: on /wait/ (route
+  #    metadata x-idemproxy-in-progress: wait), a retry sent 1 s into a 5 s
+  #    charge is held, and gets the replay the moment the charge completes.
+  curl -s 'localhost:10000/wait/slow?delay=5s' -H 'Idempotency-Key: order-43' &
+  sleep 1; curl -i 'localhost:10000/wait/slow?delay=5s' -H 'Idempotency-Key: order-43'
+
+  # 6. No key: straight to the backend, idemproxy is not asked.
   curl -i localhost:10000/charge
 
-  # 6. The double charge, for real: Toxiproxy (:10001, in front of Envoy)
+  # 7. The double charge, for real: Toxiproxy (:10001, in front of Envoy)
   #    swallows the response to a charge; the retry with the same key gets
   #    the first charge back, and the backend's count stays at 1.
   deploy/demo/lost-response.sh
 
-  # 7. What idemproxy saw.
+  # 8. What idemproxy saw.
   curl -s localhost:9090/metrics | grep '^idemproxy_requests_total'
 
 Ctrl-C stops everything.

@@ -14,11 +14,11 @@ import (
 )
 
 // allScenarios is every scenario, in the order they run.
-var allScenarios = []string{"a", "b", "c", "c1", "d", "e", "dup", "f"}
+var allScenarios = []string{"a", "b", "c", "c1", "d", "e", "dup", "wait", "f"}
 
 // defaultScenarios run without --only: all but (c1), which adds a replica
 // to Redis: --only c,c1 compares them in one run.
-var defaultScenarios = []string{"a", "b", "c", "d", "e", "dup", "f"}
+var defaultScenarios = []string{"a", "b", "c", "d", "e", "dup", "wait", "f"}
 
 // config is one benchmark run's validated settings.
 type config struct {

@@ -73,6 +73,17 @@ func (r *report) goals() []goal {
 	} else {
 		gs = append(gs, goal{Name: "Redis round trips per request: in-flight dup", Measured: "-", Target: "1", Verdict: "n/a (needs dup)"})
 	}
+	if w := r.Wait; w != nil {
+		// Its own acquire; what waiting costs beyond it is per key
+		// (SSUBSCRIBE, SUNSUBSCRIBE, one read when the subscription is
+		// active, one per notice, one per recheck), shared by all of
+		// the key's waiters, so nothing grows with their number.
+		gs = append(gs, goal{Name: "Redis round trips per waiting duplicate (wait)",
+			Measured: fmt.Sprintf("%.2f (%.1f per key beyond)", w.RedisPerWaiter, w.PerKeyExtra),
+			Target:   "1 + per-key", Verdict: verdict(w.PerKeyExtra <= 8 && w.Replayed == w.Waiters && w.Errors == 0)})
+	} else {
+		gs = append(gs, goal{Name: "Redis round trips per waiting duplicate (wait)", Measured: "-", Target: "1 + per-key", Verdict: "n/a (needs wait)"})
+	}
 	trips("Redis round trips per request: no key (e)", "e", 0)
 	if e := r.find(r.Saturation, "e"); e != nil {
 		var streams int64

@@ -15,7 +15,8 @@ import (
 // benchmark keeps in flight and then lets finish or cuts.
 type holders struct {
 	conns   []net.Conn
-	results []int // status, or -1 for an error; valid after wait
+	results []int       // status, or -1 for an error; valid after wait
+	ended   []time.Time // when each response had arrived; valid after wait
 	wg      sync.WaitGroup
 	once    sync.Once
 	stop    func() bool // unregisters the context hook
@@ -23,7 +24,7 @@ type holders struct {
 
 // startHolders opens one connection per request and sends them all.
 func startHolders(ctx context.Context, addr string, reqs [][]byte, timeout time.Duration) (*holders, error) {
-	h := &holders{results: make([]int, len(reqs))}
+	h := &holders{results: make([]int, len(reqs)), ended: make([]time.Time, len(reqs))}
 	h.stop = context.AfterFunc(ctx, h.cut)
 	var d net.Dialer
 	for i, req := range reqs {
@@ -43,7 +44,7 @@ func startHolders(ctx context.Context, addr string, reqs [][]byte, timeout time.
 				return
 			}
 			if status, _, err := readResponse(bufio.NewReaderSize(nc, 4<<10)); err == nil {
-				h.results[i] = status
+				h.results[i], h.ended[i] = status, time.Now()
 			}
 		})
 	}

@@ -27,6 +27,7 @@ type report struct {
 	Saturation  []phaseResult `json:"saturation"`
 	Fixed       []phaseResult `json:"fixed_rate_runs"`
 	Dup         *dupResult    `json:"in_flight_duplicates,omitempty"`
+	Wait        *waitResult   `json:"waiting_duplicates,omitempty"`
 	Hold        *holdResult   `json:"in_flight_hold,omitempty"`
 	Goals       []goal        `json:"goals"`
 }
@@ -52,6 +53,7 @@ func (r *report) write(w io.Writer) {
 		r.writeCPU(w)
 	}
 	r.writeDup(w)
+	r.writeWait(w)
 	r.writeHold(w)
 	fmt.Fprintln(w, "\ngoals")
 	for _, g := range r.Goals {
@@ -140,6 +142,20 @@ func (r *report) writeDup(w io.Writer) {
 	fmt.Fprintf(w, "     %d duplicates: %s, errors %d, not 409: %d; p50 %.2f ms, p99 %.2f ms\n",
 		d.Duplicates, statusText(d.Statuses), d.Errors, d.Non409, d.P50ms, d.P99ms)
 	fmt.Fprintf(w, "     Redis round trips per duplicate %.2f; originals not answered 200: %d\n", d.RedisPerReq, d.HolderNon200)
+}
+
+func (r *report) writeWait(w io.Writer) {
+	x := r.Wait
+	if x == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nwait duplicates that wait (route /wait/): %d keys held by /slow?delay=%s, %d duplicates each\n",
+		x.Keys, x.Delay, x.PerKey)
+	fmt.Fprintf(w, "     %d waiters: %s, replayed %d, errors %d; answered after their original: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+		x.Waiters, statusText(x.Statuses), x.Replayed, x.Errors, x.AfterP50ms, x.AfterP99ms, x.AfterMaxms)
+	fmt.Fprintf(w, "     Redis round trips per waiter %.3f: its own acquire, plus %.1f per key (%.0f shared reads in all, and each key's SSUBSCRIBE and SUNSUBSCRIBE)\n",
+		x.RedisPerWaiter, x.PerKeyExtra, x.SharedReads)
+	fmt.Fprintf(w, "     idemproxy CPU %.0f us per waiter; originals not answered 200: %d\n", x.CPUPerWaiterUs, x.OriginalsNon200)
 }
 
 func (r *report) writeHold(w io.Writer) {

@@ -33,6 +33,7 @@ func TestReport_Goals(t *testing.T) {
 				row("c", "saturation", 800, 5, 2.01), row("d", "saturation", 1300, 5, 1), row("e", "saturation", 990, 5, 0)},
 			Fixed: []phaseResult{row("b", "fixed", 500, 2.0, 0), row("c", "fixed", 500, 2.9, 2)},
 			Dup:   &dupResult{RedisPerReq: 1},
+			Wait:  &waitResult{RedisPerWaiter: 1.06, PerKeyExtra: 6, Waiters: 1000, Replayed: 1000},
 		}
 		require.Equal(t, map[string]string{
 			"throughput c/b (idempotency vs bare ext_proc)":    "MISS", // 0.80
@@ -43,8 +44,16 @@ func TestReport_Goals(t *testing.T) {
 			"Redis round trips per request: replay (d)":        "PASS",
 			"Redis round trips per request: in-flight dup":     "PASS",
 			"Redis round trips per request: no key (e)":        "PASS",
+			"Redis round trips per waiting duplicate (wait)":   "PASS",
 			"ext_proc streams opened for keyless requests (e)": "PASS",
 		}, verdicts(r.goals()))
+	})
+
+	t.Run("a waiter that was not replayed misses", func(t *testing.T) {
+		v := verdicts((&report{Wait: &waitResult{RedisPerWaiter: 1.0, PerKeyExtra: 6, Waiters: 200, Replayed: 199}}).goals())
+		require.Equal(t, "MISS", v["Redis round trips per waiting duplicate (wait)"])
+		v = verdicts((&report{Wait: &waitResult{RedisPerWaiter: 2, PerKeyExtra: 50, Waiters: 1000, Replayed: 1000}}).goals())
+		require.Equal(t, "MISS", v["Redis round trips per waiting duplicate (wait)"], "a read per waiter")
 	})
 
 	t.Run("a single Redis call without a key misses", func(t *testing.T) {

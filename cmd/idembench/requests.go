@@ -59,7 +59,13 @@ func indexedKey(b []byte, prefix string, i uint64) []byte {
 // slowRequest is a keyed request to the backend's /slow, which answers
 // after delay: a request idemproxy holds a lock for all that time.
 func slowRequest(key string, delay string) []byte {
-	b := append([]byte(nil), "POST /slow?delay="+delay+" HTTP/1.1\r\nHost: bench.local\r\nContent-Type: application/json\r\nIdempotency-Key: "...)
+	return slowRequestAt("", key, delay)
+}
+
+// slowRequestAt is slowRequest under a route prefix of envoy.yaml
+// ("/wait": duplicates wait for the replay).
+func slowRequestAt(prefix, key string, delay string) []byte {
+	b := append([]byte(nil), "POST "+prefix+"/slow?delay="+delay+" HTTP/1.1\r\nHost: bench.local\r\nContent-Type: application/json\r\nIdempotency-Key: "...)
 	b = append(b, key...)
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(chargeBody)), 10)

@@ -67,6 +67,14 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		}
 		rep.Dup = &d
 	}
+	if b.cfg.only["wait"] {
+		fmt.Fprintln(b.progress, "==> wait: duplicates of in-flight keys on a route that waits")
+		w, err := b.runWait(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("wait: %w", err)
+		}
+		rep.Wait = &w
+	}
 	if b.cfg.only["f"] {
 		fmt.Fprintf(b.progress, "==> f: %d slow requests in flight\n", b.cfg.inFlight)
 		h, err := b.runHold(ctx)

@@ -165,7 +165,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.InProgress, "in-progress", "conflict", "a duplicate of a key still in progress: conflict (409 with Retry-After, the IETF draft's answer) or wait (held until the first request completes, then its replay; per route: x-idemproxy-in-progress)")
 	fs.DurationVar(&p.MaxWait, "max-wait", p.MaxWait, "how long a waiting duplicate is held at most before its 409 (below Envoy's max_message_timeout; per route: x-idemproxy-max-wait)")
 	fs.IntVar(&p.MaxWaiters, "max-waiters", p.MaxWaiters, "duplicates held at once per process; beyond, the 409 at once")
-	fs.DurationVar(&p.WaitRecheck, "wait-recheck", p.WaitRecheck, "how often a waiting duplicate looks at its key itself, in case a completion notice was lost")
+	fs.DurationVar(&p.WaitRecheck, "wait-recheck", p.WaitRecheck, "how often the keys duplicates wait on are read again (one read per key and process, for all its waiters), in case a completion notice was lost")
 	fs.StringVar(&s.Mode, "mode", "enforce", "enforce, or shadow: decide and store as usual but refuse and replay nothing, counting what enforcement would do (idemproxy_shadow_decisions_total); per route: x-idemproxy-mode")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
 	fs.StringVar(&s.OnUnknown, "on-unknown", onUnknownHold, "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
