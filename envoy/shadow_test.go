@@ -172,7 +172,10 @@ func TestShadow(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.status, "%s", r.body)
 	require.Equal(t, 1, s.executions(t, outage))
 	require.Positive(t, would("store_error")+would("store_unsafe"), "counted as a store failure")
-	testenv.WaitFor(t, 10*time.Second, "Redis back and idemproxy ready", func() bool { return readyz(s.adminURL) == http.StatusOK })
+	// The test's own client is paused too: this returns once Redis serves
+	// again.
+	require.NoError(t, rc.Ping(t.Context()).Err())
+	testenv.WaitFor(t, 10*time.Second, "idemproxy ready", func() bool { return readyz(s.adminURL) == http.StatusOK })
 
 	// Enforce: the route's metadata changes through RDS; Envoy runs on.
 	pid := s.envoy.Pid()
