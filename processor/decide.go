@@ -28,7 +28,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	if err != nil {
 		return e.storeFailed(err, cont)
 	}
-	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease()}
+	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease(), Wait: e.pol.wait && !e.pol.shadow}
 	since := time.Now()
 	acq, err := e.look(claim)
 	if err != nil {

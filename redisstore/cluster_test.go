@@ -129,6 +129,7 @@ func TestStore_cluster(t *testing.T) {
 		all := map[string]watched{}
 		for k := range keys {
 			tok := acquired(t, s, k, time.Minute)
+			waitedOn(t, s, k)
 			settled, stop, err := w.Watch(t.Context(), k, time.Now())
 			require.NoError(t, err)
 			defer stop()

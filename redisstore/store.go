@@ -155,7 +155,11 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	}
 	rk := s.RedisKey(key)
 	keys := []string{rk, rk + fenceSuffix}
-	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope}
+	wait := ""
+	if c.Wait {
+		wait = "w"
+	}
+	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait}
 	if s.minReplicas == 0 {
 		reply, err := acquireScript.Run(ctx, s.client, keys, args...).Slice()
 		if err = s.seen(err); err != nil {
@@ -188,7 +192,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
 	rk := s.RedisKey(key)
 	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix},
-		"", "", 1, 1, 1, "0", "", "peek").Slice()
+		"", "", 1, 1, 1, "0", "", "peek", "").Slice()
 	if err = s.seen(err); err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/idemproxy/idemproxy/internal/idem"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
@@ -26,6 +27,17 @@ func promptedWithin(ch <-chan time.Time, d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// waitedOn makes key's in-progress record known to be waited on, as a
+// waiting duplicate's acquire does (its settlement then publishes).
+func waitedOn(t *testing.T, s *Store, key string) {
+	t.Helper()
+	c := claim(token(t), sampleRecord().Fingerprint, time.Minute)
+	c.Wait = true
+	acq, err := s.Acquire(t.Context(), key, c)
+	require.NoError(t, err)
+	require.Equal(t, idem.StateInProgress, acq.State)
 }
 
 func TestWatcher(t *testing.T) {
@@ -62,6 +74,7 @@ func TestWatcher(t *testing.T) {
 		t.Run("waiters hear of a "+name, func(t *testing.T) {
 			key := "watch-" + name
 			tok := acquired(t, s, key, time.Minute)
+			waitedOn(t, s, key)
 			a, stopA := watch(key, true)
 			defer stopA()
 			b, stopB := watch(key, false)
@@ -76,6 +89,7 @@ func TestWatcher(t *testing.T) {
 	t.Run("a settlement heard after the caller's look prompts a later waiter at once", func(t *testing.T) {
 		key := "watch-late"
 		tok := acquired(t, s, key, time.Minute)
+		waitedOn(t, s, key)
 		a, stopA := watch(key, true)
 		defer stopA()
 		looked := time.Now() // the second waiter's acquire, still in progress
@@ -91,9 +105,18 @@ func TestWatcher(t *testing.T) {
 		defer stopC()
 		require.False(t, promptedWithin(c, 50*time.Millisecond), "a waiter who looked after the notice is not")
 	})
+	t.Run("a key nobody said it waits for is settled without a notice", func(t *testing.T) {
+		key := "watch-unmarked"
+		tok := acquired(t, s, key, time.Minute)
+		a, stop := watch(key, true)
+		defer stop()
+		require.NoError(t, s.Complete(t.Context(), key, tok, sampleRecord(), time.Hour))
+		require.False(t, promptedWithin(a, 200*time.Millisecond), "no SPUBLISH: the recheck is what would find it")
+	})
 	t.Run("other keys' settlements wake nobody, and the last stop unsubscribes", func(t *testing.T) {
 		mine, stop := watch("watch-mine", true)
 		tok := acquired(t, s, "watch-other", time.Minute)
+		waitedOn(t, s, "watch-other")
 		require.NoError(t, s.Release(t.Context(), "watch-other", tok))
 		require.False(t, promptedWithin(mine, 200*time.Millisecond))
 		stop()

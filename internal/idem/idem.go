@@ -83,6 +83,9 @@ type Claim struct {
 	// of the identity, never the client's key itself.
 	Scope string
 	Lease Lease
+	// Wait says the caller will wait for the key if it is in progress:
+	// the store then makes sure the key's settlement is announced.
+	Wait bool
 }
 
 // Acquisition is the result of Acquire.

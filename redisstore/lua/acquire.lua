@@ -14,6 +14,10 @@
 -- ARGV[7]  scope, for operators (authority and identity hash, never the key)
 -- ARGV[8]  "peek": report what holds the key, but never take it (then
 --          ARGV[1]-ARGV[7] are ignored and {"free"} stands for a free key)
+-- ARGV[9]  "w": the caller will wait if the key is in progress, so the
+--          record is marked (field w) and its settling script publishes;
+--          keys nobody waits for cost no SPUBLISH. A peek marks it too:
+--          waiters peek, and the owner they find may be a new one
 --
 -- Returns one of:
 --   {"acquired", fence}                              a new in-progress record is ours (or the
@@ -34,10 +38,19 @@
 -- The fence grows with every grant of the key, also across releases and
 -- expiries, so a backend can refuse a request whose lease was lost to a newer
 -- one. It lives beside the record because the record is deleted on release.
-local t = redis.call("TIME")
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence")
+-- Commands are few on purpose (a test counts them): one HMGET reads every
+-- field any answer needs, and Redis's clock is read only when a lease is
+-- written or compared.
+local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence", "status", "hdr", "body", "bs", "enc")
 local st = v[1]
+local now
+local function clock()
+  if not now then
+    local t = redis.call("TIME")
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+  return now
+end
 
 local function grant()
   if ARGV[8] == "peek" then
@@ -45,10 +58,18 @@ local function grant()
   end
   local fence = redis.call("INCR", KEYS[2])
   redis.call("PEXPIRE", KEYS[2], ARGV[5])
+  local at = clock()
   redis.call("HSET", KEYS[1], "st", "p", "tok", ARGV[1], "fp", ARGV[2], "fence", fence,
-    "lx", string.format("%.0f", now + ARGV[3]), "ct", string.format("%.0f", now), "sc", ARGV[7])
+    "lx", string.format("%.0f", at + ARGV[3]), "ct", string.format("%.0f", at), "sc", ARGV[7])
   redis.call("PEXPIRE", KEYS[1], ARGV[4])
   return {"acquired", fence}
+end
+
+-- The caller waits for this in-progress record: its settlement publishes.
+local function waiting()
+  if ARGV[9] == "w" or ARGV[8] == "peek" then
+    redis.call("HSET", KEYS[1], "w", "1")
+  end
 end
 
 if not st then
@@ -62,9 +83,11 @@ end
 if st == "p" then
   local lx = tonumber(v[3])
   if not lx then
+    waiting()
     return {"in_progress", v[2], redis.call("PTTL", KEYS[1])}
   end
-  if lx > now then
+  if lx > clock() then
+    waiting()
     return {"in_progress", v[2], lx - now}
   end
   if ARGV[6] == "1" then
@@ -75,5 +98,4 @@ end
 if st == "u" then
   return {"unknown", v[2], redis.call("PTTL", KEYS[1]), "abandoned"}
 end
-local c = redis.call("HMGET", KEYS[1], "status", "hdr", "body", "bs", "enc")
-return {"completed", v[2], c[1], c[2], c[3], c[4], c[5] or ""}
+return {"completed", v[2], v[6], v[7], v[8], v[9], v[10] or ""}

@@ -15,18 +15,19 @@
 --          "t" the response ended with trailers
 -- ARGV[8]  id of the key that sealed hdr and body, "" when stored plain
 -- ARGV[9]  the record's shard channel: duplicates waiting for the key
---          (--in-progress=wait) hear of the completion there
+--          (--in-progress=wait, which marks the record with field w) hear
+--          of the completion there
 --
 -- Returns 1 when written, 0 when the token does not own an in-progress record.
-local v = redis.call("HMGET", KEYS[1], "st", "tok", "fence")
+local v = redis.call("HMGET", KEYS[1], "st", "tok", "fence", "w")
 if v[1] ~= "p" or v[2] ~= ARGV[1] then
   return 0
 end
--- DEL first so the completed record holds exactly these fields: the owner
--- token must not outlive the lock. The grant's fence is kept for operators.
 redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "st", "c", "fp", ARGV[3], "status", ARGV[4],
   "hdr", ARGV[5], "body", ARGV[6], "bs", ARGV[7], "enc", ARGV[8], "fence", v[3] or "0")
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
-redis.call("SPUBLISH", ARGV[9], "c")
+if v[4] then
+  redis.call("SPUBLISH", ARGV[9], "c")
+end
 return 1
