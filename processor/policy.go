@@ -48,16 +48,21 @@ func (p policy) lease() idem.Lease {
 	return idem.Lease{TTL: p.lockTTL, Hold: p.retention, Takeover: p.takeover}
 }
 
+// mdReader reads single keys of a stream's incoming gRPC metadata.
+type mdReader struct{ ctx context.Context }
+
+func (r mdReader) Get(key string) []string { return metadata.ValueFromIncomingContext(r.ctx, key) }
+
 // policyFor starts from the server's configuration and applies the stream's
 // metadata. An invalid value is an operator error: the caller refuses the
 // request rather than guess.
 func (s *Server) policyFor(ctx context.Context) (policy, error) {
 	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, takeover: s.cfg.RerunAfterTTL,
 		wait: s.cfg.InProgressWait, maxWait: s.cfg.MaxWait, shadow: s.cfg.Shadow}
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return p, nil
-	}
+	// Each key is looked up alone: FromIncomingContext would copy all of
+	// the stream's metadata, on every stream, to read a few keys that
+	// most routes do not even set.
+	md := mdReader{ctx}
 	var errs []error
 	duration := func(name string, dst *time.Duration) bool {
 		v := md.Get(name)

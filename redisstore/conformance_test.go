@@ -25,3 +25,15 @@ func TestStore_conformance(t *testing.T) {
 		return storetest.Subject{Store: s, Wait: time.Sleep}
 	})
 }
+
+// TestStore_conformanceBatched: the same behaviours through batched writes
+// (a writer shared by every call of a behaviour).
+func TestStore_conformanceBatched(t *testing.T) {
+	t.Parallel()
+	srv := redistopo.Start(t)
+	storetest.Run(t, func(t *testing.T) storetest.Subject {
+		s := New(srv.Client(t), Options{Prefix: "batched:" + t.Name() + ":", Batching: Batching{Writers: 1, MaxBatch: 8}})
+		t.Cleanup(s.Close)
+		return storetest.Subject{Store: s, Wait: time.Sleep}
+	})
+}

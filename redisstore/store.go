@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -73,6 +74,10 @@ type Options struct {
 	MinReplicas int
 	// ReplicaTimeout bounds that wait. Default DefaultReplicaTimeout.
 	ReplicaTimeout time.Duration
+	// Batching, when its Writers is set, sends concurrent calls together
+	// (batch.go); Close stops it. Writes that wait for replicas
+	// (MinReplicas) are not batched.
+	Batching Batching
 }
 
 // DefaultReplicaTimeout is Options.ReplicaTimeout when it is not set.
@@ -98,6 +103,13 @@ type Store struct {
 
 	minReplicas    int
 	replicaTimeout time.Duration
+	batch          *batcher // nil: every call is its own write
+	// On a cluster, one batcher per primary, so a write never waits for
+	// another node's replies (created on first use, by address).
+	batching  Batching
+	perNode   bool
+	nodesMu   sync.Mutex
+	nodeBatch map[string]*batcher // nil once closed
 }
 
 // New returns a Store using client; the store does not close the client.
@@ -116,7 +128,79 @@ func New(client Client, opts Options) *Store {
 	s := &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL), keyring: opts.Keyring,
 		minReplicas: max(opts.MinReplicas, 0), replicaTimeout: opts.ReplicaTimeout}
 	s.cluster, _ = client.(Cluster)
+	if opts.Batching.Writers > 0 {
+		s.batching = opts.Batching
+		if s.cluster == nil {
+			s.batch = newBatcher(client, opts.Batching)
+		} else {
+			s.perNode, s.nodeBatch = true, map[string]*batcher{}
+		}
+	}
 	return s
+}
+
+// Close stops the store's batching writers, once the calls they hold are
+// sent. It does not close the client.
+func (s *Store) Close() {
+	if s.batch != nil {
+		s.batch.Close()
+	}
+	s.nodesMu.Lock()
+	nodes := s.nodeBatch
+	s.nodeBatch = nil
+	s.nodesMu.Unlock()
+	for _, b := range nodes {
+		b.Close()
+	}
+}
+
+// run runs a request-path script: through the batching writers, or alone.
+func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	switch {
+	case s.batch != nil:
+		return s.batch.do(ctx, script, keys, args)
+	case s.perNode:
+		return s.runOnNode(ctx, script, keys, args)
+	}
+	return script.Run(ctx, s.client, keys, args...)
+}
+
+// runOnNode batches a call with the others for its key's primary. A
+// redirect (the slot moved since the map was loaded) sends it again through
+// the cluster client, which follows it, and reloads the map.
+func (s *Store) runOnNode(ctx context.Context, script *redis.Script, keys []string, args []any) *redis.Cmd {
+	node, err := s.cluster.MasterForKey(ctx, keys[0])
+	if err != nil {
+		return script.Run(ctx, s.client, keys, args...)
+	}
+	b := s.batcherFor(node)
+	if b == nil {
+		return errCmd(ctx, ErrStoreClosed)
+	}
+	cmd := b.do(ctx, script, keys, args)
+	if err := cmd.Err(); err != nil {
+		if moved, ask, _ := redirection(err); moved || ask || redis.HasErrorPrefix(err, "TRYAGAIN") {
+			_ = s.seen(err)
+			return script.Run(ctx, s.client, keys, args...)
+		}
+	}
+	return cmd
+}
+
+// batcherFor is node's batcher, made on first use; nil once closed.
+func (s *Store) batcherFor(node *redis.Client) *batcher {
+	addr := node.Options().Addr
+	s.nodesMu.Lock()
+	defer s.nodesMu.Unlock()
+	if s.nodeBatch == nil {
+		return nil
+	}
+	b := s.nodeBatch[addr]
+	if b == nil {
+		b = newBatcher(node, s.batching)
+		s.nodeBatch[addr] = b
+	}
+	return b
 }
 
 // RedisKey maps the processor's opaque key to the Redis key of its record:
@@ -161,7 +245,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	}
 	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait}
 	if s.minReplicas == 0 {
-		reply, err := acquireScript.Run(ctx, s.client, keys, args...).Slice()
+		reply, err := s.run(ctx, acquireScript, keys, args...).Slice()
 		if err = s.seen(err); err != nil {
 			return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 		}
@@ -191,7 +275,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 // both read a record with the same rules.
 func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
 	rk := s.RedisKey(key)
-	reply, err := acquireScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix},
+	reply, err := s.run(ctx, acquireScript, []string{rk, rk + fenceSuffix},
 		"", "", 1, 1, 1, "0", "", "peek", "").Slice()
 	if err = s.seen(err); err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
@@ -216,7 +300,7 @@ func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) erro
 	if err != nil {
 		return err
 	}
-	n, err := renewScript.Run(ctx, s.client, []string{s.RedisKey(key)}, token, lease, keyTTL).Int64()
+	n, err := s.run(ctx, renewScript, []string{s.RedisKey(key)}, token, lease, keyTTL).Int64()
 	return owned(op, n, s.seen(err))
 }
 
@@ -251,7 +335,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 	}
 	args := []any{token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk + settledSuffix}
 	if s.minReplicas == 0 {
-		n, err := completeScript.Run(ctx, s.client, []string{rk}, args...).Int64()
+		n, err := s.run(ctx, completeScript, []string{rk}, args...).Int64()
 		return owned(op, n, s.seen(err))
 	}
 	res, err := s.runDurable(ctx, completeScript, []string{rk}, args...)
@@ -276,7 +360,7 @@ func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Durati
 		return err
 	}
 	rk := s.RedisKey(key)
-	n, err := abandonScript.Run(ctx, s.client, []string{rk}, token, ms, rk+settledSuffix).Int64()
+	n, err := s.run(ctx, abandonScript, []string{rk}, token, ms, rk+settledSuffix).Int64()
 	return owned(op, n, s.seen(err))
 }
 
@@ -287,6 +371,6 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		return fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
 	}
 	rk := s.RedisKey(key)
-	n, err := releaseScript.Run(ctx, s.client, []string{rk}, token, rk+settledSuffix).Int64()
+	n, err := s.run(ctx, releaseScript, []string{rk}, token, rk+settledSuffix).Int64()
 	return owned(op, n, s.seen(err))
 }

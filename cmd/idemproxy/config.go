@@ -25,6 +25,8 @@ type settings struct {
 	MinReplicas     int
 	ReplicaTimeout  time.Duration
 	RedisTimeout    time.Duration
+	BatchWriters    int
+	BatchMax        int
 	RedisPrefix     string
 	Reflection      bool
 	MaxMessageBytes int
@@ -132,6 +134,8 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.IntVar(&s.MinReplicas, "redis-min-replicas", 0, "replicas that must acknowledge a lock and a stored response (WAIT, pipelined with the write): a lock fewer acknowledged is refused with 503; 0: do not wait (a failover can lose what the primary had not passed on)")
 	fs.DurationVar(&s.ReplicaTimeout, "redis-replica-timeout", redisstore.DefaultReplicaTimeout, "how long a write waits for --redis-min-replicas acknowledgements (shorter than --redis-timeout)")
 	fs.DurationVar(&s.RedisTimeout, "redis-timeout", time.Second, "bound on each Redis call on the request path (keep under Envoy's message_timeout)")
+	fs.IntVar(&s.BatchWriters, "redis-batch-writers", 2, "Redis writes in flight at once; calls made while all are busy go out together in the next (one pipeline), so load costs fewer writes; a call that finds one free goes alone at once. 0: every call is its own write")
+	fs.IntVar(&s.BatchMax, "redis-batch-max", redisstore.DefaultMaxBatch, "most calls one batched write carries")
 	fs.StringVar(&s.RedisCA, "redis-ca", "", "PEM CA bundle to verify a rediss:// server (default: the system roots)")
 	fs.StringVar(&s.TLSCert, "tls-cert", "", "PEM certificate for the gRPC listener (with --tls-key: TLS; reloaded when the file changes)")
 	fs.StringVar(&s.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
@@ -238,6 +242,8 @@ func (s *settings) validate() error {
 		errs = append(errs, errors.New("--redis-min-replicas must not be negative"))
 	case s.ReplicaTimeout <= 0:
 		errs = append(errs, errors.New("--redis-replica-timeout must be positive"))
+	case s.BatchWriters < 0 || s.BatchMax < 1:
+		errs = append(errs, errors.New("--redis-batch-writers must not be negative, --redis-batch-max must be positive"))
 	case s.MinReplicas > 0 && s.ReplicaTimeout >= s.RedisTimeout:
 		errs = append(errs, fmt.Errorf("--redis-replica-timeout %v must be shorter than --redis-timeout %v: the wait for replicas is part of the write it follows",
 			s.ReplicaTimeout, s.RedisTimeout))

@@ -24,6 +24,10 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		// A fixed pool of stream goroutines instead of one new goroutine
 		// per stream: every HTTP request is a stream here.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// Stop returns only once every handler has: a stream cut at
+		// shutdown still marks its key (bounded by --finalize-timeout)
+		// before the store and the Redis client close.
+		grpc.WaitForHandlers(true),
 	}
 	if s.TLSCert != "" {
 		reloads, err := newTLSReloads(reg)

@@ -67,6 +67,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	batchSizes := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "idemproxy_redis_batch_calls",
+		Help:    "Script calls per Redis write (--redis-batch-writers): 1 at low load, more when calls queue for a writer.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+	})
+	if err := reg.Register(batchSizes); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	store := redisstore.New(rdb.client, redisstore.Options{
 		Prefix: s.RedisPrefix,
 		// Fences must keep growing for as long as a backend may remember a
@@ -75,7 +83,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Keyring:        s.Keyring,
 		MinReplicas:    s.MinReplicas,
 		ReplicaTimeout: s.ReplicaTimeout,
+		Batching:       redisstore.Batching{Writers: s.BatchWriters, MaxBatch: s.BatchMax, Observe: func(n int) { batchSizes.Observe(float64(n)) }},
 	})
+	// After every stream handler (and its settling writes) has returned:
+	// the deferred calls above run later, the client's Close last.
+	defer store.Close()
 	hs := health.NewServer()
 	checker, err := newHealthChecker(rdb, hs, s, reg, log)
 	if err != nil {
