@@ -130,6 +130,9 @@ func knownEnv(t *testing.T) map[string]bool {
 // isOTEL reports an OpenTelemetry variable, read by the SDK, not a flag.
 func isOTEL(name string) bool { return strings.HasPrefix(name, "OTEL_") }
 
+// isGoRuntime reports a variable the Go runtime reads (GOGC, GOMEMLIMIT).
+func isGoRuntime(name string) bool { return name == "GOGC" || name == "GOMEMLIMIT" }
+
 // notesEnvoyConfig wraps the filter and cluster snippet NOTES.txt prints
 // into a bootstrap, for `envoy --mode validate`.
 func notesEnvoyConfig(t *testing.T, notes string) string {

@@ -89,6 +89,13 @@ func TestHelmChart_defaults(t *testing.T) {
 		}
 		requireKnownEnv(t, r)
 	})
+	t.Run("the Go runtime settings are deploy/kubernetes's", func(t *testing.T) {
+		k8s := envOf(k8sDeployment(t).Spec.Template.Spec.Containers[0])
+		for _, name := range []string{"GOGC", "GOMEMLIMIT"} {
+			require.NotEmpty(t, k8s[name].Value, name)
+			require.Equal(t, k8s[name].Value, envOf(c)[name].Value, name)
+		}
+	})
 	t.Run("Envoy's token is on, from a generated Secret mounted as a file", func(t *testing.T) {
 		sec := r.secrets["idemproxy-auth"]
 		require.NotNil(t, sec)
@@ -191,7 +198,7 @@ func TestHelmChart_rulesAreTheShippedOnes(t *testing.T) {
 }
 
 // requireKnownEnv: every variable the chart sets is one idemproxy reads
-// or OpenTelemetry's.
+// or OpenTelemetry's, or the Go runtime's.
 func requireKnownEnv(t *testing.T, r rendered) {
 	t.Helper()
 	known := knownEnv(t)
@@ -199,7 +206,7 @@ func requireKnownEnv(t *testing.T, r rendered) {
 		require.True(t, known[k], "idemproxy has no variable %s", k)
 	}
 	for _, e := range r.deployments["idemproxy"].Spec.Template.Spec.Containers[0].Env {
-		require.True(t, known[e.Name] || isOTEL(e.Name), "idemproxy has no variable %s", e.Name)
+		require.True(t, known[e.Name] || isOTEL(e.Name) || isGoRuntime(e.Name), "idemproxy has no variable %s", e.Name)
 	}
 }
 

@@ -28,8 +28,10 @@ type Store interface {
 	// no longer owns it: nothing is deleted then.
 	Release(ctx context.Context, key, token string) error
 	// Peek reports the record that holds key as Acquire would, without
-	// taking it: idem.StateFree when none does. Only the scope migration
-	// (--scope-legacy-until) uses it, for the previous version's keys.
+	// taking it: idem.StateFree when none does. Waiting duplicates use it
+	// (one read shared by a key's waiters, which also makes sure the key's
+	// settlement is announced), and the scope migration
+	// (--scope-legacy-until), for the previous version's keys.
 	Peek(ctx context.Context, key string) (idem.Acquisition, error)
 	// Abandon marks the in-progress record "outcome unknown" and keeps it
 	// for hold: the request may have run, so retries must not run it again.

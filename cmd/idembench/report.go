@@ -26,6 +26,7 @@ type report struct {
 	RateSource  string        `json:"fixed_rate_source"`
 	Saturation  []phaseResult `json:"saturation"`
 	Fixed       []phaseResult `json:"fixed_rate_runs"`
+	Low         []phaseResult `json:"low_rate_runs,omitempty"` // b, c and m at lowRate
 	Dup         *dupResult    `json:"in_flight_duplicates,omitempty"`
 	Wait        *waitResult   `json:"waiting_duplicates,omitempty"`
 	Hold        *holdResult   `json:"in_flight_hold,omitempty"`
@@ -57,7 +58,7 @@ func (r *report) write(w io.Writer) {
 	r.writeHold(w)
 	fmt.Fprintln(w, "\ngoals")
 	for _, g := range r.Goals {
-		fmt.Fprintf(w, "  %-48s %10s  %-10s %s\n", g.Name, g.Measured, g.Target, g.Verdict)
+		fmt.Fprintf(w, "  %-52s %14s  %-12s %s\n", g.Name, g.Measured, g.Target, g.Verdict)
 	}
 	r.writeNotes(w)
 }
@@ -74,6 +75,9 @@ func (r *report) rows() []phaseResult {
 	for _, s := range r.Saturation {
 		rows = append(rows, s)
 		if f := r.find(r.Fixed, s.Scenario); f != nil {
+			rows = append(rows, *f)
+		}
+		if f := r.find(r.Low, s.Scenario); f != nil {
 			rows = append(rows, *f)
 		}
 	}

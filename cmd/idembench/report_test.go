@@ -28,24 +28,42 @@ func verdicts(gs []goal) map[string]string {
 
 func TestReport_Goals(t *testing.T) {
 	t.Run("each ratio against its target", func(t *testing.T) {
+		cpu := func(p phaseResult, server, redis float64) phaseResult {
+			p.ServerCPUPer1k, p.CPUPer1k = server, map[string]float64{"server": server, "redis": redis}
+			return p
+		}
+		low := func(id string, p50, p99 float64) phaseResult {
+			p := row(id, "fixed", 300, p99, 0)
+			p.TargetRate, p.P50ms = 300, p50
+			return p
+		}
 		r := &report{
-			Saturation: []phaseResult{row("a", "saturation", 1000, 5, 0), row("b", "saturation", 1000, 5, 0),
-				row("c", "saturation", 800, 5, 2.01), row("d", "saturation", 1300, 5, 1), row("e", "saturation", 990, 5, 0)},
+			Saturation: []phaseResult{row("a", "saturation", 1000, 5, 0), cpu(row("b", "saturation", 1000, 5, 0), 0.07, 0),
+				cpu(row("c", "saturation", 700, 5, 2.01), 0.112, 0.031), row("m", "saturation", 850, 5, 0),
+				cpu(row("d", "saturation", 1300, 5, 1), 0.08, 0.01), row("e", "saturation", 990, 5, 0)},
 			Fixed: []phaseResult{row("b", "fixed", 500, 2.0, 0), row("c", "fixed", 500, 2.9, 2)},
+			Low:   []phaseResult{low("b", 1.0, 2.0), low("c", 1.4, 2.5)},
 			Dup:   &dupResult{RedisPerReq: 1},
 			Wait:  &waitResult{RedisPerWaiter: 1.06, PerKeyExtra: 6, Waiters: 1000, Replayed: 1000},
 		}
 		require.Equal(t, map[string]string{
-			"throughput c/b (idempotency vs bare ext_proc)":    "MISS", // 0.80
-			"p99(c) - p99(b) at 500 req/s":                     "PASS", // 0.9 ms
-			"throughput d/c (replay vs new key)":               "PASS", // 1.625
-			"throughput e/a (no key vs no ext_proc)":           "PASS", // 0.99
-			"Redis round trips per request: new key (c)":       "PASS",
-			"Redis round trips per request: replay (d)":        "PASS",
-			"Redis round trips per request: in-flight dup":     "PASS",
-			"Redis round trips per request: no key (e)":        "PASS",
-			"Redis round trips per waiting duplicate (wait)":   "PASS",
-			"ext_proc streams opened for keyless requests (e)": "PASS",
+			"throughput c/b (idempotency vs bare ext_proc)":     "MISS", // 0.70
+			"throughput m/b (processor over memory: the floor)": "info",
+			"idemproxy CPU per new key vs null server (c/b)":    "MISS", // 1.6x
+			"idemproxy CPU per replay vs null server (d/b)":     "PASS", // 1.14x
+			"Redis CPU per new key (c)":                         "MISS", // 0.031 ms
+			"p50(c) - p50(b) at 300 req/s":                      "MISS", // 0.4 ms
+			"p99(c) - p99(b) at 300 req/s":                      "PASS", // 0.5 ms
+			"p50(c) - p50(b) at 500 req/s":                      "PASS", // 0 ms
+			"p99(c) - p99(b) at 500 req/s":                      "PASS", // 0.9 ms
+			"throughput d/c (replay vs new key)":                "PASS", // 1.86
+			"throughput e/a (no key vs no ext_proc)":            "PASS", // 0.99
+			"Redis round trips per request: new key (c)":        "PASS",
+			"Redis round trips per request: replay (d)":         "PASS",
+			"Redis round trips per request: in-flight dup":      "PASS",
+			"Redis round trips per request: no key (e)":         "PASS",
+			"Redis round trips per waiting duplicate (wait)":    "PASS",
+			"ext_proc streams opened for keyless requests (e)":  "PASS",
 		}, verdicts(r.goals()))
 	})
 

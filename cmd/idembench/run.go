@@ -12,6 +12,10 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
+// lowRate is the fixed rate of the low-load runs of (b) and (c): far below
+// either's saturation on this machine, so nothing queues.
+const lowRate = 300
+
 // run measures every selected scenario: all saturation runs first, since
 // the fixed rate derives from (b)'s peak; then the fixed-rate runs; then
 // the in-flight duplicates and (f).
@@ -58,6 +62,18 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			return nil, err
 		}
 		rep.Fixed = append(rep.Fixed, res)
+	}
+	// The added latency where nothing queues: (b), (c) and the floor (m) at
+	// a low rate.
+	for _, sc := range selected {
+		if sc.id != "b" && sc.id != "c" && sc.id != "m" {
+			continue
+		}
+		res, err := b.phase(ctx, phase{sc: sc, label: "low", rate: lowRate})
+		if err != nil {
+			return nil, err
+		}
+		rep.Low = append(rep.Low, res)
 	}
 	if b.cfg.only["dup"] {
 		fmt.Fprintln(b.progress, "==> dup: duplicates of in-flight keys")

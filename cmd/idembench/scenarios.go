@@ -30,6 +30,8 @@ var loadScenarios = []scenario{
 		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
 	{id: "c", title: "Envoy + idemproxy, new key each", envoy: envoyIdem,
 		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
+	{id: "m", title: "Envoy + idemproxy over memory, new keys", envoy: envoyMem,
+		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
 	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable,
 		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
 	{id: "d", title: "Envoy + idemproxy, replays", envoy: envoyIdem,

@@ -38,6 +38,7 @@ type envoyKind string
 const (
 	envoyBare envoyKind = "bare"      // (a): ext_proc filter removed
 	envoyNull envoyKind = "null"      // (b): ext_proc -> null server
+	envoyMem  envoyKind = "memory"    // (m): ext_proc -> idemproxy's processor over memory
 	envoyIdem envoyKind = "idemproxy" // (c), (d), (e), dup
 	envoyHold envoyKind = "hold"      // (f): ext_proc -> the fast-heartbeat idemproxy
 	// (c1): ext_proc -> an idemproxy with --redis-min-replicas 1
@@ -58,6 +59,7 @@ type stack struct {
 	rdb       *redis.Client
 	backend   *server
 	null      *server
+	memory    *server
 	idemproxy map[string]*server
 	envoys    map[envoyKind]*server
 }
@@ -87,7 +89,12 @@ func (s *stack) close() {
 
 // start starts a child with its output in logDir/name.log.
 func (s *stack) start(name, bin string, args ...string) (*testenv.Process, error) {
-	p, err := testenv.StartProcess(testenv.Command{Name: name, Path: bin, Args: args,
+	return s.startEnv(name, bin, nil, args...)
+}
+
+// startEnv is start with env (NAME=value) added to the child's environment.
+func (s *stack) startEnv(name, bin string, env []string, args ...string) (*testenv.Process, error) {
+	p, err := testenv.StartProcess(testenv.Command{Name: name, Path: bin, Args: args, Env: env,
 		LogFile: filepath.Join(s.logDir, name+".log")})
 	if err != nil {
 		return nil, err
@@ -160,7 +167,7 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
 		"--redis-url", rs.URL(), "--shutdown-grace", "2s", "--auth-token-file", tokenFile}, extra...)
-	p, err := s.start(name, s.cfg.bins.idemproxy, args...)
+	p, err := s.startEnv(name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -175,18 +182,41 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 // Null starts the null ext_proc server: idembench itself, in a separate
 // process so its CPU and memory are measured like idemproxy's.
 func (s *stack) Null(ctx context.Context) (*server, error) {
-	if s.null != nil {
-		return s.null, nil
+	if s.null == nil {
+		srv, err := s.selfServer(ctx, "null-server", nullServerCommand)
+		if err != nil {
+			return nil, err
+		}
+		s.null = srv
 	}
+	return s.null, nil
+}
+
+// Memory starts idemproxy's processor over an in-memory store (m): also
+// idembench itself, in a process of its own.
+func (s *stack) Memory(ctx context.Context) (*server, error) {
+	if s.memory == nil {
+		srv, err := s.selfServer(ctx, "memory-server", memoryServerCommand)
+		if err != nil {
+			return nil, err
+		}
+		s.memory = srv
+	}
+	return s.memory, nil
+}
+
+// selfServer runs idembench's own command as a gRPC server and waits until
+// it accepts connections.
+func (s *stack) selfServer(ctx context.Context, name, command string) (*server, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("null server: own executable: %w", err)
+		return nil, fmt.Errorf("%s: own executable: %w", name, err)
 	}
 	addr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start("null-server", exe, nullServerCommand, "--addr", addr)
+	p, err := s.start(name, exe, command, "--addr", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -201,8 +231,7 @@ func (s *stack) Null(ctx context.Context) (*server, error) {
 	if err := p.WaitReady(ctx, readyTimeout, dial); err != nil {
 		return nil, err
 	}
-	s.null = &server{Process: p, addr: addr}
-	return s.null, nil
+	return &server{Process: p, addr: addr}, nil
 }
 
 // extProcFor starts the ext_proc server an Envoy kind calls, if any.
@@ -212,6 +241,8 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 		return nil, nil
 	case envoyNull:
 		return s.Null(ctx)
+	case envoyMem:
+		return s.Memory(ctx)
 	case envoyIdem:
 		return s.Idemproxy(ctx, "idemproxy")
 	case envoyDurable:

@@ -29,8 +29,17 @@ entry: use, secret name, key, and the variable that names the file.
 
 {{- define "idemproxy.secretEnv" -}}
 {{- $files := include "idemproxy.secretFiles" . | fromJsonArray }}
-{{- if or $files .Values.redis.urlSecret.name .Values.extraEnv }}
 env:
+{{- with .Values.goRuntime }}
+{{- with .gogc }}
+- name: GOGC
+  value: {{ . | quote }}
+{{- end }}
+{{- with .gomemlimit }}
+- name: GOMEMLIMIT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.redis.urlSecret.name }}
 - name: IDEMPROXY_REDIS_URL
   valueFrom:
@@ -48,7 +57,6 @@ env:
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
-{{- end }}
 {{- end }}
 {{- end }}
 
