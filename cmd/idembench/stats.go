@@ -49,9 +49,12 @@ var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", 
 // housekeeping are connection and monitoring commands (idemproxy's health
 // PINGs, go-redis's handshake, our own INFO): not part of a request.
 // WAIT (c1) rides in the pipeline of the script it follows, and REPLCONF
-// is the replica's own traffic: neither is a round trip of a request.
+// is the replica's own traffic: neither is a round trip of a request. SCAN
+// is idemproxy's count of held keys (--held-keys-interval, once a minute),
+// whatever the traffic; its pipelined HMGETs are counted with the
+// commands inside scripts, a few hundred a minute.
 var housekeeping = []string{"ping", "info", "config", "client", "hello", "script", "command", "select", "auth", "quit", "readonly",
-	"wait", "replconf"}
+	"wait", "replconf", "scan"}
 
 // redisCount is one window's Redis commands by kind.
 type redisCount struct {
