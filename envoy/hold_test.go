@@ -51,7 +51,7 @@ func TestEndToEnd_OnUnknownHold(t *testing.T) {
 	t.Parallel()
 	s := startStackWith(t, stackConfig{
 		idemproxyArgs: []string{"--lock-ttl", "1s", "--heartbeat", "300ms", "--on-unknown", "hold", "--admin-token", adminToken},
-		envoyEdits:    [][2]string{{"timeout: 60s", "timeout: 1s"}},
+		envoyEdits:    [][2]string{keyedRouteTimeout("1s")},
 	})
 	key := newKey(t)
 	r := s.do(t, "POST", "/slow?delay=1500ms", "", "Idempotency-Key", key)

@@ -44,7 +44,7 @@ func TestEndToEnd_UpstreamTimeout(t *testing.T) {
 	const lockTTL = 2 * time.Second
 	s := startStackWith(t, stackConfig{
 		idemproxyArgs: []string{"--lock-ttl", lockTTL.String(), "--heartbeat", "500ms"},
-		envoyEdits:    [][2]string{{"timeout: 60s", "timeout: 1s"}},
+		envoyEdits:    [][2]string{keyedRouteTimeout("1s")},
 	})
 	key := newKey(t)
 	start := time.Now()

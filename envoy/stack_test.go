@@ -39,6 +39,13 @@ type stackConfig struct {
 	idemproxyEnv []string
 }
 
+// keyedRouteTimeout is the envoy.yaml edit that sets the keyed routes'
+// timeout (60 s as shipped; other routes have their own).
+func keyedRouteTimeout(d string) [2]string {
+	const line = "# The demo's /slow job takes 45 s; the default 15 s would cut it.\n                  timeout: "
+	return [2]string{line + "60s", line + d}
+}
+
 // startStack starts everything; idemproxyArgs are added to idemproxy's flags.
 func startStack(t *testing.T, idemproxyArgs ...string) *stack {
 	t.Helper()

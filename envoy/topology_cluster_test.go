@@ -106,8 +106,12 @@ func hashes(t *testing.T, srv *redistopo.Server) int {
 func TestTopology_Cluster(t *testing.T) {
 	cl := redistopo.NewCluster(t)
 	backend := startBackendOnly(t)
+	// A replica's acknowledgement takes microseconds on loopback, but a
+	// CI machine running other tests can starve it for a few hundred
+	// milliseconds: the wait is generous here (the failover tests measure
+	// the tight one).
 	s := topoFrontend(t, backend, "cluster", clusterURL(cl), "--redis-min-replicas", "1",
-		"--redis-replica-timeout", "250ms", "--redis-timeout", "600ms", "--health-interval", "250ms")
+		"--redis-replica-timeout", "800ms", "--redis-timeout", "1s", "--health-interval", "250ms")
 
 	ok := t.Run("keys spread over every primary run once and replay", func(t *testing.T) {
 		for range 60 {

@@ -172,6 +172,11 @@ func (c *Cluster) WaitHealthy(ctx context.Context) error {
 			if r, up, err := role(ctx, s.Addr); err != nil || (r == "slave" && !up) {
 				return fmt.Errorf("%s: replica not synced (%v)", s.Addr, err)
 			}
+			// The primary's side too: a replica it still streams the
+			// first sync to cannot acknowledge a WAIT yet.
+			if err := replicasOnline(ctx, s.Addr); err != nil {
+				return err
+			}
 		}
 		return nil
 	})

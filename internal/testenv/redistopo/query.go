@@ -55,6 +55,24 @@ func role(ctx context.Context, addr string) (string, bool, error) {
 	return field(info, "role"), field(info, "master_link_status") == "up", nil
 }
 
+// replicasOnline fails while a primary at addr lists a replica that is not
+// yet online (still loading the first sync); a replica's addr passes.
+func replicasOnline(ctx context.Context, addr string) error {
+	info, err := text(ctx, addr, "INFO", "replication")
+	if err != nil {
+		return err
+	}
+	if field(info, "role") != "master" {
+		return nil
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if strings.HasPrefix(line, "slave") && strings.Contains(line, "state=") && !strings.Contains(line, "state=online") {
+			return fmt.Errorf("%s: replica not online yet: %s", addr, strings.TrimSpace(line))
+		}
+	}
+	return nil
+}
+
 // waitLinked waits until the replica at addr is synced with its primary.
 func waitLinked(ctx context.Context, addr string) error {
 	r, up, err := role(ctx, addr)
