@@ -2,11 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
-	"net"
 	"runtime"
 	"sync"
 	"time"
@@ -26,36 +22,11 @@ import (
 const memoryServerCommand = "memory-server"
 
 // runMemoryServer serves the processor on --addr until ctx ends, with
-// idemproxy's defaults and gRPC settings.
+// idemproxy's defaults and its stream workers.
 func runMemoryServer(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet(memoryServerCommand, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:0", "gRPC listen address")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
-	}
-	proc, err := processor.New(processor.DefaultConfig(), processor.Options{Store: newMemStore()})
-	if err != nil {
-		return fmt.Errorf("memory server: %w", err)
-	}
-	lis, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return fmt.Errorf("memory server: %w", err)
-	}
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))))
-	extprocv3.RegisterExternalProcessorServer(gs, proc)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		<-ctx.Done()
-		gs.Stop()
-	}()
-	err = gs.Serve(lis)
-	<-stopped
-	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("memory server: %w", err)
-	}
-	return nil
+	return serveExtProc(ctx, memoryServerCommand, args, stderr, func() (extprocv3.ExternalProcessorServer, error) {
+		return processor.New(processor.DefaultConfig(), processor.Options{Store: newMemStore()})
+	}, grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))))
 }
 
 // memStore is a processor.Store in a map: new keys, replays and

@@ -20,20 +20,33 @@ const nullServerCommand = "null-server"
 
 // runNullServer serves the null processor on --addr until ctx ends.
 func runNullServer(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet(nullServerCommand, flag.ContinueOnError)
+	return serveExtProc(ctx, nullServerCommand, args, stderr, func() (extprocv3.ExternalProcessorServer, error) {
+		return newNullProcessor(), nil
+	})
+}
+
+// serveExtProc is the main of idembench's own ext_proc servers (null-server,
+// memory-server): --addr, the processor newProc builds, served until ctx
+// ends, with idemproxy's message size limit (Envoy's 1 MiB buffered bodies
+// fit) and opts.
+func serveExtProc(ctx context.Context, name string, args []string, stderr io.Writer,
+	newProc func() (extprocv3.ExternalProcessorServer, error), opts ...grpc.ServerOption) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:0", "gRPC listen address")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
+	proc, err := newProc()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
 	lis, err := net.Listen("tcp", *addr)
 	if err != nil {
-		return fmt.Errorf("null server: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	// The same message size limit as idemproxy's default, so Envoy's 1 MiB
-	// buffered bodies fit.
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(16 << 20))
-	extprocv3.RegisterExternalProcessorServer(gs, newNullProcessor())
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(16 << 20)}, opts...)...)
+	extprocv3.RegisterExternalProcessorServer(gs, proc)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -43,7 +56,7 @@ func runNullServer(ctx context.Context, args []string, stderr io.Writer) error {
 	err = gs.Serve(lis)
 	<-stopped
 	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("null server: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
 }
