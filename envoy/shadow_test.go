@@ -26,7 +26,7 @@ type rdsStack struct {
 
 // startRDSStack starts Redis, the backend, idemproxy and an Envoy whose
 // config is the shipped envoy.yaml with its route_config moved into an RDS
-// file, unchanged.
+// file, plus a /shadow/ route in shadow mode.
 func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 	t.Helper()
 	envoyBin := testenv.EnvoyBin(t)
@@ -43,6 +43,18 @@ func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 
 	hcm := dig(t, cfg, "static_resources", "listeners", 0, "filter_chains", 0, "filters", 0, "typed_config").(map[string]any)
 	routes := hcm["route_config"].(map[string]any)
+	// The shadow route of README's "Shadow mode" (not shipped: a route
+	// that enforces nothing must be added on purpose), first in the table.
+	vh := dig(t, routes, "virtual_hosts", 0).(map[string]any)
+	vh["routes"] = append([]any{map[string]any{
+		"match": map[string]any{"prefix": "/shadow/"},
+		"route": map[string]any{"cluster": "backend", "prefix_rewrite": "/", "timeout": "60s"},
+		"typed_per_filter_config": map[string]any{"envoy.filters.http.ext_proc": map[string]any{
+			"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+			"overrides": map[string]any{"grpc_initial_metadata": []any{
+				map[string]any{"key": "x-idemproxy-mode", "value": "shadow"}}},
+		}},
+	}}, vh["routes"].([]any)...)
 	dir := t.TempDir()
 	rs := &rdsStack{stack: s, routesPath: filepath.Join(dir, "routes.json"), routes: routes}
 	rs.writeRoutes(t)
@@ -119,7 +131,7 @@ func dig(t *testing.T, v any, path ...any) any {
 	return v
 }
 
-// TestShadow: on the shipped /shadow/ route, a duplicate storm, a retry of
+// TestShadow: on a /shadow/ route (README's example), a duplicate storm, a retry of
 // a completed key, a reused key with another payload and a Redis outage
 // all reach the backend, and idemproxy counts what it would have done.
 // Then the route is switched to enforcement through RDS, with Envoy still
