@@ -7,10 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
 	"github.com/idemproxy/idemproxy/internal/testenv"
+	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // promptedWithin reports whether ch fires within d (it never fails the
@@ -141,4 +143,37 @@ func TestWatcher(t *testing.T) {
 		require.ErrorIs(t, err, context.Canceled)
 		dw.Close()
 	})
+}
+
+// TestStore_settleWithoutChannelACL: an ACL user that may use the records
+// but not their channels (no &prefix*) still settles waited-on keys: the
+// notice is lost, the write is not.
+func TestStore_settleWithoutChannelACL(t *testing.T) {
+	t.Parallel()
+	srv := redistopo.Start(t)
+	require.NoError(t, srv.Client(t).Do(t.Context(), "ACL", "SETUSER", "nochan", "reset", "on", ">pw",
+		"~idemproxy:*", "+@all").Err())
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "nochan", Password: "pw"})
+	t.Cleanup(func() { _ = c.Close() })
+	s := New(c, Options{})
+	require.ErrorContains(t, c.SPublish(t.Context(), s.RedisKey("k")+settledSuffix, "x").Err(), "NOPERM",
+		"the user really may not publish")
+
+	for name, settle := range map[string]func(key, tok string) error{
+		"complete": func(key, tok string) error { return s.Complete(t.Context(), key, tok, sampleRecord(), time.Hour) },
+		"release":  func(key, tok string) error { return s.Release(t.Context(), key, tok) },
+		"abandon":  func(key, tok string) error { return s.Abandon(t.Context(), key, tok, time.Hour) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			key := "nochan-" + name
+			tok := acquired(t, s, key, time.Minute)
+			waitedOn(t, s, key)
+			require.NoError(t, settle(key, tok))
+			acq, err := s.Acquire(t.Context(), key, claim(token(t), sampleRecord().Fingerprint, time.Minute))
+			require.NoError(t, err)
+			want := map[string]idem.State{"complete": idem.StateCompleted, "release": idem.StateAcquired,
+				"abandon": idem.StateUnknown}[name]
+			require.Equal(t, want, acq.State, "settled as asked")
+		})
+	}
 }

@@ -40,6 +40,7 @@ type healthChecker struct {
 	timeout       time.Duration
 	allowEvicting bool
 	minReplicas   int
+	probeChannel  string // under --redis-prefix, for the channel ACL check
 	log           *slog.Logger
 	gauges        healthGauges
 
@@ -54,6 +55,7 @@ type healthChecker struct {
 	lastShort   string
 	lastPolicy  string
 	lastPersist string
+	lastChannel string
 }
 
 // primaries visits every primary of the topology (redisConn.eachPrimary).
@@ -71,7 +73,8 @@ func newHealthChecker(rdb primaries, hs *health.Server, s settings, reg promethe
 		return nil, err
 	}
 	c := &healthChecker{redis: rdb, hs: hs, interval: s.HealthInterval, timeout: s.RedisTimeout,
-		allowEvicting: s.AllowEvicting, minReplicas: s.MinReplicas, log: log, gauges: g, unsafe: errNotChecked}
+		allowEvicting: s.AllowEvicting, minReplicas: s.MinReplicas, probeChannel: s.RedisPrefix + "channel-check",
+		log: log, gauges: g, unsafe: errNotChecked}
 	c.set(false)
 	return c, nil
 }
@@ -118,6 +121,7 @@ func (c *healthChecker) check(ctx context.Context) {
 	}
 	c.noteDown(down)
 	c.noteReplicas(serving)
+	c.noteChannels(serving)
 	c.notePersistence(weakestPersistence(serving))
 	unsafe := c.notePolicy(evictingPolicy(serving))
 	c.mu.Lock()
@@ -167,6 +171,36 @@ func (c *healthChecker) noteReplicas(serving []nodeFacts) {
 			"primaries", now, "min_replicas", c.minReplicas)
 	} else if c.minReplicas > 0 {
 		c.log.Info("every redis primary has its replicas", "min_replicas", c.minReplicas)
+	}
+}
+
+// noteChannels logs each change of the primaries whose ACL user may not
+// publish on idemproxy's channels. Nothing is refused for it: the
+// settle scripts write anyway, and a waiting duplicate learns of the
+// outcome by its re-check instead of within milliseconds.
+func (c *healthChecker) noteChannels(serving []nodeFacts) {
+	refused, names := 0, []string{}
+	var why error
+	for _, n := range serving {
+		if n.channels != nil {
+			refused++
+			names = append(names, cmp.Or(n.addr, "primary"))
+			why = n.channels
+		}
+	}
+	c.gauges.channelsRefused.Set(float64(refused))
+	now := strings.Join(names, ", ")
+	if now == c.lastChannel {
+		return
+	}
+	c.lastChannel = now
+	prefix := strings.TrimSuffix(c.probeChannel, "channel-check")
+	if now != "" {
+		c.log.Error("the redis ACL user may not publish on idemproxy's channels: duplicates that wait for a key "+
+			"(--in-progress=wait) learn of its outcome only by the re-check every --wait-recheck, not at once; "+
+			"add `&"+prefix+"*` to the user's ACL", "primaries", now, "error", why)
+	} else {
+		c.log.Info("the redis ACL user may publish on idemproxy's channels again")
 	}
 }
 

@@ -19,6 +19,9 @@ type nodeFacts struct {
 	policy   string // maxmemory_policy
 	persist  string // aof, rdb, none, unknown
 	replicas int    // connected_slaves
+	// channels is why the ACL user may not publish on idemproxy's
+	// channels (NOPERM), nil when it may or the check said nothing.
+	channels error
 }
 
 // ask reads every primary's facts, concurrently on a cluster. An error
@@ -29,7 +32,7 @@ func (c *healthChecker) ask(ctx context.Context) ([]nodeFacts, error) {
 		nodes []nodeFacts
 	)
 	err := c.redis.eachPrimary(ctx, func(ctx context.Context, addr string, rdb redis.Cmdable) error {
-		f := askNode(ctx, rdb, addr != "")
+		f := askNode(ctx, rdb, addr != "", c.probeChannel)
 		f.addr = addr
 		mu.Lock()
 		nodes = append(nodes, f)
@@ -48,13 +51,17 @@ func (c *healthChecker) ask(ctx context.Context) ([]nodeFacts, error) {
 // Redis); CONFIG GET save only refines "no AOF" into RDB or nothing, and
 // may be refused. On a cluster node, CLUSTER INFO says whether the cluster
 // lets it serve: with a slot uncovered, every node refuses (CLUSTERDOWN)
-// unless cluster-require-full-coverage is off.
-func askNode(ctx context.Context, rdb redis.Cmdable, clustered bool) nodeFacts {
+// unless cluster-require-full-coverage is off. A PUBLISH on probe (a
+// channel under the key prefix, which nobody subscribes to) tells whether
+// the ACL user may use the channels that wake waiting duplicates.
+func askNode(ctx context.Context, rdb redis.Cmdable, clustered bool, probe string) nodeFacts {
 	var info, cinfo *redis.StringCmd
 	var save *redis.MapStringStringCmd
+	var pub *redis.IntCmd
 	_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		info = p.Info(ctx, "memory", "persistence", "replication")
 		save = p.ConfigGet(ctx, "save")
+		pub = p.Publish(ctx, probe, "")
 		if clustered {
 			cinfo = p.ClusterInfo(ctx)
 		}
@@ -65,6 +72,9 @@ func askNode(ctx context.Context, rdb redis.Cmdable, clustered bool) nodeFacts {
 	}
 	fields := parseInfo(info.Val())
 	f := nodeFacts{policy: fields["maxmemory_policy"], persist: "unknown"}
+	if err := pub.Err(); err != nil && strings.HasPrefix(err.Error(), "NOPERM") {
+		f.channels = err
+	}
 	f.replicas, _ = strconv.Atoi(fields["connected_slaves"])
 	switch {
 	case fields["aof_enabled"] == "1":

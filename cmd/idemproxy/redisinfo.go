@@ -29,6 +29,7 @@ type healthGauges struct {
 	persistence     *prometheus.GaugeVec
 	primaries       *prometheus.GaugeVec
 	shortOfReplicas prometheus.Gauge
+	channelsRefused prometheus.Gauge
 }
 
 // persistenceKinds are the values of idemproxy_redis_persistence's label.
@@ -52,12 +53,16 @@ func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 			Name: "idemproxy_redis_primaries",
 			Help: "Redis primaries at the last health check: serving, or down (unreachable, a replica, or cluster_state not ok); one outside a cluster.",
 		}, []string{"state"}),
+		channelsRefused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_redis_channels_refused",
+			Help: "Serving primaries whose ACL user may not publish on idemproxy's channels (no &PREFIX*): waiting duplicates wake only on their re-check.",
+		}),
 		shortOfReplicas: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_redis_primaries_short_of_replicas",
 			Help: "Serving primaries with fewer replicas connected than --redis-min-replicas: new keys there are refused with 503.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence, g.primaries, g.shortOfReplicas} {
+	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence, g.primaries, g.shortOfReplicas, g.channelsRefused} {
 		if err := reg.Register(c); err != nil {
 			return healthGauges{}, err
 		}

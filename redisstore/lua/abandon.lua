@@ -17,6 +17,8 @@ redis.call("HSET", KEYS[1], "st", "u")
 redis.call("HDEL", KEYS[1], "tok")
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
 if v[3] then
-  redis.call("SPUBLISH", ARGV[3], "u")
+  -- pcall: an ACL without the channel (&prefix*) must not fail the write
+  -- above; waiters then learn of it by their re-check.
+  redis.pcall("SPUBLISH", ARGV[3], "u")
 end
 return 1

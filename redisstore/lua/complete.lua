@@ -28,6 +28,8 @@ redis.call("HSET", KEYS[1], "st", "c", "fp", ARGV[3], "status", ARGV[4],
   "hdr", ARGV[5], "body", ARGV[6], "bs", ARGV[7], "enc", ARGV[8], "fence", v[3] or "0")
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
 if v[4] then
-  redis.call("SPUBLISH", ARGV[9], "c")
+  -- pcall: an ACL without the channel (&prefix*) must not fail the write
+  -- above; waiters then learn of it by their re-check.
+  redis.pcall("SPUBLISH", ARGV[9], "c")
 end
 return 1

@@ -11,7 +11,9 @@ local v = redis.call("HMGET", KEYS[1], "st", "tok", "w")
 if v[1] == "p" and v[2] == ARGV[1] then
   redis.call("DEL", KEYS[1])
   if v[3] then
-    redis.call("SPUBLISH", ARGV[2], "r")
+    -- pcall: an ACL without the channel (&prefix*) must not fail the
+    -- delete above; waiters then learn of it by their re-check.
+    redis.pcall("SPUBLISH", ARGV[2], "r")
   end
   return 1
 end
