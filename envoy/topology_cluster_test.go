@@ -139,7 +139,7 @@ func TestTopology_Cluster(t *testing.T) {
 		// as unknown), the cluster topology readable.
 		for _, n := range cl.Running() {
 			require.NoError(t, n.Client(t).Do(t.Context(), "acl", "setuser", "idemproxy", "reset", "on", ">s3cret-pw",
-				"~idemproxy:*", "+@all", "-@dangerous", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info").Err())
+				"~idemproxy:*", "&idemproxy:*", "+@all", "-@dangerous", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info").Err())
 		}
 		u := strings.Replace(clusterURL(cl), "redis://", "redis://idemproxy:s3cret-pw@", 1)
 		acl := topoFrontend(t, backend, "cluster", u, "--redis-min-replicas", "1", "--redis-replica-timeout", "250ms")

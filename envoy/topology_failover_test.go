@@ -181,7 +181,7 @@ func TestTopology_SentinelFailover(t *testing.T) {
 	if !t.Run("an ACL user on the data nodes", func(t *testing.T) {
 		for _, n := range st.Data {
 			require.NoError(t, n.Client(t).Do(t.Context(), "acl", "setuser", "idemproxy", "reset", "on", ">s3cret-pw",
-				"~idemproxy:*", "+@all", "-@dangerous", "+info").Err())
+				"~idemproxy:*", "&idemproxy:*", "+@all", "-@dangerous", "+info").Err())
 		}
 		// The URL's user:password would be the sentinels'; the data
 		// nodes' ACL user goes in query parameters (go-redis's rule).

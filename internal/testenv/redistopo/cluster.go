@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +33,11 @@ type ClusterOptions struct {
 	Bin, CLI string
 	// Dir holds the nodes' cluster config files (nodes-PORT.conf).
 	Dir string
+	// TLS, if set, gives every node a TLS port too; the nodes replicate
+	// and talk on the cluster bus over TLS.
+	TLS *TLS
+	// Args are added to every node's command line (an ACL user, say).
+	Args []string
 }
 
 // Cluster is a Redis Cluster of 3 primaries with one replica each, on
@@ -46,13 +52,20 @@ type Cluster struct {
 
 // clusterArgs are every node's settings: failure detection in a second
 // (node timeout 1 s, a replica always eligible, pings every second), and
-// replication without a disk and without waiting.
-func clusterArgs(dir string, port int) []string {
-	return append([]string{
+// replication without a disk and without waiting. The bus port is set,
+// as with TLS on the bus Redis would derive it from the TLS port.
+func clusterArgs(o ClusterOptions, port int) []string {
+	args := []string{
 		"--cluster-enabled", "yes",
-		"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
+		"--cluster-config-file", filepath.Join(o.Dir, fmt.Sprintf("nodes-%d.conf", port)),
+		"--cluster-port", strconv.Itoa(port + clusterBusOffset),
 		"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
-	}, replicationArgs...)
+	}
+	if o.TLS != nil {
+		args = append(args, "--tls-cluster", "yes")
+	}
+	args = append(args, replicationArgs...)
+	return append(args, o.Args...)
 }
 
 // StartCluster starts six nodes, joins them with `redis-cli --cluster
@@ -94,7 +107,7 @@ func startClusterNode(o ClusterOptions, i int) (*Server, error) {
 		}
 		var s *Server
 		name := fmt.Sprintf("cluster-%d", i)
-		s, err = StartServer(Options{Bin: o.Bin, Port: port, Args: clusterArgs(o.Dir, port), Name: name, Dir: subdir(o.Dir, name)})
+		s, err = StartServer(Options{Bin: o.Bin, Port: port, Args: clusterArgs(o, port), Name: name, Dir: subdir(o.Dir, name), TLS: o.TLS})
 		if err == nil {
 			return s, nil
 		}
@@ -132,9 +145,19 @@ func (c *Cluster) create(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, ClusterReadyTimeout)
 	defer cancel()
 	if out, err := exec.CommandContext(cctx, c.cli, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+		return fmt.Errorf("redis-cli --cluster create: %w\n%s\n%s", err, out, c.logTails())
 	}
 	return c.WaitHealthy(ctx)
+}
+
+// logTails are the last lines each node wrote, for an error message.
+func (c *Cluster) logTails() string {
+	var b strings.Builder
+	for _, s := range c.Nodes {
+		lines := strings.Split(strings.TrimSpace(s.Output()), "\n")
+		fmt.Fprintf(&b, "--- last lines of %s ---\n%s\n", s.Addr, strings.Join(lines[max(0, len(lines)-5):], "\n"))
+	}
+	return b.String()
 }
 
 // Running are the nodes whose process is up.
@@ -153,6 +176,15 @@ func (c *Cluster) Addrs() []string {
 	addrs := make([]string, len(c.Nodes))
 	for i, s := range c.Nodes {
 		addrs[i] = s.Addr
+	}
+	return addrs
+}
+
+// TLSAddrs are every node's TLS address (ClusterOptions.TLS).
+func (c *Cluster) TLSAddrs() []string {
+	addrs := make([]string, len(c.Nodes))
+	for i, s := range c.Nodes {
+		addrs[i] = s.TLSAddr
 	}
 	return addrs
 }
@@ -208,7 +240,14 @@ func (c *Cluster) node(addr string) (*Server, error) {
 // is stopped in t.Cleanup, its output printed if the test failed.
 func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
-	c, err := StartCluster(t.Context(), ClusterOptions{Bin: testenv.RedisServerBin(t), Dir: t.TempDir()})
+	return NewClusterWith(t, ClusterOptions{})
+}
+
+// NewClusterWith is NewCluster with options; Bin and Dir are the test's.
+func NewClusterWith(t testing.TB, o ClusterOptions) *Cluster {
+	t.Helper()
+	o.Bin, o.Dir = testenv.RedisServerBin(t), t.TempDir()
+	c, err := StartCluster(t.Context(), o)
 	if err != nil {
 		t.Fatalf("redistopo: %v", err)
 	}

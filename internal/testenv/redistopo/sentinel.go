@@ -31,6 +31,13 @@ type SentinelOptions struct {
 	Bin string
 	// Dir holds the sentinels' config files, which they rewrite.
 	Dir string
+	// TLS, if set, gives every process a TLS port too; replication and
+	// the sentinels' links to the data servers go over TLS, so the
+	// sentinels name the TLS ports.
+	TLS *TLS
+	// DataArgs and SentinelArgs are added to the command lines of the data
+	// servers and of the sentinels (ACL users, say).
+	DataArgs, SentinelArgs []string
 }
 
 // Sentinel is one primary with two replicas, watched by three sentinels
@@ -41,14 +48,16 @@ type Sentinel struct {
 	Data []*Server
 	// Sentinels are the three sentinel processes.
 	Sentinels []*Server
+
+	dataArgs []string // SentinelOptions.DataArgs, for restarts
 }
 
 // StartSentinel starts the primary, its replicas and the sentinels, and
 // waits until the replicas are synced and every sentinel knows the primary,
 // both replicas and the other two sentinels.
 func StartSentinel(ctx context.Context, o SentinelOptions) (*Sentinel, error) {
-	st := &Sentinel{}
-	primary, err := StartServer(Options{Bin: o.Bin, Args: replicationArgs, Name: "primary", Dir: subdir(o.Dir, "primary")})
+	st := &Sentinel{dataArgs: o.DataArgs}
+	primary, err := StartServer(Options{Bin: o.Bin, Args: st.replicaArgs(nil), Name: "primary", Dir: subdir(o.Dir, "primary"), TLS: o.TLS})
 	if err != nil {
 		return nil, err
 	}
@@ -56,19 +65,19 @@ func StartSentinel(ctx context.Context, o SentinelOptions) (*Sentinel, error) {
 	for i := range 2 {
 		name := fmt.Sprintf("replica-%d", i+1)
 		if err := st.add(&st.Data, Options{Bin: o.Bin, Name: name, Dir: subdir(o.Dir, name),
-			Args: append(replicaOf(primary.Addr), replicationArgs...)}); err != nil {
+			Args: st.replicaArgs(primary), TLS: o.TLS}); err != nil {
 			return nil, err
 		}
 	}
 	for i := range 3 {
-		conf, err := sentinelConfig(o.Dir, i, primary.Addr)
+		conf, err := sentinelConfig(o.Dir, i, primary.ReplicationAddr())
 		if err != nil {
 			st.Stop()
 			return nil, err
 		}
 		name := fmt.Sprintf("sentinel-%d", i+1)
 		if err := st.add(&st.Sentinels, Options{Bin: o.Bin, Name: name, Dir: subdir(o.Dir, name),
-			Config: conf, Args: []string{"--sentinel"}}); err != nil {
+			Config: conf, Args: append([]string{"--sentinel"}, o.SentinelArgs...), TLS: o.TLS}); err != nil {
 			return nil, err
 		}
 	}
@@ -90,9 +99,16 @@ func (st *Sentinel) add(list *[]*Server, o Options) error {
 	return nil
 }
 
-func replicaOf(addr string) []string {
-	host, port, _ := splitAddr(addr)
-	return []string{"--replicaof", host, fmt.Sprint(port)}
+// replicaArgs are a data server's command line: a replica of primary (nil
+// for the first primary), over TLS if primary has a TLS port.
+func (st *Sentinel) replicaArgs(primary *Server) []string {
+	var args []string
+	if primary != nil {
+		host, port, _ := splitAddr(primary.ReplicationAddr())
+		args = []string{"--replicaof", host, fmt.Sprint(port)}
+	}
+	args = append(args, replicationArgs...)
+	return append(args, st.dataArgs...)
 }
 
 // sentinelConfig writes sentinel i's config file: monitor the primary with
@@ -195,6 +211,25 @@ func (st *Sentinel) SentinelAddrs() []string {
 	return addrs
 }
 
+// SentinelTLSAddrs are the sentinels' TLS addresses (SentinelOptions.TLS).
+func (st *Sentinel) SentinelTLSAddrs() []string {
+	var addrs []string
+	for _, s := range st.Sentinels {
+		addrs = append(addrs, s.TLSAddr)
+	}
+	return addrs
+}
+
+// dataServer is the data server whose plain or TLS address is addr.
+func (st *Sentinel) dataServer(addr string) (*Server, error) {
+	for _, d := range st.Data {
+		if d.Addr == addr || d.TLSAddr == addr {
+			return d, nil
+		}
+	}
+	return nil, fmt.Errorf("the sentinels' primary %s is none of ours", addr)
+}
+
 // NewClient returns a Sentinel-aware client; the caller closes it.
 func (st *Sentinel) NewClient() *redis.Client {
 	return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: MasterName, SentinelAddrs: st.SentinelAddrs()})
@@ -211,7 +246,14 @@ func (st *Sentinel) Stop() {
 // process is stopped in t.Cleanup, its output printed if the test failed.
 func NewSentinel(t testing.TB) *Sentinel {
 	t.Helper()
-	st, err := StartSentinel(t.Context(), SentinelOptions{Bin: testenv.RedisServerBin(t), Dir: t.TempDir()})
+	return NewSentinelWith(t, SentinelOptions{})
+}
+
+// NewSentinelWith is NewSentinel with options; Bin and Dir are the test's.
+func NewSentinelWith(t testing.TB, o SentinelOptions) *Sentinel {
+	t.Helper()
+	o.Bin, o.Dir = testenv.RedisServerBin(t), t.TempDir()
+	st, err := StartSentinel(t.Context(), o)
 	if err != nil {
 		t.Fatalf("redistopo: %v", err)
 	}

@@ -8,9 +8,19 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
-// PrimaryAddr is the primary's address as the first running sentinel
-// reports it.
+// PrimaryAddr is the (plain) address of the primary the first running
+// sentinel reports.
 func (st *Sentinel) PrimaryAddr(ctx context.Context) (string, error) {
+	p, err := st.Primary(ctx)
+	if err != nil {
+		return "", err
+	}
+	return p.Addr, nil
+}
+
+// reportedPrimary is the primary's address as the first running sentinel
+// reports it: a TLS address on a TLS topology.
+func (st *Sentinel) reportedPrimary(ctx context.Context) (string, error) {
 	for _, s := range st.Sentinels {
 		if !s.Running() {
 			continue
@@ -30,16 +40,11 @@ func (st *Sentinel) PrimaryAddr(ctx context.Context) (string, error) {
 
 // Primary is the data server the sentinels call the primary.
 func (st *Sentinel) Primary(ctx context.Context) (*Server, error) {
-	addr, err := st.PrimaryAddr(ctx)
+	addr, err := st.reportedPrimary(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range st.Data {
-		if d.Addr == addr {
-			return d, nil
-		}
-	}
-	return nil, fmt.Errorf("the sentinels' primary %s is none of ours", addr)
+	return st.dataServer(addr)
 }
 
 // Kill SIGKILLs one server of the topology.
@@ -61,17 +66,20 @@ func (st *Sentinel) WaitFailover(ctx context.Context, old *Server) (*Server, err
 				return fmt.Errorf("sentinel %s: %v %v", s.Addr, v, err)
 			}
 			a := net.JoinHostPort(fmt.Sprint(hp[0]), fmt.Sprint(hp[1]))
-			if a == old.Addr || (addr != "" && a != addr) {
+			if a == old.ReplicationAddr() || (addr != "" && a != addr) {
 				return fmt.Errorf("sentinel %s names %s (old primary %s)", s.Addr, a, old.Addr)
 			}
 			addr = a
 		}
-		if r, _, err := role(ctx, addr); err != nil || r != "master" {
-			return fmt.Errorf("%s: role %q (%v)", addr, r, err)
+		d, err := st.dataServer(addr)
+		if err != nil {
+			return err
 		}
-		var err error
-		promoted, err = st.Primary(ctx)
-		return err
+		if r, _, err := role(ctx, d.Addr); err != nil || r != "master" {
+			return fmt.Errorf("%s: role %q (%v)", d.Addr, r, err)
+		}
+		promoted = d
+		return nil
 	})
 	return promoted, err
 }
@@ -81,14 +89,14 @@ func (st *Sentinel) WaitFailover(ctx context.Context, old *Server) (*Server, err
 // sentinels still name s the primary: an empty primary would come back and
 // its replicas would copy the empty data set.
 func (st *Sentinel) Restart(ctx context.Context, s *Server) error {
-	primary, err := st.PrimaryAddr(ctx)
+	primary, err := st.Primary(ctx)
 	if err != nil {
 		return err
 	}
-	if primary == s.Addr {
+	if primary == s {
 		return fmt.Errorf("the sentinels still name %s the primary: restarting it empty before a replica took over would wipe the replicas; WaitFailover first", s.Addr)
 	}
-	s.opts.Args = append(replicaOf(primary), replicationArgs...)
+	s.opts.Args = st.replicaArgs(primary)
 	if err := s.restart(); err != nil {
 		return err
 	}

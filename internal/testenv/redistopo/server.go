@@ -47,12 +47,41 @@ type Options struct {
 	// it receives there, and every server loads a dump.rdb it finds there,
 	// so it is never the caller's: "" makes a new temp dir, left behind.
 	Dir string
+	// TLS, if set, makes the server accept TLS as well, on a port of its
+	// own (Server.TLSAddr).
+	TLS *TLS
+}
+
+// TLS are the PEM files of a server that accepts TLS on a second port
+// besides its plain one, and replicates over TLS. Clients need no
+// certificate of their own. The plain port stays because the helpers
+// here use it; Redis tells a client the ports of its own kind (CLUSTER
+// SLOTS over TLS names TLS ports), so a TLS client never meets a plain one.
+type TLS struct {
+	CertFile, KeyFile, CAFile string
+	// ClientCertFile and ClientKeyFile are what a server shows when it is
+	// the client (of its primary, or of another node on the cluster bus,
+	// which always asks for a certificate); "" uses CertFile and KeyFile,
+	// which then must allow client authentication.
+	ClientCertFile, ClientKeyFile string
+}
+
+// args are redis-server's TLS settings, listening on port.
+func (t *TLS) args(port string) []string {
+	args := []string{"--tls-port", port, "--tls-cert-file", t.CertFile, "--tls-key-file", t.KeyFile,
+		"--tls-ca-cert-file", t.CAFile, "--tls-auth-clients", "no", "--tls-replication", "yes"}
+	if t.ClientCertFile != "" {
+		args = append(args, "--tls-client-cert-file", t.ClientCertFile, "--tls-client-key-file", t.ClientKeyFile)
+	}
+	return args
 }
 
 // Server is one redis-server process. Stop and Restart keep its port.
 type Server struct {
 	// Addr is host:port of the server, for redis.Options.Addr.
 	Addr string
+	// TLSAddr is host:port of its TLS port, "" without Options.TLS.
+	TLSAddr string
 
 	opts Options
 	mu   sync.Mutex
@@ -90,6 +119,13 @@ func StartServer(o Options) (*Server, error) {
 			}
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if o.TLS != nil {
+			tlsPort, perr := testenv.FreePort()
+			if perr != nil {
+				return nil, perr
+			}
+			s.TLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
+		}
 		if err = s.start(); err == nil || o.Port != 0 {
 			break
 		}
@@ -99,6 +135,15 @@ func StartServer(o Options) (*Server, error) {
 
 // URL returns the server address as a redis:// URL selecting database 0.
 func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+
+// ReplicationAddr is where replicas and sentinels reach the server: its
+// TLS port if it has one.
+func (s *Server) ReplicationAddr() string {
+	if s.TLSAddr != "" {
+		return s.TLSAddr
+	}
+	return s.Addr
+}
 
 // Pid is the running server's process id, or 0.
 func (s *Server) Pid() int {
@@ -158,6 +203,10 @@ func (s *Server) start() error {
 	args = append(args,
 		"--port", port, "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", s.opts.Dir)
+	if s.opts.TLS != nil {
+		_, tlsPort, _ := net.SplitHostPort(s.TLSAddr)
+		args = append(args, s.opts.TLS.args(tlsPort)...)
+	}
 	args = append(args, s.opts.Args...)
 	p, err := testenv.StartProcess(testenv.Command{Name: s.opts.Name + "@" + port, Path: s.opts.Bin, Args: args, LogFile: s.opts.LogFile})
 	if err != nil {
