@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,6 +186,23 @@ func (s *Server) Stop() {
 	if s.proc != nil {
 		s.proc.Kill()
 	}
+}
+
+// Pause freezes the server (SIGSTOP): its connections stay open but it
+// reads nothing, like a replica that falls behind or a node cut off by the
+// network. Resume undoes it; Stop works on a paused server too.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused server run again (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return fmt.Errorf("redis-server %s is not running", s.Addr)
+	}
+	return s.proc.Signal(sig)
 }
 
 // restart stops the server if it runs and starts it again on the same port.
