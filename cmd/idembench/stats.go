@@ -52,9 +52,10 @@ var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", 
 // is the replica's own traffic: neither is a round trip of a request. SCAN
 // is idemproxy's count of held keys (--held-keys-interval, once a minute),
 // whatever the traffic; its pipelined HMGETs are counted with the
-// commands inside scripts, a few hundred a minute.
+// commands inside scripts, a few hundred a minute. PUBLISH is the health
+// check's probe of the channel ACL, beside its INFO.
 var housekeeping = []string{"ping", "info", "config", "client", "hello", "script", "command", "select", "auth", "quit", "readonly",
-	"wait", "replconf", "scan"}
+	"wait", "replconf", "scan", "publish"}
 
 // redisCount is one window's Redis commands by kind.
 type redisCount struct {

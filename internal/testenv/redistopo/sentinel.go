@@ -41,7 +41,7 @@ type SentinelOptions struct {
 }
 
 // Sentinel is one primary with two replicas, watched by three sentinels
-// (quorum 2) that fail over a primary down for a second.
+// (quorum 2) that fail over a primary down for two seconds.
 type Sentinel struct {
 	// Data are the primary and replicas, the initial primary first; which
 	// is the primary changes on failover.
@@ -112,14 +112,16 @@ func (st *Sentinel) replicaArgs(primary *Server) []string {
 }
 
 // sentinelConfig writes sentinel i's config file: monitor the primary with
-// quorum 2, call it down after a second, fail over within seconds.
+// quorum 2, call it down after two seconds (one was seen to fail
+// over a just-promoted primary again on a loaded machine), fail over within
+// seconds.
 func sentinelConfig(dir string, i int, primary string) (string, error) {
 	host, port, err := splitAddr(primary)
 	if err != nil {
 		return "", err
 	}
 	path := filepath.Join(dir, fmt.Sprintf("sentinel-%d.conf", i+1))
-	conf := fmt.Sprintf("dir %s\nsentinel monitor %s %s %d 2\nsentinel down-after-milliseconds %s 1000\n"+
+	conf := fmt.Sprintf("dir %s\nsentinel monitor %s %s %d 2\nsentinel down-after-milliseconds %s 2000\n"+
 		"sentinel failover-timeout %s 5000\nsentinel parallel-syncs %s 2\n", dir, MasterName, host, port, MasterName, MasterName, MasterName)
 	return path, os.WriteFile(path, []byte(conf), 0o600)
 }
