@@ -21,11 +21,15 @@ note "Envoy: $ENVOY_BIN"
 note "go test -race ./..."
 go test -race -count=1 -timeout 12m -parallel 4 "$@" ./...
 # Fuzzing, after the suite (which already ran every seed and committed
-# corpus entry): each target for a bounded time, one after another, since
-# go test fuzzes one target per run. A failure writes its input under the
-# package's testdata/fuzz/<Target>/; commit it with the fix. FUZZTIME=0s skips.
-FUZZTIME="${FUZZTIME:-8s}"
-if [ "$FUZZTIME" != "0s" ]; then
+# corpus entry): each target for a bounded number of inputs, one after
+# another, since go test fuzzes one target per run. A count, not a duration:
+# with a duration, Go before 1.27 can fail a target with a bare "context
+# deadline exceeded" when the time runs out on a starved machine
+# (golang/go#75804; seen here in CI). A failure writes its input under the
+# package's testdata/fuzz/<Target>/; commit it with the fix. FUZZTIME=0s
+# (or 0x) skips; a duration (FUZZTIME=2m) still works.
+FUZZTIME="${FUZZTIME:-20000x}"
+if [ "$FUZZTIME" != "0s" ] && [ "$FUZZTIME" != "0x" ]; then
   for target in processor:FuzzParseKey processor:FuzzHeaderFilter processor:FuzzProcess \
     redisstore:FuzzDecodeHeaders redisstore:FuzzParseAcquire; do
     note "fuzz ${target#*:} for $FUZZTIME"
