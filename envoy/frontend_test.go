@@ -110,6 +110,16 @@ func (s *stack) tryDo(method, path, body string, headers ...string) (reply, erro
 	return s.tryDoCtx(context.Background(), method, path, body, headers...)
 }
 
+// send is tryDo for clients that keep going: a wire error becomes a reply
+// with status -1 and the error as its body, to be counted with the rest.
+func (s *stack) send(method, path, body string, headers ...string) reply {
+	r, err := s.tryDo(method, path, body, headers...)
+	if err != nil {
+		r = reply{status: -1, body: []byte(err.Error())}
+	}
+	return r
+}
+
 // tryDoCtx is tryDo whose request ends with ctx (the client hangs up).
 func (s *stack) tryDoCtx(ctx context.Context, method, path, body string, headers ...string) (reply, error) {
 	var rd io.Reader

@@ -77,10 +77,7 @@ func TestNeverTwice_ShutdownCutsJob(t *testing.T) {
 
 	first := make(chan reply, 1)
 	go func() {
-		r, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
-		if err != nil {
-			r = reply{status: -1, body: []byte(err.Error())}
-		}
+		r := s.send("POST", path, "", "Idempotency-Key", key)
 		first <- r
 	}()
 	testenv.WaitFor(t, 10*time.Second, "the job at the backend", func() bool { return s.executions(t, key) == 1 })
@@ -164,10 +161,7 @@ func TestNeverTwice_LeaseRunsOut(t *testing.T) {
 
 	aReply := make(chan reply, 1)
 	go func() {
-		r, err := a.tryDo("POST", path, body, hdrs...)
-		if err != nil {
-			r = reply{status: -1, body: []byte(err.Error())}
-		}
+		r := a.send("POST", path, body, hdrs...)
 		aReply <- r
 	}()
 	testenv.WaitFor(t, 10*time.Second, "A's request at the backend", func() bool { return shared.executions(t, key) == 1 })

@@ -44,10 +44,7 @@ func loadKeys(s *stack, workers int, stop <-chan struct{}) <-chan []keyOutcome {
 				}
 				o := keyOutcome{key: randomKey()}
 				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-					r, err := s.tryDo("POST", "/charge", "", "Idempotency-Key", o.key)
-					if err != nil {
-						r = reply{status: -1, body: []byte(err.Error())}
-					}
+					r := s.send("POST", "/charge", "", "Idempotency-Key", o.key)
 					o.replies = append(o.replies, r)
 					if r.status == http.StatusOK {
 						o.first = r

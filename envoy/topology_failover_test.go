@@ -295,10 +295,7 @@ func TestTopology_SentinelReplicaLag(t *testing.T) {
 			deadline := time.Now().Add(60 * time.Second)
 			for i, k := range keys {
 				wg.Go(func() {
-					r, err := s.tryDo("POST", path, "", "Idempotency-Key", k)
-					if err != nil {
-						r = reply{status: -1, body: []byte(err.Error())}
-					}
+					r := s.send("POST", path, "", "Idempotency-Key", k)
 					runs[i].first = r
 					answered.Add(1)
 				})

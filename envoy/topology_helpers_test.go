@@ -92,10 +92,7 @@ func retryUntilOK(s *stack, path, key string, start <-chan struct{}, deadline ti
 	<-start
 	var rs []reply
 	for time.Now().Before(deadline) {
-		r, err := s.tryDo("POST", path, "", "Idempotency-Key", key)
-		if err != nil {
-			r = reply{status: -1, body: []byte(err.Error())}
-		}
+		r := s.send("POST", path, "", "Idempotency-Key", key)
 		rs = append(rs, r)
 		switch {
 		case r.status == http.StatusOK, r.problemType() == problem+"outcome-unknown",
@@ -119,10 +116,7 @@ func inFlight(t *testing.T, s *stack, keys []string, path string, retry <-chan s
 	deadline := time.Now().Add(90 * time.Second)
 	for i, k := range keys {
 		wg.Go(func() {
-			r, err := s.tryDo("POST", path, "", "Idempotency-Key", k)
-			if err != nil {
-				r = reply{status: -1, body: []byte(err.Error())}
-			}
+			r := s.send("POST", path, "", "Idempotency-Key", k)
 			runs[i].first = r
 		})
 		wg.Go(func() { runs[i].retries = retryUntilOK(s, path, k, retry, deadline) })

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -20,23 +18,8 @@ func TestRun_channelACL(t *testing.T) {
 	rs := redistopo.Start(t)
 	admin := rs.Client(t)
 	require.NoError(t, admin.Do(t.Context(), "ACL", "SETUSER", "idemproxy", "reset", "on", ">pw", "~idemproxy:*", "+@all").Err())
-	logs := &testenv.Buffer{}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{
-			"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-			"--redis-url", "redis://idemproxy:pw@" + rs.Addr + "/0", "--health-interval", "50ms",
-		}, env{}.get, logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(waitFor):
-			t.Error("run did not return")
-		}
-	})
+	logs, done, _ := runInBackground(t, env{}.get, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--redis-url", "redis://idemproxy:pw@"+rs.Addr+"/0", "--health-interval", "50ms")
 	adminAddr := logAddr(t, logs, done, "admin listening")
 	metric := func() float64 {
 		return testenv.Metric(t, "http://"+adminAddr+"/metrics", "idemproxy_redis_channels_refused")

@@ -27,24 +27,8 @@ const (
 
 func TestRun_servesAndFollowsRedis(t *testing.T) {
 	rs := redistopo.Start(t)
-	logs := &testenv.Buffer{}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{
-			"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-			"--redis-url", rs.URL(), "--health-interval", "50ms", "--redis-timeout", "300ms",
-			"--shutdown-grace", "2s",
-		}, env{}.get, logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(waitFor):
-			t.Error("run did not return")
-		}
-	})
+	logs, done, cancel := runInBackground(t, env{}.get, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--redis-url", rs.URL(), "--health-interval", "50ms", "--redis-timeout", "300ms", "--shutdown-grace", "2s")
 
 	grpcAddr := logAddr(t, logs, done, "grpc listening")
 	adminAddr := logAddr(t, logs, done, "admin listening")
@@ -74,7 +58,7 @@ func TestRun_servesAndFollowsRedis(t *testing.T) {
 	healthIs := func(want healthpb.HealthCheckResponse_ServingStatus) func() bool {
 		return func() bool {
 			for _, svc := range []string{"", extProcService} {
-				r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+				r, err := health.Check(t.Context(), &healthpb.HealthCheckRequest{Service: svc})
 				if err != nil || r.GetStatus() != want {
 					return false
 				}
@@ -161,6 +145,26 @@ func TestRun_addressInUse(t *testing.T) {
 	require.ErrorContains(t, err, "admin listener")
 	var usage usageError
 	require.False(t, errors.As(err, &usage), "a busy port is not a usage error")
+}
+
+// runInBackground runs idemproxy's run with args until cancel is called
+// or the test ends, and returns its log and where its result arrives. A
+// test that reads the result itself puts one back, for the cleanup.
+func runInBackground(t *testing.T, getenv func(string) string, args ...string) (*testenv.Buffer, chan error, context.CancelFunc) {
+	t.Helper()
+	logs := &testenv.Buffer{}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, getenv, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(waitFor):
+			t.Error("run did not return")
+		}
+	})
+	return logs, done, cancel
 }
 
 // logAddr waits for the JSON log line msg and returns its addr field.

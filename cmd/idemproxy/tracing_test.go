@@ -64,21 +64,8 @@ func TestRun_tracesOverGRPCAndFlushesOnExit(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
 	t.Setenv("OTEL_SERVICE_NAME", "idemproxy-test")
-	logs := &testenv.Buffer{}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-			"--redis-url", rs.URL(), "--health-interval", "50ms"}, os.Getenv, logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(waitFor):
-			t.Error("run did not return")
-		}
-	})
+	logs, done, cancel := runInBackground(t, os.Getenv, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--redis-url", rs.URL(), "--health-interval", "50ms")
 	grpcAddr := logAddr(t, logs, done, "grpc listening")
 	testenv.WaitFor(t, waitFor, "readiness", func() bool {
 		return strings.Contains(logs.String(), "redis maxmemory-policy is noeviction")
