@@ -112,13 +112,7 @@ func TestTopology_Cluster(t *testing.T) {
 
 	ok := t.Run("keys spread over every primary run once and replay", func(t *testing.T) {
 		for range 60 {
-			k := newKey(t)
-			first := s.do(t, "POST", "/charge", "", "Idempotency-Key", k)
-			again := s.do(t, "POST", "/charge", "", "Idempotency-Key", k)
-			require.Equal(t, classExecuted, classify(first))
-			require.Equal(t, classReplayed, classify(again))
-			require.Equal(t, string(first.body), string(again.body))
-			require.Equal(t, 1, s.executions(t, k))
+			chargeAndReplay(t, s)
 		}
 		primaries, err := cl.Primaries(t.Context())
 		require.NoError(t, err)

@@ -162,3 +162,16 @@ func countFailover(t *testing.T, s *stack, path string, keys []string, runs []ke
 	}
 	return f
 }
+
+// chargeAndReplay charges a new key through s and retries it: the charge
+// runs, the retry replays it byte for byte, and the backend ran it once.
+func chargeAndReplay(t *testing.T, s *stack) {
+	t.Helper()
+	k := newKey(t)
+	first := s.do(t, "POST", "/charge", "", "Idempotency-Key", k)
+	again := s.do(t, "POST", "/charge", "", "Idempotency-Key", k)
+	require.Equal(t, classExecuted, classify(first))
+	require.Equal(t, classReplayed, classify(again))
+	require.Equal(t, string(first.body), string(again.body))
+	require.Equal(t, 1, s.executions(t, k))
+}
