@@ -228,12 +228,16 @@ func TestWait_Ends(t *testing.T) {
 	})
 }
 
-// TestWait_RedisCut: Redis goes away while duplicates wait. They are told
-// 503 (a recheck finds Redis gone), never let through, and the key runs
-// once.
+// TestWait_RedisCut: Redis goes away while duplicates wait. A failed read
+// decides nothing: they keep waiting, looking again, and only at the
+// route's max-wait (3 s here) are they told 503; never let through, and
+// the key runs once.
 func TestWait_RedisCut(t *testing.T) {
 	t.Parallel()
-	s := startStack(t, "--wait-recheck", "200ms", "--finalize-timeout", "1s")
+	s := startStackWith(t, stackConfig{
+		idemproxyArgs: []string{"--wait-recheck", "200ms", "--finalize-timeout", "1s"},
+		envoyEdits:    [][2]string{{"{ key: x-idemproxy-max-wait, value: 25s }", "{ key: x-idemproxy-max-wait, value: 3s }"}},
+	})
 	key := newKey(t)
 	hdr := []string{"Idempotency-Key", key}
 	first := s.goDo("POST", "/wait/slow?delay=2s", "", hdr...)
@@ -244,6 +248,16 @@ func TestWait_RedisCut(t *testing.T) {
 	}
 	testenv.WaitFor(t, 5*time.Second, "three waiting", func() bool { return s.metric(t, "idemproxy_waiters") == 3 })
 	s.redis.Stop()
+	// Several re-checks (200 ms) have failed by now: still waiting.
+	time.Sleep(time.Second)
+	for i, ch := range dups {
+		select {
+		case r := <-ch:
+			t.Fatalf("waiter %d answered while it should still wait: %d %s", i, r.status, r.body)
+		default:
+		}
+	}
+	require.EqualValues(t, 3, s.metric(t, "idemproxy_waiters"))
 	for i, ch := range dups {
 		r := await(t, ch, 10*time.Second, fmt.Sprintf("waiter %d", i))
 		require.Equal(t, http.StatusServiceUnavailable, r.status, "waiter %d: %s", i, r.body)

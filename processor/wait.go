@@ -36,6 +36,16 @@ type Watcher interface {
 // answer may take before Envoy's extended timer fires.
 const waitSlack = time.Second
 
+// A waiter whose read of its key failed looks again after waitRetryFirst,
+// doubling up to waitRetryMax: a failover or a reconnect makes Redis calls
+// fail for a moment (go-redis even refuses new connections for up to a
+// second after a run of failed dials), and a waiter that has already held
+// its client should outlast that, not end in a 503 at the first error.
+const (
+	waitRetryFirst = 50 * time.Millisecond
+	waitRetryMax   = time.Second
+)
+
 // Wait outcomes, the label of idemproxy_waits_total.
 const (
 	waitReplayed = "replayed" // the first request completed: its replay
@@ -44,7 +54,7 @@ const (
 	waitTimeout  = "timeout"  // --max-wait passed: 409 in-progress
 	waitGone     = "gone"     // the client hung up while waiting
 	waitFull     = "full"     // --max-waiters reached: 409 at once
-	waitError    = "error"    // Redis failed: 503
+	waitError    = "error"    // Redis unanswered until --max-wait, or a failed acquire: 503
 )
 
 // wait holds a duplicate until its key is settled or the wait ends, then
@@ -75,6 +85,9 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 	defer stop()
 	deadline := time.NewTimer(e.pol.maxWait)
 	defer deadline.Stop()
+	retry := newRetry()
+	defer retry.stop()
+	var readErr error // the last read failed: the key's state is not known
 	for {
 		var event time.Time // the key must be read as it was after this
 		select {
@@ -82,25 +95,45 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 			m.waits.WithLabelValues(waitGone).Inc()
 			return nil
 		case <-deadline.C:
+			if readErr != nil {
+				// Redis did not answer until the end: fail closed as
+				// any request would, rather than guess "in progress".
+				m.waits.WithLabelValues(waitError).Inc()
+				return e.storeFailed(readErr, cont)
+			}
 			m.waits.WithLabelValues(waitTimeout).Inc()
 			return e.answerExisting(acq, claim.Fingerprint, cont)
 		case event = <-wake:
 		case event = <-tick:
+		case event = <-retry.c():
 		}
 		next, err := e.srv.reads.peek(e.ctx, e.key, event)
 		if e.ctx.Err() != nil {
 			m.waits.WithLabelValues(waitGone).Inc()
 			return nil
 		}
-		if err == nil && e.mayTake(next, claim) {
+		if err != nil {
+			// Nothing is decided on a failed read, and nothing runs:
+			// look again soon, until --max-wait.
+			if readErr == nil {
+				e.logger().Warn("a waiting duplicate could not read its key; still waiting, looking again shortly", "error", err)
+			}
+			readErr = err
+			retry.after()
+			continue
+		}
+		readErr = nil
+		retry.reset()
+		if e.mayTake(next, claim) {
 			// Free (its owner gave it back): race for it as a new
 			// request would; one waiter wins, the others wait on.
-			next, err = e.look(claim)
-		}
-		if err != nil {
-			m.waits.WithLabelValues(waitError).Inc()
-			e.unanswered(claim.Token)
-			return e.storeFailed(err, cont)
+			if next, err = e.look(claim); err != nil {
+				// The acquire may have taken the lock all the same:
+				// finish gives back whatever this token holds.
+				m.waits.WithLabelValues(waitError).Inc()
+				e.unanswered(claim.Token)
+				return e.storeFailed(err, cont)
+			}
 		}
 		switch {
 		case next.State == idem.StateInProgress && bytes.Equal(next.Fingerprint, claim.Fingerprint):
@@ -117,6 +150,44 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		}
 	}
 }
+
+// waitRetry schedules a waiter's next look after a failed read, backing
+// off from waitRetryFirst to waitRetryMax.
+type waitRetry struct {
+	timer   *time.Timer
+	pending bool
+	next    time.Duration
+}
+
+func newRetry() *waitRetry {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &waitRetry{timer: t, next: waitRetryFirst}
+}
+
+// after schedules the next look and lengthens the one after it.
+func (r *waitRetry) after() {
+	r.timer.Reset(r.next)
+	r.pending = true
+	r.next = min(2*r.next, waitRetryMax)
+}
+
+// reset forgets the failures: a read succeeded.
+func (r *waitRetry) reset() {
+	r.timer.Stop()
+	r.pending = false
+	r.next = waitRetryFirst
+}
+
+// c is the channel of the scheduled look; nil (never ready) when none is.
+func (r *waitRetry) c() <-chan time.Time {
+	if !r.pending {
+		return nil
+	}
+	return r.timer.C
+}
+
+func (r *waitRetry) stop() { r.timer.Stop() }
 
 // mayTake says whether a shared look found the key takeable by claim: free,
 // or (under --on-unknown=rerun-after-ttl) left by an owner whose lease ran
