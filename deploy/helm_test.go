@@ -87,6 +87,7 @@ func TestHelmChart_defaults(t *testing.T) {
 				require.Equal(t, v, cm.Data[k], k)
 			}
 		}
+		require.NotContains(t, cm.Data, "IDEMPROXY_REDIS_MIN_REPLICAS", "unset: idemproxy's default per topology")
 		requireKnownEnv(t, r)
 	})
 	t.Run("the Go runtime settings are deploy/kubernetes's", func(t *testing.T) {

@@ -20,6 +20,22 @@ func TestParseSettings_redisModes(t *testing.T) {
 		require.Zero(t, s.MinReplicas)
 		require.Equal(t, 250*time.Millisecond, s.ReplicaTimeout)
 	})
+	t.Run("where Redis replicates, a write waits for one replica unless told otherwise", func(t *testing.T) {
+		for mode, url := range map[string]string{
+			modeCluster:  "redis://127.0.0.1:7000",
+			modeSentinel: "redis://127.0.0.1:26379?master_name=mymaster",
+		} {
+			s, err := parseSettings([]string{"--redis-mode", mode, "--redis-url", url}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051"}.get, io.Discard)
+			require.NoError(t, err)
+			require.Equal(t, 1, s.MinReplicas, mode)
+			s, err = parseSettings([]string{"--redis-mode", mode, "--redis-url", url}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051",
+				"IDEMPROXY_REDIS_MIN_REPLICAS": "0"}.get, io.Discard)
+			require.NoError(t, err)
+			require.Zero(t, s.MinReplicas, "%s: 0 said explicitly", mode)
+		}
+		_, err := parseSettings([]string{"--redis-min-replicas", "one"}, env{}.get, io.Discard)
+		require.ErrorContains(t, err, `"one" is not a whole number`)
+	})
 	good := map[string][]string{
 		"cluster seed nodes": {"--redis-mode", "cluster", "--redis-url",
 			"redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002"},

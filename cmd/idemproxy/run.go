@@ -146,6 +146,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			"addr", grpcLis.Addr().String())
 	}
 	log.Info("admin listening", "addr", adminLis.Addr().String())
+	if s.MinReplicas == 0 && s.RedisMode != modeStandalone {
+		log.Warn("--redis-min-replicas 0: writes do not wait for a replica, so a Redis failover can lose a lock and a retry then runs a second time (MAY RUN TWICE)",
+			"redis_mode", s.RedisMode)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { checker.run(gctx); return nil })

@@ -185,3 +185,32 @@ func logAddr(t *testing.T, logs *testenv.Buffer, done chan error, msg string) st
 	t.Fatalf("no %q log line; logs:\n%s", msg, logs.String())
 	return ""
 }
+
+// TestRun_warnsOfUnreplicatedWrites: where Redis replicates, saying
+// --redis-min-replicas 0 is allowed but logged at start as what it is; the
+// default (1 there) and standalone say nothing.
+func TestRun_warnsOfUnreplicatedWrites(t *testing.T) {
+	const warning = "MAY RUN TWICE"
+	// Nothing listens at the sentinel address: the start-up logs do not
+	// depend on Redis answering.
+	sentinel := []string{"--redis-mode", "sentinel", "--redis-url", "redis://127.0.0.1:1?master_name=mymaster"}
+	for name, c := range map[string]struct {
+		args []string
+		warn bool
+	}{
+		"sentinel, 0 said":        {append([]string{"--redis-min-replicas", "0"}, sentinel...), true},
+		"sentinel, the default":   {sentinel, false},
+		"standalone, the default": {[]string{"--redis-url", "redis://127.0.0.1:1"}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, c.args...)
+			logs, done, _ := runInBackground(t, env{}.get, args...)
+			logAddr(t, logs, done, "admin listening")
+			if c.warn {
+				require.Contains(t, logs.String(), warning)
+			} else {
+				require.NotContains(t, logs.String(), warning)
+			}
+		})
+	}
+}
