@@ -155,7 +155,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	g.Go(func() error { checker.run(gctx); return nil })
 	g.Go(func() error { held.run(gctx); return nil })
 	g.Go(func() error {
-		if err := gs.Serve(grpcLis); err != nil {
+		// ErrServerStopped: the shutdown came before Serve began (a
+		// signal right at start), which is a clean stop, not a failure.
+		if err := gs.Serve(grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
 		}
 		return nil

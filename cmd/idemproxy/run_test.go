@@ -214,3 +214,16 @@ func TestRun_warnsOfUnreplicatedWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestRun_stopRightAtStart: a shutdown that comes before the servers have
+// begun to serve (SIGTERM just after start) is a clean stop, not an error
+// (CI saw "grpc server: grpc: the server has been stopped" and exit 1).
+func TestRun_stopRightAtStart(t *testing.T) {
+	for i := range 20 {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		logs := &testenv.Buffer{}
+		err := run(ctx, []string{"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:1"}, env{}.get, logs)
+		require.NoError(t, err, "run %d; logs:\n%s", i, logs.String())
+	}
+}
