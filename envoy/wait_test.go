@@ -229,15 +229,13 @@ func TestWait_Ends(t *testing.T) {
 }
 
 // TestWait_RedisCut: Redis goes away while duplicates wait. A failed read
-// decides nothing: they keep waiting, looking again, and only at the
-// route's max-wait (3 s here) are they told 503; never let through, and
-// the key runs once.
+// decides nothing: they keep waiting, looking again, and once their reads
+// have failed for 2 s (an outage, not a failover's moment) they are told
+// 503, well before the route's max wait (25 s); never let through, and the
+// key runs once.
 func TestWait_RedisCut(t *testing.T) {
 	t.Parallel()
-	s := startStackWith(t, stackConfig{
-		idemproxyArgs: []string{"--wait-recheck", "200ms", "--finalize-timeout", "1s"},
-		envoyEdits:    [][2]string{{"{ key: x-idemproxy-max-wait, value: 25s }", "{ key: x-idemproxy-max-wait, value: 3s }"}},
-	})
+	s := startStack(t, "--wait-recheck", "200ms", "--finalize-timeout", "1s")
 	key := newKey(t)
 	hdr := []string{"Idempotency-Key", key}
 	first := s.goDo("POST", "/wait/slow?delay=2s", "", hdr...)
@@ -248,8 +246,9 @@ func TestWait_RedisCut(t *testing.T) {
 	}
 	testenv.WaitFor(t, 5*time.Second, "three waiting", func() bool { return s.metric(t, "idemproxy_waiters") == 3 })
 	s.redis.Stop()
-	// Several re-checks (200 ms) have failed by now: still waiting.
-	time.Sleep(time.Second)
+	stopped := time.Now()
+	// Re-checks (200 ms) have failed by now: still waiting.
+	time.Sleep(500 * time.Millisecond)
 	for i, ch := range dups {
 		select {
 		case r := <-ch:
@@ -263,6 +262,7 @@ func TestWait_RedisCut(t *testing.T) {
 		require.Equal(t, http.StatusServiceUnavailable, r.status, "waiter %d: %s", i, r.body)
 		require.Equal(t, "urn:idemproxy:problem:store-unavailable", r.problemType())
 	}
+	t.Logf("the waiters got their 503 %v after Redis stopped", time.Since(stopped).Round(10*time.Millisecond))
 	await(t, first, 10*time.Second, "the original")
 	require.Equal(t, 1, s.executions(t, key), "the waiters never reached the backend")
 	require.EqualValues(t, 3, s.metric(t, `idemproxy_waits_total{result="error"}`))

@@ -41,9 +41,12 @@ const waitSlack = time.Second
 // fail for a moment (go-redis even refuses new connections for up to a
 // second after a run of failed dials), and a waiter that has already held
 // its client should outlast that, not end in a 503 at the first error.
+// Once its reads have failed for waitReadGiveUp it is a real outage: the
+// 503 then, not at --max-wait, so the client is not held for nothing.
 const (
 	waitRetryFirst = 50 * time.Millisecond
 	waitRetryMax   = time.Second
+	waitReadGiveUp = 2 * time.Second
 )
 
 // Wait outcomes, the label of idemproxy_waits_total.
@@ -54,7 +57,7 @@ const (
 	waitTimeout  = "timeout"  // --max-wait passed: 409 in-progress
 	waitGone     = "gone"     // the client hung up while waiting
 	waitFull     = "full"     // --max-waiters reached: 409 at once
-	waitError    = "error"    // Redis unanswered until --max-wait, or a failed acquire: 503
+	waitError    = "error"    // reads failed for waitReadGiveUp or until --max-wait, or a failed acquire: 503
 )
 
 // wait holds a duplicate until its key is settled or the wait ends, then
@@ -87,7 +90,8 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 	defer deadline.Stop()
 	retry := newRetry()
 	defer retry.stop()
-	var readErr error // the last read failed: the key's state is not known
+	var readErr error          // the last read failed: the key's state is not known
+	var failingSince time.Time // when the reads began to fail
 	for {
 		var event time.Time // the key must be read as it was after this
 		select {
@@ -114,11 +118,16 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		}
 		if err != nil {
 			// Nothing is decided on a failed read, and nothing runs:
-			// look again soon, until --max-wait.
+			// look again soon, for a while.
 			if readErr == nil {
+				failingSince = time.Now()
 				e.logger().Warn("a waiting duplicate could not read its key; still waiting, looking again shortly", "error", err)
 			}
 			readErr = err
+			if time.Since(failingSince) >= waitReadGiveUp {
+				m.waits.WithLabelValues(waitError).Inc()
+				return e.storeFailed(err, cont)
+			}
 			retry.after()
 			continue
 		}
