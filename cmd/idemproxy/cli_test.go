@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,5 +102,25 @@ func TestBinary_redisDownLogsOnlyJSON(t *testing.T) {
 	}
 	require.Positive(t, lines)
 	require.NotContains(t, p.Output(), "redis: ", "no plain-text go-redis prefix")
+
+	// A failure after start (the gRPC port taken) is a JSON line too, the
+	// last one, and exits 1.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	var stderr strings.Builder
+	cmd := exec.Command(bin, "--grpc-addr", taken.Addr().String(), "--admin-addr", "127.0.0.1:0", "--redis-url", "redis://"+dead+"/0")
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "%v", err)
+	require.Equal(t, 1, exit.ExitCode())
+	out := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	var last map[string]any
+	for _, line := range out {
+		require.NoError(t, json.Unmarshal([]byte(line), &last), "a line that is not JSON: %q", line)
+	}
+	require.Equal(t, "ERROR", last["level"])
+	require.Contains(t, last["error"], "address already in use")
 	_ = os.Remove(bin)
 }

@@ -22,7 +22,9 @@ func main() {
 		return
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "idemproxy:", err)
+		if !errors.As(err, new(loggedError)) {
+			fmt.Fprintln(os.Stderr, "idemproxy:", err)
+		}
 		var usage usageError
 		if errors.As(err, &usage) {
 			os.Exit(2)

@@ -25,12 +25,20 @@ import (
 
 // run wires the server and serves until ctx ends, then shuts down
 // gracefully. Tests call it directly.
-func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	s, err := parseSettings(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.LogLevel}))
+	// From here on stderr carries JSON only: a failure is logged as the
+	// last line, and main just sets the exit code.
+	defer func() {
+		if err != nil {
+			log.Error("idemproxy stopped on an error", "error", err)
+			err = loggedError{err}
+		}
+	}()
 	// go-redis logs through one package-level logger, not per client.
 	// Setting it here is acceptable because a process runs one run: every
 	// client it makes is ours. (Tests that call run several times in one
@@ -177,10 +185,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		defer cancel()
 		return admin.Shutdown(sctx)
 	})
-	err = g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
 	log.Info("stopped")
-	return err
+	return nil
 }
+
+// loggedError is a failure run has already logged; it unwraps to the
+// failure, so a usageError inside still exits 2.
+type loggedError struct{ err error }
+
+func (e loggedError) Error() string { return e.err.Error() }
+func (e loggedError) Unwrap() error { return e.err }
 
 // stopGRPC lets in-flight streams finish, then cuts the rest. A stream cut
 // here leaves its lock to expire: its request may be upstream.
