@@ -25,12 +25,18 @@ import (
 // per round trip of idemproxy's request path.
 func scriptCalls(t testing.TB, c *redis.Client) int {
 	t.Helper()
+	return commandCalls(t, c, "evalsha", "eval")
+}
+
+// commandCalls is how many times Redis ran the commands named, so far.
+func commandCalls(t testing.TB, c *redis.Client, commands ...string) int {
+	t.Helper()
 	info, err := c.Info(t.Context(), "commandstats").Result()
 	require.NoError(t, err)
 	n := 0
 	for line := range strings.SplitSeq(info, "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
+		if !ok || !slices.Contains(commands, strings.TrimPrefix(name, "cmdstat_")) {
 			continue
 		}
 		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
@@ -63,7 +69,7 @@ func TestWait_DuplicatesGetTheReplay(t *testing.T) {
 	for range 2 {
 		require.Equal(t, http.StatusOK, fs.do(t, "POST", "/wait/charge", body, "Idempotency-Key", newKey(t)).status)
 	}
-	before := scriptCalls(t, rc)
+	before, subsBefore := scriptCalls(t, rc), commandCalls(t, rc, "ssubscribe")
 	first := fs.goDo("POST", "/wait/slow?delay=2s", body, hdr...)
 	time.Sleep(500 * time.Millisecond)
 	dups := make([]<-chan result, n)
@@ -99,22 +105,30 @@ func TestWait_DuplicatesGetTheReplay(t *testing.T) {
 	// The original's acquire and completion, its lease renewals, and
 	// each duplicate's own acquire; beyond them, per replica one shared
 	// read when its subscription became active and one when the notice
-	// came, whatever the number of waiters there.
-	calls := scriptCalls(t, rc) - before
-	peeks := 0.0
+	// came, whatever the number of waiters there. Two more are allowed,
+	// not per waiter: a duplicate whose look came before the completion
+	// but whose wait began after its replica's other waiters had left
+	// must subscribe and read again (or it would miss the completion),
+	// and a Pub/Sub reconnect re-subscribes, which prompts a read. CI saw
+	// 5 such reads once (57 scripts for 50 waiters).
+	calls, subs := scriptCalls(t, rc)-before, commandCalls(t, rc, "ssubscribe")-subsBefore
+	peeks, perReplica := 0.0, []float64{}
 	for _, r := range fs.replicas {
-		peeks += testenv.Metric(t, r.adminURL+"/metrics", `idemproxy_redis_duration_seconds{op="peek",result="ok"}`)
+		p := testenv.Metric(t, r.adminURL+"/metrics", `idemproxy_redis_duration_seconds{op="peek",result="ok"}`)
+		peeks += p
+		perReplica = append(perReplica, p)
 	}
 	extra := calls - 2 - int(renewals) - n
 	require.GreaterOrEqual(t, extra, 0)
-	require.LessOrEqual(t, extra, 2*len(fs.replicas), "no round trip per waiter: %d scripts for %d waiters", calls, n)
+	require.LessOrEqual(t, extra, 2*len(fs.replicas)+2, "no round trip per waiter: %d scripts for %d waiters; shared reads per replica %v, SSUBSCRIBEs %d",
+		calls, n, perReplica, subs)
 
 	slices.Sort(lat)
 	logFigures(t, "wait-replay", "waiters", n, "replicas", len(fs.replicas), "executions", fs.executions(t, key),
 		"after_original_p50", percentile(lat, 0.5).Round(10*time.Microsecond),
 		"p99", percentile(lat, 0.99).Round(10*time.Microsecond),
 		"max", lat[len(lat)-1].Round(10*time.Microsecond),
-		"redis_scripts", calls, "shared_reads", peeks, "scripts_per_waiter", fmt.Sprintf("%.2f", float64(calls-2-int(renewals))/n))
+		"redis_scripts", calls, "shared_reads", peeks, "ssubscribes", subs, "scripts_per_waiter", fmt.Sprintf("%.2f", float64(calls-2-int(renewals))/n))
 }
 
 // TestWait_Ends: every way a wait ends, one subtest each, on one stack
