@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 )
 
@@ -26,13 +27,20 @@ func startWaiter(t *testing.T, srv *Server, store *fakeStore) *session {
 	return dup
 }
 
+// waitOnFirst starts a first request for key k and a duplicate that
+// waits for it, on a server configured by mut.
+func waitOnFirst(t *testing.T, mut func(*Config)) (*fakeStore, *prometheus.Registry, *session, *session) {
+	t.Helper()
+	store := newFakeStore()
+	srv, reg := newTestServer(t, store, mut)
+	first := serve(t, srv)
+	requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+	return store, reg, first, startWaiter(t, srv, store)
+}
+
 func TestServer_Process_waitForTheReplay(t *testing.T) {
 	t.Run("a duplicate gets the replay the moment the first request completes", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		store, reg, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		require.EqualValues(t, 1, gauge(t, reg, "idemproxy_waiters"))
 
 		start := time.Now()
@@ -50,11 +58,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.Zero(t, store.watching(keyOf("k")), "the subscription ends with its waiter")
 	})
 	t.Run("when the first request gives its key back, the waiter runs it", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		_, reg, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		first.roundTrip(respHeaders(false, ":status", "429")) // released
 		resp := dup.reply()
 		require.NotNil(t, resp.GetRequestHeaders(), "the waiter goes upstream itself")
@@ -63,20 +67,12 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitAcquired))
 	})
 	t.Run("an unknown outcome ends the wait with 409 outcome-unknown", func(t *testing.T) {
-		store := newFakeStore()
-		srv, _ := newTestServer(t, store, waitConfig(10*time.Second))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		_, _, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		first.end(endCanceled) // abandoned
 		requireProblem(t, dup.reply(), 409, "outcome-unknown")
 	})
 	t.Run("after --max-wait the duplicate gets 409 in-progress with Retry-After", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(100*time.Millisecond))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		_, reg, _, dup := waitOnFirst(t, waitConfig(100*time.Millisecond))
 		_, hs := requireProblem(t, dup.reply(), 409, "in-progress")
 		require.NotEmpty(t, headerGet(hs, "retry-after"))
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitTimeout))
@@ -134,11 +130,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, n, counter(t, reg, "idemproxy_waits_total", "result", waitReplayed))
 	})
 	t.Run("a client that hangs up frees its waiter at once", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		store, reg, _, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		dup.st.cancel()
 		require.NoError(t, dup.wait())
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitGone))
@@ -146,11 +138,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.Zero(t, store.watching(keyOf("k")))
 	})
 	t.Run("a failed read is looked at again: the waiter still gets the replay", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		store, reg, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		store.failTimes("peek", errRedisDown, 3) // a failover's moment
 		first.roundTrip(respHeaders(false, ":status", "201"))
 		first.roundTrip(respBody("charged", true))
@@ -160,11 +148,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitReplayed))
 	})
 	t.Run("a Redis that fails until --max-wait ends the wait with a 503", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(300*time.Millisecond))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		store, reg, first, dup := waitOnFirst(t, waitConfig(300*time.Millisecond))
 		store.failOn("peek", errRedisDown)
 		first.roundTrip(respHeaders(true, ":status", "200"))
 		requireProblem(t, dup.reply(), 503, "store-unavailable")
@@ -172,11 +156,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitError))
 	})
 	t.Run("reads that fail for 2 s are an outage: 503 then, before --max-wait", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(time.Minute))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		store, reg, first, dup := waitOnFirst(t, waitConfig(time.Minute))
 		store.failOn("peek", errRedisDown)
 		start := time.Now()
 		first.roundTrip(respHeaders(true, ":status", "200"))
@@ -186,11 +166,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitError))
 	})
 	t.Run("a failed acquire of a freed key is a 503", func(t *testing.T) {
-		store := newFakeStore()
-		srv, reg := newTestServer(t, store, waitConfig(10*time.Second))
-		first := serve(t, srv)
-		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
-		dup := startWaiter(t, srv, store)
+		store, reg, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		store.failOn("acquire", errRedisDown)
 		first.roundTrip(respHeaders(true, ":status", "429")) // released: the waiter races for it
 		requireProblem(t, dup.reply(), 503, "store-unavailable")
