@@ -31,8 +31,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.LogLevel}))
-	// From here on stderr carries JSON only: a failure is logged as the
-	// last line, and main just sets the exit code.
+	// From here on stderr carries JSON only: a failure is logged as an
+	// ERROR line, and main just sets the exit code.
 	defer func() {
 		if err != nil {
 			log.Error("idemproxy stopped on an error", "error", err)
