@@ -42,9 +42,11 @@ func startObservedStack(t *testing.T) *observedStack {
 	grpcAddr := s.idemproxy.LogAddr(t, "grpc listening")
 	s.adminAddr = s.idemproxy.LogAddr(t, "admin listening")
 	s.idemproxy.Ready(t, 10*time.Second, testenv.HTTPOK(http.DefaultClient, "http://"+s.adminAddr+"/readyz"))
-	c := testenv.EnvoyConfig{Listener: testenv.Port(t), Admin: testenv.Port(t), Backend: backendAddr, ExtProc: grpcAddr}
-	testenv.StartEnvoy(t, envoyBin, testenv.WriteEnvoyConfig(t, repoPath("envoy", "envoy.yaml"), c), c.Admin)
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", c.Listener)
+	_, listener, _ := testenv.StartEnvoyOnFreePorts(t, envoyBin, func(l, a int) string {
+		c := testenv.EnvoyConfig{Listener: l, Admin: a, Backend: backendAddr, ExtProc: grpcAddr}
+		return testenv.WriteEnvoyConfig(t, repoPath("envoy", "envoy.yaml"), c)
+	})
+	s.url = fmt.Sprintf("http://127.0.0.1:%d", listener)
 	t.Cleanup(s.client.CloseIdleConnections)
 	return s
 }

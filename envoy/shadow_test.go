@@ -33,8 +33,26 @@ func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 	s := startShared(t)
 	var grpcAddr string
 	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", idemproxyArgs...)
-	c := testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, AuthToken: e2eToken,
-		Listener: testenv.Port(t), Admin: testenv.Port(t)}
+	c := testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, AuthToken: e2eToken}
+	dir := t.TempDir()
+	rs := &rdsStack{stack: s, routesPath: filepath.Join(dir, "routes.json")}
+	var listener, admin int
+	s.envoy, listener, admin = testenv.StartEnvoyOnFreePorts(t, envoyBin, func(l, a int) string {
+		c.Listener, c.Admin = l, a
+		return rs.envoyConfig(t, c, dir)
+	})
+	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", admin)
+	s.url = fmt.Sprintf("http://127.0.0.1:%d", listener)
+	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	t.Cleanup(s.client.CloseIdleConnections)
+	return rs
+}
+
+// envoyConfig writes the shipped envoy.yaml rendered with c, its routes
+// moved into rs's RDS file (in the watched dir) with the /shadow/ route
+// added, and returns the config's path.
+func (rs *rdsStack) envoyConfig(t *testing.T, c testenv.EnvoyConfig, dir string) string {
+	t.Helper()
 	rendered := testenv.WriteEnvoyConfig(t, "envoy.yaml", c)
 	raw, err := os.ReadFile(rendered)
 	require.NoError(t, err)
@@ -55,8 +73,7 @@ func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 				map[string]any{"key": "x-idemproxy-mode", "value": "shadow"}}},
 		}},
 	}}, vh["routes"].([]any)...)
-	dir := t.TempDir()
-	rs := &rdsStack{stack: s, routesPath: filepath.Join(dir, "routes.json"), routes: routes}
+	rs.routes = routes
 	rs.writeRoutes(t)
 	delete(hcm, "route_config")
 	hcm["rds"] = map[string]any{
@@ -75,12 +92,7 @@ func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 	require.NoError(t, err)
 	cfgPath := filepath.Join(t.TempDir(), "envoy-rds.json")
 	require.NoError(t, os.WriteFile(cfgPath, out, 0o600))
-	s.envoy = testenv.StartEnvoy(t, envoyBin, cfgPath, c.Admin)
-	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", c.Admin)
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", c.Listener)
-	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	t.Cleanup(s.client.CloseIdleConnections)
-	return rs
+	return cfgPath
 }
 
 // writeRoutes replaces the RDS file atomically (Envoy watches the

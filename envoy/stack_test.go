@@ -66,11 +66,14 @@ func startStackWith(t *testing.T, c stackConfig) *stack {
 // ports, and points the stack's client at it.
 func (s *stack) startEnvoy(t *testing.T, bin string, c testenv.EnvoyConfig, conns int) {
 	t.Helper()
-	c.Listener, c.Admin = testenv.Port(t), testenv.Port(t)
 	c.AuthToken = e2eToken
-	s.envoy = testenv.StartEnvoy(t, bin, testenv.WriteEnvoyConfig(t, "envoy.yaml", c), c.Admin)
-	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", c.Admin)
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", c.Listener)
+	var listener, admin int
+	s.envoy, listener, admin = testenv.StartEnvoyOnFreePorts(t, bin, func(l, a int) string {
+		c.Listener, c.Admin = l, a
+		return testenv.WriteEnvoyConfig(t, "envoy.yaml", c)
+	})
+	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", admin)
+	s.url = fmt.Sprintf("http://127.0.0.1:%d", listener)
 	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
 	t.Cleanup(s.client.CloseIdleConnections)
 }

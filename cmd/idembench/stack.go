@@ -94,13 +94,19 @@ func (s *stack) start(name, bin string, args ...string) (*testenv.Process, error
 
 // startEnv is start with env (NAME=value) added to the child's environment.
 func (s *stack) startEnv(name, bin string, env []string, args ...string) (*testenv.Process, error) {
-	p, err := testenv.StartProcess(testenv.Command{Name: name, Path: bin, Args: args, Env: env,
-		LogFile: filepath.Join(s.logDir, name+".log")})
+	p, err := s.spawn(testenv.Command{Name: name, Path: bin, Args: args, Env: env})
 	if err != nil {
 		return nil, err
 	}
 	s.procs = append(s.procs, p)
 	return p, nil
+}
+
+// spawn starts c with its log in the run's log directory, untracked: the
+// caller adds it to s.procs once the run depends on it.
+func (s *stack) spawn(c testenv.Command) (*testenv.Process, error) {
+	c.LogFile = filepath.Join(s.logDir, c.Name+".log")
+	return testenv.StartProcess(c)
 }
 
 // httpOK is a readiness check: GET url answers 200.
@@ -281,26 +287,19 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	if ext != nil {
 		ec.ExtProc = ext.addr
 	}
-	if ec.Listener, err = testenv.FreePort(); err != nil {
-		return nil, err
-	}
-	if ec.Admin, err = testenv.FreePort(); err != nil {
-		return nil, err
-	}
-	path, err := testenv.RenderEnvoyFile(s.cfg.envoyYAML, ec, s.logDir, "envoy-"+string(kind)+".yaml")
+	// Tracked only once ready: a try that lost its port to another
+	// process has exited, and must not count as a dead child.
+	p, listener, adminPort, err := testenv.EnvoyOnFreePorts(ctx, s.spawn, "envoy-"+string(kind), s.cfg.bins.envoy, "error",
+		func(l, a int) (string, error) {
+			ec.Listener, ec.Admin = l, a
+			return testenv.RenderEnvoyFile(s.cfg.envoyYAML, ec, s.logDir, "envoy-"+string(kind)+".yaml")
+		})
 	if err != nil {
 		return nil, err
 	}
-	c := testenv.EnvoyCommand("envoy-"+string(kind), s.cfg.bins.envoy, path, "error")
-	p, err := s.start(c.Name, c.Path, c.Args...)
-	if err != nil {
-		return nil, err
-	}
-	admin := fmt.Sprintf("127.0.0.1:%d", ec.Admin)
-	if err := testenv.WaitEnvoyReady(ctx, p, admin); err != nil {
-		return nil, err
-	}
-	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", ec.Listener), admin: admin}
+	s.procs = append(s.procs, p)
+	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", listener), admin: admin}
 	s.envoys[kind] = srv
 	return srv, nil
 }

@@ -28,16 +28,52 @@ func WaitEnvoyReady(ctx context.Context, p *Process, adminAddr string) error {
 	return p.WaitReady(ctx, EnvoyReadyTimeout, HTTPOK(http.DefaultClient, "http://"+adminAddr+"/ready"))
 }
 
-// StartEnvoy runs Envoy on cfg for one test (at log level warn, see
-// EnvoyCommand and Start) and waits until its admin on 127.0.0.1:adminPort
-// is ready.
-func StartEnvoy(t testing.TB, bin, cfg string, adminPort int) *Process {
+// envoyPortTries is how many times EnvoyOnFreePorts picks new ports.
+const envoyPortTries = 3
+
+// EnvoyOnFreePorts starts Envoy (start runs the command, at logLevel) on
+// the config that render writes for a listener and an admin port picked
+// free, waits until it is ready, and returns it with the two ports. A port
+// picked free can be taken by another process (a parallel test, a client
+// socket) before Envoy binds it; Envoy then exits with "Address already
+// in use", and this tries again on new ports.
+func EnvoyOnFreePorts(ctx context.Context, start func(Command) (*Process, error), name, bin, logLevel string,
+	render func(listener, admin int) (string, error)) (p *Process, listener, admin int, err error) {
+	for try := 1; ; try++ {
+		if listener, err = FreePort(); err != nil {
+			return nil, 0, 0, err
+		}
+		if admin, err = FreePort(); err != nil {
+			return nil, 0, 0, err
+		}
+		cfg, err := render(listener, admin)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		if p, err = start(EnvoyCommand(name, bin, cfg, logLevel)); err != nil {
+			return nil, 0, 0, err
+		}
+		err = WaitEnvoyReady(ctx, p, fmt.Sprintf("127.0.0.1:%d", admin))
+		if err == nil {
+			return p, listener, admin, nil
+		}
+		p.Kill() // exited, or alive but never ready: not left behind
+		if try == envoyPortTries || !strings.Contains(p.Output(), "Address already in use") {
+			return nil, 0, 0, err
+		}
+	}
+}
+
+// StartEnvoyOnFreePorts is EnvoyOnFreePorts for one test (Start, log level
+// warn); render writes the config for the two ports.
+func StartEnvoyOnFreePorts(t testing.TB, bin string, render func(listener, admin int) string) (p *Process, listener, admin int) {
 	t.Helper()
-	p := Start(t, EnvoyCommand("envoy", bin, cfg, "warn"))
-	if err := WaitEnvoyReady(t.Context(), p, fmt.Sprintf("127.0.0.1:%d", adminPort)); err != nil {
+	p, listener, admin, err := EnvoyOnFreePorts(t.Context(), func(c Command) (*Process, error) { return Start(t, c), nil },
+		"envoy", bin, "warn", func(l, a int) (string, error) { return render(l, a), nil })
+	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	return p
+	return p, listener, admin
 }
 
 // ValidateEnvoyConfig runs `envoy --mode validate`, the authoritative check.

@@ -1,6 +1,9 @@
 package testenv
 
 import (
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,4 +112,28 @@ func TestRedisAtLeast(t *testing.T) {
 	require.False(t, redisAtLeast(v7, "7.2"))
 	require.False(t, redisAtLeast("Redis server v=6.0.16", "7.0"))
 	require.False(t, redisAtLeast("not redis", "7.0"))
+}
+
+// TestStartEnvoyOnFreePorts_portTaken: a listener port taken between its
+// pick and Envoy's bind (here by the test itself, on the first try) makes
+// Envoy exit with "Address already in use"; new ports are picked and the
+// second Envoy serves.
+func TestStartEnvoyOnFreePorts_portTaken(t *testing.T) {
+	bin := EnvoyBin(t)
+	tries, taken := 0, 0
+	_, listener, admin := StartEnvoyOnFreePorts(t, bin, func(l, a int) string {
+		if tries++; tries == 1 {
+			thief, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", l))
+			require.NoError(t, err)
+			t.Cleanup(func() { thief.Close() })
+			taken = l
+		}
+		return WriteEnvoyConfig(t, shippedEnvoyYAML, EnvoyConfig{Listener: l, Admin: a, Backend: "127.0.0.1:1"})
+	})
+	require.Equal(t, 2, tries)
+	require.NotEqual(t, taken, listener)
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ready", admin))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 }

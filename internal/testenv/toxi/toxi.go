@@ -49,24 +49,34 @@ type Toxiproxy struct {
 }
 
 // StartServer runs bin with its API on a free loopback port and waits
-// until the API answers.
+// until the API answers. A port picked free can be taken before the
+// server binds it: it then exits, and another port is tried, up to 3
+// times.
 func StartServer(ctx context.Context, bin string) (*Toxiproxy, error) {
-	port, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	p, err := testenv.StartProcess(testenv.Command{Name: "toxiproxy", Path: bin,
-		Args: []string{"-host", "127.0.0.1", "-port", strconv.Itoa(port)}})
-	if err != nil {
-		return nil, err
-	}
-	tp := &Toxiproxy{API: fmt.Sprintf("http://127.0.0.1:%d", port), Proc: p}
-	tp.Client = toxiproxy.NewClient(tp.API)
-	if err := p.WaitReady(ctx, 10*time.Second, testenv.HTTPOK(http.DefaultClient, tp.API+"/version")); err != nil {
+	var lastErr error
+	for range 3 {
+		port, err := testenv.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		p, err := testenv.StartProcess(testenv.Command{Name: "toxiproxy", Path: bin,
+			Args: []string{"-host", "127.0.0.1", "-port", strconv.Itoa(port)}})
+		if err != nil {
+			return nil, err
+		}
+		tp := &Toxiproxy{API: fmt.Sprintf("http://127.0.0.1:%d", port), Proc: p}
+		tp.Client = toxiproxy.NewClient(tp.API)
+		lastErr = p.WaitReady(ctx, 10*time.Second, testenv.HTTPOK(http.DefaultClient, tp.API+"/version"))
+		if lastErr == nil {
+			return tp, nil
+		}
+		exited, _ := p.Exited() // by itself: its port was taken, try another
 		p.Kill()
-		return nil, err
+		if !exited || ctx.Err() != nil {
+			break
+		}
 	}
-	return tp, nil
+	return nil, lastErr
 }
 
 // Start builds (once, into dir) and runs Toxiproxy for a test (skipped
