@@ -39,7 +39,7 @@ func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 	var listener, admin int
 	s.envoy, listener, admin = testenv.StartEnvoyOnFreePorts(t, envoyBin, func(l, a int) string {
 		c.Listener, c.Admin = l, a
-		return rs.envoyConfig(t, c, dir)
+		return rs.envoyConfig(t, c)
 	})
 	s.envoyAdmin = fmt.Sprintf("127.0.0.1:%d", admin)
 	s.url = fmt.Sprintf("http://127.0.0.1:%d", listener)
@@ -49,10 +49,11 @@ func startRDSStack(t *testing.T, idemproxyArgs ...string) *rdsStack {
 }
 
 // envoyConfig writes the shipped envoy.yaml rendered with c, its routes
-// moved into rs's RDS file (in the watched dir) with the /shadow/ route
-// added, and returns the config's path.
-func (rs *rdsStack) envoyConfig(t *testing.T, c testenv.EnvoyConfig, dir string) string {
+// moved into rs's RDS file (whose directory Envoy watches) with the
+// /shadow/ route added, and returns the config's path.
+func (rs *rdsStack) envoyConfig(t *testing.T, c testenv.EnvoyConfig) string {
 	t.Helper()
+	dir := filepath.Dir(rs.routesPath)
 	rendered := testenv.WriteEnvoyConfig(t, "envoy.yaml", c)
 	raw, err := os.ReadFile(rendered)
 	require.NoError(t, err)

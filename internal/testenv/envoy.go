@@ -38,23 +38,25 @@ const envoyPortTries = 3
 // socket) before Envoy binds it; Envoy then exits with "Address already
 // in use", and this tries again on new ports.
 func EnvoyOnFreePorts(ctx context.Context, start func(Command) (*Process, error), name, bin, logLevel string,
-	render func(listener, admin int) (string, error)) (p *Process, listener, admin int, err error) {
+	render func(listener, admin int) (string, error)) (*Process, int, int, error) {
 	for try := 1; ; try++ {
-		if listener, err = FreePort(); err != nil {
+		listener, err := FreePort()
+		if err != nil {
 			return nil, 0, 0, err
 		}
-		if admin, err = FreePort(); err != nil {
+		admin, err := FreePort()
+		if err != nil {
 			return nil, 0, 0, err
 		}
 		cfg, err := render(listener, admin)
 		if err != nil {
 			return nil, 0, 0, err
 		}
-		if p, err = start(EnvoyCommand(name, bin, cfg, logLevel)); err != nil {
+		p, err := start(EnvoyCommand(name, bin, cfg, logLevel))
+		if err != nil {
 			return nil, 0, 0, err
 		}
-		err = WaitEnvoyReady(ctx, p, fmt.Sprintf("127.0.0.1:%d", admin))
-		if err == nil {
+		if err = WaitEnvoyReady(ctx, p, fmt.Sprintf("127.0.0.1:%d", admin)); err == nil {
 			return p, listener, admin, nil
 		}
 		p.Kill() // exited, or alive but never ready: not left behind
