@@ -2,10 +2,21 @@ package redisstore
 
 // Durable writes. Replication is asynchronous: a primary acknowledges a
 // write before any replica has it, and a failover in that window loses it.
-// With Options.MinReplicas > 0 the two writes a failover must not lose,
-// taking a lock and storing a response, are followed by WAIT in the same
-// pipeline on the same connection: one round trip says whether enough
-// replicas have the write.
+// The two writes a failover must not lose, taking a lock and storing a
+// response, are followed by WAIT in the same pipeline on the same
+// connection: one round trip says whether the write reached the replicas.
+//
+// With Options.AllReplicas (the default where Redis fails over) the write
+// must reach every replica a failover could promote (view.go): the
+// pipeline is the script, INFO replication (the primary's replication
+// offset just after the script: nothing of another client runs between
+// two commands of one pipeline read together, and if something did, the
+// offset is only larger, which errs on the safe side), WAIT for every
+// replica the primary had online, and INFO replication again (the offset
+// each replica acknowledged). Each required replica must have
+// acknowledged the first offset. With Options.MinReplicas alone, WAIT's
+// count of any replicas decides (weaker: the replica that has the write
+// may not be the one promoted).
 //
 // The pipeline runs on a plain client of the key's primary, never through
 // a ClusterClient's own pipeline: go-redis v9.23 sends the keyless WAIT of
@@ -21,6 +32,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -66,24 +79,107 @@ type pipeliner interface {
 	Pipeline() redis.Pipeliner
 }
 
-// durableResult is a script's reply and how many replicas acknowledged it.
+// durableResult is a script's reply and how far it was replicated.
 type durableResult struct {
 	reply *redis.Cmd
 	acked int64
 	// waitErr is WAIT's own failure (the script's reply is still valid):
 	// the write happened, but nobody confirmed it reached a replica.
 	waitErr error
+	// unplanned says why the write had no replicas to wait for (no view,
+	// or a required replica offline): it was written, not replicated.
+	unplanned error
+	// missing are the required replicas that did not acknowledge it
+	// (AllReplicas).
+	missing []string
 }
 
 // unreplicated reports whether the write needs an ErrUnreplicated.
 func (s *Store) unreplicated(r durableResult) error {
-	if r.waitErr != nil {
+	switch {
+	case r.unplanned != nil:
+		return fmt.Errorf("%w: %v", idem.ErrUnreplicated, r.unplanned)
+	case r.waitErr != nil:
 		return fmt.Errorf("%w: WAIT failed: %v", idem.ErrUnreplicated, r.waitErr)
-	}
-	if r.acked < int64(s.minReplicas) {
+	case s.allReplicas && len(r.missing) > 0:
+		if s.topo != nil {
+			s.topo.askRefresh()
+		}
+		return fmt.Errorf("%w: not acknowledged within %v by the replicas a failover could promote: %s",
+			idem.ErrUnreplicated, s.replicaTimeout, strings.Join(r.missing, ", "))
+	case !s.allReplicas && r.acked < int64(s.minReplicas):
 		return fmt.Errorf("%w: %d of %d replicas within %v", idem.ErrUnreplicated, r.acked, s.minReplicas, s.replicaTimeout)
 	}
 	return nil
+}
+
+// planDurable is what a durable write to the primary at addr must reach.
+// A nil plan with a nil error means WAIT's count decides (MinReplicas).
+func (s *Store) planDurable(addr string) (*plan, error) {
+	if !s.allReplicas {
+		return nil, nil
+	}
+	if s.topo == nil {
+		return nil, fmt.Errorf("%w: no topology given", ErrNoView)
+	}
+	v := s.topo.view.Load()
+	if v == nil {
+		return nil, fmt.Errorf("%w: not read yet", ErrNoView)
+	}
+	p, err := v.planFor(s.topo.mode, addr)
+	if err != nil {
+		s.topo.askRefresh()
+		return nil, err
+	}
+	return &p, nil
+}
+
+// offline is why a plan cannot succeed before anything is written: a
+// required replica was not online at the last refresh.
+func (p *plan) offlineErr() error {
+	if p == nil || len(p.offline) == 0 {
+		return nil
+	}
+	return fmt.Errorf("replicas a failover could promote are not connected to the primary: %s", strings.Join(p.offline, ", "))
+}
+
+// missing lists the required replicas whose acknowledged offset is below
+// the primary's offset right after the write. Any other replica the
+// primary lists must have it too, unless known never to be promoted: the
+// view may be older than a new replica, or a replica migrated between
+// cluster shards.
+func (p *plan) missing(after, acked string, known []replicaNode) []string {
+	a, b := parseInfo(after), parseInfo(acked)
+	if a["role"] != "master" || b["role"] != "master" {
+		return []string{"(the node written to is no primary)"}
+	}
+	offset, err := strconv.ParseInt(a["master_repl_offset"], 10, 64)
+	if err != nil {
+		return []string{"(no master_repl_offset)"}
+	}
+	is := func(nodes []replicaNode, addr string, promotable bool) bool {
+		return slices.ContainsFunc(nodes, func(n replicaNode) bool {
+			return n.promotable == promotable && slices.Contains(n.aliases, addr)
+		})
+	}
+	have := map[string]bool{}
+	var out []string
+	for _, r := range replicaLines(b) {
+		switch {
+		case r.offset >= offset:
+			have[r.addr] = true
+		case is(p.required, r.addr, true), is(known, r.addr, false):
+			// required: named below; unpromotable: excused
+		default:
+			out = append(out, r.addr)
+		}
+	}
+	for _, n := range p.required {
+		if !n.in(have) {
+			out = append(out, n.name)
+		}
+	}
+	return out
 }
 
 // runDurable runs sc on the primary of keys[0] followed by WAIT, in one
@@ -93,9 +189,25 @@ func (s *Store) unreplicated(r durableResult) error {
 // returned, and on a cluster make the slot map reload, so the caller's
 // next attempt goes to the new primary after a failover.
 func (s *Store) runDurable(ctx context.Context, sc *redis.Script, keys []string, args ...any) (durableResult, error) {
-	node, err := s.primaryFor(ctx, keys[0])
+	node, addr, err := s.primaryFor(ctx, keys[0])
 	if err != nil {
 		return durableResult{}, err
+	}
+	pl, perr := s.planDurable(addr)
+	if perr == nil {
+		perr = pl.offlineErr()
+	}
+	if perr != nil {
+		// Nothing to wait for that could succeed: write alone, and say so.
+		reply := s.runOn(ctx, node, sc, keys, args)
+		if err := reply.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return durableResult{}, s.seen(err)
+		}
+		return durableResult{reply: reply, unplanned: perr}, nil
+	}
+	count := s.minReplicas
+	if pl != nil {
+		count = pl.wait
 	}
 	eval, asking := false, false
 	backoff := firstTryAgain
@@ -110,14 +222,29 @@ func (s *Store) runDurable(ctx context.Context, sc *redis.Script, keys []string,
 		} else {
 			cmd = sc.EvalSha(ctx, pipe, keys, args...)
 		}
+		var after, acked *redis.StringCmd
+		if pl != nil {
+			after = pipe.Info(ctx, "replication")
+		}
 		// WAIT is not in go-redis's Pipeliner; its reply is the number
 		// of replicas that have every write this connection made.
-		wait := pipe.Do(ctx, "wait", s.minReplicas, millis(s.replicaTimeout))
+		wait := pipe.Do(ctx, "wait", count, millis(s.replicaTimeout))
+		if pl != nil {
+			acked = pipe.Info(ctx, "replication")
+		}
 		_, _ = pipe.Exec(ctx) // each command keeps its own result
 		err := cmd.Err()
 		if err == nil || errors.Is(err, redis.Nil) {
-			acked, werr := wait.Int64()
-			return durableResult{reply: cmd, acked: acked, waitErr: werr}, nil
+			n, werr := wait.Int64()
+			res := durableResult{reply: cmd, acked: n, waitErr: werr}
+			if pl != nil && werr == nil {
+				if werr = errors.Join(after.Err(), acked.Err()); werr != nil {
+					res.waitErr = werr
+				} else {
+					res.missing = pl.missing(after.Val(), acked.Val(), s.knownNodes())
+				}
+			}
+			return res, nil
 		}
 		if !eval && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			eval = true
@@ -127,7 +254,7 @@ func (s *Store) runDurable(ctx context.Context, sc *redis.Script, keys []string,
 			// A slot in migration, its keys split between two nodes for
 			// the moment it takes to move them: try again from the start.
 			backoff *= 2
-			if node, err = s.primaryFor(ctx, keys[0]); err != nil {
+			if node, _, err = s.primaryFor(ctx, keys[0]); err != nil {
 				return durableResult{}, err
 			}
 			asking = false
@@ -157,17 +284,43 @@ func (s *Store) seen(err error) error {
 	return err
 }
 
-// primaryFor is the client that serves key: the store's client, or on a
-// cluster a plain client of the primary of key's slot.
-func (s *Store) primaryFor(ctx context.Context, key string) (pipeliner, error) {
+// primaryFor is the client that serves key and the primary's address:
+// the store's client and "", or on a cluster a plain client of the
+// primary of key's slot and its address.
+func (s *Store) primaryFor(ctx context.Context, key string) (pipeliner, string, error) {
 	if s.cluster == nil {
-		return s.client, nil
+		return s.client, "", nil
 	}
 	c, err := s.cluster.MasterForKey(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return c, nil
+	return c, c.Options().Addr, nil
+}
+
+// runOn runs a script on node alone (EVALSHA, then EVAL on NOSCRIPT).
+func (s *Store) runOn(ctx context.Context, node pipeliner, sc *redis.Script, keys []string, args []any) *redis.Cmd {
+	if c, ok := node.(redis.Scripter); ok {
+		return sc.Run(ctx, c, keys, args...)
+	}
+	return sc.Run(ctx, s.client, keys, args...)
+}
+
+// knownNodes are every replica node the view knows, promotable or not:
+// a replica the primary lists that is not among them is new.
+func (s *Store) knownNodes() []replicaNode {
+	if s.topo == nil {
+		return nil
+	}
+	v := s.topo.view.Load()
+	if v == nil {
+		return nil
+	}
+	known := slices.Clone(v.nodes)
+	for _, shard := range v.shards {
+		known = append(known, shard...)
+	}
+	return known
 }
 
 // primaryAt returns the client of the primary at addr after reloading the

@@ -18,6 +18,8 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 		state, _ = reply[0].(string)
 	}
 	switch {
+	case state == "late" && len(reply) == 1:
+		return idem.Acquisition{}, ErrLate
 	case state == "free" && len(reply) == 1:
 		return idem.Acquisition{State: idem.StateFree}, nil
 	case state == "acquired" && len(reply) == 2:

@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -48,6 +49,9 @@ var (
 	// ErrCorruptRecord reports a record or script reply that cannot be
 	// decoded, for example one written by an incompatible version.
 	ErrCorruptRecord = errors.New("redisstore: corrupt record")
+	// ErrLate reports an acquire that reached Redis after its deadline,
+	// when its caller had stopped waiting: no lock was created.
+	ErrLate = errors.New("redisstore: the acquire reached Redis after its deadline; no lock was created")
 )
 
 // DefaultPrefix is the key prefix used when Options.Prefix is empty.
@@ -68,15 +72,27 @@ type Options struct {
 	FenceTTL time.Duration
 	// Keyring, when set, encrypts stored headers and bodies at rest.
 	Keyring *Keyring
-	// MinReplicas, when positive, makes Acquire and Complete wait (WAIT,
-	// pipelined with the script) until that many replicas have the write,
-	// at most ReplicaTimeout; fewer is idem.ErrUnreplicated.
+	// Topology is what the store knows of Redis's shape beyond the client:
+	// the replicas a failover could promote (AllReplicas), and each
+	// primary's clock, which gives every acquire a deadline (a lock that
+	// reaches Redis after the caller gave up on it is not created). Its
+	// Refresh keeps both current. nil: no deadlines.
+	Topology *Topology
+	// AllReplicas makes Acquire and Complete wait (WAIT, pipelined with
+	// the script) until every replica a failover could promote has the
+	// write, at most ReplicaTimeout; less is idem.ErrUnreplicated. It
+	// needs a Topology in cluster or sentinel mode.
+	AllReplicas bool
+	// MinReplicas, when positive and AllReplicas is not set, makes
+	// Acquire and Complete wait until that many replicas, any of them,
+	// have the write: weaker, since the one that has it may not be the
+	// one promoted.
 	MinReplicas int
 	// ReplicaTimeout bounds that wait. Default DefaultReplicaTimeout.
 	ReplicaTimeout time.Duration
 	// Batching, when its Writers is set, sends concurrent calls together
 	// (batch.go); Close stops it. Writes that wait for replicas
-	// (MinReplicas) are not batched.
+	// (AllReplicas, MinReplicas) are not batched.
 	Batching Batching
 }
 
@@ -101,6 +117,8 @@ type Store struct {
 	fenceTTL int64 // ms
 	keyring  *Keyring
 
+	topo           *Topology // nil: no deadlines, no view
+	allReplicas    bool
 	minReplicas    int
 	replicaTimeout time.Duration
 	batch          *batcher // nil: every call is its own write
@@ -126,7 +144,8 @@ func New(client Client, opts Options) *Store {
 		opts.ReplicaTimeout = DefaultReplicaTimeout
 	}
 	s := &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL), keyring: opts.Keyring,
-		minReplicas: max(opts.MinReplicas, 0), replicaTimeout: opts.ReplicaTimeout}
+		minReplicas: max(opts.MinReplicas, 0), replicaTimeout: opts.ReplicaTimeout,
+		topo: opts.Topology, allReplicas: opts.AllReplicas}
 	s.cluster, _ = client.(Cluster)
 	if opts.Batching.Writers > 0 {
 		s.batching = opts.Batching
@@ -243,8 +262,8 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	if c.Wait {
 		wait = "w"
 	}
-	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait}
-	if s.minReplicas == 0 {
+	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait, s.deadline(ctx, rk)}
+	if !s.durable() {
 		reply, err := s.run(ctx, acquireScript, keys, args...).Slice()
 		if err = s.seen(err); err != nil {
 			return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
@@ -269,6 +288,31 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	return acq, nil
+}
+
+// durable says whether Acquire and Complete wait for replicas.
+func (s *Store) durable() bool { return s.allReplicas || s.minReplicas > 0 }
+
+// deadline is ARGV[10] of acquire.lua: ctx's deadline on the clock of the
+// primary of rk, or "" when ctx has none or no clock was read.
+func (s *Store) deadline(ctx context.Context, rk string) string {
+	d, ok := ctx.Deadline()
+	if !ok || s.topo == nil {
+		return ""
+	}
+	addr := ""
+	if s.cluster != nil {
+		node, err := s.cluster.MasterForKey(ctx, rk)
+		if err != nil {
+			return ""
+		}
+		addr = node.Options().Addr
+	}
+	ms, ok := s.topo.clocks.deadline(addr, d)
+	if !ok {
+		return ""
+	}
+	return strconv.FormatInt(ms, 10)
 }
 
 // Peek implements processor.Store: acquire.lua in its read-only mode, so
@@ -334,7 +378,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 		}
 	}
 	args := []any{token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk + settledSuffix}
-	if s.minReplicas == 0 {
+	if !s.durable() {
 		n, err := s.run(ctx, completeScript, []string{rk}, args...).Int64()
 		return owned(op, n, s.seen(err))
 	}

@@ -23,6 +23,7 @@ type settings struct {
 	RedisURL        string
 	RedisMode       string
 	MinReplicas     int
+	AllReplicas     bool // --redis-min-replicas all
 	MinReplicasSet  bool // given: else resolve picks the topology's default
 	ReplicaTimeout  time.Duration
 	RedisTimeout    time.Duration
@@ -57,6 +58,9 @@ type settings struct {
 	Tracing       bool
 	TraceProtocol string
 }
+
+// mode is --redis-mode as the store names it.
+func (s *settings) mode() redisstore.Mode { return redisstore.Mode(s.RedisMode) }
 
 // usageError marks bad configuration: main exits 2 for it.
 type usageError struct{ err error }
@@ -131,9 +135,9 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.GRPCAddr, "grpc-addr", ":50051", "ext_proc gRPC listen address")
 	fs.StringVar(&s.AdminAddr, "admin-addr", ":9090", "admin HTTP listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&s.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user and password allowed); more nodes as ?addr=host:port, the Sentinel primary as ?master_name=NAME")
-	fs.StringVar(&s.RedisMode, "redis-mode", modeStandalone, "Redis topology: standalone, cluster (the URL names one or more nodes or a configuration endpoint) or sentinel (the URL names the sentinels)")
-	fs.Var(replicasFlag{n: &s.MinReplicas, set: &s.MinReplicasSet}, "redis-min-replicas", "`N` replicas that must acknowledge a lock and a stored response (WAIT, pipelined with the write): a lock fewer acknowledged is refused with 503. 0 in cluster or sentinel mode MAY RUN TWICE: a failover loses what the primary had not yet passed on, a lost lock lets a retry run again")
-	fs.DurationVar(&s.ReplicaTimeout, "redis-replica-timeout", redisstore.DefaultReplicaTimeout, "how long a write waits for --redis-min-replicas acknowledgements (shorter than --redis-timeout)")
+	fs.StringVar(&s.RedisMode, "redis-mode", string(redisstore.ModeStandalone), "Redis topology: standalone, cluster (the URL names one or more nodes or a configuration endpoint) or sentinel (the URL names the sentinels)")
+	fs.Var(replicasFlag{n: &s.MinReplicas, all: &s.AllReplicas, set: &s.MinReplicasSet}, "redis-min-replicas", "`all` or N: which replicas must acknowledge a lock and a stored response (WAIT, pipelined with the write); a lock they did not is refused with 503. all (cluster and sentinel modes): every replica a failover could promote, down ones included, so a replica down means 503 for its primary's new keys. A count N waits for any N replicas and MAY RUN TWICE in cluster or sentinel mode: a failover can promote a replica that lacks the write (seen with 1 in a flapping partition), and 0 waits for none")
+	fs.DurationVar(&s.ReplicaTimeout, "redis-replica-timeout", redisstore.DefaultReplicaTimeout, "how long a write waits for the --redis-min-replicas acknowledgements (shorter than --redis-timeout)")
 	fs.DurationVar(&s.RedisTimeout, "redis-timeout", time.Second, "bound on each Redis call on the request path (keep under Envoy's message_timeout)")
 	fs.IntVar(&s.BatchWriters, "redis-batch-writers", 2, "Redis writes in flight at once; calls made while all are busy go out together in the next (one pipeline), so load costs fewer writes; a call that finds one free goes alone at once. 0: every call is its own write")
 	fs.IntVar(&s.BatchMax, "redis-batch-max", redisstore.DefaultMaxBatch, "most calls one batched write carries")
@@ -201,7 +205,7 @@ func (s *settings) resolve() error {
 	var errs []error
 	s.Processor.StoreTimeout = s.RedisTimeout
 	if !s.MinReplicasSet {
-		s.MinReplicas = defaultMinReplicas(s.RedisMode)
+		s.AllReplicas = s.mode() != redisstore.ModeStandalone
 	}
 	s.Processor.RerunAfterTTL = s.OnUnknown == onUnknownRerun
 	s.Processor.InProgressWait = s.InProgress == "wait"
@@ -236,9 +240,9 @@ func (s *settings) validate() error {
 	if s.GRPCAddr == "" || s.AdminAddr == "" {
 		errs = append(errs, errors.New("--grpc-addr and --admin-addr must not be empty"))
 	}
-	if opts, err := parseRedisURL(s.RedisMode, s.RedisURL); err != nil {
+	if tlsOn, err := redisstore.ParseURL(s.mode(), s.RedisURL); err != nil {
 		errs = append(errs, err)
-	} else if s.RedisCA != "" && opts.tlsConfig() == nil {
+	} else if s.RedisCA != "" && !tlsOn {
 		errs = append(errs, errors.New("--redis-ca needs a rediss:// --redis-url"))
 	}
 	switch {
@@ -248,7 +252,9 @@ func (s *settings) validate() error {
 		errs = append(errs, errors.New("--redis-replica-timeout must be positive"))
 	case s.BatchWriters < 0 || s.BatchMax < 1:
 		errs = append(errs, errors.New("--redis-batch-writers must not be negative, --redis-batch-max must be positive"))
-	case s.MinReplicas > 0 && s.ReplicaTimeout >= s.RedisTimeout:
+	case s.AllReplicas && s.mode() == redisstore.ModeStandalone:
+		errs = append(errs, errors.New("--redis-min-replicas all needs --redis-mode cluster or sentinel: a standalone primary's replicas are only promoted by hand; give a count"))
+	case (s.MinReplicas > 0 || s.AllReplicas) && s.ReplicaTimeout >= s.RedisTimeout:
 		errs = append(errs, fmt.Errorf("--redis-replica-timeout %v must be shorter than --redis-timeout %v: the wait for replicas is part of the write it follows",
 			s.ReplicaTimeout, s.RedisTimeout))
 	}
@@ -296,38 +302,39 @@ func (s *settings) validate() error {
 	return errors.Join(errs...)
 }
 
-// defaultMinReplicas is --redis-min-replicas when not given: where Redis
-// replicates (cluster, sentinel), every lock and stored response waits
-// for one replica, since without it a failover while replication lags
-// lets a retry run a second time (measured: 20 of 20 keys). A standalone
-// Redis has no replica to fail over to.
-func defaultMinReplicas(mode string) int {
-	if mode == modeStandalone {
-		return 0
-	}
-	return 1
-}
-
-// replicasFlag is --redis-min-replicas: a count, or unset, which resolve
-// turns into the topology's default (defaultMinReplicas).
+// replicasFlag is --redis-min-replicas: all, a count, or unset, which
+// resolve turns into the topology's default: all where Redis fails over
+// (cluster, sentinel), since a write any fewer replicas have can be lost
+// to a failover that promotes one that lacks it (measured: 20 of 20 keys
+// ran twice with 0 after a lagging failover, 4-8 of 300 with 1 in a
+// flapping partition); 0 standalone, which has no failover.
 type replicasFlag struct {
 	n   *int
+	all *bool
 	set *bool
 }
 
 func (f replicasFlag) String() string {
-	if f.set == nil || !*f.set {
-		return "1 in cluster and sentinel modes, 0 standalone"
+	switch {
+	case f.set == nil || !*f.set:
+		return "all in cluster and sentinel modes, 0 standalone"
+	case *f.all:
+		return "all"
 	}
 	return strconv.Itoa(*f.n)
 }
 
 func (f replicasFlag) Set(v string) error {
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil {
-		return fmt.Errorf("%q is not a whole number", v)
+	v = strings.TrimSpace(v)
+	if v == "all" {
+		*f.n, *f.all, *f.set = 0, true, true
+		return nil
 	}
-	*f.n, *f.set = n, true
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return fmt.Errorf("%q is neither all nor a whole number", v)
+	}
+	*f.n, *f.all, *f.set = n, false, true
 	return nil
 }
 

@@ -12,9 +12,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/idemproxy/idemproxy/redisstore"
 )
 
 // extProcService is the name Envoy's gRPC health checks can ask for.
@@ -34,12 +35,13 @@ const extProcService = "envoy.service.ext_proc.v3.ExternalProcessor"
 // them the keys the other shards still serve. A key whose shard is down
 // gets 503 on its own, and idemproxy_redis_primaries says which are down.
 type healthChecker struct {
-	redis         primaries
+	redis         refresher
 	hs            *health.Server
 	interval      time.Duration
 	timeout       time.Duration
 	allowEvicting bool
 	minReplicas   int
+	allReplicas   bool
 	probeChannel  string // under --redis-prefix, for the channel ACL check
 	log           *slog.Logger
 	gauges        healthGauges
@@ -56,30 +58,34 @@ type healthChecker struct {
 	lastPolicy  string
 	lastPersist string
 	lastChannel string
+	lastView    string
 }
 
-// primaries visits every primary of the topology (redisConn.eachPrimary).
-type primaries interface {
-	eachPrimary(ctx context.Context, fn func(ctx context.Context, addr string, c redis.Cmdable) error) error
+// refresher reads every primary's facts (*redisstore.Topology).
+type refresher interface {
+	Refresh(ctx context.Context, probe string) (redisstore.Facts, error)
+	Kicked() <-chan struct{}
 }
 
 // errNotChecked refuses keyed requests until Redis's eviction policy has
 // been read once: unknown is not safe.
 var errNotChecked = errors.New("the maxmemory-policy of Redis has not been read yet")
 
-func newHealthChecker(rdb primaries, hs *health.Server, s settings, reg prometheus.Registerer, log *slog.Logger) (*healthChecker, error) {
+func newHealthChecker(rdb refresher, hs *health.Server, s settings, reg prometheus.Registerer, log *slog.Logger) (*healthChecker, error) {
 	g, err := newHealthGauges(reg)
 	if err != nil {
 		return nil, err
 	}
 	c := &healthChecker{redis: rdb, hs: hs, interval: s.HealthInterval, timeout: s.RedisTimeout,
-		allowEvicting: s.AllowEvicting, minReplicas: s.MinReplicas, probeChannel: s.RedisPrefix + "channel-check",
+		allowEvicting: s.AllowEvicting, minReplicas: s.MinReplicas, allReplicas: s.AllReplicas, probeChannel: s.RedisPrefix + "channel-check",
 		log: log, gauges: g, unsafe: errNotChecked}
 	c.set(false)
 	return c, nil
 }
 
-// run checks at once, then every interval, until ctx ends.
+// run checks at once, then every interval, until ctx ends; and at once
+// when a durable write found the view of replicas out of date (a
+// failover), at most every interval/10.
 func (c *healthChecker) run(ctx context.Context) {
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
@@ -89,20 +95,36 @@ func (c *healthChecker) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.redis.Kicked():
+			if !sleepCtx(ctx, c.interval/10) {
+				return
+			}
 		}
+	}
+}
+
+// sleepCtx waits d unless ctx ends first; it reports whether it waited.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
 func (c *healthChecker) check(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, c.timeout)
-	nodes, err := c.ask(pctx)
+	facts, err := c.redis.Refresh(pctx, c.probeChannel)
 	cancel()
 	if ctx.Err() != nil || c.closing.Load() {
 		return
 	}
-	serving, down := split(nodes)
+	serving, down := redisstore.Serving(facts.Nodes)
 	if err == nil && len(serving) == 0 {
-		err = down[0].err
+		err = down[0].Err
 	}
 	c.gauges.setPrimaries(len(serving), len(down))
 	// Log changes, and the first result: a Redis that refuses us from the
@@ -120,6 +142,7 @@ func (c *healthChecker) check(ctx context.Context) {
 		return
 	}
 	c.noteDown(down)
+	c.noteView(facts.ViewErr)
 	c.noteReplicas(serving)
 	c.noteChannels(serving)
 	c.notePersistence(weakestPersistence(serving))
@@ -132,10 +155,10 @@ func (c *healthChecker) check(ctx context.Context) {
 
 // noteDown logs each change of the set of primaries that do not serve,
 // while others do (a cluster with a failed shard).
-func (c *healthChecker) noteDown(down []nodeFacts) {
+func (c *healthChecker) noteDown(down []redisstore.NodeFacts) {
 	var addrs []string
 	for _, n := range down {
-		addrs = append(addrs, n.addr+": "+n.err.Error())
+		addrs = append(addrs, n.Addr+": "+n.Err.Error())
 	}
 	now := strings.Join(addrs, "; ")
 	if now == c.lastDown {
@@ -150,14 +173,39 @@ func (c *healthChecker) noteDown(down []nodeFacts) {
 		"the others are served (readiness stays up)", "primaries", now)
 }
 
-// noteReplicas logs each change of the primaries with fewer replicas
-// connected than --redis-min-replicas: every lock taken there is refused.
-func (c *healthChecker) noteReplicas(serving []nodeFacts) {
+// noteView logs each change of whether the replicas a failover could
+// promote could be read (the sentinels answer).
+func (c *healthChecker) noteView(err error) {
+	now := ""
+	if err != nil {
+		now = err.Error()
+	}
+	if now == c.lastView {
+		return
+	}
+	c.lastView = now
+	if err != nil {
+		c.log.Error("the replicas a failover could promote could not be read; the last view read is kept "+
+			"(before any was read, new keys are refused)", "error", err)
+	} else {
+		c.log.Info("the replicas a failover could promote are read again")
+	}
+}
+
+// noteReplicas logs each change of the primaries whose writes cannot be
+// made durable: with --redis-min-replicas all, one of the replicas a
+// failover could promote is not connected; with a count, fewer replicas
+// are connected. Every lock taken there is refused.
+func (c *healthChecker) noteReplicas(serving []redisstore.NodeFacts) {
 	short, names := 0, []string{}
 	for _, n := range serving {
-		if n.replicas < c.minReplicas {
+		switch {
+		case c.allReplicas && len(n.Offline) > 0:
 			short++
-			names = append(names, fmt.Sprintf("%s (%d)", cmp.Or(n.addr, "primary"), n.replicas))
+			names = append(names, fmt.Sprintf("%s (not connected: %s)", cmp.Or(n.Addr, "primary"), strings.Join(n.Offline, ", ")))
+		case !c.allReplicas && n.Replicas < c.minReplicas:
+			short++
+			names = append(names, fmt.Sprintf("%s (%d)", cmp.Or(n.Addr, "primary"), n.Replicas))
 		}
 	}
 	c.gauges.shortOfReplicas.Set(float64(short))
@@ -166,11 +214,16 @@ func (c *healthChecker) noteReplicas(serving []nodeFacts) {
 		return
 	}
 	c.lastShort = now
-	if now != "" {
+	switch {
+	case now != "" && c.allReplicas:
+		c.log.Error("redis primaries with replicas a failover could promote that are not connected: new keys there are refused with 503 "+
+			"until they are back, or an operator removes them (SENTINEL RESET, CLUSTER FORGET) or gives them replica-priority 0 (Sentinel)",
+			"primaries", now)
+	case now != "":
 		c.log.Error("redis primaries with fewer replicas connected than --redis-min-replicas: new keys there are refused with 503",
 			"primaries", now, "min_replicas", c.minReplicas)
-	} else if c.minReplicas > 0 {
-		c.log.Info("every redis primary has its replicas", "min_replicas", c.minReplicas)
+	case c.allReplicas || c.minReplicas > 0:
+		c.log.Info("every redis primary has its replicas connected")
 	}
 }
 
@@ -178,14 +231,14 @@ func (c *healthChecker) noteReplicas(serving []nodeFacts) {
 // publish on idemproxy's channels. Nothing is refused for it: the
 // settle scripts write anyway, and a waiting duplicate learns of the
 // outcome by its re-check instead of within milliseconds.
-func (c *healthChecker) noteChannels(serving []nodeFacts) {
+func (c *healthChecker) noteChannels(serving []redisstore.NodeFacts) {
 	refused, names := 0, []string{}
 	var why error
 	for _, n := range serving {
-		if n.channels != nil {
+		if n.Channels != nil {
 			refused++
-			names = append(names, cmp.Or(n.addr, "primary"))
-			why = n.channels
+			names = append(names, cmp.Or(n.Addr, "primary"))
+			why = n.Channels
 		}
 	}
 	c.gauges.channelsRefused.Set(float64(refused))
@@ -280,4 +333,28 @@ func (c *healthChecker) Usable() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.unsafe
+}
+
+// evictingPolicy is the first policy among nodes that is not noeviction,
+// else "noeviction": one evicting primary can drop the keys in its slots.
+func evictingPolicy(nodes []redisstore.NodeFacts) string {
+	for _, n := range nodes {
+		if n.Policy != "noeviction" {
+			return n.Policy
+		}
+	}
+	return "noeviction"
+}
+
+// weakestPersistence is the persistence that forgets most among nodes:
+// a restart of that primary decides what is lost.
+func weakestPersistence(nodes []redisstore.NodeFacts) string {
+	rank := map[string]int{"none": 0, "unknown": 1, "rdb": 2, "aof": 3}
+	weakest := "aof"
+	for _, n := range nodes {
+		if rank[n.Persist] < rank[weakest] {
+			weakest = n.Persist
+		}
+	}
+	return weakest
 }

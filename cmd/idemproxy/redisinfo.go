@@ -1,25 +1,8 @@
 package main
 
 import (
-	"strings"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// parseInfo reads the "field:value" lines of an INFO reply.
-func parseInfo(info string) map[string]string {
-	fields := map[string]string{}
-	for _, line := range strings.Split(info, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			fields[k] = v
-		}
-	}
-	return fields
-}
 
 // healthGauges show what the health checker learnt about Redis, so an
 // alert can fire on an evicting or forgetful Redis.

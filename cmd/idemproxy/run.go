@@ -46,14 +46,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// JSON.) The swap is atomic in go-redis, so no lock is needed.
 	redis.SetLogger(redisLogger{log})
 
-	rdb, err := newRedis(s)
+	rdb, err := redisstore.Connect(redisstore.ConnectOptions{Mode: s.mode(), URL: s.RedisURL, CAFile: s.RedisCA, Timeout: s.RedisTimeout})
 	if err != nil {
 		return usageError{err}
 	}
 	defer rdb.Close()
 	var tp trace.TracerProvider // nil: no tracing
 	if s.Tracing {
-		sdk, err := startTracing(ctx, s.TraceProtocol, rdb.client, log)
+		sdk, err := startTracing(ctx, s.TraceProtocol, rdb.Client(), log)
 		if err != nil {
 			return err
 		}
@@ -68,7 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// go-redis's own pool statistics (hits, misses, timeouts, connections),
 	// summed over every node of a cluster, labelled with the topology.
 	if err := prometheus.WrapRegistererWith(prometheus.Labels{"mode": s.RedisMode}, reg).
-		Register(redisprometheus.NewCollector("idemproxy", "redis", rdb.client)); err != nil {
+		Register(redisprometheus.NewCollector("idemproxy", "redis", rdb.Client())); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	metrics, err := processor.NewMetrics(reg)
@@ -83,12 +83,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err := reg.Register(batchSizes); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	store := redisstore.New(rdb.client, redisstore.Options{
+	store := redisstore.New(rdb.Client(), redisstore.Options{
 		Prefix: s.RedisPrefix,
 		// Fences must keep growing for as long as a backend may remember a
 		// key, which is at least as long as we do.
 		FenceTTL:       max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
 		Keyring:        s.Keyring,
+		Topology:       rdb,
+		AllReplicas:    s.AllReplicas,
 		MinReplicas:    s.MinReplicas,
 		ReplicaTimeout: s.ReplicaTimeout,
 		Batching:       redisstore.Batching{Writers: s.BatchWriters, MaxBatch: s.BatchMax, Observe: func(n int) { batchSizes.Observe(float64(n)) }},
@@ -108,7 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// One sharded Pub/Sub connection carries every waited-on key's channel;
 	// it ends with run.
 	wctx, stopWatcher := context.WithCancel(ctx)
-	watcher := store.NewWatcher(wctx, rdb.client, log, redisstore.WatcherOptions{Recheck: s.Processor.WaitRecheck})
+	watcher := store.NewWatcher(wctx, rdb.Client(), log, redisstore.WatcherOptions{Recheck: s.Processor.WaitRecheck})
 	defer watcher.Close()
 	defer stopWatcher()
 	proc, err := processor.New(s.Processor, processor.Options{
@@ -154,9 +156,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			"addr", grpcLis.Addr().String())
 	}
 	log.Info("admin listening", "addr", adminLis.Addr().String())
-	if s.MinReplicas == 0 && s.RedisMode != modeStandalone {
-		log.Warn("--redis-min-replicas 0: writes do not wait for a replica, so a Redis failover can lose a lock and a retry then runs a second time (MAY RUN TWICE)",
-			"redis_mode", s.RedisMode)
+	if !s.AllReplicas && s.mode() != redisstore.ModeStandalone {
+		log.Warn(fmt.Sprintf("--redis-min-replicas %d: writes wait for %d replicas, any of them, not for every replica a failover could promote, "+
+			"so a failover can promote one that lacks a lock and a retry then runs a second time (MAY RUN TWICE); the default is all", s.MinReplicas, s.MinReplicas),
+			"redis_mode", s.RedisMode, "min_replicas", s.MinReplicas)
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

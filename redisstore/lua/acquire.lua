@@ -18,11 +18,15 @@
 --          record is marked (field w) and its settling script publishes;
 --          keys nobody waits for cost no SPUBLISH. A peek marks it too:
 --          waiters peek, and the owner they find may be a new one
+-- ARGV[10] deadline, ms on this server's clock (TIME), "" for none: past it
+--          the caller has given up waiting for the reply (and answered its
+--          client 503), so no new lock is created; {"late"} instead
 --
 -- Returns one of:
 --   {"acquired", fence}                              a new in-progress record is ours (or the
 --                                                    one an earlier try with this token made)
 --   {"free"}                                         (peek only) nothing holds the key
+--   {"late"}                                         the key was free, but ARGV[10] has passed
 --   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
 --                                                    ms more; why is "abandoned" (its owner said so)
@@ -55,6 +59,9 @@ end
 local function grant()
   if ARGV[8] == "peek" then
     return {"free"}
+  end
+  if ARGV[10] and ARGV[10] ~= "" and clock() > tonumber(ARGV[10]) then
+    return {"late"}
   end
   local fence = redis.call("INCR", KEYS[2])
   redis.call("PEXPIRE", KEYS[2], ARGV[5])

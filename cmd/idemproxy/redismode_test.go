@@ -4,37 +4,46 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/redisstore"
 )
 
 func TestParseSettings_redisModes(t *testing.T) {
 	t.Run("defaults: standalone, no replicas waited for", func(t *testing.T) {
 		s, err := parseSettings(nil, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051"}.get, io.Discard)
 		require.NoError(t, err)
-		require.Equal(t, modeStandalone, s.RedisMode)
+		require.Equal(t, "standalone", s.RedisMode)
 		require.Zero(t, s.MinReplicas)
+		require.False(t, s.AllReplicas)
 		require.Equal(t, 250*time.Millisecond, s.ReplicaTimeout)
 	})
-	t.Run("where Redis replicates, a write waits for one replica unless told otherwise", func(t *testing.T) {
+	t.Run("where Redis fails over, a write waits for every promotable replica unless told otherwise", func(t *testing.T) {
 		for mode, url := range map[string]string{
-			modeCluster:  "redis://127.0.0.1:7000",
-			modeSentinel: "redis://127.0.0.1:26379?master_name=mymaster",
+			"cluster":  "redis://127.0.0.1:7000",
+			"sentinel": "redis://127.0.0.1:26379?master_name=mymaster",
 		} {
 			s, err := parseSettings([]string{"--redis-mode", mode, "--redis-url", url}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051"}.get, io.Discard)
 			require.NoError(t, err)
-			require.Equal(t, 1, s.MinReplicas, mode)
-			s, err = parseSettings([]string{"--redis-mode", mode, "--redis-url", url}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051",
-				"IDEMPROXY_REDIS_MIN_REPLICAS": "0"}.get, io.Discard)
+			require.True(t, s.AllReplicas, mode)
+			for _, n := range []int{0, 1} {
+				s, err = parseSettings([]string{"--redis-mode", mode, "--redis-url", url}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051",
+					"IDEMPROXY_REDIS_MIN_REPLICAS": strconv.Itoa(n)}.get, io.Discard)
+				require.NoError(t, err)
+				require.False(t, s.AllReplicas, "%s: a count said explicitly", mode)
+				require.Equal(t, n, s.MinReplicas)
+			}
+			s, err = parseSettings([]string{"--redis-mode", mode, "--redis-url", url, "--redis-min-replicas", "all"}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051"}.get, io.Discard)
 			require.NoError(t, err)
-			require.Zero(t, s.MinReplicas, "%s: 0 said explicitly", mode)
+			require.True(t, s.AllReplicas, "%s: all said explicitly", mode)
 		}
 		_, err := parseSettings([]string{"--redis-min-replicas", "one"}, env{}.get, io.Discard)
-		require.ErrorContains(t, err, `"one" is not a whole number`)
+		require.ErrorContains(t, err, `"one" is neither all nor a whole number`)
 	})
 	good := map[string][]string{
 		"cluster seed nodes": {"--redis-mode", "cluster", "--redis-url",
@@ -51,7 +60,7 @@ func TestParseSettings_redisModes(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s, err := parseSettings(args, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051"}.get, io.Discard)
 			require.NoError(t, err)
-			conn, err := newRedis(s)
+			conn, err := redisstore.Connect(redisstore.ConnectOptions{Mode: s.mode(), URL: s.RedisURL, Timeout: s.RedisTimeout})
 			require.NoError(t, err)
 			require.NoError(t, conn.Close())
 		})
@@ -64,12 +73,13 @@ func TestParseSettings_redisModes(t *testing.T) {
 		"sentinel without master": {[]string{"--redis-mode", "sentinel", "--redis-url", "redis://127.0.0.1:26379"}, "?master_name=NAME"},
 		"several addresses standalone": {[]string{"--redis-url", "redis://127.0.0.1:7000?addr=127.0.0.1:7001"},
 			"several addresses need --redis-mode cluster or sentinel"},
-		"cluster database":  {[]string{"--redis-mode", "cluster", "--redis-url", "redis://127.0.0.1:7000/3"}, `database "3": a Redis Cluster has database 0 only`},
-		"bad cluster addr":  {[]string{"--redis-mode", "cluster", "--redis-url", "redis://127.0.0.1:7000?addr=nope"}, "addr param: nope"},
-		"bad scheme":        {[]string{"--redis-mode", "cluster", "--redis-url", "http://127.0.0.1:7000"}, "(cluster mode): redis: invalid URL scheme: http"},
-		"unknown option":    {[]string{"--redis-mode", "sentinel", "--redis-url", "redis://h:1?master_name=m&colour=red"}, "unexpected option: colour"},
-		"ca without tls":    {[]string{"--redis-mode", "cluster", "--redis-url", "redis://h:1", "--redis-ca", "ca.pem"}, "--redis-ca needs a rediss://"},
-		"negative replicas": {[]string{"--redis-min-replicas", "-1"}, "--redis-min-replicas must not be negative"},
+		"cluster database":     {[]string{"--redis-mode", "cluster", "--redis-url", "redis://127.0.0.1:7000/3"}, `database "3": a Redis Cluster has database 0 only`},
+		"bad cluster addr":     {[]string{"--redis-mode", "cluster", "--redis-url", "redis://127.0.0.1:7000?addr=nope"}, "addr param: nope"},
+		"bad scheme":           {[]string{"--redis-mode", "cluster", "--redis-url", "http://127.0.0.1:7000"}, "(cluster mode): redis: invalid URL scheme: http"},
+		"unknown option":       {[]string{"--redis-mode", "sentinel", "--redis-url", "redis://h:1?master_name=m&colour=red"}, "unexpected option: colour"},
+		"ca without tls":       {[]string{"--redis-mode", "cluster", "--redis-url", "redis://h:1", "--redis-ca", "ca.pem"}, "--redis-ca needs a rediss://"},
+		"negative replicas":    {[]string{"--redis-min-replicas", "-1"}, "--redis-min-replicas must not be negative"},
+		"all without failover": {[]string{"--redis-min-replicas", "all"}, "--redis-min-replicas all needs --redis-mode cluster or sentinel"},
 		"wait too long": {[]string{"--redis-min-replicas", "1", "--redis-replica-timeout", "1s"},
 			"--redis-replica-timeout 1s must be shorter than --redis-timeout 1s"},
 	}
@@ -90,51 +100,8 @@ func TestParseSettings_redisModes(t *testing.T) {
 		s, err := parseSettings(nil, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051", "IDEMPROXY_REDIS_MODE": "sentinel",
 			"IDEMPROXY_REDIS_URL": "redis://127.0.0.1:26379?master_name=m"}.get, io.Discard)
 		require.NoError(t, err)
-		require.Equal(t, modeSentinel, s.RedisMode)
+		require.Equal(t, "sentinel", s.RedisMode)
 	})
-}
-
-// TestNewRedis_options: our timeouts and handshake settings reach every
-// topology's client, and a cluster URL with one address still makes a
-// cluster client (UniversalClient would make a plain one).
-func TestNewRedis_options(t *testing.T) {
-	for _, mode := range []string{modeStandalone, modeCluster, modeSentinel} {
-		t.Run(mode, func(t *testing.T) {
-			url := "rediss://app:secret@127.0.0.1:7000?"
-			if mode == modeSentinel {
-				url += "master_name=m"
-			}
-			s, err := parseSettings([]string{"--redis-mode", mode, "--redis-url", url, "--redis-timeout", "700ms"}, env{"IDEMPROXY_GRPC_ADDR": "127.0.0.1:50051"}.get, io.Discard)
-			require.NoError(t, err)
-			conn, err := newRedis(s)
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = conn.Close() })
-			var o *redis.Options
-			switch c := conn.client.(type) {
-			case *redis.ClusterClient:
-				require.Equal(t, modeCluster, mode)
-				require.Same(t, c, conn.cluster)
-				co := c.Options()
-				require.Equal(t, []string{"127.0.0.1:7000"}, co.Addrs)
-				o = &redis.Options{ReadTimeout: co.ReadTimeout, DialTimeout: co.DialTimeout, Protocol: co.Protocol,
-					DisableIdentity: co.DisableIdentity, DialerRetries: co.DialerRetries, TLSConfig: co.TLSConfig,
-					Username: co.Username, Password: co.Password, ContextTimeoutEnabled: co.ContextTimeoutEnabled}
-			case *redis.Client:
-				require.NotEqual(t, modeCluster, mode)
-				o = c.Options()
-			}
-			require.Equal(t, 700*time.Millisecond, o.ReadTimeout)
-			require.Equal(t, 700*time.Millisecond, o.DialTimeout)
-			require.Equal(t, 2, o.Protocol)
-			require.True(t, o.DisableIdentity)
-			require.Equal(t, 1, o.DialerRetries)
-			require.True(t, o.ContextTimeoutEnabled)
-			require.NotNil(t, o.TLSConfig, "rediss:// is TLS in every mode")
-			if mode != modeSentinel {
-				require.Equal(t, "app", o.Username, "the ACL user")
-			}
-		})
-	}
 }
 
 // TestConfigMap_redisExamples parses the topology examples of the shipped
@@ -150,7 +117,7 @@ func TestConfigMap_redisExamples(t *testing.T) {
 			mode = v
 		}
 		if v, ok := strings.CutPrefix(line, "IDEMPROXY_REDIS_URL: "); ok {
-			_, err := parseRedisURL(mode, v)
+			_, err := redisstore.ParseURL(redisstore.Mode(mode), v)
 			require.NoError(t, err, "%s: %s", mode, v)
 			modes++
 		}
