@@ -87,6 +87,13 @@ type Config struct {
 	// FinalizeTimeout bounds the store or release that runs after the
 	// response, on a context detached from the stream.
 	FinalizeTimeout time.Duration
+	// FinalizeUntilLease retries those writes until the key's lease ends
+	// when that is later than FinalizeTimeout: until then the record
+	// still reads as in progress, so a write that gets through after a
+	// partition heals (cuts of 10 s were seen) stores a response the
+	// client already got, where giving up leaves the key an unknown
+	// outcome for the retention. Off, FinalizeTimeout alone bounds them.
+	FinalizeUntilLease bool
 	// MetadataNamespace is the dynamic-metadata namespace of the decision
 	// returned to Envoy (observe.go); empty returns none.
 	MetadataNamespace string
@@ -112,6 +119,7 @@ func DefaultConfig() Config {
 		MaxRequestHeaderBytes: 60 << 10,
 		StoreTimeout:          time.Second,
 		FinalizeTimeout:       5 * time.Second,
+		FinalizeUntilLease:    true,
 		MetadataNamespace:     DefaultMetadataNamespace,
 	}
 }

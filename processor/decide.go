@@ -30,6 +30,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	}
 	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease(), Wait: e.pol.wait && !e.pol.shadow}
 	since := time.Now()
+	e.leaseEnd = since.Add(e.pol.lockTTL)
 	acq, err := e.look(claim)
 	if err != nil {
 		e.unanswered(token)

@@ -50,6 +50,11 @@ type exchange struct {
 	token             string
 	lock              lockState
 	dog               *watchdog
+	// leaseEnd is, on our clock, when the lease our token holds (or, after
+	// a failed acquire, may hold) ends unless renewed: the acquire's or
+	// the last successful renewal's sending plus the lock TTL. Settling
+	// writes are retried at least until then.
+	leaseEnd time.Time
 
 	pending    *write // a settling write that failed in band; finish retries it
 	collecting bool   // storing the response body

@@ -119,9 +119,10 @@ type fakeStore struct {
 	now     time.Time
 	entries map[string]*storeEntry
 	calls   []storeCall
-	fail    map[string]error // op -> error returned instead of acting
-	failN   map[string]int   // op -> how many more calls fail; absent: all
-	fences  map[string]int64 // grows per grant, survives deletion
+	fail    map[string]error     // op -> error returned instead of acting
+	failN   map[string]int       // op -> how many more calls fail; absent: all
+	failTil map[string]time.Time // op -> calls fail until then (wall clock)
+	fences  map[string]int64     // grows per grant, survives deletion
 	// watchers are told when their key is settled; mute drops the notices
 	// (a lost Pub/Sub message).
 	watchers  map[string][]chan time.Time
@@ -216,6 +217,12 @@ func (s *fakeStore) record(ctx context.Context, c storeCall) error {
 	c.ctxErr = ctx.Err()
 	_, c.hasDeadline = ctx.Deadline()
 	s.calls = append(s.calls, c)
+	if c.ctxErr != nil {
+		return c.ctxErr // as a Redis client does: nothing is sent
+	}
+	if until, timed := s.failTil[c.op]; timed && !time.Now().Before(until) {
+		return nil
+	}
 	if n, counted := s.failN[c.op]; counted {
 		if n == 0 {
 			return nil
@@ -386,6 +393,17 @@ func (s *fakeStore) failTimes(op string, err error, n int) {
 	defer s.mu.Unlock()
 	s.fail[op] = err
 	s.failN[op] = n
+}
+
+// failUntil makes calls of op return err until the wall clock reaches t.
+func (s *fakeStore) failUntil(op string, err error, t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failTil == nil {
+		s.failTil = map[string]time.Time{}
+	}
+	s.fail[op] = err
+	s.failTil[op] = t
 }
 
 // steal hands an in-progress key to another owner, as if the lock had

@@ -118,7 +118,7 @@ func decodeFuzzInput(data []byte) fuzzInput {
 	cfg.FailOpen, cfg.RerunAfterTTL = c&1 != 0, c&2 != 0
 	// Failing store operations are retried until this passes; the fuzzer
 	// needs the retries, not the wait.
-	cfg.FinalizeTimeout = 20 * time.Millisecond
+	cfg.FinalizeTimeout, cfg.FinalizeUntilLease = 20*time.Millisecond, false
 	if c&4 != 0 {
 		cfg.MaxStoredBody = 8
 	}

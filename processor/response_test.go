@@ -2,6 +2,7 @@ package processor
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -178,7 +179,7 @@ func TestServer_Process_completeLeaseLost(t *testing.T) {
 func TestServer_Process_completeStoreError(t *testing.T) {
 	store := newFakeStore()
 	store.failOn("complete", errRedisDown)
-	srv, reg := newTestServer(t, store, func(c *Config) { c.FinalizeTimeout = 300 * time.Millisecond })
+	srv, reg := newTestServer(t, store, func(c *Config) { c.FinalizeTimeout, c.FinalizeUntilLease = 300*time.Millisecond, false })
 	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(true, ":status", "200"))
 	require.NoError(t, err)
 	requireContinue(t, out[1])
@@ -214,4 +215,34 @@ func TestServer_Process_storesServerErrors(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, []string{"acquire", "release"}, store.ops())
 	})
+}
+
+// TestServer_Process_completeUntilLease: a completion that keeps failing
+// past --finalize-timeout (Redis cut off, then back) is retried until the
+// key's lease ends, and stored then; only --finalize-timeout, it is given
+// up and the key left to read as an unknown outcome.
+func TestServer_Process_completeUntilLease(t *testing.T) {
+	for _, untilLease := range []bool{true, false} {
+		t.Run(fmt.Sprintf("until the lease %v", untilLease), func(t *testing.T) {
+			store := newFakeStore()
+			// Redis is back 600 ms from now: after --finalize-timeout
+			// (300 ms), within the lease (1 s).
+			store.failUntil("complete", errRedisDown, time.Now().Add(600*time.Millisecond))
+			srv, reg := newTestServer(t, store, func(c *Config) {
+				c.LockTTL, c.Heartbeat = time.Second, 500*time.Millisecond
+				c.FinalizeTimeout, c.FinalizeUntilLease = 300*time.Millisecond, untilLease
+			})
+			_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(true, ":status", "200"))
+			require.NoError(t, err)
+			e, ok := store.entry(keyOf("k"))
+			require.True(t, ok)
+			if untilLease {
+				require.NotNil(t, e.rec, "stored once Redis answered, within the lease")
+				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStored))
+			} else {
+				require.Nil(t, e.rec, "given up at --finalize-timeout")
+				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStoreError))
+			}
+		})
+	}
 }

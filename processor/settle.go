@@ -27,14 +27,18 @@ type write struct {
 // settle stops the watchdog and runs w. In band (Envoy waits for our reply
 // to this message) it makes one attempt, bounded like any request-path
 // call, and leaves a failed one to finish, which retries it once the
-// stream is over. Otherwise it retries at once, until --finalize-timeout.
+// stream is over. Otherwise it retries at once, until --finalize-timeout
+// or the end of the lease, whichever is later.
 func (e *exchange) settle(w write, inBand bool) {
 	e.lock = lockDone
 	// The watchdog stops first: a renewal racing the write would find the
 	// record settled and report a false lease loss.
 	e.dog.stop()
+	if end := e.dog.leaseEnd(); end.After(e.leaseEnd) {
+		e.leaseEnd = end
+	}
 	if !inBand {
-		err, retried := e.srv.retrying(e.ctx, w)
+		err, retried := e.srv.retrying(e.ctx, w, e.leaseEnd)
 		w.done(err, retried)
 		return
 	}
@@ -72,12 +76,22 @@ const (
 )
 
 // retrying runs w until it succeeds, the record is no longer ours, or
-// --finalize-timeout passes, on a context detached from the stream (Envoy
-// resets it after a normal end). Each attempt is bounded by the store
-// timeout, so a hung connection cannot eat the whole budget.
-func (s *Server) retrying(stream context.Context, w write) (err error, retried bool) {
+// both --finalize-timeout and the lease (until) are over, on a context
+// detached from the stream (Envoy resets it after a normal end). Until the
+// lease ends the record still reads as in progress, so a write that gets
+// through by then (Redis back after a partition: go-redis may refuse new
+// connections for a second or two after it heals) is as good as one at
+// once; after it, the key reads as an unknown outcome. Each attempt is
+// bounded by the store timeout, so a hung connection cannot eat the
+// whole budget.
+func (s *Server) retrying(stream context.Context, w write, until time.Time) (err error, retried bool) {
 	ctx, cancel := s.detached(stream)
 	defer cancel()
+	if s.cfg.FinalizeUntilLease && until.After(deadlineOf(ctx)) {
+		cancel()
+		ctx, cancel = context.WithDeadline(context.WithoutCancel(stream), until)
+		defer cancel()
+	}
 	backoff := firstBackoff
 	for n := 0; ; n++ {
 		if n > 0 {
@@ -145,7 +159,7 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 			"error", err, "status", rec.Status)
 	case err != nil:
 		e.settledAs(resultStoreError)
-		e.logger().Error("storing the response failed; the key is refused as an unknown outcome once its lease ends",
+		e.logger().Error("storing the response failed, retried until its lease ended; "+e.afterLease(),
 			"error", err, "status", rec.Status)
 	case rec.BodyStored:
 		e.settledAs(resultStored)
@@ -172,16 +186,39 @@ func storedResult(rec idem.Record) string {
 	return resultStoredNoBody
 }
 
+// afterLease says what a key whose lease ended without a settlement
+// reads as, under this route's policy.
+func (e *exchange) afterLease() string {
+	if e.pol.takeover {
+		return "its lock has expired and a retry runs it again (--on-unknown=rerun-after-ttl)"
+	}
+	return "the key reads as an unknown outcome (409 outcome-unknown) for the retention, until an operator clears it"
+}
+
 // release deletes our lock so the client can retry at once: the request
 // provably did not run, or ran into a status that is not stored.
 func (e *exchange) release(result string, inBand bool, attrs ...any) {
+	e.releaseWith(result, inBand, false, attrs...)
+}
+
+// releaseWith is release; unsure says the lock may not exist (the
+// acquire failed, and may or may not have reached Redis in time).
+func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any) {
 	e.settle(write{op: "release",
 		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.key, e.token) },
 		done: func(err error, _ bool) {
 			e.settledAs(result)
-			if retryable(err) {
-				e.logger().Error("releasing the lock failed; the key is refused as an unknown outcome once its lease ends",
+			switch {
+			case retryable(err) && unsure:
+				e.logger().Warn("giving back the lock a failed acquire may have taken failed, retried until its lease ended; "+
+					"if that acquire reached Redis in time, "+e.afterLease(), append(attrs, "error", err)...)
+				return
+			case retryable(err):
+				e.logger().Error("releasing the lock failed, retried until its lease ended; "+e.afterLease(),
 					append(attrs, "error", err)...)
+				return
+			case errors.Is(err, idem.ErrLeaseLost) && unsure:
+				e.logger().Debug("the failed acquire had taken no lock", attrs...)
 				return
 			}
 			e.logger().Debug("lock released", append(attrs, "result", result)...)
@@ -196,14 +233,16 @@ func (e *exchange) finish() {
 		w := *e.pending
 		e.pending = nil
 		e.srv.metrics.retries.WithLabelValues(w.op).Inc()
-		err, _ := e.srv.retrying(e.ctx, w)
+		err, _ := e.srv.retrying(e.ctx, w, e.leaseEnd)
 		w.done(err, true)
 	case e.lock == lockUnanswered:
 		// Acquire failed, so the client got 503 and nothing went
 		// upstream; but Redis may have run the acquire after we stopped
 		// waiting. Our token's lock, if it exists, must go, or it would
 		// turn into an unknown outcome for a request that never ran.
-		e.release(resultReleasedEarly, false, "after", "a failed acquire")
+		// (One that reached Redis after we stopped waiting created none:
+		// it carried a deadline.)
+		e.releaseWith(resultReleasedEarly, false, true, "after", "a failed acquire")
 	case e.lock == lockAcquired:
 		// Our CONTINUE never went out: the request cannot be upstream.
 		e.release(resultReleasedEarly, false)

@@ -221,7 +221,7 @@ func TestServer_Process_nilHeadersAfterAcquire(t *testing.T) {
 func TestServer_Process_releaseErrorIsSwallowed(t *testing.T) {
 	store := newFakeStore()
 	store.failOn("release", errors.New("redis: i/o timeout"))
-	srv, reg := newTestServer(t, store, func(c *Config) { c.FinalizeTimeout = 300 * time.Millisecond })
+	srv, reg := newTestServer(t, store, func(c *Config) { c.FinalizeTimeout, c.FinalizeUntilLease = 300*time.Millisecond, false })
 	out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "429"))
 	require.NoError(t, err)
 	require.Len(t, out, 2, "the client's answer does not wait for the store")

@@ -136,6 +136,7 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		if e.mayTake(next, claim) {
 			// Free (its owner gave it back): race for it as a new
 			// request would; one waiter wins, the others wait on.
+			e.leaseEnd = time.Now().Add(e.pol.lockTTL)
 			if next, err = e.look(claim); err != nil {
 				// The acquire may have taken the lock all the same:
 				// finish gives back whatever this token holds.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
@@ -23,6 +24,10 @@ type watchdog struct {
 	stream     uint64
 	key, token string
 	pol        policy
+
+	// renewedUntil is when the lease ends after the last successful
+	// renewal (unix nanoseconds, our clock); 0 before the first.
+	renewedUntil atomic.Int64
 
 	mu         sync.Mutex
 	timer      *time.Timer
@@ -58,8 +63,12 @@ func (w *watchdog) tick() {
 	w.mu.Unlock()
 
 	// Heartbeats are rare (long requests only), so the logger is made here.
-	lost := w.srv.renew(ctx, w.srv.log.With("stream", w.stream), w.key, w.token, w.pol.lease())
+	sent := time.Now()
+	lost, renewed := w.srv.renew(ctx, w.srv.log.With("stream", w.stream), w.key, w.token, w.pol.lease())
 	cancel()
+	if renewed {
+		w.renewedUntil.Store(sent.Add(w.pol.lockTTL).UnixNano())
+	}
 
 	w.mu.Lock()
 	w.cancelTick = nil
@@ -82,8 +91,9 @@ func (w *watchdog) finishLocked() {
 	}
 }
 
-// renew extends the lock once; it reports whether the lease is gone.
-func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string, lease idem.Lease) bool {
+// renew extends the lock once; it reports whether the lease is gone, and
+// whether it was extended.
+func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string, lease idem.Lease) (lost, renewed bool) {
 	// Bounded like every request-path call, so a slow Redis cannot stall
 	// the next heartbeat past the TTL unnoticed.
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
@@ -94,21 +104,33 @@ func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string,
 	switch {
 	case err == nil:
 		s.metrics.renewals.WithLabelValues(renewOK).Inc()
-		return false
+		return false, true
 	case errors.Is(err, idem.ErrLeaseLost):
 		s.metrics.renewals.WithLabelValues(renewLost).Inc()
 		s.metrics.leaseLost.WithLabelValues(stageRenew).Inc()
 		log.Warn("lock lease lost while the request was running; its response will not be stored")
-		return true
+		return true, false
 	case ctx.Err() != nil:
-		return true // stopped while renewing: not a failure
+		return true, false // stopped while renewing: not a failure
 	default:
 		// Transient: try again at the next heartbeat; the TTL leaves room
 		// for TTL/heartbeat - 1 failed renewals.
 		s.metrics.renewals.WithLabelValues(renewError).Inc()
 		log.Warn("lock renewal failed; retrying at the next heartbeat", "error", err)
-		return false
+		return false, false
 	}
+}
+
+// leaseEnd is when the lease ends after the last successful renewal;
+// zero before the first, and on a nil watchdog.
+func (w *watchdog) leaseEnd() time.Time {
+	if w == nil {
+		return time.Time{}
+	}
+	if n := w.renewedUntil.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // stop ends the watchdog and waits for a renewal in flight, so no renewal
