@@ -96,7 +96,7 @@ func hashes(t *testing.T, srv *redistopo.Server) int {
 	return int(n)
 }
 
-// TestTopology_Cluster runs idemproxy with --redis-min-replicas 1 on a 3+3
+// TestTopology_Cluster runs idemproxy with its defaults (--redis-min-replicas all) on a 3+3
 // Redis Cluster: keys spread over every primary run once and replay; a
 // SCRIPT FLUSH on every node mid-load is served without an error; slots
 // resharded under load never run a key twice, with transient errors only.
@@ -107,7 +107,7 @@ func TestTopology_Cluster(t *testing.T) {
 	// CI machine running other tests can starve it for a few hundred
 	// milliseconds: the wait is generous here (the failover tests measure
 	// the tight one).
-	s := topoFrontend(t, backend, "cluster", clusterURL(cl), "--redis-min-replicas", "1",
+	s := topoFrontend(t, backend, "cluster", clusterURL(cl),
 		"--redis-replica-timeout", "800ms", "--redis-timeout", "1s", "--health-interval", "250ms")
 
 	ok := t.Run("keys spread over every primary run once and replay", func(t *testing.T) {
@@ -133,7 +133,7 @@ func TestTopology_Cluster(t *testing.T) {
 				"~idemproxy:*", "&idemproxy:*", "+@all", "-@dangerous", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info").Err())
 		}
 		u := strings.Replace(clusterURL(cl), "redis://", "redis://idemproxy:s3cret-pw@", 1)
-		acl := topoFrontend(t, backend, "cluster", u, "--redis-min-replicas", "1", "--redis-replica-timeout", "250ms")
+		acl := topoFrontend(t, backend, "cluster", u, "--redis-replica-timeout", "250ms")
 		for range 20 {
 			k := newKey(t)
 			first := acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)

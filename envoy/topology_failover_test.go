@@ -55,11 +55,15 @@ func clusterPromotions(cl *redistopo.Cluster) func() int {
 
 // runFailover sends failoverKeys slow requests through s, SIGKILLs the
 // busiest primary while they run, lets every client retry until it gets a
-// 200, and logs the figures. With durable set, every key must have run
-// exactly once and replay its first response byte for byte, unless the
-// topology failed over a second time: then a response stored on the first
-// promoted primary before its replica caught up may be lost (the README's
-// limit), and no more may be lost than were counted unreplicated.
+// 200, and logs the figures. Once a replica took over, 30 new keys show
+// what the degraded topology serves, and the killed node is brought back,
+// as an orchestrator would (with --redis-min-replicas all, a Sentinel
+// primary's new keys wait for it: it is a replica a failover could
+// promote). With durable set, every key must have run exactly once and
+// replay its first response byte for byte, unless the topology failed over
+// a second time: then a response stored on the first promoted primary
+// before its replica caught up may be lost (the README's limit), and no
+// more may be lost than were counted unreplicated.
 func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bool) {
 	t.Helper()
 	keys := make([]string, failoverKeys)
@@ -76,24 +80,27 @@ func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bo
 	notReady := sampleNotReady(s)
 	f.promoted(t, killed)
 	promoted := time.Since(start)
-	runs := wait()
-	settled := time.Since(start)
-	unready := notReady()
-	fig := countFailover(t, s, path, keys, runs)
-	promotions := f.promotions() - promotionsBefore
-	// New keys while the killed node is still down: on a cluster its
-	// promoted replica has no replica of its own, so with min replicas 1
-	// its keys are refused (503) until the node is back.
+	// New keys while the killed node is still down: under Sentinel it is
+	// a replica a failover could promote, so with all they are refused
+	// (503) until it is back; on a cluster the promoted replica has no
+	// replica of its own, so with all they run, with 1 they are refused.
 	degraded := map[string]int{}
 	for range 30 {
 		r := s.do(t, "POST", "/charge", "", "Idempotency-Key", newKey(t))
 		degraded[classify(r)]++
 	}
 	f.restart(t, killed)
+	restarted := time.Since(start)
+	runs := wait()
+	settled := time.Since(start)
+	unready := notReady()
+	fig := countFailover(t, s, path, keys, runs)
+	promotions := f.promotions() - promotionsBefore
 	st := s.stats(t)
 	logFigures(t, scenario, "keys", len(keys), "locks_on_killed_primary", share, "executions", sumKeys(st.Keys, keys),
 		"ran_twice", fig.twice, "lost_responses", fig.lost, "first_200", fig.firstOK,
 		"statuses", fmt.Sprint(fig.statuses), "new_keys_before_restart", fmt.Sprint(degraded), "promoted_after", promoted.Round(time.Millisecond),
+		"restarted_after", restarted.Round(time.Millisecond),
 		"not_ready_for", unready.Round(100*time.Millisecond), "all_settled_after", settled.Round(time.Millisecond),
 		"unreplicated_completions", s.metric(t, `idemproxy_unreplicated_writes_total{op="complete"}`),
 		"complete_retries", s.metric(t, `idemproxy_store_retries_total{op="complete"}`), "promotions", promotions)
@@ -182,15 +189,15 @@ func clusterFailover(cl *redistopo.Cluster) failover {
 
 // TestTopology_ClusterFailover: 150 slow requests in flight on a 3+3
 // cluster, the primary with the most of their keys SIGKILLed, clients
-// retrying. With --redis-min-replicas 1 every key runs once and replays its
-// response; the same run with 0 is reported, not asserted.
+// retrying. With --redis-min-replicas all (the default) every key runs once
+// and replays its response; the same run with 0 is reported, not asserted.
 func TestTopology_ClusterFailover(t *testing.T) {
 	cl := redistopo.NewCluster(t)
 	backend := startBackendOnly(t)
-	for _, replicas := range []int{1, 0} {
-		ok := t.Run(fmt.Sprintf("min replicas %d", replicas), func(t *testing.T) {
+	for _, replicas := range []string{"all", "0"} {
+		ok := t.Run("min replicas "+replicas, func(t *testing.T) {
 			s := topoFrontend(t, backend, "cluster", clusterURL(cl), failoverArgs(replicas)...)
-			runFailover(t, s, clusterFailover(cl), fmt.Sprintf("cluster-failover-min-replicas-%d", replicas), replicas > 0)
+			runFailover(t, s, clusterFailover(cl), "cluster-failover-min-replicas-"+replicas, replicas != "0")
 		})
 		if !ok {
 			return
@@ -228,7 +235,7 @@ func TestTopology_SentinelFailover(t *testing.T) {
 		// The URL's user:password would be the sentinels'; the data
 		// nodes' ACL user goes in query parameters (go-redis's rule).
 		acl := topoFrontend(t, backend, "sentinel", sentinelURL(st)+"&username=idemproxy&password=s3cret-pw",
-			"--redis-min-replicas", "2", "--redis-replica-timeout", "250ms")
+			"--redis-replica-timeout", "250ms") // --redis-min-replicas all, the default
 		k := newKey(t)
 		require.Equal(t, classExecuted, classify(acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)))
 		require.Equal(t, classReplayed, classify(acl.do(t, "POST", "/charge", "", "Idempotency-Key", k)))
@@ -236,10 +243,10 @@ func TestTopology_SentinelFailover(t *testing.T) {
 	}) {
 		return
 	}
-	for _, replicas := range []int{1, 0} {
-		ok := t.Run(fmt.Sprintf("min replicas %d", replicas), func(t *testing.T) {
+	for _, replicas := range []string{"all", "0"} {
+		ok := t.Run("min replicas "+replicas, func(t *testing.T) {
 			s := topoFrontend(t, backend, "sentinel", sentinelURL(st), failoverArgs(replicas)...)
-			runFailover(t, s, f, fmt.Sprintf("sentinel-failover-min-replicas-%d", replicas), replicas > 0)
+			runFailover(t, s, f, "sentinel-failover-min-replicas-"+replicas, replicas != "0")
 		})
 		if !ok {
 			return
@@ -251,16 +258,17 @@ func TestTopology_SentinelFailover(t *testing.T) {
 // Both replicas are frozen and cut off (SIGSTOP, and the primary drops
 // their links: replication falls behind, as on a loaded or partitioned
 // network) before slow requests arrive; the primary
-// is SIGKILLed while they run, the replicas thawed and one promoted, and
-// every client retries until it gets a 200. With 1, no lock was granted
-// that a replica lacked: the requests were refused (503) and, after the
-// failover, ran once each. With 0 they ran at once, their locks died with
-// the primary, and the retries ran them a second time.
+// is SIGKILLed while they run, the replicas thawed and one promoted, the
+// killed node brought back, and every client retries until it gets a 200.
+// With all (the default), no lock was granted that a replica lacked: the
+// requests were refused (503) and, after the failover, ran once each.
+// With 0 they ran at once, their locks died with the primary, and the
+// retries ran them a second time.
 func TestTopology_SentinelReplicaLag(t *testing.T) {
 	st := redistopo.NewSentinel(t)
 	backend := startBackendOnly(t)
-	for _, replicas := range []int{1, 0} {
-		ok := t.Run(fmt.Sprintf("min replicas %d", replicas), func(t *testing.T) {
+	for _, replicas := range []string{"all", "0"} {
+		ok := t.Run("min replicas "+replicas, func(t *testing.T) {
 			s := topoFrontend(t, backend, "sentinel", sentinelURL(st), failoverArgs(replicas)...)
 			primary, err := st.Primary(t.Context())
 			require.NoError(t, err)
@@ -314,6 +322,7 @@ func TestTopology_SentinelReplicaLag(t *testing.T) {
 			_, err = st.WaitFailover(t.Context(), primary)
 			require.NoError(t, err)
 			promoted := time.Since(start)
+			require.NoError(t, st.Restart(t.Context(), primary))
 			done := make(chan struct{})
 			go func() { wg.Wait(); close(done) }()
 			testenv.Receive(t, done, 90*time.Second, "the clients")
@@ -338,13 +347,12 @@ func TestTopology_SentinelReplicaLag(t *testing.T) {
 					lost++
 				}
 			}
-			require.NoError(t, st.Restart(t.Context(), primary))
-			logFigures(t, fmt.Sprintf("sentinel-replica-lag-min-replicas-%d", replicas), "keys", n,
+			logFigures(t, "sentinel-replica-lag-min-replicas-"+replicas, "keys", n,
 				"granted_while_replicas_frozen", granted, "executions", sumKeys(counts, keys), "ran_twice", twice,
 				"lost_responses", lost, "statuses", fmt.Sprint(statuses), "promoted_after", promoted.Round(time.Millisecond),
 				"all_settled_after", settled.Round(time.Millisecond),
 				"unreplicated_acquires", s.metric(t, `idemproxy_unreplicated_writes_total{op="acquire"}`))
-			if replicas > 0 {
+			if replicas != "0" {
 				require.Zero(t, granted, "no lock is granted that no replica has")
 				require.Zero(t, twice, "no key ran twice")
 				require.Zero(t, lost, "every key replays the response its client got")

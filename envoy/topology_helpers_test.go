@@ -1,7 +1,6 @@
 package envoy
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -56,8 +55,9 @@ func sentinelURL(st *redistopo.Sentinel) string {
 // failoverArgs are idemproxy's settings in the failover scenarios: a
 // lease and a finalize timeout that outlast a failover of a few seconds
 // on a loaded machine, and a Redis timeout well under Envoy's 2 s.
-func failoverArgs(minReplicas int) []string {
-	return []string{"--redis-min-replicas", fmt.Sprint(minReplicas), "--redis-replica-timeout", "250ms",
+// minReplicas is "all" (the default) or a count.
+func failoverArgs(minReplicas string) []string {
+	return []string{"--redis-min-replicas", minReplicas, "--redis-replica-timeout", "250ms",
 		"--redis-timeout", "600ms", "--lock-ttl", "20s", "--heartbeat", "2s", "--finalize-timeout", "20s",
 		"--health-interval", "250ms"}
 }

@@ -30,7 +30,7 @@ func TestTopology_TLS(t *testing.T) {
 		ClientCertFile: pki.ClientCert, ClientKeyFile: pki.ClientKey}
 	backend := startBackendOnly(t)
 	// Pub/sub must deliver the completion: no re-check to fall back on.
-	args := []string{"--redis-ca", pki.CA, "--redis-min-replicas", "1", "--redis-replica-timeout", "800ms",
+	args := []string{"--redis-ca", pki.CA, "--redis-replica-timeout", "800ms",
 		"--redis-timeout", "1s", "--wait-recheck", "1h"}
 
 	t.Run("cluster", func(t *testing.T) {
@@ -71,6 +71,11 @@ func TestTopology_TLS(t *testing.T) {
 		promoted, err := st.WaitFailover(t.Context(), primary)
 		require.NoError(t, err)
 		t.Logf("sentinel over TLS: promoted %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+		// The killed node is a replica a failover could promote: until it
+		// is back, new keys are refused (--redis-min-replicas all).
+		r := s.do(t, "POST", "/charge", "", "Idempotency-Key", randomKey())
+		require.Equal(t, problem+"store-unavailable", r.problemType(), "%d %s", r.status, r.body)
+		require.NoError(t, st.Restart(t.Context(), primary))
 		// idemproxy follows the new primary by itself, over TLS: the key
 		// stored before the failover (on a replica first) replays, and
 		// new keys run once, after at most a few 503s while it switches.
@@ -78,7 +83,7 @@ func TestTopology_TLS(t *testing.T) {
 			r, err := s.tryDo("POST", "/charge", "", "Idempotency-Key", randomKey())
 			return err == nil && r.status == http.StatusOK
 		})
-		t.Logf("sentinel over TLS: a new key served %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+		t.Logf("sentinel over TLS: a new key served %v after the kill, once the killed node was back", time.Since(killed).Round(10*time.Millisecond))
 		again := s.do(t, "POST", "/wait/slow?delay=300ms", "", "Idempotency-Key", before.key)
 		require.True(t, again.replayed(), "%d %s", again.status, again.body)
 		require.Equal(t, string(before.body), string(again.body))
