@@ -1,12 +1,17 @@
 package netlab
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // Conn is one TCP connection of a host, as `ss -tni` shows it.
@@ -89,6 +94,7 @@ func detail(line, name string) int {
 // Hold is one connection kept blocked: its packets from its local end to
 // its peer are dropped at the peer, whatever Heal does, until Release.
 type Hold struct {
+	conn Conn
 	at   *Host
 	spec []string
 	once sync.Once
@@ -105,13 +111,16 @@ func (l *Lab) Hold(c Conn) (*Hold, error) {
 	if peer == nil || l.hostByIP(c.Local.Addr().String()) == nil {
 		return nil, fmt.Errorf("connection %s -> %s is not between the lab's hosts", c.Local, c.Peer)
 	}
-	hd := &Hold{at: peer, spec: []string{holdChain, "-s", c.Local.Addr().String(), "-d", c.Peer.Addr().String(),
+	hd := &Hold{conn: c, at: peer, spec: []string{holdChain, "-s", c.Local.Addr().String(), "-d", c.Peer.Addr().String(),
 		"-p", "tcp", "--sport", strconv.Itoa(int(c.Local.Port())), "--dport", strconv.Itoa(int(c.Peer.Port())), "-j", "DROP"}}
 	if _, err := peer.Run(l.tools.iptables, append([]string{"-w", "-A"}, hd.spec...)...); err != nil {
 		return nil, err
 	}
 	return hd, nil
 }
+
+// Conn is the held connection.
+func (hd *Hold) Conn() Conn { return hd.conn }
 
 // Release lets the held connection through again. Only the first call
 // acts; every call returns its error.
@@ -120,4 +129,43 @@ func (hd *Hold) Release() error {
 		_, hd.err = hd.at.Run(hd.at.lab.tools.iptables, append([]string{"-w", "-D"}, hd.spec...)...)
 	})
 	return hd.err
+}
+
+// HoldUnacked is the late-delivery setup in one step, for a host whose
+// packets to peers are cut (CutOneWay) while it writes: it waits up to
+// timeout until from has connections to peers carrying unacknowledged
+// data, holds each of them, then heals every cut. Everything else flows
+// again; what was held stays undelivered until its Release, when TCP's
+// retransmission brings the stale writes, late. On an error nothing stays
+// held.
+func (l *Lab) HoldUnacked(ctx context.Context, from *Host, peers []*Host, timeout time.Duration) ([]*Hold, error) {
+	var stuck []Conn
+	err := testenv.Poll(ctx, timeout, func(context.Context) error {
+		var err error
+		if stuck, err = from.Unacked(peers...); err == nil && len(stuck) == 0 {
+			err = fmt.Errorf("no connection of %s has unacknowledged data", from.Name)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var holds []*Hold
+	release := func(err error) ([]*Hold, error) {
+		for _, h := range holds {
+			err = errors.Join(err, h.Release())
+		}
+		return nil, err
+	}
+	for _, c := range stuck {
+		h, err := l.Hold(c)
+		if err != nil {
+			return release(err)
+		}
+		holds = append(holds, h)
+	}
+	if err := l.Heal(); err != nil {
+		return release(err)
+	}
+	return holds, nil
 }

@@ -161,8 +161,8 @@ func datagramArrives(t *testing.T, from, to *Host) bool {
 
 // TestLab_Hold is the late-delivery primitive: a write made while a host's
 // packets to its peer are dropped is found among the host's unacknowledged
-// connections, stays undelivered while every cut heals, and arrives once
-// its hold is released.
+// connections (Unacked), stays undelivered while every cut heals, and
+// arrives once its hold is released.
 func TestLab_Hold(t *testing.T) {
 	lab := New(t)
 	client, server := lab.AddHost(t, "client"), lab.AddHost(t, "server")
@@ -187,18 +187,14 @@ func TestLab_Hold(t *testing.T) {
 	require.NoError(t, lab.CutOneWay(Group(client), Group(server)))
 	_, err = conn.Write([]byte("stale command\n"))
 	require.NoError(t, err)
-	var stuck []Conn
-	testenv.WaitFor(t, 5*time.Second, "the write to be unacknowledged", func() bool {
-		stuck, err = client.Unacked(server)
-		require.NoError(t, err)
-		return len(stuck) == 1
-	})
-	require.Equal(t, conn.LocalAddr().String(), stuck[0].Local.String())
-	hold, err := lab.Hold(stuck[0])
+	holds, err := lab.HoldUnacked(t.Context(), client, Group(server), 5*time.Second)
 	require.NoError(t, err)
-	require.NoError(t, lab.Heal())
+	require.Len(t, holds, 1, "the connection that wrote")
+	hold := holds[0]
 	echoServer(t, server, 7001)
 	require.True(t, reaches(client, server.Addr(7001)), "everything but the held connection is healed")
+	// An absence, so checked over a window: two seconds is several
+	// retransmissions at the backoff a short block leaves.
 	select {
 	case got := <-received:
 		t.Fatalf("the held write arrived before its release: %q", got)
@@ -207,6 +203,7 @@ func TestLab_Hold(t *testing.T) {
 	released := time.Now()
 	require.NoError(t, hold.Release())
 	require.Equal(t, "stale command\n<nil>", testenv.Receive(t, received, 30*time.Second, "the held write"))
+	require.Equal(t, conn.LocalAddr().String(), fmt.Sprint(hold.Conn().Local))
 	t.Logf("the held write arrived %v after its release (TCP's retransmission backoff)", time.Since(released).Round(time.Millisecond))
 	require.NoError(t, hold.Release(), "a second release is a no-op")
 }
