@@ -69,6 +69,9 @@ type verdict struct {
 	// outcome-unknown, in-progress, response-not-stored; or 503), with
 	// what it said.
 	held []string
+	// heldUnrun counts the held keys that never ran: refused for good
+	// although nothing happened.
+	heldUnrun int
 	// lost are the keys a client got a 200 for whose final look got
 	// something else (another execution, or the backend's refusal of a
 	// stale fence stored as the outcome), with what it got.
@@ -114,6 +117,9 @@ func check(keys []string, history []attempt, executions map[string]int, tl timel
 		}
 		if f.problem != "" || f.status == http.StatusServiceUnavailable {
 			v.held = append(v.held, k+":"+brief(*f))
+			if n == 0 {
+				v.heldUnrun++
+			}
 		}
 		if seen := firstOK(byKey[k]); seen != nil && (f.status != http.StatusOK || f.body != seen.body) {
 			v.lost = append(v.lost, k+":"+brief(*f))
@@ -221,7 +227,7 @@ func (v verdict) availability(phase int) string {
 // figures are the verdict as logFigures key/value pairs.
 func (v verdict) figures() []any {
 	kv := []any{"keys", v.keys, "executions", v.executions, "executed_keys", v.executedKeys,
-		"ran_twice", len(v.ranTwice), "replay_mismatch", len(v.mismatched), "held", len(v.held), "lost_responses", len(v.lost)}
+		"ran_twice", len(v.ranTwice), "replay_mismatch", len(v.mismatched), "held", len(v.held), "held_never_ran", v.heldUnrun, "lost_responses", len(v.lost)}
 	for p := range phases {
 		kv = append(kv, phaseNames[p], fmt.Sprintf("%q", v.availability(p)))
 	}

@@ -16,11 +16,22 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
-// nemesis is what a shape does to the network; cut is the side (0: i1,
-// 1: i2) the seed picked to be cut off. It runs on a goroutine of its own
-// while the clients run, so it reports an error instead of failing the
-// test, and writes tl, which the test reads only after it returned.
-type nemesis func(ctx context.Context, p *partitionLab, cut int, rng *rand.Rand, tl *timeline) error
+// nemesis is what a shape does to the network. It runs on a goroutine of
+// its own while the clients run, so it reports an error instead of failing
+// the test, and writes the scene's timeline, which the test reads only
+// after it returned.
+type nemesis func(ctx context.Context, sc *scene) error
+
+// scene is what a nemesis acts on, and where it records what it did.
+type scene struct {
+	p *partitionLab
+	// cut is the side (0: i1, 1: i2) the seed picked to be cut off.
+	cut int
+	// keys are the workload's.
+	keys []string
+	rng  *rand.Rand
+	tl   timeline
+}
 
 // jitter is up to max, picked by the seed.
 func jitter(rng *rand.Rand, max time.Duration) time.Duration {
@@ -96,14 +107,14 @@ func minority(ctx context.Context, p *partitionLab, s int, rng *rand.Rand) (mino
 // cutMinority (shapes A and C): a primary and one side are cut off from
 // the rest for d plus up to a second; the majority fails over.
 func cutMinority(d time.Duration) nemesis {
-	return func(ctx context.Context, p *partitionLab, cut int, rng *rand.Rand, tl *timeline) error {
-		minor, major, err := minority(ctx, p, cut, rng)
+	return func(ctx context.Context, sc *scene) error {
+		minor, major, err := minority(ctx, sc.p, sc.cut, sc.rng)
 		if err != nil {
 			return err
 		}
-		long := d + jitter(rng, time.Second)
-		tl.steps = append(tl.steps, fmt.Sprintf("cut %s|%s %v", names(minor), names(major), long.Round(time.Millisecond)))
-		return cutFor(ctx, p.lab, minor, major, long, tl)
+		long := d + jitter(sc.rng, time.Second)
+		sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("cut %s|%s %v", names(minor), names(major), long.Round(time.Millisecond)))
+		return cutFor(ctx, sc.p.lab, minor, major, long, &sc.tl)
 	}
 }
 
@@ -111,16 +122,16 @@ func cutMinority(d time.Duration) nemesis {
 // off for about a second, n times; the seed adds up to half a second to
 // each.
 func flapMinority(n int) nemesis {
-	return func(ctx context.Context, p *partitionLab, cut int, rng *rand.Rand, tl *timeline) error {
-		minor, major, err := minority(ctx, p, cut, rng)
+	return func(ctx context.Context, sc *scene) error {
+		minor, major, err := minority(ctx, sc.p, sc.cut, sc.rng)
 		if err != nil {
 			return err
 		}
-		tl.steps = append(tl.steps, fmt.Sprintf("flap %s|%s", names(minor), names(major)))
+		sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("flap %s|%s", names(minor), names(major)))
 		for range n {
-			on, off := time.Second+jitter(rng, 500*time.Millisecond), time.Second+jitter(rng, 500*time.Millisecond)
-			tl.steps = append(tl.steps, fmt.Sprintf("%v/%v", on.Round(time.Millisecond), off.Round(time.Millisecond)))
-			if err := cutFor(ctx, p.lab, minor, major, on, tl); err != nil {
+			on, off := time.Second+jitter(sc.rng, 500*time.Millisecond), time.Second+jitter(sc.rng, 500*time.Millisecond)
+			sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("%v/%v", on.Round(time.Millisecond), off.Round(time.Millisecond)))
+			if err := cutFor(ctx, sc.p.lab, minor, major, on, &sc.tl); err != nil {
 				return err
 			}
 			if !sleepUntil(ctx, time.Now().Add(off)) {
@@ -131,28 +142,25 @@ func flapMinority(n int) nemesis {
 	}
 }
 
-// cutSideFromRedis (shape D): once inFlight slow requests are running at
-// the backend, one side loses every Redis node for d; the clients' retries
-// through it meet no Redis while the first requests are still upstream.
-func cutSideFromRedis(d time.Duration, inFlight int) nemesis {
-	return func(ctx context.Context, p *partitionLab, cut int, _ *rand.Rand, tl *timeline) error {
-		before, err := backendTotal(ctx, p)
-		if err != nil {
-			return err
-		}
-		err = testenv.Poll(ctx, 20*time.Second, func(ctx context.Context) error {
-			n, err := backendTotal(ctx, p)
-			if err == nil && n-before < inFlight {
-				err = fmt.Errorf("%d of %d slow requests at the backend", n-before, inFlight)
+// cutSideFromRedis (shape D): once the workload's slow requests are
+// running at the backend, the side they went through loses every Redis
+// node for d; the clients' retries through it meet no Redis while the
+// first requests are still upstream.
+func cutSideFromRedis(d time.Duration) nemesis {
+	return func(ctx context.Context, sc *scene) error {
+		err := testenv.Poll(ctx, 20*time.Second, func(ctx context.Context) error {
+			n, err := keysExecuted(ctx, sc.p, sc.keys)
+			if err == nil && n < len(sc.keys) {
+				err = fmt.Errorf("%d of %d slow requests at the backend", n, len(sc.keys))
 			}
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		h := p.sideHost[cut]
-		tl.steps = append(tl.steps, fmt.Sprintf("cut %s|redis %v", h.Name, d))
-		return cutFor(ctx, p.lab, []*netlab.Host{h}, p.redis, d, tl)
+		h := sc.p.sideHost[sc.cut]
+		sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("cut %s|redis %v", h.Name, d))
+		return cutFor(ctx, sc.p.lab, []*netlab.Host{h}, sc.p.redis, d, &sc.tl)
 	}
 }
 
@@ -161,22 +169,22 @@ func cutSideFromRedis(d time.Duration, inFlight int) nemesis {
 // d plus up to a second; sentinels still talk to each other, idemproxy
 // still reaches every server.
 func cutReplication(d time.Duration, port int) nemesis {
-	return func(ctx context.Context, p *partitionLab, _ int, rng *rand.Rand, tl *timeline) error {
-		long := d + jitter(rng, time.Second)
-		tl.steps = append(tl.steps, fmt.Sprintf("cut port %d between %s %v", port, names(p.redis), long.Round(time.Millisecond)))
-		return outage(ctx, p.lab, func() error {
-			for i, h := range p.redis[:len(p.redis)-1] {
-				if err := p.lab.CutPorts([]*netlab.Host{h}, p.redis[i+1:], port); err != nil {
+	return func(ctx context.Context, sc *scene) error {
+		long, redis := d+jitter(sc.rng, time.Second), sc.p.redis
+		sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("cut port %d between %s %v", port, names(redis), long.Round(time.Millisecond)))
+		return outage(ctx, sc.p.lab, func() error {
+			for i, h := range redis[:len(redis)-1] {
+				if err := sc.p.lab.CutPorts([]*netlab.Host{h}, redis[i+1:], port); err != nil {
 					return err
 				}
 			}
 			return nil
-		}, long, tl)
+		}, long, &sc.tl)
 	}
 }
 
-// backendTotal is the backend's count of every execution so far.
-func backendTotal(ctx context.Context, p *partitionLab) (int, error) {
+// keysExecuted is how many of keys the backend ran so far.
+func keysExecuted(ctx context.Context, p *partitionLab, keys []string) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.backendURL()+"/stats", nil)
 	if err != nil {
 		return 0, err
@@ -187,6 +195,14 @@ func backendTotal(ctx context.Context, p *partitionLab) (int, error) {
 	}
 	defer resp.Body.Close()
 	var st backendStats
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	return st.Total, err
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if st.Keys[k] > 0 {
+			n++
+		}
+	}
+	return n, nil
 }
