@@ -78,8 +78,8 @@ type verdict struct {
 	lost []string
 	// answers counts each phase's attempts by answerClass.
 	answers [phases]map[string]int
-	// stories are the histories of the first keys that ran twice or
-	// replayed something else, for the failure message.
+	// stories are the histories of the first keys that ran twice,
+	// replayed something else, or are held without having run.
 	stories []string
 }
 
@@ -119,6 +119,9 @@ func check(keys []string, history []attempt, executions map[string]int, tl timel
 			v.held = append(v.held, k+":"+brief(*f))
 			if n == 0 {
 				v.heldUnrun++
+				if len(v.stories) < 3 {
+					v.stories = append(v.stories, story(k, n, byKey[k], tl))
+				}
 			}
 		}
 		if seen := firstOK(byKey[k]); seen != nil && (f.status != http.StatusOK || f.body != seen.body) {
@@ -155,12 +158,17 @@ func bodiesMismatch(as []attempt, executions int) string {
 	return ""
 }
 
-// story is one key's attempts in order, times from the first cut.
+// story is one key's attempts in order, times from the first cut: the
+// first eight and the last four.
 func story(key string, executions int, as []attempt, tl timeline) string {
 	as = slices.Clone(as)
 	slices.SortFunc(as, func(a, b attempt) int { return a.start.Compare(b.start) })
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s ran %d times; partition from 0s to %.2fs:", key, executions, tl.healed.Sub(tl.cut).Seconds())
+	if len(as) > 12 {
+		fmt.Fprintf(&b, "\n  (%d attempts; the first 8 and the last 4)", len(as))
+		as = append(as[:8], as[len(as)-4:]...)
+	}
 	for _, a := range as {
 		body := a.body
 		if len(body) > 60 {
