@@ -72,77 +72,116 @@ func names(hosts []*netlab.Host) string {
 	return strings.Join(ns, "+")
 }
 
-// minority is a primary (a Sentinel topology's, or the one of a cluster's
-// the seed picked) with side s; majority is every other Redis host with
-// the other side.
-func minority(ctx context.Context, p *partitionLab, s int, rng *rand.Rand) (minor, major []*netlab.Host, err error) {
-	var primary *netlab.Host
+// primaryHosts are the hosts of the primaries now, in address order: a
+// Sentinel topology's one, as most sentinels name it (in a partition the
+// cut-off one may name another), or every cluster primary's.
+func primaryHosts(ctx context.Context, p *partitionLab) ([]*netlab.Host, error) {
+	var servers []*redistopo.Server
 	if p.sentinel != nil {
-		s, err := p.sentinel.Primary(ctx)
-		if err != nil {
-			return nil, nil, err
+		named := map[*redistopo.Server]int{}
+		for _, s := range p.sentinel.Sentinels {
+			if srv, err := p.sentinel.PrimaryOf(ctx, s); err == nil {
+				if named[srv]++; named[srv] == 2 {
+					servers = append(servers, srv)
+				}
+			}
 		}
-		primary = p.redisHost(s)
 	} else {
-		ps, err := p.cluster.Primaries(ctx)
-		if err != nil {
-			return nil, nil, err
+		var err error
+		if servers, err = p.cluster.Primaries(ctx); err != nil {
+			return nil, err
 		}
-		// In address order, so that a seed picks the same one again.
-		slices.SortFunc(ps, func(a, b *redistopo.Server) int { return strings.Compare(a.Addr, b.Addr) })
-		primary = p.redisHost(ps[rng.IntN(len(ps))])
 	}
-	if primary == nil {
-		return nil, nil, errors.New("the primary is on none of the lab's hosts")
+	slices.SortFunc(servers, func(a, b *redistopo.Server) int { return strings.Compare(a.Addr, b.Addr) })
+	var hosts []*netlab.Host
+	for _, s := range servers {
+		if h := p.redisHost(s); h != nil {
+			hosts = append(hosts, h)
+		}
 	}
-	minor = []*netlab.Host{primary, p.sideHost[s]}
+	if len(hosts) == 0 {
+		return nil, errors.New("no primary the sentinels agree on, or none on the lab's hosts")
+	}
+	return hosts, nil
+}
+
+// minority is primary with side s; majority every other Redis host with
+// the other side.
+func minority(p *partitionLab, s int, primary *netlab.Host) (minor, major []*netlab.Host) {
 	for _, h := range p.redis {
 		if h != primary {
 			major = append(major, h)
 		}
 	}
-	return minor, append(major, p.sideHost[1-s]), nil
+	return []*netlab.Host{primary, p.sideHost[s]}, append(major, p.sideHost[1-s])
 }
 
-// cutMinority (shapes A and C): a primary and one side are cut off from
-// the rest for d plus up to a second; the majority fails over.
+// cutMinority (shapes A and C): a primary (the seed picks one of a
+// cluster's) and one side are cut off from the rest for d plus up to a
+// second; the majority fails over.
 func cutMinority(d time.Duration) nemesis {
 	return func(ctx context.Context, sc *scene) error {
-		minor, major, err := minority(ctx, sc.p, sc.cut, sc.rng)
+		primaries, err := primaryHosts(ctx, sc.p)
 		if err != nil {
 			return err
 		}
+		minor, major := minority(sc.p, sc.cut, primaries[sc.rng.IntN(len(primaries))])
 		long := d + jitter(sc.rng, time.Second)
 		sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("cut %s|%s %v", names(minor), names(major), long.Round(time.Millisecond)))
 		return cutFor(ctx, sc.p.lab, minor, major, long, &sc.tl)
 	}
 }
 
-// flapMinority (shapes B and E): the same cut, on for 1 to 2 s and off
-// for 1 to 1.5 s (the seed picks), n times. Some cuts outlast failure
-// detection and election (about 1.5 to 2 s on these settings), some do
-// not. With on-times of 1 to 1.5 s a failover rarely completed within a
-// cut: on Cluster with --redis-min-replicas 0, 1 run of 9 (300 keys) ran
-// a key twice; with 1 to 2 s, 3 of 5.
+// flapMinority (shapes B and E): a primary and one side cut off, on for 1
+// to 2 s and off for 1 to 1.5 s (the seed picks), n times. The cut
+// follows the primary: once a replica took over, the next cut is its.
+// Some cuts outlast failure detection and election (about 1.5 to 2 s on
+// these settings), some do not. With on-times of 1 to 1.5 s, a fixed
+// cut, a failover rarely completed within one: on Cluster with
+// --redis-min-replicas 0, 1 run of 9 (300 keys) ran a key twice.
 func flapMinority(n int) nemesis {
 	return func(ctx context.Context, sc *scene) error {
-		minor, major, err := minority(ctx, sc.p, sc.cut, sc.rng)
+		primaries, err := primaryHosts(ctx, sc.p)
 		if err != nil {
 			return err
 		}
-		sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("flap %s|%s", names(minor), names(major)))
-		for range n {
+		primary := primaries[sc.rng.IntN(len(primaries))]
+		for i := range n {
+			minor, major := minority(sc.p, sc.cut, primary)
 			on, off := time.Second+jitter(sc.rng, time.Second), time.Second+jitter(sc.rng, 500*time.Millisecond)
-			sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("%v/%v", on.Round(time.Millisecond), off.Round(time.Millisecond)))
+			if i == 0 {
+				sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("flap %s|%s", names(minor), names(major)))
+			}
+			sc.tl.steps = append(sc.tl.steps, fmt.Sprintf("%s %v/%v", primary.Name, on.Round(time.Millisecond), off.Round(time.Millisecond)))
 			if err := cutFor(ctx, sc.p.lab, minor, major, on, &sc.tl); err != nil {
 				return err
 			}
 			if !sleepUntil(ctx, time.Now().Add(off)) {
 				return ctx.Err()
 			}
+			primary, primaries = successor(ctx, sc.p, primary, primaries)
 		}
 		return nil
 	}
+}
+
+// successor is the primary that took over from primary, which was one of
+// before: the new one among the primaries now; primary itself while it
+// still is one, or when the topology cannot say. It returns the
+// primaries now too.
+func successor(ctx context.Context, p *partitionLab, primary *netlab.Host, before []*netlab.Host) (*netlab.Host, []*netlab.Host) {
+	now, err := primaryHosts(ctx, p)
+	if err != nil {
+		return primary, before
+	}
+	if !slices.Contains(now, primary) {
+		for _, h := range now {
+			if !slices.Contains(before, h) {
+				return h, now
+			}
+		}
+	}
+	return primary, now
 }
 
 // cutSideFromRedis (shape D): once the workload's slow requests are
