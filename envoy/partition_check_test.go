@@ -95,39 +95,40 @@ func check(keys []string, history []attempt, executions map[string]int, tl timel
 		byKey[a.key] = append(byKey[a.key], a)
 		v.answers[tl.phase(a)][answerClass(a)]++
 	}
+	var unrun []string // stories of held keys that never ran, told last
 	for _, k := range keys {
-		n := executions[k]
+		as, n := byKey[k], executions[k]
 		v.executions += n
 		if n > 0 {
 			v.executedKeys++
 		}
-		why := bodiesMismatch(byKey[k], n)
 		if n > 1 {
 			v.ranTwice = append(v.ranTwice, fmt.Sprintf("%s=%d", k, n))
 		}
+		why := bodiesMismatch(as, n)
 		if why != "" {
 			v.mismatched = append(v.mismatched, k+": "+why)
 		}
 		if (n > 1 || why != "") && len(v.stories) < 3 {
-			v.stories = append(v.stories, story(k, n, byKey[k], tl))
+			v.stories = append(v.stories, story(k, n, as, tl))
 		}
-		f := finalOf(byKey[k])
+		f := finalOf(as)
 		if f == nil {
 			continue
 		}
-		if f.problem != "" || f.status == http.StatusServiceUnavailable {
+		if held(*f) {
 			v.held = append(v.held, k+":"+brief(*f))
 			if n == 0 {
-				v.heldUnrun++
-				if len(v.stories) < 3 {
-					v.stories = append(v.stories, story(k, n, byKey[k], tl))
+				if v.heldUnrun++; len(unrun) < 2 {
+					unrun = append(unrun, story(k, n, as, tl))
 				}
 			}
 		}
-		if seen := firstOK(byKey[k]); seen != nil && (f.status != http.StatusOK || f.body != seen.body) {
+		if seen := firstOK(as); seen != nil && (f.status != http.StatusOK || f.body != seen.body) {
 			v.lost = append(v.lost, k+":"+brief(*f))
 		}
 	}
+	v.stories = append(v.stories, unrun...)
 	return v
 }
 
@@ -179,6 +180,10 @@ func story(key string, executions int, as []attempt, tl timeline) string {
 	}
 	return b.String()
 }
+
+// held reports whether idemproxy still refused the key: a problem of its
+// own (409 outcome-unknown, in-progress, response-not-stored) or a 503.
+func held(a attempt) bool { return a.problem != "" || a.status == http.StatusServiceUnavailable }
 
 // brief is an answer in a few words: status and problem type, or status
 // and the start of the body.
