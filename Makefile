@@ -1,13 +1,19 @@
 # The quick-start commands: `make demo` and `make test`. While editing:
 # `make unit` (no Envoy, no Redis, seconds) and `make lint`. `make bench`
 # runs the benchmark (BENCHMARKS.md; idembench flags in BENCH_FLAGS).
-.PHONY: demo test unit lint vet bench build
+# `make partitions` runs the network-partition suite's long schedule (as
+# root; PARTITION_SEED and PARTITION_SEEDS pick the seeds; make test runs
+# its short schedule).
+.PHONY: demo test unit lint vet bench build partitions
 
 demo:
 	@./scripts/demo.sh
 
 test:
 	@./scripts/test.sh
+
+partitions:
+	@./scripts/test.sh partitions
 
 # Every test that needs a real Envoy, Redis or another built binary skips
 # itself under -short (internal/testenv.NeedsBinaries); CI never passes it.

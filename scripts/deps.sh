@@ -59,3 +59,22 @@ ensure_envoy() {
   fi
   export ENVOY_BIN="$bin"
 }
+
+# ensure_netns installs what the network-partition tests need
+# (internal/testenv/netlab): ip and ss (iproute2) and iptables, whose
+# rules cut the links between the tests' network namespaces. Those tests
+# run as root (CI does); as another user they fail saying so.
+ensure_netns() {
+  local missing=""
+  { command -v ip && command -v ss; } >/dev/null 2>&1 || missing=" iproute2"
+  { command -v iptables && command -v iptables-restore; } >/dev/null 2>&1 || missing="$missing iptables"
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    note "installing$missing with apt-get"
+    # shellcheck disable=SC2086 # the package names are words
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null \
+      || die "apt-get install$missing failed"
+  fi
+  { command -v ip && command -v ss && command -v iptables && command -v iptables-restore; } >/dev/null 2>&1 \
+    || die "the network-partition tests need ip, ss and iptables: run 'apt-get install -y iproute2 iptables' as root"
+}

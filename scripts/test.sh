@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (redis-server, Envoy,
-# Prometheus with promtool), then
+# Prometheus with promtool, iproute2 and iptables), then
 # runs the style checks (scripts/lint.sh) and the whole suite with the race
 # detector. The tests start their own Redis, Envoy, idemproxy and backend on
 # free loopback ports.
@@ -12,7 +12,20 @@ ensure_go
 ensure_redis
 ensure_envoy
 ensure_prometheus
+ensure_netns
 note "Envoy: $ENVOY_BIN"
+
+# `scripts/test.sh partitions` (make partitions) runs only the network-
+# partition suite, its long schedule (PARTITIONS=long: every shape, with
+# the shipped defaults and a weaker setting, 300 keys, PARTITION_SEEDS
+# seeds from PARTITION_SEED on; see envoy/partition_test.go), verbosely,
+# so that every scenario's "figures:" line is printed. make test runs the
+# short schedule with the rest of the suite.
+if [ "${1:-}" = partitions ]; then
+  shift
+  note "go test -race -run TestPartition ./envoy/ (PARTITIONS=long)"
+  PARTITIONS=long exec go test -race -count=1 -timeout 180m -v -run '^TestPartition_' "$@" ./envoy/
+fi
 
 ./scripts/lint.sh
 # -parallel 4: the end-to-end tests that run in parallel spend most of their

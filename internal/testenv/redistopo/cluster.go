@@ -31,14 +31,21 @@ const (
 type ClusterOptions struct {
 	// Bin and CLI are redis-server and redis-cli; "" finds them.
 	Bin, CLI string
-	// Dir holds the nodes' cluster config files (nodes-PORT.conf).
+	// Dir holds the nodes' cluster config files (nodes-NAME-PORT.conf).
 	Dir string
 	// TLS, if set, gives every node a TLS port too; the nodes replicate
 	// and talk on the cluster bus over TLS.
 	TLS *TLS
 	// Args are added to every node's command line (an ACL user, say).
 	Args []string
+	// Places, if set, are six test hosts, one node on each (port 7000,
+	// bus 17000), so a partition between hosts cuts single nodes off;
+	// redis-cli runs on the first. Their Dial must be one.
+	Places []Place
 }
+
+// placedClusterPort is every placed node's port: each host has its own.
+const placedClusterPort = 7000
 
 // Cluster is a Redis Cluster of 3 primaries with one replica each, on
 // loopback. Nodes keep their ports (and node ids) across Kill and Restart.
@@ -48,16 +55,18 @@ type Cluster struct {
 
 	cli  string
 	view []clusterNode // the last CLUSTER NODES seen before a Kill
+	dial Dialer        // how the helpers reach the nodes (Place.Dial)
+	wrap Place         // where redis-cli runs
 }
 
 // clusterArgs are every node's settings: failure detection in a second
 // (node timeout 1 s, a replica always eligible, pings every second), and
 // replication without a disk and without waiting. The bus port is set,
 // as with TLS on the bus Redis would derive it from the TLS port.
-func clusterArgs(o ClusterOptions, port int) []string {
+func clusterArgs(o ClusterOptions, name string, port int) []string {
 	args := []string{
 		"--cluster-enabled", "yes",
-		"--cluster-config-file", filepath.Join(o.Dir, fmt.Sprintf("nodes-%d.conf", port)),
+		"--cluster-config-file", filepath.Join(o.Dir, fmt.Sprintf("nodes-%s-%d.conf", name, port)),
 		"--cluster-port", strconv.Itoa(port + clusterBusOffset),
 		"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
 	}
@@ -78,7 +87,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	if len(o.Places) != 0 && len(o.Places) != 6 {
+		return nil, fmt.Errorf("a Cluster is placed on 6 hosts, not %d", len(o.Places))
+	}
 	c := &Cluster{cli: o.CLI}
+	if len(o.Places) > 0 {
+		c.dial, c.wrap = o.Places[0].Dial, o.Places[0]
+	}
 	for i := range 6 {
 		s, err := startClusterNode(o, i)
 		if s != nil {
@@ -99,6 +114,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 // startClusterNode starts node i on a free port below maxClusterPort whose
 // bus port is free too, trying three ports.
 func startClusterNode(o ClusterOptions, i int) (*Server, error) {
+	name := fmt.Sprintf("cluster-%d", i)
+	if len(o.Places) > 0 {
+		return StartServer(Options{Bin: o.Bin, Port: placedClusterPort, Args: clusterArgs(o, name, placedClusterPort), Name: name,
+			Dir: subdir(o.Dir, name), Place: o.Places[i], TLS: o.TLS})
+	}
 	var err error
 	for range 3 {
 		var port int
@@ -106,8 +126,7 @@ func startClusterNode(o ClusterOptions, i int) (*Server, error) {
 			continue
 		}
 		var s *Server
-		name := fmt.Sprintf("cluster-%d", i)
-		s, err = StartServer(Options{Bin: o.Bin, Port: port, Args: clusterArgs(o, port), Name: name, Dir: subdir(o.Dir, name), TLS: o.TLS})
+		s, err = StartServer(Options{Bin: o.Bin, Port: port, Args: clusterArgs(o, name, port), Name: name, Dir: subdir(o.Dir, name), TLS: o.TLS})
 		if err == nil {
 			return s, nil
 		}
@@ -144,10 +163,16 @@ func (c *Cluster) create(ctx context.Context) error {
 	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
 	cctx, cancel := context.WithTimeout(ctx, ClusterReadyTimeout)
 	defer cancel()
-	if out, err := exec.CommandContext(cctx, c.cli, args...).CombinedOutput(); err != nil {
+	if out, err := c.cliCommand(cctx, args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("redis-cli --cluster create: %w\n%s\n%s", err, out, c.logTails())
 	}
 	return c.WaitHealthy(ctx)
+}
+
+// cliCommand is redis-cli with args, run where the first node runs.
+func (c *Cluster) cliCommand(ctx context.Context, args ...string) *exec.Cmd {
+	bin, args := c.wrap.command(c.cli, args)
+	return exec.CommandContext(ctx, bin, args...)
 }
 
 // logTails are the last lines each node wrote, for an error message.
@@ -194,19 +219,19 @@ func (c *Cluster) TLSAddrs() []string {
 func (c *Cluster) WaitHealthy(ctx context.Context) error {
 	return testenv.Poll(ctx, ClusterReadyTimeout, func(ctx context.Context) error {
 		for _, s := range c.Running() {
-			info, err := text(ctx, s.Addr, "CLUSTER", "INFO")
+			info, err := text(ctx, c.dial, s.Addr, "CLUSTER", "INFO")
 			if err != nil {
 				return err
 			}
 			if field(info, "cluster_state") != "ok" || field(info, "cluster_slots_ok") != "16384" {
 				return fmt.Errorf("%s: cluster_state %s, slots ok %s", s.Addr, field(info, "cluster_state"), field(info, "cluster_slots_ok"))
 			}
-			if r, up, err := role(ctx, s.Addr); err != nil || (r == "slave" && !up) {
+			if r, up, err := role(ctx, c.dial, s.Addr); err != nil || (r == "slave" && !up) {
 				return fmt.Errorf("%s: replica not synced (%v)", s.Addr, err)
 			}
 			// The primary's side too: a replica it still streams the
 			// first sync to cannot acknowledge a WAIT yet.
-			if err := replicasOnline(ctx, s.Addr); err != nil {
+			if err := replicasOnline(ctx, c.dial, s.Addr); err != nil {
 				return err
 			}
 		}
@@ -216,7 +241,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context) error {
 
 // NewClient returns a cluster client over every node; the caller closes it.
 func (c *Cluster) NewClient() *redis.ClusterClient {
-	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), Dialer: c.dial})
 }
 
 // Stop kills every node.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,8 +21,8 @@ type clusterNode struct {
 func (n clusterNode) primary() bool { return slices.Contains(n.flags, "master") }
 
 // clusterNodes reads CLUSTER NODES from the node at addr.
-func clusterNodes(ctx context.Context, addr string) ([]clusterNode, error) {
-	out, err := text(ctx, addr, "CLUSTER", "NODES")
+func clusterNodes(ctx context.Context, dial Dialer, addr string) ([]clusterNode, error) {
+	out, err := text(ctx, dial, addr, "CLUSTER", "NODES")
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +44,7 @@ func (c *Cluster) liveView(ctx context.Context) ([]clusterNode, error) {
 	if len(up) == 0 {
 		return nil, errors.New("no cluster node is running")
 	}
-	return clusterNodes(ctx, up[0].Addr)
+	return clusterNodes(ctx, c.dial, up[0].Addr)
 }
 
 // PrimaryForKey returns the node that serves key's hash slot now.
@@ -54,7 +53,7 @@ func (c *Cluster) PrimaryForKey(ctx context.Context, key string) (*Server, error
 	if len(up) == 0 {
 		return nil, errors.New("no cluster node is running")
 	}
-	v, err := do(ctx, up[0].Addr, "CLUSTER", "KEYSLOT", key)
+	v, err := do(ctx, c.dial, up[0].Addr, "CLUSTER", "KEYSLOT", key)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +123,7 @@ func (c *Cluster) WaitPromoted(ctx context.Context, old *Server) (*Server, error
 	var promoted *Server
 	err := testenv.Poll(ctx, ClusterReadyTimeout, func(ctx context.Context) error {
 		for _, addr := range replicas {
-			if r, _, err := role(ctx, addr); err == nil && r == "master" {
+			if r, _, err := role(ctx, c.dial, addr); err == nil && r == "master" {
 				promoted, err = c.node(addr)
 				return err
 			}
@@ -159,7 +158,7 @@ func (c *Cluster) Restart(ctx context.Context, s *Server) error {
 
 // NodeID is the cluster node id of s (CLUSTER MYID).
 func (c *Cluster) NodeID(ctx context.Context, s *Server) (string, error) {
-	return text(ctx, s.Addr, "CLUSTER", "MYID")
+	return text(ctx, c.dial, s.Addr, "CLUSTER", "MYID")
 }
 
 // Reshard moves n slots, with their keys, from primary from to primary to
@@ -178,7 +177,7 @@ func (c *Cluster) Reshard(ctx context.Context, from, to *Server, n int) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, ClusterReadyTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(cctx, c.cli, "--cluster", "reshard", from.Addr,
+	out, err := c.cliCommand(cctx, "--cluster", "reshard", from.Addr,
 		"--cluster-from", fromID, "--cluster-to", toID, "--cluster-slots", strconv.Itoa(n),
 		"--cluster-yes", "--cluster-pipeline", "10").CombinedOutput()
 	if err != nil {

@@ -48,7 +48,7 @@ func TestCluster(t *testing.T) {
 		10*time.Second, 50*time.Millisecond, "a write through the cluster client after the failover")
 
 	require.NoError(t, c.Restart(ctx, old))
-	r, up, err := role(ctx, old.Addr)
+	r, up, err := role(ctx, nil, old.Addr)
 	require.NoError(t, err)
 	require.Equal(t, "slave", r, "the old primary rejoins as a replica")
 	require.True(t, up)

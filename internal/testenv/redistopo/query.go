@@ -8,23 +8,22 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // do runs one command on addr over a client of its own, closed at once,
-// so the waits here leave no pools behind and never retry.
-func do(ctx context.Context, addr string, args ...any) (any, error) {
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second,
-		ReadTimeout: time.Second, WriteTimeout: time.Second, PoolSize: 1})
+// so the waits here leave no pools behind and never retry. dial is the
+// topology's way to its servers (Place.Dial), nil for loopback.
+func do(ctx context.Context, dial Dialer, addr string, args ...any) (any, error) {
+	c := redis.NewClient(clientOptions(dial, addr))
 	defer c.Close()
 	return c.Do(ctx, args...).Result()
 }
 
 // text runs a command whose reply is a string (INFO, CLUSTER INFO/NODES).
-func text(ctx context.Context, addr string, args ...any) (string, error) {
-	v, err := do(ctx, addr, args...)
+func text(ctx context.Context, dial Dialer, addr string, args ...any) (string, error) {
+	v, err := do(ctx, dial, addr, args...)
 	if err != nil {
 		return "", fmt.Errorf("%s %v: %w", addr, args, err)
 	}
@@ -47,8 +46,8 @@ func field(info, name string) string {
 
 // role returns "master" or "slave" and, for a replica, whether its link
 // to the primary is up.
-func role(ctx context.Context, addr string) (string, bool, error) {
-	info, err := text(ctx, addr, "INFO", "replication")
+func role(ctx context.Context, dial Dialer, addr string) (string, bool, error) {
+	info, err := text(ctx, dial, addr, "INFO", "replication")
 	if err != nil {
 		return "", false, err
 	}
@@ -57,8 +56,8 @@ func role(ctx context.Context, addr string) (string, bool, error) {
 
 // replicasOnline fails while a primary at addr lists a replica that is not
 // yet online (still loading the first sync); a replica's addr passes.
-func replicasOnline(ctx context.Context, addr string) error {
-	info, err := text(ctx, addr, "INFO", "replication")
+func replicasOnline(ctx context.Context, dial Dialer, addr string) error {
+	info, err := text(ctx, dial, addr, "INFO", "replication")
 	if err != nil {
 		return err
 	}
@@ -74,8 +73,8 @@ func replicasOnline(ctx context.Context, addr string) error {
 }
 
 // waitLinked waits until the replica at addr is synced with its primary.
-func waitLinked(ctx context.Context, addr string) error {
-	r, up, err := role(ctx, addr)
+func waitLinked(ctx context.Context, dial Dialer, addr string) error {
+	r, up, err := role(ctx, dial, addr)
 	switch {
 	case err != nil:
 		return err
@@ -106,4 +105,22 @@ func subdir(dir, name string) string {
 		return ""
 	}
 	return path
+}
+
+// asMap reads a RESP2 flat list or RESP3 map reply as strings.
+func asMap(v any) (map[string]string, error) {
+	out := map[string]string{}
+	switch r := v.(type) {
+	case map[any]any:
+		for k, v := range r {
+			out[fmt.Sprint(k)] = fmt.Sprint(v)
+		}
+	case []any:
+		for i := 0; i+1 < len(r); i += 2 {
+			out[fmt.Sprint(r[i])] = fmt.Sprint(r[i+1])
+		}
+	default:
+		return nil, fmt.Errorf("unexpected sentinel reply %T", v)
+	}
+	return out, nil
 }

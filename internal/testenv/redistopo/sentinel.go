@@ -1,6 +1,7 @@
 package redistopo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,28 @@ type SentinelOptions struct {
 	// DataArgs and SentinelArgs are added to the command lines of the data
 	// servers and of the sentinels (ACL users, say).
 	DataArgs, SentinelArgs []string
+	// Places, if set, are three test hosts: host i runs data server i on
+	// port 6379 and sentinel i on 26379, so a partition between hosts cuts
+	// a data server and its sentinel off together. Their Dial must be one.
+	Places []Place
+	// DownAfter is after how long without an answer the sentinels call a
+	// server down (0: 2 s); FailoverTimeout bounds a failover and spaces
+	// retries of one (0: 5 s).
+	DownAfter, FailoverTimeout time.Duration
+}
+
+// Ports of a placed Sentinel topology: each host has its own.
+const (
+	placedDataPort     = 6379
+	placedSentinelPort = 26379
+)
+
+// place is where server i runs, and on which port (0: any free one).
+func (o SentinelOptions) place(i, port int) (Place, int) {
+	if len(o.Places) == 0 {
+		return Place{}, 0
+	}
+	return o.Places[i], port
 }
 
 // Sentinel is one primary with two replicas, watched by three sentinels
@@ -50,34 +73,45 @@ type Sentinel struct {
 	Sentinels []*Server
 
 	dataArgs []string // SentinelOptions.DataArgs, for restarts
+	dial     Dialer   // how the helpers reach the servers (Place.Dial)
 }
 
 // StartSentinel starts the primary, its replicas and the sentinels, and
 // waits until the replicas are synced and every sentinel knows the primary,
 // both replicas and the other two sentinels.
 func StartSentinel(ctx context.Context, o SentinelOptions) (*Sentinel, error) {
+	if len(o.Places) != 0 && len(o.Places) != 3 {
+		return nil, fmt.Errorf("a Sentinel topology is placed on 3 hosts, not %d", len(o.Places))
+	}
 	st := &Sentinel{dataArgs: o.DataArgs}
-	primary, err := StartServer(Options{Bin: o.Bin, Args: st.replicaArgs(nil), Name: "primary", Dir: subdir(o.Dir, "primary"), TLS: o.TLS})
+	if len(o.Places) > 0 {
+		st.dial = o.Places[0].Dial
+	}
+	place, port := o.place(0, placedDataPort)
+	primary, err := StartServer(Options{Bin: o.Bin, Args: st.replicaArgs(nil), Name: "primary", Dir: subdir(o.Dir, "primary"),
+		TLS: o.TLS, Place: place, Port: port})
 	if err != nil {
 		return nil, err
 	}
 	st.Data = append(st.Data, primary)
 	for i := range 2 {
 		name := fmt.Sprintf("replica-%d", i+1)
+		place, port := o.place(i+1, placedDataPort)
 		if err := st.add(&st.Data, Options{Bin: o.Bin, Name: name, Dir: subdir(o.Dir, name),
-			Args: st.replicaArgs(primary), TLS: o.TLS}); err != nil {
+			Args: st.replicaArgs(primary), TLS: o.TLS, Place: place, Port: port}); err != nil {
 			return nil, err
 		}
 	}
 	for i := range 3 {
-		conf, err := sentinelConfig(o.Dir, i, primary.ReplicationAddr())
+		conf, err := sentinelConfig(o, i, primary.ReplicationAddr())
 		if err != nil {
 			st.Stop()
 			return nil, err
 		}
 		name := fmt.Sprintf("sentinel-%d", i+1)
+		place, port := o.place(i, placedSentinelPort)
 		if err := st.add(&st.Sentinels, Options{Bin: o.Bin, Name: name, Dir: subdir(o.Dir, name),
-			Config: conf, Args: append([]string{"--sentinel"}, o.SentinelArgs...), TLS: o.TLS}); err != nil {
+			Config: conf, Args: append([]string{"--sentinel"}, o.SentinelArgs...), TLS: o.TLS, Place: place, Port: port}); err != nil {
 			return nil, err
 		}
 	}
@@ -112,17 +146,19 @@ func (st *Sentinel) replicaArgs(primary *Server) []string {
 }
 
 // sentinelConfig writes sentinel i's config file: monitor the primary with
-// quorum 2, call it down after two seconds (one was seen to fail
-// over a just-promoted primary again on a loaded machine), fail over within
-// seconds.
-func sentinelConfig(dir string, i int, primary string) (string, error) {
+// quorum 2, call it down after two seconds by default (one was seen to
+// fail over a just-promoted primary again on a loaded machine), fail over
+// within seconds.
+func sentinelConfig(o SentinelOptions, i int, primary string) (string, error) {
 	host, port, err := splitAddr(primary)
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(dir, fmt.Sprintf("sentinel-%d.conf", i+1))
-	conf := fmt.Sprintf("dir %s\nsentinel monitor %s %s %d 2\nsentinel down-after-milliseconds %s 2000\n"+
-		"sentinel failover-timeout %s 5000\nsentinel parallel-syncs %s 2\n", dir, MasterName, host, port, MasterName, MasterName, MasterName)
+	downAfter, failoverTimeout := cmp.Or(o.DownAfter, 2*time.Second), cmp.Or(o.FailoverTimeout, 5*time.Second)
+	path := filepath.Join(o.Dir, fmt.Sprintf("sentinel-%d.conf", i+1))
+	conf := fmt.Sprintf("dir %s\nsentinel monitor %s %s %d 2\nsentinel down-after-milliseconds %s %d\n"+
+		"sentinel failover-timeout %s %d\nsentinel parallel-syncs %s 2\n", o.Dir, MasterName, host, port,
+		MasterName, downAfter.Milliseconds(), MasterName, failoverTimeout.Milliseconds(), MasterName)
 	return path, os.WriteFile(path, []byte(conf), 0o600)
 }
 
@@ -131,7 +167,7 @@ func sentinelConfig(dir string, i int, primary string) (string, error) {
 func (st *Sentinel) WaitHealthy(ctx context.Context) error {
 	return testenv.Poll(ctx, SentinelReadyTimeout, func(ctx context.Context) error {
 		for _, s := range st.Sentinels {
-			m, err := sentinelMaster(ctx, s.Addr)
+			m, err := sentinelMaster(ctx, st.dial, s.Addr)
 			if err != nil {
 				return err
 			}
@@ -139,7 +175,7 @@ func (st *Sentinel) WaitHealthy(ctx context.Context) error {
 				return fmt.Errorf("sentinel %s: master %s flags %s, %s replicas, %s other sentinels",
 					s.Addr, m["ip"]+":"+m["port"], m["flags"], m["num-slaves"], m["num-other-sentinels"])
 			}
-			if err := replicasUp(ctx, s.Addr); err != nil {
+			if err := replicasUp(ctx, st.dial, s.Addr); err != nil {
 				return err
 			}
 		}
@@ -149,7 +185,7 @@ func (st *Sentinel) WaitHealthy(ctx context.Context) error {
 		}
 		for _, d := range st.Data {
 			if d.Addr != primary {
-				if err := waitLinked(ctx, d.Addr); err != nil {
+				if err := waitLinked(ctx, st.dial, d.Addr); err != nil {
 					return err
 				}
 			}
@@ -159,8 +195,8 @@ func (st *Sentinel) WaitHealthy(ctx context.Context) error {
 }
 
 // sentinelMaster is SENTINEL MASTER as a map.
-func sentinelMaster(ctx context.Context, addr string) (map[string]string, error) {
-	v, err := do(ctx, addr, "SENTINEL", "MASTER", MasterName)
+func sentinelMaster(ctx context.Context, dial Dialer, addr string) (map[string]string, error) {
+	v, err := do(ctx, dial, addr, "SENTINEL", "MASTER", MasterName)
 	if err != nil {
 		return nil, fmt.Errorf("sentinel %s: %w", addr, err)
 	}
@@ -168,8 +204,8 @@ func sentinelMaster(ctx context.Context, addr string) (map[string]string, error)
 }
 
 // replicasUp checks that the sentinel at addr sees every replica healthy.
-func replicasUp(ctx context.Context, addr string) error {
-	v, err := do(ctx, addr, "SENTINEL", "REPLICAS", MasterName)
+func replicasUp(ctx context.Context, dial Dialer, addr string) error {
+	v, err := do(ctx, dial, addr, "SENTINEL", "REPLICAS", MasterName)
 	if err != nil {
 		return fmt.Errorf("sentinel %s: %w", addr, err)
 	}
@@ -184,24 +220,6 @@ func replicasUp(ctx context.Context, addr string) error {
 		}
 	}
 	return nil
-}
-
-// asMap reads a RESP2 flat list or RESP3 map reply as strings.
-func asMap(v any) (map[string]string, error) {
-	out := map[string]string{}
-	switch r := v.(type) {
-	case map[any]any:
-		for k, v := range r {
-			out[fmt.Sprint(k)] = fmt.Sprint(v)
-		}
-	case []any:
-		for i := 0; i+1 < len(r); i += 2 {
-			out[fmt.Sprint(r[i])] = fmt.Sprint(r[i+1])
-		}
-	default:
-		return nil, fmt.Errorf("unexpected sentinel reply %T", v)
-	}
-	return out, nil
 }
 
 // SentinelAddrs are the sentinels' addresses, for redis.FailoverOptions.
@@ -234,7 +252,7 @@ func (st *Sentinel) dataServer(addr string) (*Server, error) {
 
 // NewClient returns a Sentinel-aware client; the caller closes it.
 func (st *Sentinel) NewClient() *redis.Client {
-	return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: MasterName, SentinelAddrs: st.SentinelAddrs()})
+	return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: MasterName, SentinelAddrs: st.SentinelAddrs(), Dialer: st.dial})
 }
 
 // Stop kills every process of the topology.

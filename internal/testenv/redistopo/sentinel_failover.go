@@ -22,20 +22,34 @@ func (st *Sentinel) PrimaryAddr(ctx context.Context) (string, error) {
 // reports it: a TLS address on a TLS topology.
 func (st *Sentinel) reportedPrimary(ctx context.Context) (string, error) {
 	for _, s := range st.Sentinels {
-		if !s.Running() {
-			continue
+		if s.Running() {
+			return st.namedBy(ctx, s)
 		}
-		v, err := do(ctx, s.Addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MasterName)
-		if err != nil {
-			return "", fmt.Errorf("sentinel %s: %w", s.Addr, err)
-		}
-		hp, ok := v.([]any)
-		if !ok || len(hp) != 2 {
-			return "", fmt.Errorf("sentinel %s: GET-MASTER-ADDR-BY-NAME answered %v", s.Addr, v)
-		}
-		return net.JoinHostPort(fmt.Sprint(hp[0]), fmt.Sprint(hp[1])), nil
 	}
 	return "", errNoSentinel
+}
+
+// namedBy is the primary's address as sentinel s reports it.
+func (st *Sentinel) namedBy(ctx context.Context, s *Server) (string, error) {
+	v, err := do(ctx, st.dial, s.Addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MasterName)
+	if err != nil {
+		return "", fmt.Errorf("sentinel %s: %w", s.Addr, err)
+	}
+	hp, ok := v.([]any)
+	if !ok || len(hp) != 2 {
+		return "", fmt.Errorf("sentinel %s: GET-MASTER-ADDR-BY-NAME answered %v", s.Addr, v)
+	}
+	return net.JoinHostPort(fmt.Sprint(hp[0]), fmt.Sprint(hp[1])), nil
+}
+
+// PrimaryOf is the data server sentinel s calls the primary: in a
+// partition, each side's sentinels may name another.
+func (st *Sentinel) PrimaryOf(ctx context.Context, s *Server) (*Server, error) {
+	addr, err := st.namedBy(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return st.dataServer(addr)
 }
 
 // Primary is the data server the sentinels call the primary.
@@ -60,7 +74,7 @@ func (st *Sentinel) WaitFailover(ctx context.Context, old *Server) (*Server, err
 			if !s.Running() {
 				continue
 			}
-			v, err := do(ctx, s.Addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MasterName)
+			v, err := do(ctx, st.dial, s.Addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MasterName)
 			hp, _ := v.([]any)
 			if err != nil || len(hp) != 2 {
 				return fmt.Errorf("sentinel %s: %v %v", s.Addr, v, err)
@@ -75,7 +89,7 @@ func (st *Sentinel) WaitFailover(ctx context.Context, old *Server) (*Server, err
 		if err != nil {
 			return err
 		}
-		if r, _, err := role(ctx, d.Addr); err != nil || r != "master" {
+		if r, _, err := role(ctx, st.dial, d.Addr); err != nil || r != "master" {
 			return fmt.Errorf("%s: role %q (%v)", d.Addr, r, err)
 		}
 		promoted = d

@@ -40,7 +40,7 @@ func TestSentinel(t *testing.T) {
 		10*time.Second, 50*time.Millisecond, "the Sentinel-aware client writes to the new primary")
 
 	require.NoError(t, st.Restart(ctx, old))
-	r, up, err := role(ctx, old.Addr)
+	r, up, err := role(ctx, nil, old.Addr)
 	require.NoError(t, err)
 	require.Equal(t, "slave", r, "the old primary is back as a replica")
 	require.True(t, up)

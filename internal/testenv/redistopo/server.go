@@ -2,7 +2,9 @@
 // benchmark, on free loopback ports with persistence off, as one Server or
 // as a topology of several: a Cluster (3 primaries, 3 replicas) or a
 // Sentinel setup (1 primary, 2 replicas, 3 sentinels), with the helpers a
-// failover test needs. Processes are supervised by internal/testenv.
+// failover test needs. Processes are supervised by internal/testenv. A
+// topology can also be spread over test hosts in network namespaces, one
+// node per host (Place, internal/testenv/netlab), for partition tests.
 //
 // Persistence is off everywhere, which has one hazard: a primary restarted
 // before its replica took over comes back empty, and its replica then
@@ -10,13 +12,12 @@
 package redistopo
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -51,6 +52,9 @@ type Options struct {
 	// TLS, if set, makes the server accept TLS as well, on a port of its
 	// own (Server.TLSAddr).
 	TLS *TLS
+	// Place, if set, runs the server on a test host (see Place); it then
+	// needs an explicit Port, and TLS is not offered there.
+	Place Place
 }
 
 // TLS are the PEM files of a server that accepts TLS on a second port
@@ -89,10 +93,17 @@ type Server struct {
 	proc *testenv.Process
 }
 
-// StartServer starts redis-server on 127.0.0.1 with persistence off and
-// returns once it answers PING. With Port 0 it tries three free ports, as
-// another process may take one before redis-server binds it.
+// StartServer starts redis-server on 127.0.0.1 (or o.Place) with
+// persistence off and returns once it answers PING. With Port 0 it tries
+// three free ports, as another process may take one before redis-server
+// binds it.
 func StartServer(o Options) (*Server, error) {
+	if o.Place.placed() && o.Port == 0 {
+		return nil, errPlacedPort
+	}
+	if o.Place.placed() && o.TLS != nil {
+		return nil, errors.New("a placed server has no TLS port: the tests that need TLS run on loopback")
+	}
 	if o.Bin == "" {
 		bin, err := testenv.FindRedisServer()
 		if err != nil {
@@ -119,7 +130,7 @@ func StartServer(o Options) (*Server, error) {
 				return nil, err
 			}
 		}
-		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		s.Addr = net.JoinHostPort(o.Place.ip(), strconv.Itoa(port))
 		if o.TLS != nil {
 			tlsPort, perr := testenv.FreePort()
 			if perr != nil {
@@ -219,47 +230,26 @@ func (s *Server) start() error {
 		args = append(args, s.opts.Config)
 	}
 	args = append(args,
-		"--port", port, "--bind", "127.0.0.1",
+		"--port", port, "--bind", s.opts.Place.ip(),
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", s.opts.Dir)
 	if s.opts.TLS != nil {
 		_, tlsPort, _ := net.SplitHostPort(s.TLSAddr)
 		args = append(args, s.opts.TLS.args(tlsPort)...)
 	}
-	args = append(args, s.opts.Args...)
-	p, err := testenv.StartProcess(testenv.Command{Name: s.opts.Name + "@" + port, Path: s.opts.Bin, Args: args, LogFile: s.opts.LogFile})
+	args = append(append(args, s.opts.Place.args()...), s.opts.Args...)
+	bin, args := s.opts.Place.command(s.opts.Bin, args)
+	p, err := testenv.StartProcess(testenv.Command{Name: s.opts.Name + "@" + port, Path: bin, Args: args, LogFile: s.opts.LogFile})
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()
-	err = p.WaitReady(context.Background(), StartTimeout, func(context.Context) error { return Ping(s.Addr) })
+	dial := s.opts.Place.dialer()
+	err = p.WaitReady(context.Background(), StartTimeout, func(ctx context.Context) error { return PingVia(ctx, dial, s.Addr) })
 	if err != nil {
 		p.Kill()
 		return fmt.Errorf("redis-server on %s: %w", s.Addr, err)
-	}
-	return nil
-}
-
-// Ping sends one PING over a plain connection, without go-redis, so that
-// waiting leaves no client pool behind. A server that requires a password
-// (the ACL tests) answers NOAUTH: it is up.
-func Ping(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if line != "+PONG\r\n" && !strings.HasPrefix(line, "-NOAUTH") {
-		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil
 }
@@ -292,7 +282,7 @@ func cleanup(t testing.TB, s *Server) {
 // Client returns a client connected to the server, closed in t.Cleanup.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, Dialer: s.opts.Place.Dial})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
