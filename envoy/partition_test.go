@@ -157,6 +157,7 @@ func runPartitions(t *testing.T, mode string) {
 					v := runScenario(t, p, sh, sc, nil, seed)
 					require.Empty(t, v.ranTwice, "no key ran twice")
 					require.Empty(t, v.mismatched, "every replay is the execution's response")
+					require.Zero(t, v.heldUnrun, "no key is held that never ran")
 				})
 			}
 			if sc.long || sh.short.weak {

@@ -18,6 +18,10 @@ import (
 type write struct {
 	op   string
 	call func(ctx context.Context) error
+	// untilReplicated retries an idem.ErrUnreplicated too: a release
+	// must reach every replica a failover could promote, or the lock
+	// comes back with it and holds its key with nobody to settle it.
+	untilReplicated bool
 	// done reports the final result; retried says an earlier attempt
 	// failed, so its write may have happened all the same (a later
 	// ErrLeaseLost is then most likely our own earlier success).
@@ -45,7 +49,7 @@ func (e *exchange) settle(w write, inBand bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.srv.cfg.StoreTimeout)
 	err := e.srv.attempt(ctx, w)
 	cancel()
-	if retryable(err) {
+	if w.retryable(err) {
 		e.pending = &w
 		return
 	}
@@ -59,6 +63,12 @@ func (e *exchange) settle(w write, inBand bool) {
 // find it written).
 func retryable(err error) bool {
 	return err != nil && !errors.Is(err, idem.ErrLeaseLost) && !errors.Is(err, idem.ErrUnreplicated)
+}
+
+// retryable is retryable(err), but for a write that must be replicated
+// (untilReplicated), ErrUnreplicated is worth another attempt as well.
+func (w write) retryable(err error) bool {
+	return retryable(err) || (w.untilReplicated && errors.Is(err, idem.ErrUnreplicated))
 }
 
 // attempt runs w once and records its latency.
@@ -100,7 +110,7 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 		actx, acancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 		err = s.attempt(actx, w)
 		acancel()
-		if !retryable(err) || ctx.Err() != nil {
+		if !w.retryable(err) || ctx.Err() != nil {
 			return err, n > 0
 		}
 		t := time.NewTimer(min(backoff, time.Until(deadlineOf(ctx))))
@@ -204,24 +214,25 @@ func (e *exchange) release(result string, inBand bool, attrs ...any) {
 // releaseWith is release; unsure says the lock may not exist (the
 // acquire failed, and may or may not have reached Redis in time).
 func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any) {
-	e.settle(write{op: "release",
+	e.settle(write{op: "release", untilReplicated: true,
 		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.key, e.token) },
 		done: func(err error, _ bool) {
 			e.settledAs(result)
 			switch {
+			case errors.Is(err, idem.ErrUnreplicated):
+				e.logger().Warn("the lock was deleted, but not every replica a failover could promote confirmed it until its lease ended; "+
+					"if one that still has it is promoted, "+e.afterLease(), append(attrs, "error", err)...)
 			case retryable(err) && unsure:
 				e.logger().Warn("giving back the lock a failed acquire may have taken failed, retried until its lease ended; "+
 					"if that acquire reached Redis in time, "+e.afterLease(), append(attrs, "error", err)...)
-				return
 			case retryable(err):
 				e.logger().Error("releasing the lock failed, retried until its lease ended; "+e.afterLease(),
 					append(attrs, "error", err)...)
-				return
 			case errors.Is(err, idem.ErrLeaseLost) && unsure:
 				e.logger().Debug("the failed acquire had taken no lock", attrs...)
-				return
+			default:
+				e.logger().Debug("lock released", append(attrs, "result", result)...)
 			}
-			e.logger().Debug("lock released", append(attrs, "result", result)...)
 		},
 	}, inBand)
 }

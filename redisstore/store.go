@@ -408,13 +408,32 @@ func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Durati
 	return owned(op, n, s.seen(err))
 }
 
-// Release implements processor.Store.
+// Release implements processor.Store. With AllReplicas it is durable
+// too: a lock a failover could bring back (a replica that had it, not yet
+// told of its deletion, promoted) would hold its key for the retention
+// with nobody to settle it. So it returns idem.ErrUnreplicated until every
+// promotable replica is past the deletion, also when this call found the
+// lock already gone (an earlier try deleted it): the caller tries again.
 func (s *Store) Release(ctx context.Context, key, token string) error {
 	const op = "release"
 	if token == "" {
 		return fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
 	}
 	rk := s.RedisKey(key)
-	n, err := s.run(ctx, releaseScript, []string{rk}, token, rk+settledSuffix).Int64()
-	return owned(op, n, s.seen(err))
+	if !s.allReplicas {
+		n, err := s.run(ctx, releaseScript, []string{rk}, token, rk+settledSuffix).Int64()
+		return owned(op, n, s.seen(err))
+	}
+	res, err := s.runDurable(ctx, releaseScript, []string{rk}, token, rk+settledSuffix)
+	if err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	n, err := res.reply.Int64()
+	if err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	if err := s.unreplicated(res); err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return owned(op, n, nil)
 }
