@@ -163,7 +163,7 @@ func Connect(o ConnectOptions) (*Topology, error) {
 		tune(&c.DialTimeout, &c.ReadTimeout, &c.WriteTimeout, &c.PoolTimeout, o.Timeout)
 		c.Protocol, c.DisableIdentity = 2, true
 		c.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		c.MinIdleConns, c.MaxRetries = 4, 1
+		c.MinIdleConns, c.MaxRetries = 4, noRetries
 		c.DialerRetries, c.DialerRetryTimeout = 1, 10*time.Millisecond
 		c.ContextTimeoutEnabled = true
 		t.cluster = redis.NewClusterClient(c)
@@ -175,7 +175,7 @@ func Connect(o ConnectOptions) (*Topology, error) {
 		c := p.sentinel
 		tune(&c.DialTimeout, &c.ReadTimeout, &c.WriteTimeout, &c.PoolTimeout, o.Timeout)
 		c.Protocol, c.DisableIdentity = 2, true
-		c.MinIdleConns, c.MaxRetries = 4, 1
+		c.MinIdleConns, c.MaxRetries = 4, noRetries
 		c.DialerRetries, c.DialerRetryTimeout = 1, 10*time.Millisecond
 		c.ContextTimeoutEnabled = true
 		t.client = redis.NewFailoverClient(c)
@@ -194,7 +194,7 @@ func Connect(o ConnectOptions) (*Topology, error) {
 		c.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 		// A few warm connections, so a quiet period does not make the
 		// next requests pay for dials.
-		c.MinIdleConns, c.MaxRetries = 4, 1
+		c.MinIdleConns, c.MaxRetries = 4, noRetries
 		// go-redis retries a refused dial 5 times, 100 ms apart, by
 		// default: 0.5 s of a client's wait spent on a Redis that is
 		// gone. Fail at once; the health check notices recovery within
@@ -206,6 +206,17 @@ func Connect(o ConnectOptions) (*Topology, error) {
 	return t, nil
 }
 
+// noRetries turns go-redis's own retries off (MaxRetries -1): after a
+// connection error it would send the same script again, and after a
+// failover that is another node. An acquire whose first try took the lock
+// on the old primary then comes back "in progress" (the retry found
+// another request's lock on the new one); nothing gives the first lock
+// back, and when the old primary serves again its key is held with nobody
+// to settle it (seen in a partition test). A failed call is the
+// processor's to retry or refuse: it gives back whatever lock a failed
+// acquire may have taken, until every promotable replica confirms it.
+const noRetries = -1
+
 // tune sets every timeout to d.
 func tune(dial, read, write, pool *time.Duration, d time.Duration) {
 	*dial, *read, *write, *pool = d, d, d, d
@@ -216,7 +227,7 @@ func tune(dial, read, write, pool *time.Duration, d time.Duration) {
 func nodeOptions(addr, user, password string, tc *tls.Config, timeout time.Duration) *redis.Options {
 	o := &redis.Options{Addr: addr, Username: user, Password: password, Protocol: 2, DisableIdentity: true,
 		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, PoolTimeout: timeout,
-		PoolSize: 2, MaxRetries: -1, DialerRetries: 1, DialerRetryTimeout: 10 * time.Millisecond,
+		PoolSize: 2, MaxRetries: noRetries, DialerRetries: 1, DialerRetryTimeout: 10 * time.Millisecond,
 		ContextTimeoutEnabled:    true,
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}}
 	// The topology's TLS settings as they are: go-redis gives its own
