@@ -33,11 +33,11 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	e.leaseEnd = since.Add(e.pol.lockTTL)
 	acq, err := e.look(claim)
 	if err != nil {
-		e.unanswered(token)
+		e.unanswered(token, err)
 		if errors.Is(err, idem.ErrUnreplicated) {
-			// The lock exists on the primary only: a failover could
-			// lose it, and a retry then run a second time. finish
-			// releases it, best-effort, as for any failed acquire.
+			// Not every replica a failover could promote has the lock
+			// (or it was not even taken): a failover could lose it, and
+			// a retry then run a second time. finish gives it back.
 			e.srv.metrics.unreplicated.WithLabelValues("acquire").Inc()
 		}
 		return e.storeFailed(err, cont)
@@ -52,11 +52,12 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	}
 }
 
-// unanswered notes that an acquire for token failed: Redis may have run it
-// after we stopped waiting, so finish releases whatever lock the token
-// holds (never one of another request's).
-func (e *exchange) unanswered(token string) {
-	if !e.srv.cfg.FailOpen {
+// unanswered notes that an acquire for token failed with err: Redis may
+// have run it after we stopped waiting, so finish releases whatever lock
+// the token holds (never one of another request's); unless the store says
+// it wrote nothing.
+func (e *exchange) unanswered(token string, err error) {
+	if !e.srv.cfg.FailOpen && !errors.Is(err, idem.ErrNotTaken) {
 		e.token, e.lock = token, lockUnanswered
 	}
 }

@@ -100,6 +100,7 @@ type storeCall struct {
 // as outcome unknown.
 type storeEntry struct {
 	token    string
+	by       string // the token that completed it
 	fp       []byte
 	leaseEnd time.Time // in progress: when the lease runs out
 	expires  time.Time // when the whole record goes
@@ -338,6 +339,9 @@ func (s *fakeStore) Complete(ctx context.Context, key, token string, rec idem.Re
 	if err := s.record(ctx, storeCall{op: "complete", key: key, token: token, rec: cloneRecord(rec), ttl: retention}); err != nil {
 		return err
 	}
+	if e, ok := s.live(key); ok && e.rec != nil && e.by == token {
+		return nil // a retry of its owner's completion: written already
+	}
 	e, ok := s.owned(key, token)
 	if !ok {
 		return idem.ErrLeaseLost
@@ -346,7 +350,7 @@ func (s *fakeStore) Complete(ctx context.Context, key, token string, rec idem.Re
 	if !stored.BodyStored {
 		stored.Body = nil
 	}
-	e.rec, e.token, e.expires = &stored, "", s.now.Add(retention)
+	e.rec, e.token, e.by, e.expires = &stored, "", token, s.now.Add(retention)
 	s.settled(key)
 	return nil
 }

@@ -113,12 +113,18 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 		if !w.retryable(err) || ctx.Err() != nil {
 			return err, n > 0
 		}
+		s.log.Debug("a settling write failed; trying again", "op", w.op, "attempt", n+1, "error", err)
 		t := time.NewTimer(min(backoff, time.Until(deadlineOf(ctx))))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return err, true
 		case <-t.C:
+		}
+		if ctx.Err() != nil {
+			// Woken at the deadline: another attempt could only fail on
+			// it, and hide why the last one failed.
+			return err, true
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -137,7 +143,7 @@ func (e *exchange) complete(inBand bool) {
 		e.rec.Body = e.body.Bytes()
 	}
 	rec := e.rec
-	e.settle(write{op: "complete",
+	e.settle(write{op: "complete", untilReplicated: true,
 		call: func(ctx context.Context) error {
 			return e.srv.store.Complete(ctx, e.key, e.token, rec, e.pol.retention)
 		},
@@ -160,13 +166,15 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 		m.leaseLost.WithLabelValues(stageDone).Inc()
 		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", rec.Status)
 	case errors.Is(err, idem.ErrUnreplicated):
-		// Written on the primary; the wait for replicas is over, so the
-		// response goes out: holding it longer would only turn it into
-		// Envoy's 504. A failover before the replicas catch up loses it.
+		// Written on the primary, and written again on each new one, but
+		// never confirmed by the replicas --redis-min-replicas asks for
+		// until the lease ended (the response went out long ago: holding
+		// it would only turn it into Envoy's 504). A failover before they
+		// catch up loses it.
 		m.unreplicated.WithLabelValues("complete").Inc()
 		m.responses.WithLabelValues(storedResult(rec)).Inc()
-		e.logger().Warn("response stored, but fewer replicas acknowledged it than --redis-min-replicas asks; delivered all the same",
-			"error", err, "status", rec.Status)
+		e.logger().Warn("response stored and delivered, but the replicas --redis-min-replicas asks for did not confirm it until its lease ended; "+
+			"a failover before they catch up loses it, and the key then reads as an unknown outcome", "error", err, "status", rec.Status)
 	case err != nil:
 		e.settledAs(resultStoreError)
 		e.logger().Error("storing the response failed, retried until its lease ended; "+e.afterLease(),

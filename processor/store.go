@@ -22,7 +22,9 @@ type Store interface {
 	// the record.
 	Renew(ctx context.Context, key, token string, lease idem.Lease) error
 	// Complete replaces the in-progress record by rec, kept for retention.
-	// idem.ErrLeaseLost when token no longer owns it: nothing is written then.
+	// A repeated call by the token that completed it succeeds, writing
+	// nothing (a retry whose first try was written). idem.ErrLeaseLost when
+	// token no longer owns it: nothing is written then.
 	Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error
 	// Release deletes the in-progress record. idem.ErrLeaseLost when token
 	// no longer owns it: nothing is deleted then.

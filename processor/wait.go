@@ -141,7 +141,7 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 				// The acquire may have taken the lock all the same:
 				// finish gives back whatever this token holds.
 				m.waits.WithLabelValues(waitError).Inc()
-				e.unanswered(claim.Token)
+				e.unanswered(claim.Token, err)
 				return e.storeFailed(err, cont)
 			}
 		}

@@ -134,6 +134,28 @@ func (s *Store) planDurable(addr string) (*plan, error) {
 	return &p, nil
 }
 
+// canPlan is nil when a durable write to key's primary may succeed: the
+// view knows its replicas, and the ones that must acknowledge it were
+// online at the last refresh. Else the error says why, as
+// idem.ErrUnreplicated.
+func (s *Store) canPlan(ctx context.Context, key string) error {
+	if !s.allReplicas {
+		return nil
+	}
+	_, addr, err := s.primaryFor(ctx, key)
+	if err != nil {
+		return nil // the write itself will fail, and say why
+	}
+	pl, err := s.planDurable(addr)
+	if err == nil {
+		err = pl.offlineErr()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", idem.ErrUnreplicated, err)
+	}
+	return nil
+}
+
 // offline is why a plan cannot succeed before anything is written: a
 // required replica was not online at the last refresh.
 func (p *plan) offlineErr() error {

@@ -270,6 +270,11 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 		}
 		return parseAcquire(reply, s.opener(rk))
 	}
+	// A lock that could not be made durable is not taken at all: a lock
+	// written but refused would need giving back.
+	if err := s.canPlan(ctx, rk); err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w: %w", op, idem.ErrNotTaken, err)
+	}
 	res, err := s.runDurable(ctx, acquireScript, keys, args...)
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
@@ -380,20 +385,29 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 	args := []any{token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk + settledSuffix}
 	if !s.durable() {
 		n, err := s.run(ctx, completeScript, []string{rk}, args...).Int64()
-		return owned(op, n, s.seen(err))
+		return owned(op, completedBefore(n), s.seen(err))
 	}
 	res, err := s.runDurable(ctx, completeScript, []string{rk}, args...)
 	if err != nil {
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	n, err := res.reply.Int64()
-	if err := owned(op, n, err); err != nil {
+	if err := owned(op, completedBefore(n), err); err != nil {
 		return err
 	}
 	if err := s.unreplicated(res); err != nil {
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	return nil
+}
+
+// completedBefore maps complete.lua's 2 (this token completed the record
+// before) to 1: for the caller, the record holds its response.
+func completedBefore(n int64) int64 {
+	if n == 2 {
+		return 1
+	}
+	return n
 }
 
 // Abandon implements processor.Store.

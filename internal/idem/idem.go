@@ -22,6 +22,11 @@ var ErrLeaseLost = errors.New("idem: lease lost")
 // it and counts it.
 var ErrUnreplicated = errors.New("idem: not acknowledged by enough replicas")
 
+// ErrNotTaken reports an Acquire refused before anything was written
+// (the lock could not have been made durable): unlike other failures of
+// Acquire, there is no lock to give back.
+var ErrNotTaken = errors.New("idem: refused before the lock was written")
+
 // State is the state of a key as Acquire found it.
 type State int
 

@@ -73,7 +73,9 @@ var behaviours = []behaviour{
 		tok, _ := grant(t, s.Store, "k", "fp", holdLease)
 		rec := sampleRecord()
 		require.NoError(t, s.Store.Complete(t.Context(), "k", tok, rec, time.Hour))
-		require.ErrorIs(t, s.Store.Complete(t.Context(), "k", tok, idem.Record{Status: 500, BodyStored: true}, time.Hour), idem.ErrLeaseLost)
+		require.NoError(t, s.Store.Complete(t.Context(), "k", tok, idem.Record{Status: 500, BodyStored: true}, time.Hour),
+			"a retried completion by its owner succeeds, writing nothing")
+		require.ErrorIs(t, s.Store.Complete(t.Context(), "k", token(t), idem.Record{Status: 500, BodyStored: true}, time.Hour), idem.ErrLeaseLost)
 		require.ErrorIs(t, s.Store.Release(t.Context(), "k", tok), idem.ErrLeaseLost)
 		require.ErrorIs(t, s.Store.Renew(t.Context(), "k", tok, holdLease), idem.ErrLeaseLost)
 		require.ErrorIs(t, s.Store.Abandon(t.Context(), "k", tok, time.Hour), idem.ErrLeaseLost)

@@ -18,13 +18,20 @@
 --          (--in-progress=wait, which marks the record with field w) hear
 --          of the completion there
 --
--- Returns 1 when written, 0 when the token does not own an in-progress record.
-local v = redis.call("HMGET", KEYS[1], "st", "tok", "fence", "w")
+-- Returns 1 when written, 2 when this token completed the record before
+-- (a retry of a completion whose reply was lost, or that waits for
+-- replicas: the completed record keeps a digest of its owner's token, ctk,
+-- for that; never the token itself), 0 when the token does not own the
+-- record.
+local v = redis.call("HMGET", KEYS[1], "st", "tok", "fence", "w", "ctk")
+if v[1] == "c" and v[5] and v[5] == redis.sha1hex(ARGV[1]) then
+  return 2
+end
 if v[1] ~= "p" or v[2] ~= ARGV[1] then
   return 0
 end
 redis.call("DEL", KEYS[1])
-redis.call("HSET", KEYS[1], "st", "c", "fp", ARGV[3], "status", ARGV[4],
+redis.call("HSET", KEYS[1], "st", "c", "ctk", redis.sha1hex(ARGV[1]), "fp", ARGV[3], "status", ARGV[4],
   "hdr", ARGV[5], "body", ARGV[6], "bs", ARGV[7], "enc", ARGV[8], "fence", v[3] or "0")
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
 if v[4] then
