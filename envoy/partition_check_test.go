@@ -126,6 +126,9 @@ func check(keys []string, history []attempt, executions map[string]int, tl timel
 		}
 		if seen := firstOK(as); seen != nil && (f.status != http.StatusOK || f.body != seen.body) {
 			v.lost = append(v.lost, k+":"+brief(*f))
+			if len(v.stories) < 3 {
+				v.stories = append(v.stories, story(k, n, as, tl))
+			}
 		}
 	}
 	v.stories = append(v.stories, unrun...)

@@ -158,6 +158,7 @@ func runPartitions(t *testing.T, mode string) {
 					require.Empty(t, v.ranTwice, "no key ran twice")
 					require.Empty(t, v.mismatched, "every replay is the execution's response")
 					require.Zero(t, v.heldUnrun, "no key is held that never ran")
+					require.Empty(t, v.lost, "no response a client saw is lost")
 				})
 			}
 			if sc.long || sh.short.weak {
