@@ -78,6 +78,9 @@ type verdict struct {
 	lost []string
 	// answers counts each phase's attempts by answerClass.
 	answers [phases]map[string]int
+	// lateNotReady counts the side not cut off not ready in the second
+	// half of the partition (readiness samples).
+	lateNotReady int
 	// stories are the histories of the first keys that ran twice,
 	// replayed something else, or are held without having run.
 	stories []string
