@@ -108,8 +108,16 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 			s.metrics.retries.WithLabelValues(w.op).Inc()
 		}
 		actx, acancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+		prev := err
 		err = s.attempt(actx, w)
 		acancel()
+		if prev != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			// The last attempt was cut by our own deadline: what it
+			// says is only that time ran out, while the attempt before
+			// it said what the store did (say, written but unconfirmed
+			// by the replicas).
+			err = prev
+		}
 		if !w.retryable(err) || ctx.Err() != nil {
 			return err, n > 0
 		}
