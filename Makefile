@@ -1,6 +1,6 @@
 # The quick-start commands: `make demo` and `make test`. While editing:
 # `make unit` (no Envoy, no Redis, seconds) and `make lint`. `make bench`
-# runs the benchmark (BENCHMARKS.md; idembench flags in BENCH_FLAGS).
+# runs the benchmark (docs/benchmarks.md; idembench flags in BENCH_FLAGS).
 # `make partitions` runs the network-partition suite's long schedule (as
 # root; PARTITION_SEED and PARTITION_SEEDS pick the seeds; make test runs
 # its short schedule).

@@ -60,7 +60,7 @@ func TestPrometheusRules_promtool(t *testing.T) {
 
 // TestPrometheusRules_everyAlertTestedAndDocumented: each alert fires in
 // at least one promtool test, has a severity and a runbook, and the
-// README's runbook has a line for it.
+// runbook in docs/operating.md has a line for it.
 func TestPrometheusRules_everyAlertTestedAndDocumented(t *testing.T) {
 	var tests struct {
 		Tests []struct {
@@ -79,9 +79,9 @@ func TestPrometheusRules_everyAlertTestedAndDocumented(t *testing.T) {
 			}
 		}
 	}
-	readme := string(readRepoFile(t, "README.md"))
-	_, runbook, ok := strings.Cut(readme, "### Alerts and what to do")
-	require.True(t, ok, "README has an alert runbook")
+	operating := string(readRepoFile(t, "docs", "operating.md"))
+	_, runbook, ok := strings.Cut(operating, "## Alerts and what to do")
+	require.True(t, ok, "docs/operating.md has an alert runbook")
 	for _, r := range loadRules(t) {
 		if r.Alert == "" {
 			require.True(t, strings.HasPrefix(r.Record, "idemproxy:"), "recording rules follow level:metric:operations")
@@ -89,7 +89,7 @@ func TestPrometheusRules_everyAlertTestedAndDocumented(t *testing.T) {
 		}
 		require.True(t, fired[r.Alert], "%s never fires in idemproxy-rules.test.yaml", r.Alert)
 		require.Contains(t, []string{"critical", "warning", "info"}, r.Labels["severity"], r.Alert)
-		require.Equal(t, "README.md, Operating, "+r.Alert, r.Annotations["runbook"])
-		require.Contains(t, runbook, "**"+r.Alert+"**", "README runbook line for %s", r.Alert)
+		require.Equal(t, "docs/operating.md, Alerts and what to do, "+r.Alert, r.Annotations["runbook"])
+		require.Contains(t, runbook, "**"+r.Alert+"**", "docs/operating.md runbook line for %s", r.Alert)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
-// TestEndToEnd_IdemproxyKilled is scenario 5 of RELIABILITY.md: idemproxy
+// TestEndToEnd_IdemproxyKilled is scenario 5 of docs/reliability.md: idemproxy
 // dies (SIGKILL, so nothing is released, stored or marked) while the
 // backend works on a slow request. Its lease stays in Redis with no owner to
 // renew it. The key must never run a second time: not while idemproxy is

@@ -263,7 +263,7 @@ func latencies(rs []reply) string {
 	return fmt.Sprintf("p50=%v p99=%v max=%v", at(0.5), at(0.99), ds[len(ds)-1].Round(time.Millisecond))
 }
 
-// logFigures writes the one line per scenario that RELIABILITY.md quotes:
+// logFigures writes the one line per scenario that docs/reliability.md quotes:
 // "figures: scenario=<name> key=value ...", in the order given.
 func logFigures(t *testing.T, scenario string, kv ...any) {
 	t.Helper()

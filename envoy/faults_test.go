@@ -23,7 +23,7 @@ const stormPath = "/slow?delay=300ms"
 // Envoy's message_timeout 10 s instead of 2 s. On a 2-core machine shared
 // with other test runs, a CPU-starved idemproxy built with -race can take
 // seconds to get through 1,000 streams, and with the shipped timeouts it then
-// fails closed (503, Envoy's 504; still one execution, see RELIABILITY.md).
+// fails closed (503, Envoy's 504; still one execution, see docs/reliability.md).
 // The storms test that the lock admits one request and that nothing else
 // errs, not how fast a shared machine is.
 func stormConfig(replicas int) faultConfig {

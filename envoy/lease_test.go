@@ -27,7 +27,7 @@ var takeoverFlags = append([]string{"--on-unknown", "rerun-after-ttl"}, leaseFla
 // frozen idemproxy resumes and sees the response.
 var patientEnvoy = [2]string{"message_timeout: 2s", "message_timeout: 10s"}
 
-// TestEndToEnd_LeaseLost is scenario 6 of RELIABILITY.md, with the opt-in
+// TestEndToEnd_LeaseLost is scenario 6 of docs/reliability.md, with the opt-in
 // --on-unknown=rerun-after-ttl: replica A holds a key while the backend runs
 // the request, and freezes (SIGSTOP) past the lock TTL; replica B, on the
 // same Redis, takes the key and completes. (By default B never takes it:
@@ -110,7 +110,7 @@ func TestEndToEnd_LeaseLost(t *testing.T) {
 		shared.executions(t, key), shared.stats(t).Fences[key])
 }
 
-// TestEndToEnd_StaleFence is scenario 9 of RELIABILITY.md, with the opt-in
+// TestEndToEnd_StaleFence is scenario 9 of docs/reliability.md, with the opt-in
 // --on-unknown=rerun-after-ttl: after a lost lease, the stale execution is refused by a backend that checks the
 // fencing token. A's request (fence n) is held on its way to the backend by
 // a Toxiproxy latency toxic while A freezes past the lock TTL; B takes the

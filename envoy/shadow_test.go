@@ -62,7 +62,7 @@ func (rs *rdsStack) envoyConfig(t *testing.T, c testenv.EnvoyConfig) string {
 
 	hcm := dig(t, cfg, "static_resources", "listeners", 0, "filter_chains", 0, "filters", 0, "typed_config").(map[string]any)
 	routes := hcm["route_config"].(map[string]any)
-	// The shadow route of README's "Shadow mode" (not shipped: a route
+	// The shadow route of docs/waiting-and-shadow.md's "Shadow mode" (not shipped: a route
 	// that enforces nothing must be added on purpose), first in the table.
 	vh := dig(t, routes, "virtual_hosts", 0).(map[string]any)
 	vh["routes"] = append([]any{map[string]any{
@@ -144,7 +144,7 @@ func dig(t *testing.T, v any, path ...any) any {
 	return v
 }
 
-// TestShadow: on a /shadow/ route (README's example), a duplicate storm, a retry of
+// TestShadow: on a /shadow/ route (docs/waiting-and-shadow.md's example), a duplicate storm, a retry of
 // a completed key, a reused key with another payload and a Redis outage
 // all reach the backend, and idemproxy counts what it would have done.
 // Then the route is switched to enforcement through RDS, with Envoy still

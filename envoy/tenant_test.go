@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestEndToEnd_TenantIsolation is the security test of RELIABILITY.md: with
+// TestEndToEnd_TenantIsolation is the security test of docs/reliability.md: with
 // --scope-headers x-tenant-id, a key is scoped to its tenant. A tenant that
 // reuses (or guesses) another tenant's key, with the same body, never gets
 // the other's stored response: its request runs and gets its own charge. A

@@ -62,7 +62,7 @@ func clusterPromotions(cl *redistopo.Cluster) func() int {
 // promote). With durable set, every key must have run exactly once and
 // replay its first response byte for byte, unless the topology failed over
 // a second time: then a response stored on the first promoted primary
-// before its replica caught up may be lost (the README's limit), and no
+// before its replica caught up may be lost (the limit in docs/reliability.md), and no
 // more may be lost than were counted unreplicated.
 func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bool) {
 	t.Helper()
@@ -362,7 +362,7 @@ func TestTopology_SentinelReplicaLag(t *testing.T) {
 			} else {
 				// The hazard the flag closes, shown rather than assumed: if
 				// this ever fails, the scenario no longer loses locks, and
-				// the README's table needs a new measurement.
+				// docs/reliability.md's table needs a new measurement.
 				require.Positive(t, twice, "with 0 replicas acknowledged, locks the replicas never got die with the primary")
 			}
 		})

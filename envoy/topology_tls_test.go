@@ -12,7 +12,7 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
-// The ACL user a managed Redis hands out, as the README gives it: the
+// The ACL user a managed Redis hands out, as docs/redis-topologies.md gives it: the
 // records and their shard channels (waiting duplicates), no dangerous
 // commands but INFO (the eviction and persistence check) and the cluster
 // topology reads.
@@ -56,7 +56,7 @@ func TestTopology_TLS(t *testing.T) {
 			SentinelArgs: []string{"--user", "watcher", "on", ">w4tch-pw", "allchannels", "+@all"}})
 		addrs := st.SentinelTLSAddrs()
 		// The URL's user is the sentinels'; the data nodes' goes in
-		// username= and password= (go-redis's rule, as the README says).
+		// username= and password= (go-redis's rule, as docs/redis-topologies.md says).
 		url := "rediss://watcher:w4tch-pw@" + addrs[0] + "?master_name=" + redistopo.MasterName +
 			"&addr=" + strings.Join(addrs[1:], "&addr=") + "&username=idemproxy&password=s3cret-pw"
 		s := topoFrontend(t, backend, "sentinel", url, args...)

@@ -13,7 +13,7 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv/toxi"
 )
 
-// TestEndToEnd_UnknownOutcome is scenario 8 of RELIABILITY.md: Toxiproxy
+// TestEndToEnd_UnknownOutcome is scenario 8 of docs/reliability.md: Toxiproxy
 // sits between Envoy and the backend and cuts the connection once the
 // backend has run the request, so no complete response ever reaches Envoy.
 // Cut before the response started, the outcome is unknown: by default the

@@ -48,7 +48,7 @@ func Build() (dashboard.Dashboard, error) {
 	rate := func(sel string) string { return `rate(idemproxy_requests_total{` + sel + `}[$__rate_interval])` }
 	return dashboard.NewDashboardBuilder("IdemProxy").
 		Uid(UID).
-		Description("Decisions, keys and Redis of idemproxy, the Envoy ext_proc idempotency server. Alerts and runbook: README, Operating.").
+		Description("Decisions, keys and Redis of idemproxy, the Envoy ext_proc idempotency server. Alerts and runbook: docs/operating.md.").
 		Tags([]string{"idemproxy", "envoy", "redis"}).
 		Refresh("30s").
 		Time("now-3h", "now").
