@@ -25,6 +25,7 @@ var leastPrivilegeACL = []string{"--user", "idemproxy", "on", ">s3cret-pw", "~id
 // replay over the shard channel, every primary served the ACL user, and
 // under Sentinel a failover is followed over TLS too.
 func TestTopology_TLS(t *testing.T) {
+	testenv.NeedsBinaries(t)
 	pki := newTestPKI(t)
 	files := &redistopo.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, CAFile: pki.CA,
 		ClientCertFile: pki.ClientCert, ClientKeyFile: pki.ClientKey}
