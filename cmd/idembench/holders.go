@@ -85,17 +85,31 @@ func countStatuses(results []int) (byStatus map[int]int, errors int) {
 
 // waitMetric polls an idemproxy series until cond holds or timeout.
 func (b *bench) waitMetric(ctx context.Context, admin, series string, timeout time.Duration, cond func(float64) bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
+	return testenv.Poll(ctx, timeout, func(ctx context.Context) error {
 		v, err := testenv.ReadMetric(ctx, b.st.http, "http://"+admin+"/metrics", series)
-		if err == nil && cond(v) {
-			return nil
+		if err == nil && !cond(v) {
+			err = fmt.Errorf("%s is %v", series, v)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s (last %v, %v): %w", series, v, err, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+		return err
+	})
+}
+
+// hold sends reqs through env, each on a connection of its own, and waits
+// until idem has acquired them all (within ready).
+func (b *bench) hold(ctx context.Context, env, idem *server, reqs [][]byte, timeout, ready time.Duration) (*holders, error) {
+	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
+	if err != nil {
+		return nil, err
 	}
+	h, err := startHolders(ctx, env.addr, reqs, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, ready,
+		func(v float64) bool { return v >= start+float64(len(reqs)) }); err != nil {
+		h.cut()
+		h.wait()
+		return nil, err
+	}
+	return h, nil
 }

@@ -39,33 +39,21 @@ type dupResult struct {
 func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	const holding, perKey, conns = 20, 10, 4
 	r := dupResult{Holders: holding, Duplicates: holding * perKey, Statuses: map[string]int{}}
-	env, err := b.st.Envoy(ctx, envoyIdem)
-	if err != nil {
-		return r, err
-	}
-	idem, err := b.st.extProcFor(ctx, envoyIdem)
+	env, idem, err := b.st.servers(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
 	reqs := make([][]byte, holding)
 	for i := range reqs {
-		reqs[i] = slowRequest(b.nonce+"-dup-"+strconv.Itoa(i), "3s")
+		reqs[i] = slowRequest("", b.nonce+"-dup-"+strconv.Itoa(i), "3s")
 	}
-	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
-	if err != nil {
-		return r, err
-	}
-	h, err := startHolders(ctx, env.addr, reqs, 30*time.Second)
+	h, err := b.hold(ctx, env, idem, reqs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
 	// On the way out after an error, cut the originals; after success
 	// they have already finished and this changes nothing.
 	defer func() { h.cut(); h.wait() }()
-	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 10*time.Second,
-		func(v float64) bool { return v >= start+holding }); err != nil {
-		return r, err
-	}
 	before, err := b.redisCalls(ctx)
 	if err != nil {
 		return r, err
@@ -128,11 +116,7 @@ type holdResult struct {
 func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r := holdResult{InFlight: b.cfg.inFlight, ExpectedPerSec: float64(b.cfg.inFlight) / holdHeartbeat.Seconds(),
 		HeartbeatSeconds: holdHeartbeat.Seconds()}
-	env, err := b.st.Envoy(ctx, envoyHold)
-	if err != nil {
-		return r, err
-	}
-	idem, err := b.st.extProcFor(ctx, envoyHold)
+	env, idem, err := b.st.servers(ctx, envoyHold)
 	if err != nil {
 		return r, err
 	}
@@ -145,24 +129,16 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 		return r, err
 	}
 	_ = testenv.ResetPeakRSS(idem.Pid())
-	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
-	if err != nil {
-		return r, err
-	}
 	reqs := make([][]byte, b.cfg.inFlight)
 	for i := range reqs {
-		reqs[i] = slowRequest(b.nonce+"-hold-"+strconv.Itoa(i), "50s")
+		reqs[i] = slowRequest("", b.nonce+"-hold-"+strconv.Itoa(i), "50s")
 	}
 	t0 := time.Now()
-	h, err := startHolders(ctx, env.addr, reqs, time.Minute)
+	h, err := b.hold(ctx, env, idem, reqs, time.Minute, 30*time.Second)
 	if err != nil {
 		return r, err
 	}
 	defer func() { h.cut(); h.wait() }()
-	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 30*time.Second,
-		func(v float64) bool { return v >= start+float64(b.cfg.inFlight) }); err != nil {
-		return r, err
-	}
 	r.RampSeconds = time.Since(t0).Seconds()
 	pause(ctx, b.cfg.warmup) // let the heartbeats spread out
 	before, err := b.sample(ctx, env, idem, nil)

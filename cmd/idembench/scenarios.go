@@ -24,21 +24,21 @@ type scenario struct {
 // loadScenarios are the scenarios measured at saturation and at the fixed
 // rate; dup and f have their own shapes (holdscenario.go).
 var loadScenarios = []scenario{
-	{id: "a", title: "Envoy -> backend, no ext_proc filter", envoy: envoyBare,
-		gen: func(context.Context, *bench, string) (reqGen, error) { return noKey(), nil }},
-	{id: "b", title: "Envoy + null ext_proc server, new keys", envoy: envoyNull,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
-	{id: "c", title: "Envoy + idemproxy, new key each", envoy: envoyIdem,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
-	{id: "m", title: "Envoy + idemproxy over memory, new keys", envoy: envoyMem,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
-	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
+	{id: "a", title: "Envoy -> backend, no ext_proc filter", envoy: envoyBare, gen: unkeyed},
+	{id: "b", title: "Envoy + null ext_proc server, new keys", envoy: envoyNull, gen: keyed},
+	{id: "c", title: "Envoy + idemproxy, new key each", envoy: envoyIdem, gen: keyed},
+	{id: "m", title: "Envoy + idemproxy over memory, new keys", envoy: envoyMem, gen: keyed},
+	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable, gen: keyed},
 	{id: "d", title: "Envoy + idemproxy, replays", envoy: envoyIdem,
 		gen: func(ctx context.Context, b *bench, _ string) (reqGen, error) { return b.replays(ctx) }},
-	{id: "e", title: "Envoy + idemproxy, no key", envoy: envoyIdem,
-		gen: func(context.Context, *bench, string) (reqGen, error) { return noKey(), nil }},
+	{id: "e", title: "Envoy + idemproxy, no key", envoy: envoyIdem, gen: unkeyed},
 }
+
+// keyed sends a new key with every request; unkeyed sends none.
+func keyed(_ context.Context, b *bench, label string) (reqGen, error) {
+	return newKeys(b.nonce + label), nil
+}
+func unkeyed(context.Context, *bench, string) (reqGen, error) { return noKey(), nil }
 
 // bench is one run: its settings, its processes, what it has measured.
 type bench struct {
@@ -59,11 +59,7 @@ type phase struct {
 
 // runPhase drives one phase and measures it.
 func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
-	env, err := b.st.Envoy(ctx, ph.sc.envoy)
-	if err != nil {
-		return phaseResult{}, err
-	}
-	ext, err := b.st.extProcFor(ctx, ph.sc.envoy)
+	env, ext, err := b.st.servers(ctx, ph.sc.envoy)
 	if err != nil {
 		return phaseResult{}, err
 	}

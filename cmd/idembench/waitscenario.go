@@ -48,18 +48,14 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	// 1,000 waiters: idemproxy's default --max-waiters.
 	const keys, perKey, delay = 20, 50, "2s"
 	r := waitResult{Keys: keys, PerKey: perKey, Delay: delay, Waiters: keys * perKey, Statuses: map[string]int{}}
-	env, err := b.st.Envoy(ctx, envoyIdem)
-	if err != nil {
-		return r, err
-	}
-	idem, err := b.st.extProcFor(ctx, envoyIdem)
+	env, idem, err := b.st.servers(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
 	metrics := "http://" + idem.admin + "/metrics"
 	// Prime: Redis loads the scripts now, so no NOSCRIPT retry of the
 	// originals' concurrent completions is counted.
-	p, err := startHolders(ctx, env.addr, [][]byte{slowRequestAt("/wait", b.nonce+"-wait-prime", "0s")}, 10*time.Second)
+	p, err := startHolders(ctx, env.addr, [][]byte{slowRequest("/wait", b.nonce+"-wait-prime", "0s")}, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
@@ -68,21 +64,13 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	}
 	origs := make([][]byte, keys)
 	for i := range origs {
-		origs[i] = slowRequestAt("/wait", b.nonce+"-wait-"+strconv.Itoa(i), delay)
+		origs[i] = slowRequest("/wait", b.nonce+"-wait-"+strconv.Itoa(i), delay)
 	}
-	start, err := testenv.ReadMetric(ctx, b.st.http, metrics, acquiredSeries)
-	if err != nil {
-		return r, err
-	}
-	h, err := startHolders(ctx, env.addr, origs, 30*time.Second)
+	h, err := b.hold(ctx, env, idem, origs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
 	defer func() { h.cut(); h.wait() }()
-	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 10*time.Second,
-		func(v float64) bool { return v >= start+keys }); err != nil {
-		return r, err
-	}
 	replayed0, err := testenv.ReadMetric(ctx, b.st.http, metrics, waitReplayedSeries)
 	if err != nil {
 		return r, err
