@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
@@ -53,41 +54,34 @@ func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	}
 	// On the way out after an error, cut the originals; after success
 	// they have already finished and this changes nothing.
-	defer func() { h.cut(); h.wait() }()
+	defer func() { h.Cut(); h.Wait() }()
 	before, err := b.redisCalls(ctx)
 	if err != nil {
 		return r, err
 	}
-	res := runLoad(ctx, loadSpec{addr: env.addr, conns: conns, gen: func(dst []byte, c int, seq uint64) []byte {
+	res := loadgen.Run(ctx, loadgen.Spec{Addr: env.addr, Conns: conns, Gen: func(dst []byte, c int, seq uint64) []byte {
 		if seq >= perKey*holding/conns {
 			return nil
 		}
 		return append(dst, reqs[(int(seq)*conns+c)%holding]...)
-	}}, fixedCount())
+	}}, loadgen.Counted())
 	after, err := b.redisCalls(ctx)
 	if err != nil {
 		return r, err
 	}
-	held, herr := countStatuses(h.wait())
+	held, herr := loadgen.CountStatuses(h.Wait())
 	r.HolderNon200 = herr + r.Holders - held[200]
-	for s, n := range res.statuses {
+	for s, n := range res.Statuses {
 		r.Statuses[strconv.Itoa(s)] = n
 		if s != 409 {
 			r.Non409 += n
 		}
 	}
-	r.Errors = res.errors
-	r.P50ms, r.P99ms = ms(res.lat.percentile(50)), ms(res.lat.percentile(99))
+	r.Errors = res.Errors
+	r.P50ms, r.P99ms = ms(res.Lat.Percentile(50)), ms(res.Lat.Percentile(99))
 	r.Redis = classifyRedis(before, after)
-	r.RedisPerReq = float64(r.Redis.Requests) / float64(max(res.completed(), 1))
+	r.RedisPerReq = float64(r.Redis.Requests) / float64(max(res.Completed(), 1))
 	return r, b.st.alive()
-}
-
-// fixedCount is a window for runs whose generator ends them (returns nil):
-// everything counts, and the deadline is only a bound.
-func fixedCount() window {
-	now := time.Now()
-	return window{begin: now, start: now, end: now.Add(time.Minute)}
 }
 
 // holdResult is scenario (f): many slow requests in flight at once.
@@ -138,14 +132,14 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	if err != nil {
 		return r, err
 	}
-	defer func() { h.cut(); h.wait() }()
+	defer func() { h.Cut(); h.Wait() }()
 	r.RampSeconds = time.Since(t0).Seconds()
-	pause(ctx, b.cfg.warmup) // let the heartbeats spread out
+	loadgen.Pause(ctx, b.cfg.warmup) // let the heartbeats spread out
 	before, err := b.sample(ctx, env, idem, nil)
 	if err != nil {
 		return r, err
 	}
-	pause(ctx, b.cfg.duration)
+	loadgen.Pause(ctx, b.cfg.duration)
 	after, err := b.sample(ctx, env, idem, nil)
 	if err != nil {
 		return r, err
@@ -162,8 +156,8 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r.MetricRenewals = (after.metrics["renewals"] - before.metrics["renewals"]) / wall
 	r.ServerCores = (after.cpu["server"] - before.cpu["server"]).Seconds() / wall
 
-	h.cut()
-	byStatus, _ := countStatuses(h.wait())
+	h.Cut()
+	byStatus, _ := loadgen.CountStatuses(h.Wait())
 	for _, n := range byStatus {
 		r.AnsweredEarly += n
 	}

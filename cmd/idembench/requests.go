@@ -1,6 +1,10 @@
 package main
 
-import "strconv"
+import (
+	"strconv"
+
+	"github.com/idemproxy/idemproxy/internal/loadgen"
+)
 
 // chargeBody is the small JSON body of every benchmark charge.
 const chargeBody = `{"amount":5000}`
@@ -27,14 +31,14 @@ func appendPost(dst []byte, target string, key func([]byte) []byte) []byte {
 func appendCharge(dst []byte, key func([]byte) []byte) []byte { return appendPost(dst, "/charge", key) }
 
 // noKey sends charges without a key: the route skips ext_proc.
-func noKey() reqGen {
+func noKey() loadgen.Gen {
 	req := appendCharge(nil, nil)
 	return func(dst []byte, _ int, _ uint64) []byte { return append(dst, req...) }
 }
 
 // newKeys sends every request with a key never used before: prefix, then
 // the connection and the sequence number.
-func newKeys(prefix string) reqGen {
+func newKeys(prefix string) loadgen.Gen {
 	return func(dst []byte, conn int, seq uint64) []byte {
 		return appendCharge(dst, func(b []byte) []byte {
 			b = append(b, prefix...)
@@ -47,7 +51,7 @@ func newKeys(prefix string) reqGen {
 
 // cycledKeys sends keys prefix0..prefix(n-1) in turn, spread over the
 // connections so that concurrent requests carry different keys.
-func cycledKeys(prefix string, n, conns int) reqGen {
+func cycledKeys(prefix string, n, conns int) loadgen.Gen {
 	return func(dst []byte, conn int, seq uint64) []byte {
 		return appendCharge(dst, func(b []byte) []byte {
 			return indexedKey(b, prefix, (seq*uint64(conns)+uint64(conn))%uint64(n))

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
@@ -18,7 +19,7 @@ type scenario struct {
 	envoy     envoyKind
 	// gen builds the scenario's requests for one run; label makes keys
 	// unique to that run.
-	gen func(ctx context.Context, b *bench, label string) (reqGen, error)
+	gen func(ctx context.Context, b *bench, label string) (loadgen.Gen, error)
 }
 
 // loadScenarios are the scenarios measured at saturation and at the fixed
@@ -30,15 +31,15 @@ var loadScenarios = []scenario{
 	{id: "m", title: "Envoy + idemproxy over memory, new keys", envoy: envoyMem, gen: keyed},
 	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable, gen: keyed},
 	{id: "d", title: "Envoy + idemproxy, replays", envoy: envoyIdem,
-		gen: func(ctx context.Context, b *bench, _ string) (reqGen, error) { return b.replays(ctx) }},
+		gen: func(ctx context.Context, b *bench, _ string) (loadgen.Gen, error) { return b.replays(ctx) }},
 	{id: "e", title: "Envoy + idemproxy, no key", envoy: envoyIdem, gen: unkeyed},
 }
 
 // keyed sends a new key with every request; unkeyed sends none.
-func keyed(_ context.Context, b *bench, label string) (reqGen, error) {
+func keyed(_ context.Context, b *bench, label string) (loadgen.Gen, error) {
 	return newKeys(b.nonce + label), nil
 }
-func unkeyed(context.Context, *bench, string) (reqGen, error) { return noKey(), nil }
+func unkeyed(context.Context, *bench, string) (loadgen.Gen, error) { return noKey(), nil }
 
 // bench is one run: its settings, its processes, what it has measured.
 type bench struct {
@@ -80,14 +81,14 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 		}
 	}
 	var answered atomic.Int64
-	spec := loadSpec{addr: env.addr, conns: b.cfg.connections, rate: ph.rate, gen: gen, answered: &answered}
-	win := newWindow(b.cfg.warmup, b.cfg.duration)
-	done := make(chan loadResult, 1)
-	go func() { done <- runLoad(ctx, spec, win) }()
+	spec := loadgen.Spec{Addr: env.addr, Conns: b.cfg.connections, Rate: ph.rate, Gen: gen, Answered: &answered}
+	win := loadgen.NewWindow(b.cfg.warmup, b.cfg.duration)
+	done := make(chan loadgen.Result, 1)
+	go func() { done <- loadgen.Run(ctx, spec, win) }()
 
-	pause(ctx, time.Until(win.start))
+	loadgen.Pause(ctx, time.Until(win.Start))
 	before, berr := b.sample(ctx, env, ext, &answered)
-	pause(ctx, time.Until(win.end))
+	loadgen.Pause(ctx, time.Until(win.End))
 	after, aerr := b.sample(ctx, env, ext, &answered)
 	res := <-done
 	if err := ctx.Err(); err != nil {
@@ -195,7 +196,7 @@ func (b *bench) redisCalls(ctx context.Context) (map[string]int64, error) {
 
 // replays stores scenario d's keys once, by sending each as a new request,
 // and returns a generator that cycles through them.
-func (b *bench) replays(ctx context.Context) (reqGen, error) {
+func (b *bench) replays(ctx context.Context) (loadgen.Gen, error) {
 	if b.replayPrefix == "" {
 		env, err := b.st.Envoy(ctx, envoyIdem)
 		if err != nil {
@@ -214,15 +215,15 @@ func (b *bench) replays(ctx context.Context) (reqGen, error) {
 // first connections (Envoy to the ext_proc server, idemproxy to Redis) and
 // Redis's script cache exist before the clock starts, and so that a path
 // that fails at all stops the run with a clear error.
-func warmPath(ctx context.Context, addr string, gen reqGen) error {
-	c := newHTTPConn(addr, requestTimeout)
-	defer c.close()
+func warmPath(ctx context.Context, addr string, gen loadgen.Gen) error {
+	c := loadgen.NewConn(addr, loadgen.RequestTimeout)
+	defer c.Close()
 	var buf []byte
 	for seq := range uint64(20) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		status, err := c.roundTrip(gen(buf[:0], 0, seq))
+		status, err := c.RoundTrip(gen(buf[:0], 0, seq))
 		if err == nil && (status < 200 || status > 299) {
 			err = fmt.Errorf("status %d", status)
 		}
@@ -240,12 +241,12 @@ func populate(ctx context.Context, addr, prefix string, n, conns int) error {
 	errs := make(chan error, conns)
 	for c := range conns {
 		wg.Go(func() {
-			hc := newHTTPConn(addr, requestTimeout)
-			defer hc.close()
+			hc := loadgen.NewConn(addr, loadgen.RequestTimeout)
+			defer hc.Close()
 			var buf []byte
 			for i := c; i < n && ctx.Err() == nil; i += conns {
 				buf = appendCharge(buf[:0], func(b []byte) []byte { return indexedKey(b, prefix, uint64(i)) })
-				status, err := hc.roundTrip(buf)
+				status, err := hc.RoundTrip(buf)
 				if err == nil && status != 200 {
 					err = fmt.Errorf("key %d: status %d", i, status)
 				}
