@@ -21,6 +21,8 @@ type Conn struct {
 	br      *bufio.Reader
 }
 
+// NewConn is a connection to addr, dialed on the first request; timeout
+// bounds each request.
 func NewConn(addr string, timeout time.Duration) *Conn {
 	return &Conn{addr: addr, timeout: timeout}
 }
@@ -59,6 +61,7 @@ func (c *Conn) RoundTrip(req []byte) (int, error) {
 	return status, nil
 }
 
+// Close closes the connection; the next request redials.
 func (c *Conn) Close() {
 	if c.nc != nil {
 		_ = c.nc.Close()

@@ -9,6 +9,7 @@ import (
 // Latencies are every recorded latency of a run, sorted.
 type Latencies []time.Duration
 
+// Sorted merges parts into one sorted Latencies.
 func Sorted(parts ...[]time.Duration) Latencies {
 	var n int
 	for _, p := range parts {
