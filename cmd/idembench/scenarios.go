@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -237,30 +236,14 @@ func warmPath(ctx context.Context, addr string, gen loadgen.Gen) error {
 // populate sends keys prefix0..prefix(n-1) once each over conns
 // connections; every one must succeed, so that later they all replay.
 func populate(ctx context.Context, addr, prefix string, n, conns int) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for c := range conns {
-		wg.Go(func() {
-			hc := loadgen.NewConn(addr, loadgen.RequestTimeout)
-			defer hc.Close()
-			var buf []byte
-			for i := c; i < n && ctx.Err() == nil; i += conns {
-				buf = appendCharge(buf[:0], func(b []byte) []byte { return indexedKey(b, prefix, uint64(i)) })
-				status, err := hc.RoundTrip(buf)
-				if err == nil && status != 200 {
-					err = fmt.Errorf("key %d: status %d", i, status)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err
+	res := loadgen.Run(ctx, loadgen.Spec{Addr: addr, Conns: conns, Gen: func(dst []byte, conn int, seq uint64) []byte {
+		if i := seq*uint64(conns) + uint64(conn); i < uint64(n) {
+			return appendCharge(dst, func(b []byte) []byte { return indexedKey(b, prefix, i) })
+		}
+		return nil
+	}}, loadgen.Counted())
+	if res.Errors > 0 || res.Statuses[200] != n {
+		return fmt.Errorf("%d keys: statuses %v, %d errors (first: %v)", n, res.Statuses, res.Errors, res.FirstErr)
 	}
 	return ctx.Err()
 }
