@@ -175,9 +175,7 @@ func requireNoLeftovers(t *testing.T, srv *Server, baseline int) {
 // and the reply to every message it consumed.
 func runFuzzStream(t *testing.T, srv *Server, store *fakeStore, st fuzzStreamSpec, n int) {
 	t.Helper()
-	store.mu.Lock()
-	store.fail = st.fail
-	store.mu.Unlock()
+	store.failWith(st.fail)
 	ctx := context.Background()
 	if st.md != nil {
 		ctx = metadata.NewIncomingContext(ctx, st.md)
@@ -226,13 +224,7 @@ type fuzzStream struct {
 
 func (f *fuzzStream) Recv() (*extprocv3.ProcessingRequest, error) {
 	if f.stealBefore[f.recvs] {
-		f.store.mu.Lock()
-		for _, e := range f.store.entries {
-			if e.rec == nil && !e.unknown {
-				e.token = "thief"
-			}
-		}
-		f.store.mu.Unlock()
+		f.store.stealAll()
 	}
 	f.recvs++
 	return f.fakeStream.Recv()

@@ -79,7 +79,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 	})
 	t.Run("a lost notice is made up for by the re-check", func(t *testing.T) {
 		store := newFakeStore()
-		store.mute = true
+		store.mute()
 		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))

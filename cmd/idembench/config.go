@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,11 +121,7 @@ func parseOnly(s string) (map[string]bool, error) {
 		if name == "" {
 			continue
 		}
-		known := false
-		for _, k := range allScenarios {
-			known = known || k == name
-		}
-		if !known {
+		if !slices.Contains(allScenarios, name) {
 			return nil, fmt.Errorf("--only: unknown scenario %q (known: %s)", name, strings.Join(allScenarios, ","))
 		}
 		set[name] = true

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
@@ -39,67 +40,48 @@ type dupResult struct {
 func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	const holding, perKey, conns = 20, 10, 4
 	r := dupResult{Holders: holding, Duplicates: holding * perKey, Statuses: map[string]int{}}
-	env, err := b.st.Envoy(ctx, envoyIdem)
-	if err != nil {
-		return r, err
-	}
-	idem, err := b.st.extProcFor(ctx, envoyIdem)
+	env, idem, err := b.st.servers(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
 	reqs := make([][]byte, holding)
 	for i := range reqs {
-		reqs[i] = slowRequest(b.nonce+"-dup-"+strconv.Itoa(i), "3s")
+		reqs[i] = slowRequest("", b.nonce+"-dup-"+strconv.Itoa(i), "3s")
 	}
-	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
-	if err != nil {
-		return r, err
-	}
-	h, err := startHolders(ctx, env.addr, reqs, 30*time.Second)
+	h, err := b.hold(ctx, env, idem, reqs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
 	// On the way out after an error, cut the originals; after success
 	// they have already finished and this changes nothing.
-	defer func() { h.cut(); h.wait() }()
-	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 10*time.Second,
-		func(v float64) bool { return v >= start+holding }); err != nil {
-		return r, err
-	}
+	defer func() { h.Cut(); h.Wait() }()
 	before, err := b.redisCalls(ctx)
 	if err != nil {
 		return r, err
 	}
-	res := runLoad(ctx, loadSpec{addr: env.addr, conns: conns, gen: func(dst []byte, c int, seq uint64) []byte {
+	res := loadgen.Run(ctx, loadgen.Spec{Addr: env.addr, Conns: conns, Gen: func(dst []byte, c int, seq uint64) []byte {
 		if seq >= perKey*holding/conns {
 			return nil
 		}
 		return append(dst, reqs[(int(seq)*conns+c)%holding]...)
-	}}, fixedCount())
+	}}, loadgen.Counted())
 	after, err := b.redisCalls(ctx)
 	if err != nil {
 		return r, err
 	}
-	held, herr := countStatuses(h.wait())
+	held, herr := loadgen.CountStatuses(h.Wait())
 	r.HolderNon200 = herr + r.Holders - held[200]
-	for s, n := range res.statuses {
+	for s, n := range res.Statuses {
 		r.Statuses[strconv.Itoa(s)] = n
 		if s != 409 {
 			r.Non409 += n
 		}
 	}
-	r.Errors = res.errors
-	r.P50ms, r.P99ms = ms(res.lat.percentile(50)), ms(res.lat.percentile(99))
+	r.Errors = res.Errors
+	r.P50ms, r.P99ms = ms(res.Lat.Percentile(50)), ms(res.Lat.Percentile(99))
 	r.Redis = classifyRedis(before, after)
-	r.RedisPerReq = float64(r.Redis.Requests) / float64(max(res.completed(), 1))
+	r.RedisPerReq = float64(r.Redis.Requests) / float64(max(res.Completed(), 1))
 	return r, b.st.alive()
-}
-
-// fixedCount is a window for runs whose generator ends them (returns nil):
-// everything counts, and the deadline is only a bound.
-func fixedCount() window {
-	now := time.Now()
-	return window{begin: now, start: now, end: now.Add(time.Minute)}
 }
 
 // holdResult is scenario (f): many slow requests in flight at once.
@@ -128,11 +110,7 @@ type holdResult struct {
 func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r := holdResult{InFlight: b.cfg.inFlight, ExpectedPerSec: float64(b.cfg.inFlight) / holdHeartbeat.Seconds(),
 		HeartbeatSeconds: holdHeartbeat.Seconds()}
-	env, err := b.st.Envoy(ctx, envoyHold)
-	if err != nil {
-		return r, err
-	}
-	idem, err := b.st.extProcFor(ctx, envoyHold)
+	env, idem, err := b.st.servers(ctx, envoyHold)
 	if err != nil {
 		return r, err
 	}
@@ -145,31 +123,23 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 		return r, err
 	}
 	_ = testenv.ResetPeakRSS(idem.Pid())
-	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
-	if err != nil {
-		return r, err
-	}
 	reqs := make([][]byte, b.cfg.inFlight)
 	for i := range reqs {
-		reqs[i] = slowRequest(b.nonce+"-hold-"+strconv.Itoa(i), "50s")
+		reqs[i] = slowRequest("", b.nonce+"-hold-"+strconv.Itoa(i), "50s")
 	}
 	t0 := time.Now()
-	h, err := startHolders(ctx, env.addr, reqs, time.Minute)
+	h, err := b.hold(ctx, env, idem, reqs, time.Minute, 30*time.Second)
 	if err != nil {
 		return r, err
 	}
-	defer func() { h.cut(); h.wait() }()
-	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 30*time.Second,
-		func(v float64) bool { return v >= start+float64(b.cfg.inFlight) }); err != nil {
-		return r, err
-	}
+	defer func() { h.Cut(); h.Wait() }()
 	r.RampSeconds = time.Since(t0).Seconds()
-	pause(ctx, b.cfg.warmup) // let the heartbeats spread out
+	loadgen.Pause(ctx, b.cfg.warmup) // let the heartbeats spread out
 	before, err := b.sample(ctx, env, idem, nil)
 	if err != nil {
 		return r, err
 	}
-	pause(ctx, b.cfg.duration)
+	loadgen.Pause(ctx, b.cfg.duration)
 	after, err := b.sample(ctx, env, idem, nil)
 	if err != nil {
 		return r, err
@@ -186,8 +156,8 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r.MetricRenewals = (after.metrics["renewals"] - before.metrics["renewals"]) / wall
 	r.ServerCores = (after.cpu["server"] - before.cpu["server"]).Seconds() / wall
 
-	h.cut()
-	byStatus, _ := countStatuses(h.wait())
+	h.Cut()
+	byStatus, _ := loadgen.CountStatuses(h.Wait())
 	for _, n := range byStatus {
 		r.AnsweredEarly += n
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 )
 
 // keyServer answers 200 and records every idempotency key it sees.
@@ -33,11 +35,11 @@ func TestRunLoad(t *testing.T) {
 	t.Run("closed loop: every key is new and every response is counted", func(t *testing.T) {
 		srv, keys := keyServer(t)
 		var answered atomic.Int64
-		res := runLoad(t.Context(), loadSpec{addr: srv.Listener.Addr().String(), conns: 4,
-			gen: newKeys("k-"), answered: &answered}, newWindow(50*time.Millisecond, 200*time.Millisecond))
-		require.Zero(t, res.errors)
-		require.Positive(t, res.completed())
-		require.Equal(t, map[int]int{200: res.completed()}, res.statuses)
+		res := loadgen.Run(t.Context(), loadgen.Spec{Addr: srv.Listener.Addr().String(), Conns: 4,
+			Gen: newKeys("k-"), Answered: &answered}, loadgen.NewWindow(50*time.Millisecond, 200*time.Millisecond))
+		require.Zero(t, res.Errors)
+		require.Positive(t, res.Completed())
+		require.Equal(t, map[int]int{200: res.Completed()}, res.Statuses)
 		seen := keys()
 		require.EqualValues(t, answered.Load(), len(seen), "one key per request")
 		for k, n := range seen {
@@ -48,11 +50,11 @@ func TestRunLoad(t *testing.T) {
 	t.Run("open loop sends one request per slot of the window", func(t *testing.T) {
 		srv, _ := keyServer(t)
 		// 200/s over 250 ms: slots 20..69 of the run fall in the window.
-		res := runLoad(t.Context(), loadSpec{addr: srv.Listener.Addr().String(), conns: 4, rate: 200,
-			gen: noKey()}, newWindow(100*time.Millisecond, 250*time.Millisecond))
-		require.Zero(t, res.errors)
-		require.InDelta(t, 50, res.completed(), 1)
-		require.Len(t, res.lag, res.completed()-res.behind)
+		res := loadgen.Run(t.Context(), loadgen.Spec{Addr: srv.Listener.Addr().String(), Conns: 4, Rate: 200,
+			Gen: noKey()}, loadgen.NewWindow(100*time.Millisecond, 250*time.Millisecond))
+		require.Zero(t, res.Errors)
+		require.InDelta(t, 50, res.Completed(), 1)
+		require.Len(t, res.Lag, res.Completed()-res.Behind)
 	})
 
 	t.Run("cycled keys repeat in turn across connections", func(t *testing.T) {
@@ -60,9 +62,9 @@ func TestRunLoad(t *testing.T) {
 		gen := cycledKeys("r-", 5, 2)
 		for seq := range uint64(5) {
 			for conn := range 2 {
-				c := newHTTPConn(srv.Listener.Addr().String(), time.Second)
-				_, err := c.roundTrip(gen(nil, conn, seq))
-				c.close()
+				c := loadgen.NewConn(srv.Listener.Addr().String(), time.Second)
+				_, err := c.RoundTrip(gen(nil, conn, seq))
+				c.Close()
 				require.NoError(t, err)
 			}
 		}

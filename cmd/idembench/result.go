@@ -3,6 +3,8 @@ package main
 import (
 	"strconv"
 	"time"
+
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 )
 
 // phaseResult is one row of the table.
@@ -47,29 +49,29 @@ type phaseResult struct {
 	Decisions      map[string]float64 `json:"idemproxy_decisions,omitempty"`
 }
 
-func newPhaseResult(ph phase, cfg config, res loadResult, before, after sample, peakKiB int64) phaseResult {
+func newPhaseResult(ph phase, cfg config, res loadgen.Result, before, after sample, peakKiB int64) phaseResult {
 	wall := after.at.Sub(before.at)
 	r := phaseResult{
 		Scenario: ph.sc.id, Title: ph.sc.title, Load: "saturation", TargetRate: ph.rate,
 		Connections: cfg.connections, Seconds: cfg.duration.Seconds(),
-		Requests: res.completed(), Statuses: map[string]int{}, Errors: res.errors,
-		P50ms: ms(res.lat.percentile(50)), P99ms: ms(res.lat.percentile(99)), P999ms: ms(res.lat.percentile(99.9)),
+		Requests: res.Completed(), Statuses: map[string]int{}, Errors: res.Errors,
+		P50ms: ms(res.Lat.Percentile(50)), P99ms: ms(res.Lat.Percentile(99)), P999ms: ms(res.Lat.Percentile(99.9)),
 		ServerCPUPer1k: -1, ServerPeakRSSKiB: peakKiB, CPUPer1k: map[string]float64{},
 		ExtProcStreams: after.streams - before.streams,
 	}
 	if ph.rate > 0 {
 		r.Load = "fixed"
-		r.LagP99ms, r.Behind = ms(res.lag.percentile(99)), res.behind
+		r.LagP99ms, r.Behind = ms(res.Lag.Percentile(99)), res.Behind
 	}
 	r.RPS = float64(r.Requests) / cfg.duration.Seconds()
-	for s, n := range res.statuses {
+	for s, n := range res.Statuses {
 		r.Statuses[strconv.Itoa(s)] = n
 		if s < 200 || s > 299 {
 			r.Non2xx += n
 		}
 	}
-	if res.firstErr != nil {
-		r.FirstError = res.firstErr.Error()
+	if res.FirstErr != nil {
+		r.FirstError = res.FirstErr.Error()
 	}
 	// Per-request figures divide by the responses between the two samples,
 	// read at the same moments as the servers' counters.

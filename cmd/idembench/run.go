@@ -32,18 +32,20 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			return nil, err
 		}
 	}
-	var selected []scenario
+	var selected, low []scenario
 	for _, sc := range loadScenarios {
 		if b.cfg.only[sc.id] {
 			selected = append(selected, sc)
 		}
-	}
-	for _, sc := range selected {
-		res, err := b.phase(ctx, phase{sc: sc, label: "sat"})
-		if err != nil {
-			return nil, err
+		// The added latency where nothing queues: (b), (c) and the floor
+		// (m) at a low rate.
+		if b.cfg.only[sc.id] && (sc.id == "b" || sc.id == "c" || sc.id == "m") {
+			low = append(low, sc)
 		}
-		rep.Saturation = append(rep.Saturation, res)
+	}
+	var err error
+	if rep.Saturation, err = b.phases(ctx, selected, "sat", func(scenario) float64 { return 0 }); err != nil {
+		return nil, err
 	}
 	rep.Rate, rep.RateSource = b.cfg.rate, "--rate"
 	if rep.Rate == 0 {
@@ -52,57 +54,54 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			rep.Rate, rep.RateSource = r.RPS/2, "half of b's saturation throughput"
 		}
 	}
-	for _, sc := range selected {
-		rate := rep.Rate
-		if rate == 0 {
-			rate = rep.find(rep.Saturation, sc.id).RPS / 2
+	if rep.Fixed, err = b.phases(ctx, selected, "fixed", func(sc scenario) float64 {
+		if rep.Rate == 0 {
+			return max(rep.find(rep.Saturation, sc.id).RPS/2, 1)
 		}
-		res, err := b.phase(ctx, phase{sc: sc, label: "fixed", rate: max(rate, 1)})
-		if err != nil {
-			return nil, err
-		}
-		rep.Fixed = append(rep.Fixed, res)
+		return max(rep.Rate, 1)
+	}); err != nil {
+		return nil, err
 	}
-	// The added latency where nothing queues: (b), (c) and the floor (m) at
-	// a low rate.
-	for _, sc := range selected {
-		if sc.id != "b" && sc.id != "c" && sc.id != "m" {
+	if rep.Low, err = b.phases(ctx, low, "low", func(scenario) float64 { return lowRate }); err != nil {
+		return nil, err
+	}
+	for _, x := range []struct {
+		id, what string
+		run      func() error
+	}{
+		{"dup", "duplicates of in-flight keys", func() (err error) { rep.Dup, err = ref(b.runDuplicates(ctx)); return err }},
+		{"wait", "duplicates of in-flight keys on a route that waits", func() (err error) { rep.Wait, err = ref(b.runWait(ctx)); return err }},
+		{"f", fmt.Sprintf("%d slow requests in flight", b.cfg.inFlight), func() (err error) { rep.Hold, err = ref(b.runHold(ctx)); return err }},
+	} {
+		if !b.cfg.only[x.id] {
 			continue
 		}
-		res, err := b.phase(ctx, phase{sc: sc, label: "low", rate: lowRate})
-		if err != nil {
-			return nil, err
+		fmt.Fprintf(b.progress, "==> %s: %s\n", x.id, x.what)
+		if err := x.run(); err != nil {
+			return nil, fmt.Errorf("%s: %w", x.id, err)
 		}
-		rep.Low = append(rep.Low, res)
-	}
-	if b.cfg.only["dup"] {
-		fmt.Fprintln(b.progress, "==> dup: duplicates of in-flight keys")
-		d, err := b.runDuplicates(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("dup: %w", err)
-		}
-		rep.Dup = &d
-	}
-	if b.cfg.only["wait"] {
-		fmt.Fprintln(b.progress, "==> wait: duplicates of in-flight keys on a route that waits")
-		w, err := b.runWait(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("wait: %w", err)
-		}
-		rep.Wait = &w
-	}
-	if b.cfg.only["f"] {
-		fmt.Fprintf(b.progress, "==> f: %d slow requests in flight\n", b.cfg.inFlight)
-		h, err := b.runHold(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("f: %w", err)
-		}
-		rep.Hold = &h
 	}
 	rep.Finished = time.Now()
 	rep.Goals = rep.goals()
 	return rep, nil
 }
+
+// phases runs label's phase of each scenario, at the rate rate gives it
+// (0: saturation).
+func (b *bench) phases(ctx context.Context, scs []scenario, label string, rate func(scenario) float64) ([]phaseResult, error) {
+	var out []phaseResult
+	for _, sc := range scs {
+		res, err := b.phase(ctx, phase{sc: sc, label: label, rate: rate(sc)})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// ref is a result by reference, for the report's optional sections.
+func ref[T any](v T, err error) (*T, error) { return &v, err }
 
 // phase runs one phase with a progress line before and after.
 func (b *bench) phase(ctx context.Context, ph phase) (phaseResult, error) {

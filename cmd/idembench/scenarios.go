@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
@@ -18,27 +18,27 @@ type scenario struct {
 	envoy     envoyKind
 	// gen builds the scenario's requests for one run; label makes keys
 	// unique to that run.
-	gen func(ctx context.Context, b *bench, label string) (reqGen, error)
+	gen func(ctx context.Context, b *bench, label string) (loadgen.Gen, error)
 }
 
 // loadScenarios are the scenarios measured at saturation and at the fixed
 // rate; dup and f have their own shapes (holdscenario.go).
 var loadScenarios = []scenario{
-	{id: "a", title: "Envoy -> backend, no ext_proc filter", envoy: envoyBare,
-		gen: func(context.Context, *bench, string) (reqGen, error) { return noKey(), nil }},
-	{id: "b", title: "Envoy + null ext_proc server, new keys", envoy: envoyNull,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
-	{id: "c", title: "Envoy + idemproxy, new key each", envoy: envoyIdem,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
-	{id: "m", title: "Envoy + idemproxy over memory, new keys", envoy: envoyMem,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
-	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable,
-		gen: func(_ context.Context, b *bench, label string) (reqGen, error) { return newKeys(b.nonce + label), nil }},
+	{id: "a", title: "Envoy -> backend, no ext_proc filter", envoy: envoyBare, gen: unkeyed},
+	{id: "b", title: "Envoy + null ext_proc server, new keys", envoy: envoyNull, gen: keyed},
+	{id: "c", title: "Envoy + idemproxy, new key each", envoy: envoyIdem, gen: keyed},
+	{id: "m", title: "Envoy + idemproxy over memory, new keys", envoy: envoyMem, gen: keyed},
+	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable, gen: keyed},
 	{id: "d", title: "Envoy + idemproxy, replays", envoy: envoyIdem,
-		gen: func(ctx context.Context, b *bench, _ string) (reqGen, error) { return b.replays(ctx) }},
-	{id: "e", title: "Envoy + idemproxy, no key", envoy: envoyIdem,
-		gen: func(context.Context, *bench, string) (reqGen, error) { return noKey(), nil }},
+		gen: func(ctx context.Context, b *bench, _ string) (loadgen.Gen, error) { return b.replays(ctx) }},
+	{id: "e", title: "Envoy + idemproxy, no key", envoy: envoyIdem, gen: unkeyed},
 }
+
+// keyed sends a new key with every request; unkeyed sends none.
+func keyed(_ context.Context, b *bench, label string) (loadgen.Gen, error) {
+	return newKeys(b.nonce + label), nil
+}
+func unkeyed(context.Context, *bench, string) (loadgen.Gen, error) { return noKey(), nil }
 
 // bench is one run: its settings, its processes, what it has measured.
 type bench struct {
@@ -59,11 +59,7 @@ type phase struct {
 
 // runPhase drives one phase and measures it.
 func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
-	env, err := b.st.Envoy(ctx, ph.sc.envoy)
-	if err != nil {
-		return phaseResult{}, err
-	}
-	ext, err := b.st.extProcFor(ctx, ph.sc.envoy)
+	env, ext, err := b.st.servers(ctx, ph.sc.envoy)
 	if err != nil {
 		return phaseResult{}, err
 	}
@@ -84,14 +80,14 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 		}
 	}
 	var answered atomic.Int64
-	spec := loadSpec{addr: env.addr, conns: b.cfg.connections, rate: ph.rate, gen: gen, answered: &answered}
-	win := newWindow(b.cfg.warmup, b.cfg.duration)
-	done := make(chan loadResult, 1)
-	go func() { done <- runLoad(ctx, spec, win) }()
+	spec := loadgen.Spec{Addr: env.addr, Conns: b.cfg.connections, Rate: ph.rate, Gen: gen, Answered: &answered}
+	win := loadgen.NewWindow(b.cfg.warmup, b.cfg.duration)
+	done := make(chan loadgen.Result, 1)
+	go func() { done <- loadgen.Run(ctx, spec, win) }()
 
-	pause(ctx, time.Until(win.start))
+	loadgen.Pause(ctx, time.Until(win.Start))
 	before, berr := b.sample(ctx, env, ext, &answered)
-	pause(ctx, time.Until(win.end))
+	loadgen.Pause(ctx, time.Until(win.End))
 	after, aerr := b.sample(ctx, env, ext, &answered)
 	res := <-done
 	if err := ctx.Err(); err != nil {
@@ -199,7 +195,7 @@ func (b *bench) redisCalls(ctx context.Context) (map[string]int64, error) {
 
 // replays stores scenario d's keys once, by sending each as a new request,
 // and returns a generator that cycles through them.
-func (b *bench) replays(ctx context.Context) (reqGen, error) {
+func (b *bench) replays(ctx context.Context) (loadgen.Gen, error) {
 	if b.replayPrefix == "" {
 		env, err := b.st.Envoy(ctx, envoyIdem)
 		if err != nil {
@@ -218,15 +214,15 @@ func (b *bench) replays(ctx context.Context) (reqGen, error) {
 // first connections (Envoy to the ext_proc server, idemproxy to Redis) and
 // Redis's script cache exist before the clock starts, and so that a path
 // that fails at all stops the run with a clear error.
-func warmPath(ctx context.Context, addr string, gen reqGen) error {
-	c := newHTTPConn(addr, requestTimeout)
-	defer c.close()
+func warmPath(ctx context.Context, addr string, gen loadgen.Gen) error {
+	c := loadgen.NewConn(addr, loadgen.RequestTimeout)
+	defer c.Close()
 	var buf []byte
 	for seq := range uint64(20) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		status, err := c.roundTrip(gen(buf[:0], 0, seq))
+		status, err := c.RoundTrip(gen(buf[:0], 0, seq))
 		if err == nil && (status < 200 || status > 299) {
 			err = fmt.Errorf("status %d", status)
 		}
@@ -240,30 +236,14 @@ func warmPath(ctx context.Context, addr string, gen reqGen) error {
 // populate sends keys prefix0..prefix(n-1) once each over conns
 // connections; every one must succeed, so that later they all replay.
 func populate(ctx context.Context, addr, prefix string, n, conns int) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for c := range conns {
-		wg.Go(func() {
-			hc := newHTTPConn(addr, requestTimeout)
-			defer hc.close()
-			var buf []byte
-			for i := c; i < n && ctx.Err() == nil; i += conns {
-				buf = appendCharge(buf[:0], func(b []byte) []byte { return indexedKey(b, prefix, uint64(i)) })
-				status, err := hc.roundTrip(buf)
-				if err == nil && status != 200 {
-					err = fmt.Errorf("key %d: status %d", i, status)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err
+	res := loadgen.Run(ctx, loadgen.Spec{Addr: addr, Conns: conns, Gen: func(dst []byte, conn int, seq uint64) []byte {
+		if i := seq*uint64(conns) + uint64(conn); i < uint64(n) {
+			return appendCharge(dst, func(b []byte) []byte { return indexedKey(b, prefix, i) })
+		}
+		return nil
+	}}, loadgen.Counted())
+	if res.Errors > 0 || res.Statuses[200] != n {
+		return fmt.Errorf("%d keys: statuses %v, %d errors (first: %v)", n, res.Statuses, res.Errors, res.FirstErr)
 	}
 	return ctx.Err()
 }

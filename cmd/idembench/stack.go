@@ -87,13 +87,9 @@ func (s *stack) close() {
 	}
 }
 
-// start starts a child with its output in logDir/name.log.
-func (s *stack) start(name, bin string, args ...string) (*testenv.Process, error) {
-	return s.startEnv(name, bin, nil, args...)
-}
-
-// startEnv is start with env (NAME=value) added to the child's environment.
-func (s *stack) startEnv(name, bin string, env []string, args ...string) (*testenv.Process, error) {
+// start starts a child with env (NAME=value) added to its environment and
+// its output in logDir/name.log.
+func (s *stack) start(name, bin string, env []string, args ...string) (*testenv.Process, error) {
 	p, err := s.spawn(testenv.Command{Name: name, Path: bin, Args: args, Env: env})
 	if err != nil {
 		return nil, err
@@ -137,7 +133,7 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start("backend", s.cfg.bins.backend, "--addr", addr)
+	p, err := s.start("backend", s.cfg.bins.backend, nil, "--addr", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +169,7 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
 		"--redis-url", rs.URL(), "--shutdown-grace", "2s", "--auth-token-file", tokenFile}, extra...)
-	p, err := s.startEnv(name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args...)
+	p, err := s.start(name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -185,35 +181,16 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	return srv, nil
 }
 
-// Null starts the null ext_proc server: idembench itself, in a separate
-// process so its CPU and memory are measured like idemproxy's.
-func (s *stack) Null(ctx context.Context) (*server, error) {
-	if s.null == nil {
-		srv, err := s.selfServer(ctx, "null-server", nullServerCommand)
-		if err != nil {
-			return nil, err
-		}
-		s.null = srv
+// selfServer runs idembench's own command as a gRPC server, in a process
+// of its own so its CPU and memory are measured like idemproxy's, and
+// waits until it accepts connections; *srv keeps it for the next caller.
+// The commands: the null ext_proc server (b), idemproxy's processor over
+// memory (m).
+func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*server, error) {
+	if *srv != nil {
+		return *srv, nil
 	}
-	return s.null, nil
-}
-
-// Memory starts idemproxy's processor over an in-memory store (m): also
-// idembench itself, in a process of its own.
-func (s *stack) Memory(ctx context.Context) (*server, error) {
-	if s.memory == nil {
-		srv, err := s.selfServer(ctx, "memory-server", memoryServerCommand)
-		if err != nil {
-			return nil, err
-		}
-		s.memory = srv
-	}
-	return s.memory, nil
-}
-
-// selfServer runs idembench's own command as a gRPC server and waits until
-// it accepts connections.
-func (s *stack) selfServer(ctx context.Context, name, command string) (*server, error) {
+	name := command
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("%s: own executable: %w", name, err)
@@ -222,7 +199,7 @@ func (s *stack) selfServer(ctx context.Context, name, command string) (*server, 
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start(name, exe, command, "--addr", addr)
+	p, err := s.start(name, exe, nil, command, "--addr", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +214,8 @@ func (s *stack) selfServer(ctx context.Context, name, command string) (*server, 
 	if err := p.WaitReady(ctx, readyTimeout, dial); err != nil {
 		return nil, err
 	}
-	return &server{Process: p, addr: addr}, nil
+	*srv = &server{Process: p, addr: addr}
+	return *srv, nil
 }
 
 // extProcFor starts the ext_proc server an Envoy kind calls, if any.
@@ -246,9 +224,9 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 	case envoyBare:
 		return nil, nil
 	case envoyNull:
-		return s.Null(ctx)
+		return s.selfServer(ctx, &s.null, nullServerCommand)
 	case envoyMem:
-		return s.Memory(ctx)
+		return s.selfServer(ctx, &s.memory, memoryServerCommand)
 	case envoyIdem:
 		return s.Idemproxy(ctx, "idemproxy")
 	case envoyDurable:
@@ -302,6 +280,16 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", listener), admin: admin}
 	s.envoys[kind] = srv
 	return srv, nil
+}
+
+// servers starts kind's Envoy and returns it with the ext_proc server
+// behind it (nil for envoyBare).
+func (s *stack) servers(ctx context.Context, kind envoyKind) (env, ext *server, err error) {
+	if env, err = s.Envoy(ctx, kind); err != nil {
+		return nil, nil, err
+	}
+	ext, err = s.extProcFor(ctx, kind)
+	return env, ext, err
 }
 
 // alive fails when a child the run depends on has died.

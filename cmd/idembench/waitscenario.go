@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
@@ -48,41 +49,29 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	// 1,000 waiters: idemproxy's default --max-waiters.
 	const keys, perKey, delay = 20, 50, "2s"
 	r := waitResult{Keys: keys, PerKey: perKey, Delay: delay, Waiters: keys * perKey, Statuses: map[string]int{}}
-	env, err := b.st.Envoy(ctx, envoyIdem)
-	if err != nil {
-		return r, err
-	}
-	idem, err := b.st.extProcFor(ctx, envoyIdem)
+	env, idem, err := b.st.servers(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
 	metrics := "http://" + idem.admin + "/metrics"
 	// Prime: Redis loads the scripts now, so no NOSCRIPT retry of the
 	// originals' concurrent completions is counted.
-	p, err := startHolders(ctx, env.addr, [][]byte{slowRequestAt("/wait", b.nonce+"-wait-prime", "0s")}, 10*time.Second)
+	p, err := loadgen.Hold(ctx, env.addr, [][]byte{slowRequest("/wait", b.nonce+"-wait-prime", "0s")}, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
-	if st, _ := countStatuses(p.wait()); st[200] != 1 {
+	if st, _ := loadgen.CountStatuses(p.Wait()); st[200] != 1 {
 		return r, fmt.Errorf("priming request: %v", st)
 	}
 	origs := make([][]byte, keys)
 	for i := range origs {
-		origs[i] = slowRequestAt("/wait", b.nonce+"-wait-"+strconv.Itoa(i), delay)
+		origs[i] = slowRequest("/wait", b.nonce+"-wait-"+strconv.Itoa(i), delay)
 	}
-	start, err := testenv.ReadMetric(ctx, b.st.http, metrics, acquiredSeries)
+	h, err := b.hold(ctx, env, idem, origs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
-	h, err := startHolders(ctx, env.addr, origs, 30*time.Second)
-	if err != nil {
-		return r, err
-	}
-	defer func() { h.cut(); h.wait() }()
-	if err := b.waitMetric(ctx, idem.admin, acquiredSeries, 10*time.Second,
-		func(v float64) bool { return v >= start+keys }); err != nil {
-		return r, err
-	}
+	defer func() { h.Cut(); h.Wait() }()
 	replayed0, err := testenv.ReadMetric(ctx, b.st.http, metrics, waitReplayedSeries)
 	if err != nil {
 		return r, err
@@ -96,26 +85,26 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	for i := range dups {
 		dups[i] = origs[i%keys]
 	}
-	w, err := startHolders(ctx, env.addr, dups, 30*time.Second)
+	w, err := loadgen.Hold(ctx, env.addr, dups, 30*time.Second)
 	if err != nil {
 		return r, err
 	}
-	origStatus := h.wait()
-	dupStatus := w.wait()
+	origStatus := h.Wait()
+	dupStatus := w.Wait()
 	after, err := b.sample(ctx, env, idem, nil)
 	if err != nil {
 		return r, err
 	}
-	byStatus, errs := countStatuses(origStatus)
+	byStatus, errs := loadgen.CountStatuses(origStatus)
 	r.OriginalsNon200 = errs + keys - byStatus[200]
-	byStatus, r.Errors = countStatuses(dupStatus)
+	byStatus, r.Errors = loadgen.CountStatuses(dupStatus)
 	for s, n := range byStatus {
 		r.Statuses[strconv.Itoa(s)] = n
 	}
 	var after0 []time.Duration
 	for i, s := range dupStatus {
 		if s > 0 && origStatus[i%keys] > 0 {
-			after0 = append(after0, w.ended[i].Sub(h.ended[i%keys]))
+			after0 = append(after0, w.Ended[i].Sub(h.Ended[i%keys]))
 		}
 	}
 	if len(after0) > 0 {

@@ -1,12 +1,11 @@
 // Package storetest is the Store conformance suite: one table of behaviours
-// that every implementation of the processor's Store must show. It runs
-// against redisstore on a real Redis and against the processor's in-memory
-// fake, so the fake the processor's tests trust cannot drift from the real
-// store.
+// that every implementation of processor.Store must show. It runs against
+// redisstore on a real Redis and against internal/memstore, the in-memory
+// store the processor's tests and idembench run on, so the store they trust
+// cannot drift from the real one.
 package storetest
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"testing"
@@ -15,23 +14,17 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
+	"github.com/idemproxy/idemproxy/processor"
 )
 
-// Store is the method set under test; it mirrors processor.Store, which
-// this package cannot import (the store's tests would then build gRPC).
-type Store interface {
-	Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error)
-	Peek(ctx context.Context, key string) (idem.Acquisition, error)
-	Renew(ctx context.Context, key, token string, lease idem.Lease) error
-	Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error
-	Release(ctx context.Context, key, token string) error
-	Abandon(ctx context.Context, key, token string, hold time.Duration) error
-}
-
 // Subject is one fresh, empty store and the way to let time pass for it:
-// a real sleep for a real store, a clock step for a fake.
+// a real sleep for a real store, a clock step for one in memory.
 type Subject struct {
-	Store Store
+	// Store is the interface as its consumer declares it: the suite tests
+	// processor.Store itself, not a copy that could drift from it. (The
+	// processor's own tests therefore cannot import this package: they run
+	// on internal/memstore, which it covers.)
+	Store processor.Store
 	Wait  func(d time.Duration)
 }
 
@@ -80,7 +73,7 @@ func claim(t *testing.T, fp string, l idem.Lease) idem.Claim {
 }
 
 // grant acquires key for a new owner and returns its token and fence.
-func grant(t *testing.T, s Store, key, fp string, l idem.Lease) (string, int64) {
+func grant(t *testing.T, s processor.Store, key, fp string, l idem.Lease) (string, int64) {
 	t.Helper()
 	c := claim(t, fp, l)
 	acq, err := s.Acquire(t.Context(), key, c)
@@ -91,7 +84,7 @@ func grant(t *testing.T, s Store, key, fp string, l idem.Lease) (string, int64) 
 }
 
 // look acquires key for a stranger and returns what it found.
-func look(t *testing.T, s Store, key, fp string, l idem.Lease) idem.Acquisition {
+func look(t *testing.T, s processor.Store, key, fp string, l idem.Lease) idem.Acquisition {
 	t.Helper()
 	acq, err := s.Acquire(t.Context(), key, claim(t, fp, l))
 	require.NoError(t, err)

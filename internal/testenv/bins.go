@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // EnvoyVersion is the Envoy the tests, the demo, the benchmark and the
@@ -128,15 +127,15 @@ func firstLine(out []byte, err error) string {
 // or another program. Every wrapper here that finds or starts one calls it,
 // so `go test -short ./...` is the inner loop without them. CI never
 // passes -short, so nothing is skipped there.
-func NeedsBinaries(t testing.TB) {
+func NeedsBinaries(t TB) {
 	t.Helper()
-	if testing.Short() {
+	if short() {
 		t.Skip("-short: needs real binaries (Envoy, Redis)")
 	}
 }
 
 // EnvoyBin is FindEnvoy for a test (skipped under -short).
-func EnvoyBin(t testing.TB) string {
+func EnvoyBin(t TB) string {
 	t.Helper()
 	NeedsBinaries(t)
 	bin, err := FindEnvoy()
@@ -147,7 +146,7 @@ func EnvoyBin(t testing.TB) string {
 }
 
 // RedisServerBin is FindRedisServer for a test (skipped under -short).
-func RedisServerBin(t testing.TB) string {
+func RedisServerBin(t TB) string {
 	t.Helper()
 	NeedsBinaries(t)
 	bin, err := FindRedisServer()

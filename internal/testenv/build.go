@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"testing"
 )
 
 // GoBuild builds pkgs into dir (with the race detector if race), from the
@@ -24,7 +23,7 @@ func GoBuild(moduleDir, dir string, race bool, pkgs ...string) error {
 
 // BuildBinaries is GoBuild into a temp dir for a test (skipped under
 // -short), returning the dir.
-func BuildBinaries(t testing.TB, race bool, pkgs ...string) string {
+func BuildBinaries(t TB, race bool, pkgs ...string) string {
 	t.Helper()
 	NeedsBinaries(t)
 	dir := t.TempDir()

@@ -6,8 +6,9 @@
 // ports, and readings of Prometheus metrics, Envoy admin stats and /proc.
 //
 // Every operation has an error-returning core, usable from a binary
-// (cmd/idembench), and most have a thin wrapper taking a testing.TB first,
-// which fails the test with the core's error and stops what it started in
+// (cmd/idembench), and most have a thin wrapper taking a TB (the part of
+// testing.TB they use: idembench links no testing package) first, which
+// fails the test with the core's error and stops what it started in
 // t.Cleanup. The wrappers call t.FailNow, so, like require, they may only
 // run on the test's own goroutine; a goroutine in a test uses the core
 // function and reports its error on a channel (see Receive).

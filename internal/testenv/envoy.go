@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -68,7 +67,7 @@ func EnvoyOnFreePorts(ctx context.Context, start func(Command) (*Process, error)
 
 // StartEnvoyOnFreePorts is EnvoyOnFreePorts for one test (Start, log level
 // warn); render writes the config for the two ports.
-func StartEnvoyOnFreePorts(t testing.TB, bin string, render func(listener, admin int) string) (p *Process, listener, admin int) {
+func StartEnvoyOnFreePorts(t TB, bin string, render func(listener, admin int) string) (p *Process, listener, admin int) {
 	t.Helper()
 	p, listener, admin, err := EnvoyOnFreePorts(t.Context(), func(c Command) (*Process, error) { return Start(t, c), nil },
 		"envoy", bin, "warn", func(l, a int) (string, error) { return render(l, a), nil })
@@ -91,7 +90,7 @@ func ValidateEnvoyConfig(bin, path string) error {
 }
 
 // ValidateEnvoy is ValidateEnvoyConfig for a test.
-func ValidateEnvoy(t testing.TB, bin, path string) {
+func ValidateEnvoy(t TB, bin, path string) {
 	t.Helper()
 	if err := ValidateEnvoyConfig(bin, path); err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -121,7 +120,7 @@ func EnvoyCounter(ctx context.Context, c *http.Client, adminAddr, name string) (
 }
 
 // EnvoyStat is EnvoyCounter for a test.
-func EnvoyStat(t testing.TB, adminAddr, name string) int {
+func EnvoyStat(t TB, adminAddr, name string) int {
 	t.Helper()
 	n, err := EnvoyCounter(t.Context(), http.DefaultClient, adminAddr, name)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 )
 
 // The markers below are text of the shipped envoy/envoy.yaml. Each must
@@ -124,7 +123,7 @@ func RenderEnvoyFile(src string, c EnvoyConfig, dir, name string) (string, error
 }
 
 // WriteEnvoyConfig is RenderEnvoyFile into the test's temp dir.
-func WriteEnvoyConfig(t testing.TB, src string, c EnvoyConfig) string {
+func WriteEnvoyConfig(t TB, src string, c EnvoyConfig) string {
 	t.Helper()
 	path, err := RenderEnvoyFile(src, c, t.TempDir(), "envoy.yaml")
 	if err != nil {

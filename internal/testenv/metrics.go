@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/http"
 	"strings"
-	"testing"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -114,7 +113,7 @@ func ReadMetric(ctx context.Context, c *http.Client, url, series string) (float6
 }
 
 // Metric is ReadMetric for a test.
-func Metric(t testing.TB, url, series string) float64 {
+func Metric(t TB, url, series string) float64 {
 	t.Helper()
 	v, err := ReadMetric(t.Context(), http.DefaultClient, url, series)
 	if err != nil {
@@ -124,7 +123,7 @@ func Metric(t testing.TB, url, series string) float64 {
 }
 
 // MetricSum sums one family from a /metrics URL for a test.
-func MetricSum(t testing.TB, url, family string) float64 {
+func MetricSum(t TB, url, family string) float64 {
 	t.Helper()
 	m, err := ScrapeMetrics(t.Context(), http.DefaultClient, url)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"testing"
 )
 
 // FreePort asks the kernel for a loopback port that was free a moment ago.
@@ -29,7 +28,7 @@ func FreeAddr() (string, error) {
 }
 
 // Port is FreePort for a test.
-func Port(t testing.TB) int {
+func Port(t TB) int {
 	t.Helper()
 	port, err := FreePort()
 	if err != nil {
@@ -39,7 +38,7 @@ func Port(t testing.TB) int {
 }
 
 // Addr is FreeAddr for a test.
-func Addr(t testing.TB) string {
+func Addr(t TB) string {
 	t.Helper()
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(Port(t)))
 }

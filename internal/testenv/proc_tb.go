@@ -2,13 +2,12 @@ package testenv
 
 import (
 	"strings"
-	"testing"
 )
 
 // Start starts c for one test and stops it in t.Cleanup (SIGTERM,
 // StopGrace, then SIGKILL). When the test failed, the child's output is
 // printed; a child built with -race that reported a data race fails it.
-func Start(t testing.TB, c Command) *Process {
+func Start(t TB, c Command) *Process {
 	t.Helper()
 	p, err := StartProcess(c)
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"testing"
 	"time"
 )
 
@@ -32,7 +31,7 @@ func findOnPath(name string) (string, error) {
 }
 
 // PromtoolBin is FindPromtool for a test (skipped under -short).
-func PromtoolBin(t testing.TB) string {
+func PromtoolBin(t TB) string {
 	t.Helper()
 	NeedsBinaries(t)
 	bin, err := FindPromtool()
@@ -52,7 +51,7 @@ type Prometheus struct {
 // StartPrometheus runs Debian's prometheus on a free loopback port with
 // config (a prometheus.yml's text) and the rule files it names, copied
 // beside it, and waits for /-/ready. Its storage is a temp dir.
-func StartPrometheus(t testing.TB, config string, files map[string][]byte) *Prometheus {
+func StartPrometheus(t TB, config string, files map[string][]byte) *Prometheus {
 	t.Helper()
 	NeedsBinaries(t)
 	bin, err := FindPrometheus()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"testing"
 	"time"
 )
 
@@ -119,7 +118,7 @@ func (p *Process) WaitLogAddr(ctx context.Context, timeout time.Duration, msg st
 }
 
 // LogAddr is WaitLogAddr for a test: it waits up to 15 s.
-func (p *Process) LogAddr(t testing.TB, msg string) string {
+func (p *Process) LogAddr(t TB, msg string) string {
 	t.Helper()
 	addr, err := p.WaitLogAddr(t.Context(), 15*time.Second, msg)
 	if err != nil {
@@ -129,7 +128,7 @@ func (p *Process) LogAddr(t testing.TB, msg string) string {
 }
 
 // Ready is WaitReady for a test.
-func (p *Process) Ready(t testing.TB, timeout time.Duration, check func(context.Context) error) {
+func (p *Process) Ready(t TB, timeout time.Duration, check func(context.Context) error) {
 	t.Helper()
 	if err := p.WaitReady(t.Context(), timeout, check); err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -139,7 +138,7 @@ func (p *Process) Ready(t testing.TB, timeout time.Duration, check func(context.
 // WaitFor polls cond every 20 ms until it holds, and fails the test if
 // timeout passes first. cond may use require: WaitFor runs on the test
 // goroutine, the only one where that is allowed.
-func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+func WaitFor(t TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -153,7 +152,7 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 // Receive waits up to timeout for a value on ch and fails the test if none
 // comes: a test's wait on a channel always has a deadline, so a goroutine
 // that died without sending fails the test instead of hanging it.
-func Receive[T any](t testing.TB, ch <-chan T, timeout time.Duration, what string) T {
+func Receive[T any](t TB, ch <-chan T, timeout time.Duration, what string) T {
 	t.Helper()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -263,13 +262,13 @@ func (c *Cluster) node(addr string) (*Server, error) {
 
 // NewCluster is StartCluster for a test (skipped under -short): every node
 // is stopped in t.Cleanup, its output printed if the test failed.
-func NewCluster(t testing.TB) *Cluster {
+func NewCluster(t testenv.TB) *Cluster {
 	t.Helper()
 	return NewClusterWith(t, ClusterOptions{})
 }
 
 // NewClusterWith is NewCluster with options; Bin and Dir are the test's.
-func NewClusterWith(t testing.TB, o ClusterOptions) *Cluster {
+func NewClusterWith(t testenv.TB, o ClusterOptions) *Cluster {
 	t.Helper()
 	o.Bin, o.Dir = testenv.RedisServerBin(t), t.TempDir()
 	c, err := StartCluster(t.Context(), o)
@@ -283,7 +282,7 @@ func NewClusterWith(t testing.TB, o ClusterOptions) *Cluster {
 }
 
 // Client returns a cluster client, closed in t.Cleanup.
-func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
+func (c *Cluster) Client(t testenv.TB) *redis.ClusterClient {
 	cc := c.NewClient()
 	t.Cleanup(func() { _ = cc.Close() })
 	return cc

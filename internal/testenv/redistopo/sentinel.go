@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -264,13 +263,13 @@ func (st *Sentinel) Stop() {
 
 // NewSentinel is StartSentinel for a test (skipped under -short): every
 // process is stopped in t.Cleanup, its output printed if the test failed.
-func NewSentinel(t testing.TB) *Sentinel {
+func NewSentinel(t testenv.TB) *Sentinel {
 	t.Helper()
 	return NewSentinelWith(t, SentinelOptions{})
 }
 
 // NewSentinelWith is NewSentinel with options; Bin and Dir are the test's.
-func NewSentinelWith(t testing.TB, o SentinelOptions) *Sentinel {
+func NewSentinelWith(t testenv.TB, o SentinelOptions) *Sentinel {
 	t.Helper()
 	o.Bin, o.Dir = testenv.RedisServerBin(t), t.TempDir()
 	st, err := StartSentinel(t.Context(), o)
@@ -284,7 +283,7 @@ func NewSentinelWith(t testing.TB, o SentinelOptions) *Sentinel {
 }
 
 // Client returns a Sentinel-aware client, closed in t.Cleanup.
-func (st *Sentinel) Client(t testing.TB) *redis.Client {
+func (st *Sentinel) Client(t testenv.TB) *redis.Client {
 	c := st.NewClient()
 	t.Cleanup(func() { _ = c.Close() })
 	return c

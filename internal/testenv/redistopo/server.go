@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -257,7 +256,7 @@ func (s *Server) start() error {
 // Start is StartServer for a test (skipped under -short): a server on a
 // free port with args, stopped in t.Cleanup, its output printed if the
 // test failed.
-func Start(t testing.TB, args ...string) *Server {
+func Start(t testenv.TB, args ...string) *Server {
 	t.Helper()
 	s, err := StartServer(Options{Bin: testenv.RedisServerBin(t), Args: args, Dir: t.TempDir()})
 	if s != nil {
@@ -270,7 +269,7 @@ func Start(t testing.TB, args ...string) *Server {
 }
 
 // cleanup stops s when the test ends and shows its output if it failed.
-func cleanup(t testing.TB, s *Server) {
+func cleanup(t testenv.TB, s *Server) {
 	t.Cleanup(func() {
 		s.Stop()
 		if t.Failed() {
@@ -280,7 +279,7 @@ func cleanup(t testing.TB, s *Server) {
 }
 
 // Client returns a client connected to the server, closed in t.Cleanup.
-func (s *Server) Client(t testing.TB) *redis.Client {
+func (s *Server) Client(t testenv.TB) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, Dialer: s.opts.Place.Dial})
 	t.Cleanup(func() { _ = c.Close() })
@@ -289,7 +288,7 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 
 // Restart stops the server if it runs and starts it again on the same port.
 // Persistence is off, so the new server is empty: no data, no scripts.
-func (s *Server) Restart(t testing.TB) {
+func (s *Server) Restart(t testenv.TB) {
 	t.Helper()
 	if err := s.restart(); err != nil {
 		t.Fatalf("redistopo: restart: %v", err)

@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"math"
@@ -6,10 +6,11 @@ import (
 	"time"
 )
 
-// latencies are every recorded latency of a run, sorted.
-type latencies []time.Duration
+// Latencies are every recorded latency of a run, sorted.
+type Latencies []time.Duration
 
-func sortedLatencies(parts ...[]time.Duration) latencies {
+// Sorted merges parts into one sorted Latencies.
+func Sorted(parts ...[]time.Duration) Latencies {
 	var n int
 	for _, p := range parts {
 		n += len(p)
@@ -23,10 +24,10 @@ func sortedLatencies(parts ...[]time.Duration) latencies {
 }
 
 // percentile is the nearest-rank percentile (p in 0..100): the smallest
-// recorded latency with at least p% of all recorded latencies at or below
+// recorded latency with at least p% of all recorded Latencies at or below
 // it. With 1,000 samples, p99.9 is the largest but none; with fewer, it is
 // the maximum. Zero without samples.
-func (l latencies) percentile(p float64) time.Duration {
+func (l Latencies) Percentile(p float64) time.Duration {
 	if len(l) == 0 {
 		return 0
 	}

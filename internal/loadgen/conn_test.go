@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bufio"
@@ -14,17 +14,26 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
+// post is a complete request, with an idempotency key unless key is "".
+func post(key string) []byte {
+	req := "POST /charge HTTP/1.1\r\nHost: bench.local\r\n"
+	if key != "" {
+		req += "Idempotency-Key: " + key + "\r\n"
+	}
+	return []byte(req + "Content-Length: 2\r\n\r\n{}")
+}
+
 func reader(s string) *bufio.Reader { return bufio.NewReaderSize(strings.NewReader(s), 64) }
 
 func TestReadResponse(t *testing.T) {
 	t.Run("content-length body, kept alive, next response readable", func(t *testing.T) {
 		br := reader("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" +
 			"HTTP/1.1 409 Conflict\r\ncontent-length: 2\r\n\r\n{}")
-		status, keep, err := readResponse(br)
+		status, keep, err := ReadResponse(br)
 		require.NoError(t, err)
 		require.Equal(t, 200, status)
 		require.True(t, keep)
-		status, _, err = readResponse(br)
+		status, _, err = ReadResponse(br)
 		require.NoError(t, err)
 		require.Equal(t, 409, status)
 		_, err = br.ReadByte()
@@ -34,7 +43,7 @@ func TestReadResponse(t *testing.T) {
 	t.Run("chunked body with extensions and trailers", func(t *testing.T) {
 		br := reader("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			"5;ext=1\r\nhello\r\n1A\r\n" + strings.Repeat("x", 26) + "\r\n0\r\nX-Trailer: y\r\n\r\nNEXT")
-		status, keep, err := readResponse(br)
+		status, keep, err := ReadResponse(br)
 		require.NoError(t, err)
 		require.Equal(t, 200, status)
 		require.True(t, keep)
@@ -43,25 +52,25 @@ func TestReadResponse(t *testing.T) {
 	})
 
 	t.Run("interim responses are skipped", func(t *testing.T) {
-		status, _, err := readResponse(reader("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
+		status, _, err := ReadResponse(reader("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
 		require.NoError(t, err)
 		require.Equal(t, 201, status)
 	})
 
 	t.Run("connection close and bodies without length end the connection", func(t *testing.T) {
-		_, keep, err := readResponse(reader("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
+		_, keep, err := ReadResponse(reader("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
 		require.NoError(t, err)
 		require.False(t, keep)
-		_, keep, err = readResponse(reader("HTTP/1.1 200 OK\r\n\r\nuntil the end"))
+		_, keep, err = ReadResponse(reader("HTTP/1.1 200 OK\r\n\r\nuntil the end"))
 		require.NoError(t, err)
 		require.False(t, keep)
-		_, keep, err = readResponse(reader("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"))
+		_, keep, err = ReadResponse(reader("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"))
 		require.NoError(t, err)
 		require.False(t, keep)
 	})
 
 	t.Run("no body for 204", func(t *testing.T) {
-		status, keep, err := readResponse(reader("HTTP/1.1 204 No Content\r\n\r\n"))
+		status, keep, err := ReadResponse(reader("HTTP/1.1 204 No Content\r\n\r\n"))
 		require.NoError(t, err)
 		require.Equal(t, 204, status)
 		require.True(t, keep)
@@ -77,13 +86,13 @@ func TestReadResponse(t *testing.T) {
 			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
 			"HTTP/1.1 200 OK\r\nContent-Le",
 		} {
-			_, _, err := readResponse(reader(resp))
+			_, _, err := ReadResponse(reader(resp))
 			require.Error(t, err, resp)
 		}
 	})
 }
 
-func TestHTTPConn_RoundTrip(t *testing.T) {
+func TestConn_RoundTrip(t *testing.T) {
 	t.Run("keeps the connection and redials after the server closes it", func(t *testing.T) {
 		var n int
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -95,11 +104,11 @@ func TestHTTPConn_RoundTrip(t *testing.T) {
 			_, _ = io.Copy(w, r.Body)
 		}))
 		defer srv.Close()
-		c := newHTTPConn(srv.Listener.Addr().String(), 5*time.Second)
-		defer c.close()
+		c := NewConn(srv.Listener.Addr().String(), 5*time.Second)
+		defer c.Close()
 		for _, key := range []string{"a", "close", "b"} {
-			req := appendCharge(nil, func(b []byte) []byte { return append(b, key...) })
-			status, err := c.roundTrip(req)
+			req := post(key)
+			status, err := c.RoundTrip(req)
 			require.NoError(t, err)
 			require.Equal(t, http.StatusAccepted, status)
 		}
@@ -109,7 +118,7 @@ func TestHTTPConn_RoundTrip(t *testing.T) {
 	t.Run("an unreachable address is an error", func(t *testing.T) {
 		addr, err := testenv.FreeAddr()
 		require.NoError(t, err)
-		_, err = newHTTPConn(addr, time.Second).roundTrip(appendCharge(nil, nil))
+		_, err = NewConn(addr, time.Second).RoundTrip(post(""))
 		require.Error(t, err)
 	})
 }

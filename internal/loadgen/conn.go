@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bufio"
@@ -10,24 +10,26 @@ import (
 	"time"
 )
 
-// httpConn is a minimal HTTP/1.1 client connection: one request at a time,
+// Conn is a minimal HTTP/1.1 client connection: one request at a time,
 // kept alive. It writes pre-built request bytes in one write and reads the
 // response into a reused buffer without allocating, so the load generator's
 // own CPU, on the same two cores as everything it measures, stays small.
-type httpConn struct {
+type Conn struct {
 	addr    string
 	timeout time.Duration // bound on one request
 	nc      net.Conn
 	br      *bufio.Reader
 }
 
-func newHTTPConn(addr string, timeout time.Duration) *httpConn {
-	return &httpConn{addr: addr, timeout: timeout}
+// NewConn is a connection to addr, dialed on the first request; timeout
+// bounds each request.
+func NewConn(addr string, timeout time.Duration) *Conn {
+	return &Conn{addr: addr, timeout: timeout}
 }
 
 // roundTrip sends req (a complete HTTP/1.1 request) and returns the status.
 // After an error the connection is closed and the next call redials.
-func (c *httpConn) roundTrip(req []byte) (int, error) {
+func (c *Conn) RoundTrip(req []byte) (int, error) {
 	if c.nc == nil {
 		nc, err := net.DialTimeout("tcp", c.addr, c.timeout)
 		if err != nil {
@@ -41,25 +43,26 @@ func (c *httpConn) roundTrip(req []byte) (int, error) {
 		}
 	}
 	if err := c.nc.SetDeadline(time.Now().Add(c.timeout)); err != nil {
-		c.close()
+		c.Close()
 		return 0, err
 	}
 	if _, err := c.nc.Write(req); err != nil {
-		c.close()
+		c.Close()
 		return 0, err
 	}
-	status, keepAlive, err := readResponse(c.br)
+	status, keepAlive, err := ReadResponse(c.br)
 	if err != nil {
-		c.close()
+		c.Close()
 		return 0, err
 	}
 	if !keepAlive {
-		c.close()
+		c.Close()
 	}
 	return status, nil
 }
 
-func (c *httpConn) close() {
+// Close closes the connection; the next request redials.
+func (c *Conn) Close() {
 	if c.nc != nil {
 		_ = c.nc.Close()
 		c.nc = nil
@@ -69,9 +72,9 @@ func (c *httpConn) close() {
 // errMalformed is a response this client cannot parse.
 var errMalformed = errors.New("malformed HTTP response")
 
-// readResponse reads one response and discards its body. Interim (1xx)
+// ReadResponse reads one response and discards its body. Interim (1xx)
 // responses are skipped. keepAlive is false when the server will close.
-func readResponse(br *bufio.Reader) (status int, keepAlive bool, err error) {
+func ReadResponse(br *bufio.Reader) (status int, keepAlive bool, err error) {
 	for {
 		line, err := readLine(br)
 		if err != nil {
@@ -99,7 +102,7 @@ func readResponse(br *bufio.Reader) (status int, keepAlive bool, err error) {
 	}
 }
 
-// header is what readResponse needs from the response headers.
+// header is what ReadResponse needs from the response headers.
 type header struct {
 	length    int64 // -1: not given
 	chunked   bool
