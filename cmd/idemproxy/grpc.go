@@ -14,6 +14,9 @@ import (
 	"google.golang.org/grpc/reflection"
 )
 
+// extProcService is the name Envoy's gRPC health checks can ask for.
+const extProcService = "envoy.service.ext_proc.v3.ExternalProcessor"
+
 // newGRPCServer builds the ext_proc server with its transport security:
 // TLS (and mutual TLS) from certificate files, bearer tokens from the
 // token file, both reloaded when their files change. The health service
@@ -58,4 +61,18 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		reflection.Register(gs)
 	}
 	return gs, nil
+}
+
+// servingStatus reports the readiness of the store's gate as gRPC health,
+// for the server as a whole and for the ext_proc service: a balancer
+// should prefer a replica whose keyed requests would not all get 503.
+func servingStatus(hs *health.Server) func(ready bool) {
+	return func(ready bool) {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if ready {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+		hs.SetServingStatus("", st)
+		hs.SetServingStatus(extProcService, st)
+	}
 }

@@ -99,11 +99,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// the deferred calls above run later, the client's Close last.
 	defer store.Close()
 	hs := health.NewServer()
-	checker, err := newHealthChecker(rdb, hs, s, reg, log)
+	checker, err := redisstore.NewGate(rdb, redisstore.GateOptions{
+		Interval: s.HealthInterval, Timeout: s.RedisTimeout, AllowEvicting: s.AllowEvicting,
+		MinReplicas: s.MinReplicas, AllReplicas: s.AllReplicas, Prefix: s.RedisPrefix,
+		Registerer: reg, Logger: log, Report: servingStatus(hs),
+	})
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	held, err := newHeldKeys(store, s.HeldKeysEvery, reg, log)
+	held, err := redisstore.NewHeldKeys(store, s.HeldKeysEvery, reg, log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -163,8 +167,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { checker.run(gctx); return nil })
-	g.Go(func() error { held.run(gctx); return nil })
+	g.Go(func() error { checker.Run(gctx); return nil })
+	g.Go(func() error { held.Run(gctx); return nil })
 	g.Go(func() error {
 		// ErrServerStopped: the shutdown came before Serve began (a
 		// signal right at start), which is a clean stop, not a failure.
@@ -182,7 +186,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", "grace", s.ShutdownGrace.String())
-		checker.shutdown()
+		// Not ready for good, so balancers drain us first.
+		checker.Shutdown()
+		hs.Shutdown()
 		stopGRPC(gs, s.ShutdownGrace, log)
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer cancel()
