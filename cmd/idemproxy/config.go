@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/tracing"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
@@ -119,7 +120,7 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 		return s, usageError{err}
 	}
 	var terr error
-	s.TraceProtocol, s.Tracing, terr = tracingEnabled(getenv)
+	s.TraceProtocol, s.Tracing, terr = tracing.Enabled(getenv)
 	if err := errors.Join(s.resolve(), s.validate(), terr); err != nil {
 		return s, usageError{err}
 	}

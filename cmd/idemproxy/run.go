@@ -12,13 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/extra/redisprometheus/v9"
-	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/idemproxy/idemproxy/internal/tracing"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
@@ -43,8 +42,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// Setting it here is acceptable because a process runs one run: every
 	// client it makes is ours. (Tests that call run several times in one
 	// process just move go-redis's lines to the latest run's log, still
-	// JSON.) The swap is atomic in go-redis, so no lock is needed.
-	redis.SetLogger(redisLogger{log})
+	// JSON.)
+	redisstore.SetLogger(log)
 
 	rdb, err := redisstore.Connect(redisstore.ConnectOptions{Mode: s.mode(), URL: s.RedisURL, CAFile: s.RedisCA, Timeout: s.RedisTimeout})
 	if err != nil {
@@ -53,13 +52,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer rdb.Close()
 	var tp trace.TracerProvider // nil: no tracing
 	if s.Tracing {
-		sdk, err := startTracing(ctx, s.TraceProtocol, rdb.Client(), log)
+		sdk, err := tracing.Start(ctx, s.TraceProtocol, versionString(), log, rdb.InstrumentTracing)
 		if err != nil {
 			return err
 		}
 		// Deferred after rdb.Close, so it runs first: the last spans,
 		// Redis's included, are flushed before the client goes.
-		defer stopTracing(sdk, log)
+		defer tracing.Stop(sdk, log)
 		tp = sdk
 	}
 
@@ -68,7 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// go-redis's own pool statistics (hits, misses, timeouts, connections),
 	// summed over every node of a cluster, labelled with the topology.
 	if err := prometheus.WrapRegistererWith(prometheus.Labels{"mode": s.RedisMode}, reg).
-		Register(redisprometheus.NewCollector("idemproxy", "redis", rdb.Client())); err != nil {
+		Register(rdb.Collector()); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	metrics, err := processor.NewMetrics(reg)
