@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/auth"
 	"github.com/idemproxy/idemproxy/internal/tracing"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
@@ -222,7 +223,7 @@ func (s *settings) resolve() error {
 		s.EncryptionKeys = keys
 	}
 	if s.AuthTokenFile != "" {
-		_, err := readTokens(s.AuthTokenFile)
+		_, err := auth.ReadTokens(s.AuthTokenFile)
 		errs = append(errs, err)
 	}
 	if s.EncryptionKeys != "" {
@@ -291,8 +292,8 @@ func (s *settings) validate() error {
 	if s.HeldKeysEvery < 0 {
 		errs = append(errs, errors.New("--held-keys-interval must not be negative"))
 	}
-	if !loopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
-		errs = append(errs, fmt.Errorf("--grpc-addr %s: %w", s.GRPCAddr, errOpenPort))
+	if !auth.LoopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
+		errs = append(errs, fmt.Errorf("--grpc-addr %s: %w", s.GRPCAddr, auth.ErrOpenPort))
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))

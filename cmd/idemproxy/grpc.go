@@ -12,6 +12,9 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/idemproxy/idemproxy/internal/auth"
+	"github.com/idemproxy/idemproxy/internal/tlsconf"
 )
 
 // extProcService is the name Envoy's gRPC health checks can ask for.
@@ -33,26 +36,26 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		grpc.WaitForHandlers(true),
 	}
 	if s.TLSCert != "" {
-		reloads, err := newTLSReloads(reg)
+		reloads, err := tlsconf.NewReloads(reg)
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
-		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
+		tlsCfg, err := tlsconf.Server(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
 		if err != nil {
 			return nil, usageError{err}
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
 	if s.AuthTokenFile != "" {
-		tokens, err := newTokenFile(s.AuthTokenFile, log, reg)
+		tokens, err := auth.NewTokenFile(s.AuthTokenFile, log, reg)
 		if err != nil {
 			return nil, usageError{err}
 		}
-		auth, err := newStreamAuth(tokens.current, reg, log)
+		streamAuth, err := auth.NewStreamAuth(tokens.Current, reg, log)
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
-		opts = append(opts, grpc.ChainStreamInterceptor(auth.stream), grpc.ChainUnaryInterceptor(auth.unary))
+		opts = append(opts, grpc.ChainStreamInterceptor(streamAuth.Stream), grpc.ChainUnaryInterceptor(streamAuth.Unary))
 	}
 	gs := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(gs, proc)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/idemproxy/idemproxy/internal/auth"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
@@ -48,8 +49,8 @@ type keysHandler struct {
 }
 
 func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	got, ok := bearer(r.Header.Get("Authorization"))
-	if !ok || !tokenMatches(got, []string{h.token}) {
+	got, ok := auth.Bearer(r.Header.Get("Authorization"))
+	if !ok || !auth.TokenMatches(got, []string{h.token}) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
 		writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid bearer token is required.")
 		return

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/idemproxy/idemproxy/internal/auth"
 	"github.com/idemproxy/idemproxy/internal/tracing"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
@@ -154,7 +155,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "",
 		"token_auth", s.AuthTokenFile != "")
-	if !loopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" {
+	if !auth.LoopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" {
 		log.Warn("ext_proc port open to anyone who can reach it (--allow-unauthenticated): keep it behind a mesh's mutual TLS and authorization policy",
 			"addr", grpcLis.Addr().String())
 	}
