@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/idemproxy/idemproxy/internal/adminapi"
 	"github.com/idemproxy/idemproxy/internal/auth"
 	"github.com/idemproxy/idemproxy/internal/tracing"
 	"github.com/idemproxy/idemproxy/processor"
@@ -149,9 +150,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	var keys http.Handler
 	if s.AdminToken != "" {
-		keys = keysHandler{token: s.AdminToken, scopeHeaders: s.Processor.ScopeHeaders, keys: proc, store: store, log: log}
+		keys = adminapi.Keys{Token: s.AdminToken, ScopeHeaders: s.Processor.ScopeHeaders, Scoper: proc, Store: store, Log: log}
 	}
-	admin := &http.Server{Handler: adminHandler(reg, checker, keys, s.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	admin := &http.Server{Handler: adminapi.NewHandler(reg, checker, keys, s.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "",
 		"token_auth", s.AuthTokenFile != "")
