@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -93,13 +91,4 @@ func usageText(fs *flag.FlagSet) string {
 		fmt.Fprintf(&b, "\n      %s\n", usage)
 	})
 	return b.String()
-}
-
-// redisLogger puts go-redis's own log lines (a dial that failed, a pool
-// that gave up) into the JSON log instead of plain text on stderr.
-type redisLogger struct{ log *slog.Logger }
-
-func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	msg := strings.TrimSpace(strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
-	l.log.WarnContext(ctx, msg, "component", "go-redis")
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/auth"
+	"github.com/idemproxy/idemproxy/internal/tracing"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
@@ -119,7 +121,7 @@ func parseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 		return s, usageError{err}
 	}
 	var terr error
-	s.TraceProtocol, s.Tracing, terr = tracingEnabled(getenv)
+	s.TraceProtocol, s.Tracing, terr = tracing.Enabled(getenv)
 	if err := errors.Join(s.resolve(), s.validate(), terr); err != nil {
 		return s, usageError{err}
 	}
@@ -221,7 +223,7 @@ func (s *settings) resolve() error {
 		s.EncryptionKeys = keys
 	}
 	if s.AuthTokenFile != "" {
-		_, err := readTokens(s.AuthTokenFile)
+		_, err := auth.ReadTokens(s.AuthTokenFile)
 		errs = append(errs, err)
 	}
 	if s.EncryptionKeys != "" {
@@ -290,8 +292,8 @@ func (s *settings) validate() error {
 	if s.HeldKeysEvery < 0 {
 		errs = append(errs, errors.New("--held-keys-interval must not be negative"))
 	}
-	if !loopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
-		errs = append(errs, fmt.Errorf("--grpc-addr %s: %w", s.GRPCAddr, errOpenPort))
+	if !auth.LoopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
+		errs = append(errs, fmt.Errorf("--grpc-addr %s: %w", s.GRPCAddr, auth.ErrOpenPort))
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))

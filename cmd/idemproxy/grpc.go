@@ -12,7 +12,13 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/idemproxy/idemproxy/internal/auth"
+	"github.com/idemproxy/idemproxy/internal/tlsconf"
 )
+
+// extProcService is the name Envoy's gRPC health checks can ask for.
+const extProcService = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 // newGRPCServer builds the ext_proc server with its transport security:
 // TLS (and mutual TLS) from certificate files, bearer tokens from the
@@ -30,26 +36,26 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		grpc.WaitForHandlers(true),
 	}
 	if s.TLSCert != "" {
-		reloads, err := newTLSReloads(reg)
+		reloads, err := tlsconf.NewReloads(reg)
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
-		tlsCfg, err := serverTLS(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
+		tlsCfg, err := tlsconf.Server(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
 		if err != nil {
 			return nil, usageError{err}
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
 	if s.AuthTokenFile != "" {
-		tokens, err := newTokenFile(s.AuthTokenFile, log, reg)
+		tokens, err := auth.NewTokenFile(s.AuthTokenFile, log, reg)
 		if err != nil {
 			return nil, usageError{err}
 		}
-		auth, err := newStreamAuth(tokens.current, reg, log)
+		streamAuth, err := auth.NewStreamAuth(tokens.Current, reg, log)
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
-		opts = append(opts, grpc.ChainStreamInterceptor(auth.stream), grpc.ChainUnaryInterceptor(auth.unary))
+		opts = append(opts, grpc.ChainStreamInterceptor(streamAuth.Stream), grpc.ChainUnaryInterceptor(streamAuth.Unary))
 	}
 	gs := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(gs, proc)
@@ -58,4 +64,18 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		reflection.Register(gs)
 	}
 	return gs, nil
+}
+
+// servingStatus reports the readiness of the store's gate as gRPC health,
+// for the server as a whole and for the ext_proc service: a balancer
+// should prefer a replica whose keyed requests would not all get 503.
+func servingStatus(hs *health.Server) func(ready bool) {
+	return func(ready bool) {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if ready {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+		hs.SetServingStatus("", st)
+		hs.SetServingStatus(extProcService, st)
+	}
 }

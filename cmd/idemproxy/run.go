@@ -10,11 +10,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/extra/redisprometheus/v9"
-	"github.com/redis/go-redis/v9"
-	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -39,71 +34,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			err = loggedError{err}
 		}
 	}()
-	// go-redis logs through one package-level logger, not per client.
-	// Setting it here is acceptable because a process runs one run: every
-	// client it makes is ours. (Tests that call run several times in one
-	// process just move go-redis's lines to the latest run's log, still
-	// JSON.) The swap is atomic in go-redis, so no lock is needed.
-	redis.SetLogger(redisLogger{log})
+	// Process-wide, which is fine since a process runs one run: every
+	// go-redis client is ours. (Tests that call run several times in one
+	// process move go-redis's lines to the latest run's log, still JSON.)
+	redisstore.SetLogger(log)
 
 	rdb, err := redisstore.Connect(redisstore.ConnectOptions{Mode: s.mode(), URL: s.RedisURL, CAFile: s.RedisCA, Timeout: s.RedisTimeout})
 	if err != nil {
 		return usageError{err}
 	}
 	defer rdb.Close()
-	var tp trace.TracerProvider // nil: no tracing
-	if s.Tracing {
-		sdk, err := startTracing(ctx, s.TraceProtocol, rdb.Client(), log)
-		if err != nil {
-			return err
-		}
-		// Deferred after rdb.Close, so it runs first: the last spans,
-		// Redis's included, are flushed before the client goes.
-		defer stopTracing(sdk, log)
-		tp = sdk
+	tp, stopTracing, err := startTracing(ctx, s, rdb, log)
+	if err != nil {
+		return err
 	}
+	// Deferred after rdb.Close, so it runs first: the last spans, Redis's
+	// included, are flushed before the client goes.
+	defer stopTracing()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// go-redis's own pool statistics (hits, misses, timeouts, connections),
-	// summed over every node of a cluster, labelled with the topology.
-	if err := prometheus.WrapRegistererWith(prometheus.Labels{"mode": s.RedisMode}, reg).
-		Register(redisprometheus.NewCollector("idemproxy", "redis", rdb.Client())); err != nil {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	metrics, err := processor.NewMetrics(reg)
+	m, err := newMetrics(s, rdb)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	batchSizes := prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "idemproxy_redis_batch_calls",
-		Help:    "Script calls per Redis write (--redis-batch-writers): 1 at low load, more when calls queue for a writer.",
-		Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
-	})
-	if err := reg.Register(batchSizes); err != nil {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	store := redisstore.New(rdb.Client(), redisstore.Options{
-		Prefix: s.RedisPrefix,
-		// Fences must keep growing for as long as a backend may remember a
-		// key, which is at least as long as we do.
-		FenceTTL:       max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
-		Keyring:        s.Keyring,
-		Topology:       rdb,
-		AllReplicas:    s.AllReplicas,
-		MinReplicas:    s.MinReplicas,
-		ReplicaTimeout: s.ReplicaTimeout,
-		Batching:       redisstore.Batching{Writers: s.BatchWriters, MaxBatch: s.BatchMax, Observe: func(n int) { batchSizes.Observe(float64(n)) }},
-	})
+	store := newStore(s, rdb, m)
 	// After every stream handler (and its settling writes) has returned:
 	// the deferred calls above run later, the client's Close last.
 	defer store.Close()
 	hs := health.NewServer()
-	checker, err := newHealthChecker(rdb, hs, s, reg, log)
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	held, err := newHeldKeys(store, s.HeldKeysEvery, reg, log)
+	checker, held, err := newMonitors(s, rdb, store, hs, m, log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -113,80 +71,89 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	watcher := store.NewWatcher(wctx, rdb.Client(), log, redisstore.WatcherOptions{Recheck: s.Processor.WaitRecheck})
 	defer watcher.Close()
 	defer stopWatcher()
-	proc, err := processor.New(s.Processor, processor.Options{
-		Store:   store,
-		Gate:    checker,
-		Watcher: watcher,
-		Metrics: metrics,
-		Logger:  log,
-
-		TracerProvider: tp,
-	})
+	proc, err := processor.New(s.Processor, processor.Options{Store: store, Gate: checker, Watcher: watcher,
+		Metrics: m.processor, Logger: log, TracerProvider: tp})
 	if err != nil {
 		return usageError{err}
 	}
 
 	// The server is built before anything listens: its TLS and token
 	// files are read here, and a bad one must not leave a port open.
-	gs, err := newGRPCServer(s, reg, log, proc, hs)
+	gs, err := newGRPCServer(s, m.reg, log, proc, hs)
 	if err != nil {
 		return err
 	}
-	grpcLis, err := net.Listen("tcp", s.GRPCAddr)
+	grpcLis, adminLis, err := listen(s, gs)
 	if err != nil {
-		gs.Stop() // its stream workers run from the start
-		return fmt.Errorf("grpc listener: %w", err)
+		return err
 	}
-	adminLis, err := net.Listen("tcp", s.AdminAddr)
+	logStart(s, grpcLis.Addr(), adminLis.Addr(), log)
+	return servers{
+		gate: checker, held: held, health: hs, grpc: gs, grpcLis: grpcLis,
+		admin:    &http.Server{Handler: newAdminHandler(s, m.reg, checker, proc, store, log), ReadHeaderTimeout: 5 * time.Second},
+		adminLis: adminLis,
+	}.serve(ctx, s.ShutdownGrace, log)
+}
+
+// listen opens the gRPC and the admin port; on failure it stops gs, whose
+// stream workers run from the start, and closes what it opened.
+func listen(s settings, gs *grpc.Server) (grpcLis, adminLis net.Listener, err error) {
+	grpcLis, err = net.Listen("tcp", s.GRPCAddr)
+	if err != nil {
+		gs.Stop()
+		return nil, nil, fmt.Errorf("grpc listener: %w", err)
+	}
+	adminLis, err = net.Listen("tcp", s.AdminAddr)
 	if err != nil {
 		grpcLis.Close()
 		gs.Stop()
-		return fmt.Errorf("admin listener: %w", err)
+		return nil, nil, fmt.Errorf("admin listener: %w", err)
 	}
-	var keys http.Handler
-	if s.AdminToken != "" {
-		keys = keysHandler{token: s.AdminToken, scopeHeaders: s.Processor.ScopeHeaders, keys: proc, store: store, log: log}
-	}
-	admin := &http.Server{Handler: adminHandler(reg, checker, keys, s.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	return grpcLis, adminLis, nil
+}
 
-	log.Info("grpc listening", "addr", grpcLis.Addr().String(), "tls", s.TLSCert != "", "mtls", s.TLSClientCA != "",
-		"token_auth", s.AuthTokenFile != "")
-	if !loopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" {
-		log.Warn("ext_proc port open to anyone who can reach it (--allow-unauthenticated): keep it behind a mesh's mutual TLS and authorization policy",
-			"addr", grpcLis.Addr().String())
-	}
-	log.Info("admin listening", "addr", adminLis.Addr().String())
-	if !s.AllReplicas && s.mode() != redisstore.ModeStandalone {
-		log.Warn(fmt.Sprintf("--redis-min-replicas %d: writes wait for %d replicas, any of them, not for every replica a failover could promote, "+
-			"so a failover can promote one that lacks a lock and a retry then runs a second time (MAY RUN TWICE); the default is all", s.MinReplicas, s.MinReplicas),
-			"redis_mode", s.RedisMode, "min_replicas", s.MinReplicas)
-	}
+// servers is what serve runs until its context ends, and stops in order.
+type servers struct {
+	gate     *redisstore.Gate
+	held     *redisstore.HeldKeys
+	health   *health.Server
+	grpc     *grpc.Server
+	grpcLis  net.Listener
+	admin    *http.Server
+	adminLis net.Listener
+}
 
+// serve runs the servers and the Redis checks until ctx ends or one of
+// them fails, then stops them: readiness first, so balancers drain us,
+// then the streams (within grace), then the admin port.
+func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { checker.run(gctx); return nil })
-	g.Go(func() error { held.run(gctx); return nil })
+	g.Go(func() error { r.gate.Run(gctx); return nil })
+	g.Go(func() error { r.held.Run(gctx); return nil })
 	g.Go(func() error {
 		// ErrServerStopped: the shutdown came before Serve began (a
 		// signal right at start), which is a clean stop, not a failure.
-		if err := gs.Serve(grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := r.grpc.Serve(r.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+		if err := r.admin.Serve(r.adminLis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin server: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("shutting down", "grace", s.ShutdownGrace.String())
-		checker.shutdown()
-		stopGRPC(gs, s.ShutdownGrace, log)
+		log.Info("shutting down", "grace", grace.String())
+		// Not ready for good, so balancers drain us first.
+		r.gate.Shutdown()
+		r.health.Shutdown()
+		stopGRPC(r.grpc, grace, log)
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer cancel()
-		return admin.Shutdown(sctx)
+		return r.admin.Shutdown(sctx)
 	})
 	if err := g.Wait(); err != nil {
 		return err

@@ -1,4 +1,6 @@
-package main
+// Package tracing sets up OpenTelemetry tracing from the standard OTEL_*
+// environment: an OTLP exporter, a batcher and the process's resource.
+package tracing
 
 import (
 	"context"
@@ -10,8 +12,6 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/redis/go-redis/extra/redisotel/v9"
-	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -19,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/embedded"
 )
 
 // Tracing is configured the OpenTelemetry way, with the standard OTEL_*
@@ -35,9 +34,9 @@ import (
 // followed), as do the resource's OTEL_SERVICE_NAME and
 // OTEL_RESOURCE_ATTRIBUTES.
 
-// tracingEnabled reads whether tracing is asked for, and refuses exporters
+// Enabled reads whether tracing is asked for, and refuses exporters
 // other than OTLP rather than silently exporting nothing.
-func tracingEnabled(getenv func(string) string) (protocol string, on bool, err error) {
+func Enabled(getenv func(string) string) (protocol string, on bool, err error) {
 	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
 		return "", false, nil
 	}
@@ -68,7 +67,7 @@ func tracingEnabled(getenv func(string) string) (protocol string, on bool, err e
 // newTracerProvider builds the SDK's provider with a batching OTLP
 // exporter. Nothing is dialled here: the exporters connect lazily. The
 // caller must Shutdown the provider, which flushes what is queued.
-func newTracerProvider(ctx context.Context, protocol string) (*sdktrace.TracerProvider, error) {
+func newTracerProvider(ctx context.Context, protocol, version string) (*sdktrace.TracerProvider, error) {
 	var exp sdktrace.SpanExporter
 	var err error
 	if protocol == "grpc" {
@@ -82,7 +81,7 @@ func newTracerProvider(ctx context.Context, protocol string) (*sdktrace.TracerPr
 	// Later detectors win: our service name is the default, the
 	// environment (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) overrides.
 	res, err := resource.New(ctx,
-		resource.WithAttributes(attribute.String("service.name", "idemproxy"), attribute.String("service.version", versionString())),
+		resource.WithAttributes(attribute.String("service.name", "idemproxy"), attribute.String("service.version", version)),
 		resource.WithTelemetrySDK(), resource.WithFromEnv())
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, errors.Join(fmt.Errorf("OTEL resource: %w", err), exp.Shutdown(ctx))
@@ -90,65 +89,36 @@ func newTracerProvider(ctx context.Context, protocol string) (*sdktrace.TracerPr
 	return sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res)), nil
 }
 
-// startTracing builds the provider, routes OpenTelemetry's own errors
-// (an export that failed) into the JSON log, and traces Redis calls.
-func startTracing(ctx context.Context, protocol string, rdb redis.UniversalClient, log *slog.Logger) (*sdktrace.TracerProvider, error) {
-	// Like go-redis's logger (run), these are process-wide: one run per
-	// process makes them ours.
+// Start builds the provider for protocol (from Enabled), with version as
+// the service's, routes OpenTelemetry's own errors (an export that
+// failed) into the JSON log, and hands the provider to instrument (the
+// Redis client's tracing), which may be nil.
+func Start(ctx context.Context, protocol, version string, log *slog.Logger, instrument func(trace.TracerProvider) error) (*sdktrace.TracerProvider, error) {
+	// Like go-redis's logger (redisstore.SetLogger), these are
+	// process-wide: one run per process makes them ours.
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
 		log.Warn("opentelemetry", "component", "otel", "error", err)
 	}))
 	otel.SetLogger(logr.FromSlogHandler(log.Handler()))
-	tp, err := newTracerProvider(ctx, protocol)
+	tp, err := newTracerProvider(ctx, protocol, version)
 	if err != nil {
 		return nil, err
 	}
-	if err := traceRedis(rdb, tp); err != nil {
-		return nil, errors.Join(fmt.Errorf("tracing redis: %w", err), tp.Shutdown(ctx))
+	if instrument != nil {
+		if err := instrument(tp); err != nil {
+			return nil, errors.Join(err, tp.Shutdown(ctx))
+		}
 	}
 	log.Info("tracing on: OTLP export", "protocol", protocol)
 	return tp, nil
 }
 
-// stopTracing flushes the spans still queued and stops the exporter, with
+// Stop flushes the spans still queued and stops the exporter, with
 // a bound of its own: the run's context is over by now.
-func stopTracing(tp *sdktrace.TracerProvider, log *slog.Logger) {
+func Stop(tp *sdktrace.TracerProvider, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := tp.Shutdown(ctx); err != nil {
 		log.Warn("flushing the last spans failed", "error", err)
 	}
-}
-
-// traceRedis makes Redis calls child spans of the span in their context.
-// Calls without one (health checks, the held-keys count) make no traces:
-// a root span a second per replica is noise, not insight. Command
-// arguments are never recorded: they hold hashed keys, owner tokens and
-// stored bodies.
-func traceRedis(rdb redis.UniversalClient, tp trace.TracerProvider) error {
-	return redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(childOnly{tp: tp}),
-		redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false))
-}
-
-// childOnly is a TracerProvider whose tracers start spans only inside an
-// existing trace.
-type childOnly struct {
-	embedded.TracerProvider
-	tp trace.TracerProvider
-}
-
-func (c childOnly) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
-	return childOnlyTracer{t: c.tp.Tracer(name, opts...)}
-}
-
-type childOnlyTracer struct {
-	embedded.Tracer
-	t trace.Tracer
-}
-
-func (c childOnlyTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return ctx, trace.SpanFromContext(ctx)
-	}
-	return c.t.Start(ctx, name, opts...)
 }

@@ -1,4 +1,4 @@
-package main
+package adminapi
 
 import (
 	"context"
@@ -10,17 +10,19 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/idemproxy/idemproxy/internal/auth"
 	"github.com/idemproxy/idemproxy/processor"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
 
-// keyAdmin is what the admin key endpoint needs: turning a client key into
-// the store key, and inspecting or deleting that key's record.
-type keyAdmin interface {
+// KeyScoper turns a client's key, as its request names it, into the store
+// key (*processor.Server is one).
+type KeyScoper interface {
 	StoreKey(in processor.ScopeInput, rawKey string) (string, error)
 }
 
-type keyStore interface {
+// KeyStore inspects, deletes and lists records (*redisstore.Store is one).
+type KeyStore interface {
 	Inspect(ctx context.Context, key string) (redisstore.KeyInfo, error)
 	Delete(ctx context.Context, key string) (bool, error)
 	InspectID(ctx context.Context, id string) (redisstore.KeyInfo, error)
@@ -28,7 +30,7 @@ type keyStore interface {
 	List(ctx context.Context, opts redisstore.ListOptions) (redisstore.ListPage, error)
 }
 
-// keysHandler serves /admin/v1/keys. It answers only with the right bearer
+// Keys serves /admin/v1/keys. It answers only with the right bearer
 // token: it can clear a key, which allows a re-run.
 //
 //   - GET or DELETE ?authority=..&key=.. plus the request's identity
@@ -39,17 +41,18 @@ type keyStore interface {
 //     keys are never stored, so a listed record is found by its id);
 //   - GET ?state=in_progress,outcome_unknown&cursor=..&limit=..: a page of
 //     records (SCAN, never KEYS), without bodies.
-type keysHandler struct {
-	token        string
-	scopeHeaders []string
-	keys         keyAdmin
-	store        keyStore
-	log          *slog.Logger
+type Keys struct {
+	Token        string   // the bearer token (--admin-token)
+	ScopeHeaders []string // --scope-headers: query parameters of a key's scope
+	Scoper       KeyScoper
+	Store        KeyStore
+	Log          *slog.Logger
 }
 
-func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	got, ok := bearer(r.Header.Get("Authorization"))
-	if !ok || !tokenMatches(got, []string{h.token}) {
+// ServeHTTP serves one admin request on keys.
+func (h Keys) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	got, ok := auth.Bearer(r.Header.Get("Authorization"))
+	if !ok || !auth.TokenMatches(got, []string{h.Token}) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
 		writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid bearer token is required.")
 		return
@@ -74,9 +77,9 @@ func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet {
 		var info redisstore.KeyInfo
 		if id != "" {
-			info, err = h.store.InspectID(r.Context(), id)
+			info, err = h.Store.InspectID(r.Context(), id)
 		} else {
-			info, err = h.store.Inspect(r.Context(), key)
+			info, err = h.Store.Inspect(r.Context(), key)
 		}
 		if err == nil {
 			writeJSON(w, http.StatusOK, info)
@@ -85,24 +88,24 @@ func (h keysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		var deleted bool
 		if id != "" {
-			deleted, err = h.store.DeleteID(r.Context(), id)
+			deleted, err = h.Store.DeleteID(r.Context(), id)
 		} else {
-			deleted, err = h.store.Delete(r.Context(), key)
+			deleted, err = h.Store.Delete(r.Context(), key)
 		}
 		if err == nil {
 			// The key value is not logged: keys can be secrets.
-			h.log.Warn("admin: key deleted; a retry with it will run again", "authority", q.Get("authority"), "id", id, "deleted", deleted)
+			h.Log.Warn("admin: key deleted; a retry with it will run again", "authority", q.Get("authority"), "id", id, "deleted", deleted)
 			writeJSON(w, http.StatusOK, map[string]bool{"deleted": deleted})
 			return
 		}
 	}
-	h.log.Error("admin: the store failed", "method", r.Method, "error", err)
+	h.Log.Error("admin: the store failed", "method", r.Method, "error", err)
 	writeProblem(w, http.StatusServiceUnavailable, "store-unavailable", "Idempotency store unavailable", "Redis did not answer.")
 }
 
 // target reads which record a request names: by id, or by authority, key
 // and scope. It answers the client itself when the query is unusable.
-func (h keysHandler) target(w http.ResponseWriter, q url.Values) (key, id string, ok bool) {
+func (h Keys) target(w http.ResponseWriter, q url.Values) (key, id string, ok bool) {
 	if id = q.Get("id"); id != "" {
 		if q.Get("key") != "" || q.Get("authority") != "" {
 			writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "Give either id, or authority and key.")
@@ -121,10 +124,10 @@ func (h keysHandler) target(w http.ResponseWriter, q url.Values) (key, id string
 	}
 	in := processor.ScopeInput{Authority: authority, Scheme: q.Get("scheme"), Authorization: q.Get("authorization"),
 		JWTClaim: q.Get("jwt_claim"), Headers: map[string]string{}}
-	for _, name := range h.scopeHeaders {
+	for _, name := range h.ScopeHeaders {
 		in.Headers[name] = q.Get(name)
 	}
-	key, err := h.keys.StoreKey(in, rawKey)
+	key, err := h.Scoper.StoreKey(in, rawKey)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", err.Error())
 		return "", "", false
@@ -149,7 +152,7 @@ func validID(id string) bool {
 var listStates = map[string]bool{"in_progress": true, "outcome_unknown": true, "completed": true}
 
 // list serves one page of records.
-func (h keysHandler) list(w http.ResponseWriter, r *http.Request) {
+func (h Keys) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	opts := redisstore.ListOptions{Cursor: q.Get("cursor")}
 	for _, st := range strings.Split(q.Get("state"), ",") {
@@ -171,12 +174,12 @@ func (h keysHandler) list(w http.ResponseWriter, r *http.Request) {
 		}
 		opts.Limit = n
 	}
-	page, err := h.store.List(r.Context(), opts)
+	page, err := h.Store.List(r.Context(), opts)
 	switch {
 	case errors.Is(err, redisstore.ErrBadCursor):
 		writeProblem(w, http.StatusBadRequest, "admin-bad-request", "Bad request", "cursor must be one a previous page returned.")
 	case err != nil:
-		h.log.Error("admin: listing keys failed", "error", err)
+		h.Log.Error("admin: listing keys failed", "error", err)
 		writeProblem(w, http.StatusServiceUnavailable, "store-unavailable", "Idempotency store unavailable", "Redis did not answer.")
 	default:
 		writeJSON(w, http.StatusOK, page)

@@ -1,4 +1,6 @@
-package main
+// Package adminapi is the admin HTTP API: liveness, readiness, metrics,
+// the authenticated key endpoint and, when asked for, Go's profiler.
+package adminapi
 
 import (
 	"net/http"
@@ -8,13 +10,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// adminHandler serves liveness, readiness and metrics on their own port, so
+// NewHandler serves liveness, readiness and metrics on their own port, so
 // they never compete with or get exposed next to the data plane; keys, when
 // not nil, serves the authenticated key endpoint.
 //
 // pprof exposes Go's profiler under /debug/pprof/: off by default, because
 // profiles reveal internals and cost CPU while they run.
-func adminHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys http.Handler, pprof bool) http.Handler {
+func NewHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys http.Handler, pprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))

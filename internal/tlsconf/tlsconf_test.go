@@ -1,4 +1,4 @@
-package main
+package tlsconf
 
 import (
 	"crypto/ecdsa"
@@ -66,13 +66,13 @@ func servedSerial(t *testing.T, addr string) int64 {
 	return n
 }
 
-func TestServerTLS_rotation(t *testing.T) {
+func TestServer_rotation(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	writeSelfSigned(t, certFile, keyFile, 1)
-	reloads, err := newTLSReloads(prometheus.NewRegistry())
+	reloads, err := NewReloads(prometheus.NewRegistry())
 	require.NoError(t, err)
-	cfg, err := serverTLS(certFile, keyFile, "", slog.New(slog.NewTextHandler(io.Discard, nil)), reloads)
+	cfg, err := Server(certFile, keyFile, "", slog.New(slog.NewTextHandler(io.Discard, nil)), reloads)
 	require.NoError(t, err)
 
 	lis, err := tls.Listen("tcp", "127.0.0.1:0", cfg)

@@ -1,4 +1,4 @@
-package main
+package adminapi
 
 import (
 	"net/http"
@@ -16,12 +16,12 @@ type fakeReady struct{ ok atomic.Bool }
 
 func (f *fakeReady) Ready() bool { return f.ok.Load() }
 
-func TestAdminHandler(t *testing.T) {
+func TestNewHandler(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	_, err := processor.NewMetrics(reg)
 	require.NoError(t, err)
 	ready := &fakeReady{}
-	h := adminHandler(reg, ready, nil, false)
+	h := NewHandler(reg, ready, nil, false)
 	serve := func(method, path string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))

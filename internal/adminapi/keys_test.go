@@ -1,4 +1,4 @@
-package main
+package adminapi
 
 import (
 	"context"
@@ -65,11 +65,11 @@ func (f *fakeKeyStore) List(_ context.Context, opts redisstore.ListOptions) (red
 	return page, f.err
 }
 
-func TestKeysHandler_ServeHTTP(t *testing.T) {
+func TestKeys_ServeHTTP(t *testing.T) {
 	const token = "admin-token-0123456789"
 	newHandler := func(store *fakeKeyStore) http.Handler {
-		return keysHandler{token: token, scopeHeaders: []string{"x-tenant-id"}, keys: fakeKeys{}, store: store,
-			log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		return Keys{Token: token, ScopeHeaders: []string{"x-tenant-id"}, Scoper: fakeKeys{}, Store: store,
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	}
 	call := func(h http.Handler, method, query, auth string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest(method, "/admin/v1/keys?"+query, nil)

@@ -1,4 +1,7 @@
-package main
+// Package auth checks bearer tokens: those Envoy presents on every
+// ext_proc stream, read from a file that is reloaded when it changes, and
+// the admin API's. It also knows which listen addresses need them.
+package auth
 
 import (
 	"bufio"
@@ -24,9 +27,9 @@ import (
 // minTokenLen keeps tokens long enough not to be guessed.
 const minTokenLen = 16
 
-// bearer returns the credentials of an Authorization value of the Bearer
+// Bearer returns the credentials of an Authorization value of the Bearer
 // scheme, which RFC 9110 makes case-insensitive ("bearer x" is fine).
-func bearer(authorization string) (string, bool) {
+func Bearer(authorization string) (string, bool) {
 	scheme, cred, ok := strings.Cut(strings.TrimSpace(authorization), " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") {
 		return "", false
@@ -35,9 +38,9 @@ func bearer(authorization string) (string, bool) {
 	return cred, cred != ""
 }
 
-// tokenMatches compares got with every accepted token in constant time, so
+// TokenMatches compares got with every accepted token in constant time, so
 // the time it takes says nothing about how much of a token was right.
-func tokenMatches(got string, tokens []string) bool {
+func TokenMatches(got string, tokens []string) bool {
 	ok := 0
 	for _, want := range tokens {
 		ok |= subtle.ConstantTimeCompare([]byte(got), []byte(want))
@@ -45,13 +48,13 @@ func tokenMatches(got string, tokens []string) bool {
 	return ok == 1
 }
 
-// tokenFile holds the tokens Envoy may present on ext_proc streams: one per
+// TokenFile holds the tokens Envoy may present on ext_proc streams: one per
 // line of the file, so a rotation can add the new token, update Envoy, then
 // drop the old one. The file is read again when it changes (looked at at
 // most once a second); a file that turns unreadable or empty keeps the
 // previous tokens, logged and counted, so a botched rotation never locks
 // Envoy out or lets everyone in.
-type tokenFile struct {
+type TokenFile struct {
 	path    string
 	log     *slog.Logger
 	reloads *prometheus.CounterVec
@@ -64,8 +67,10 @@ type tokenFile struct {
 	gone    bool      // the file was missing at the last look
 }
 
-func newTokenFile(path string, log *slog.Logger, reg prometheus.Registerer) (*tokenFile, error) {
-	f := &tokenFile{path: path, log: log, reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+// NewTokenFile reads the tokens in path and registers the count of its
+// reloads; it fails when the file holds no valid token.
+func NewTokenFile(path string, log *slog.Logger, reg prometheus.Registerer) (*TokenFile, error) {
+	f := &TokenFile{path: path, log: log, reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "idemproxy_auth_token_reloads_total",
 		Help: "Reloads of --auth-token-file after it changed, by result (ok, error).",
 	}, []string{"result"})}
@@ -78,15 +83,15 @@ func newTokenFile(path string, log *slog.Logger, reg prometheus.Registerer) (*to
 	if err != nil {
 		return nil, fmt.Errorf("--auth-token-file: %w", err)
 	}
-	if f.tokens, err = readTokens(path); err != nil {
+	if f.tokens, err = ReadTokens(path); err != nil {
 		return nil, err
 	}
 	f.modTime = st.ModTime()
 	return f, nil
 }
 
-// readTokens reads one token per line; blank lines and # comments do not count.
-func readTokens(path string) ([]string, error) {
+// ReadTokens reads one token per line; blank lines and # comments do not count.
+func ReadTokens(path string) ([]string, error) {
 	file, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("--auth-token-file: %w", err)
@@ -113,8 +118,8 @@ func readTokens(path string) ([]string, error) {
 	return tokens, nil
 }
 
-// current returns the accepted tokens, reloading a changed file first.
-func (f *tokenFile) current() []string {
+// Current returns the accepted tokens, reloading a changed file first.
+func (f *TokenFile) Current() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if now := time.Now(); now.Sub(f.checked) >= time.Second {
@@ -124,7 +129,7 @@ func (f *tokenFile) current() []string {
 	return f.tokens
 }
 
-func (f *tokenFile) reloadLocked() {
+func (f *TokenFile) reloadLocked() {
 	st, err := os.Stat(f.path)
 	if err != nil {
 		if !f.gone {
@@ -138,7 +143,7 @@ func (f *tokenFile) reloadLocked() {
 	if st.ModTime().Equal(f.modTime) || st.ModTime().Equal(f.failed) {
 		return
 	}
-	tokens, err := readTokens(f.path)
+	tokens, err := ReadTokens(f.path)
 	if err != nil {
 		f.failed = st.ModTime()
 		f.reloads.WithLabelValues("error").Inc()
@@ -154,18 +159,20 @@ func (f *tokenFile) reloadLocked() {
 // probe, Envoy's health checks) send no credentials, and it tells nothing.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// streamAuth refuses every stream but the health service's that does not
+// StreamAuth refuses every stream but the health service's that does not
 // carry one of the tokens as "authorization: Bearer <token>" gRPC
 // metadata, before the handler reads anything from, or writes anything to,
 // Redis.
-type streamAuth struct {
+type StreamAuth struct {
 	tokens  func() []string
 	refused prometheus.Counter
 	log     *slog.Logger
 }
 
-func newStreamAuth(tokens func() []string, reg prometheus.Registerer, log *slog.Logger) (*streamAuth, error) {
-	a := &streamAuth{tokens: tokens, log: log, refused: prometheus.NewCounter(prometheus.CounterOpts{
+// NewStreamAuth accepts the tokens tokens returns at each call, and
+// registers the count of refusals.
+func NewStreamAuth(tokens func() []string, reg prometheus.Registerer, log *slog.Logger) (*StreamAuth, error) {
+	a := &StreamAuth{tokens: tokens, log: log, refused: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "idemproxy_grpc_unauthenticated_total",
 		Help: "gRPC calls refused for a missing or wrong bearer token.",
 	})}
@@ -174,14 +181,14 @@ func newStreamAuth(tokens func() []string, reg prometheus.Registerer, log *slog.
 
 var errUnauthenticated = status.Error(codes.Unauthenticated, "idemproxy: a valid bearer token is required (authorization metadata)")
 
-func (a *streamAuth) check(ctx context.Context, method string) error {
+func (a *StreamAuth) check(ctx context.Context, method string) error {
 	if strings.HasPrefix(method, healthPrefix) {
 		return nil
 	}
 	// One key, not a copy of all the metadata (FromIncomingContext
 	// copies every pair, on every stream).
 	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
-		if tok, ok := bearer(v); ok && tokenMatches(tok, a.tokens()) {
+		if tok, ok := Bearer(v); ok && TokenMatches(tok, a.tokens()) {
 			return nil
 		}
 	}
@@ -195,24 +202,26 @@ func (a *streamAuth) check(ctx context.Context, method string) error {
 	return errUnauthenticated
 }
 
-func (a *streamAuth) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+// Stream is the grpc.StreamServerInterceptor.
+func (a *StreamAuth) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if err := a.check(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	return handler(srv, ss)
 }
 
-func (a *streamAuth) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// Unary is the grpc.UnaryServerInterceptor.
+func (a *StreamAuth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if err := a.check(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
 	return handler(ctx, req)
 }
 
-// loopbackOnly reports whether addr can only be reached from this host.
+// LoopbackOnly reports whether addr can only be reached from this host.
 // An empty host (all interfaces) or a name other than localhost cannot be
 // known to be.
-func loopbackOnly(addr string) bool {
+func LoopbackOnly(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false
@@ -224,10 +233,10 @@ func loopbackOnly(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// errOpenPort is the refusal to serve an unauthenticated ext_proc port to
+// ErrOpenPort is the refusal to serve an unauthenticated ext_proc port to
 // the network: anyone who can reach it could store a forged response for a
 // key, which the real client then gets as a replay, or block any key.
-var errOpenPort = errors.New("the ext_proc port would accept streams from anyone who can reach it, and a forged stream can store a response for any key or block it. " +
+var ErrOpenPort = errors.New("the ext_proc port would accept streams from anyone who can reach it, and a forged stream can store a response for any key or block it. " +
 	"Configure --auth-token-file (Envoy sends the token in grpc_service.initial_metadata: authorization: Bearer <token>), " +
 	"or mutual TLS (--tls-cert, --tls-key, --tls-client-ca), or listen on a loopback address, " +
 	"or say --allow-unauthenticated when something else (a mesh's mutual TLS and authorization policy) guards the port")

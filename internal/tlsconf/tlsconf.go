@@ -1,4 +1,6 @@
-package main
+// Package tlsconf builds the gRPC listener's TLS configuration, whose
+// certificate is reloaded when its files change.
+package tlsconf
 
 import (
 	"crypto/tls"
@@ -82,8 +84,8 @@ func (r *certReloader) reloadLocked() {
 	r.log.Info("TLS certificate reloaded", "cert", r.certFile)
 }
 
-// newTLSReloads creates the counter of certificate reloads.
-func newTLSReloads(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+// NewReloads creates the counter of certificate reloads.
+func NewReloads(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "idemproxy_tls_reloads_total",
 		Help: "Reloads of the gRPC listener's TLS certificate after its file changed, by result (ok, error).",
@@ -93,10 +95,10 @@ func newTLSReloads(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	return c, reg.Register(c)
 }
 
-// serverTLS builds the gRPC server's TLS config: TLS with cert and key, and
+// Server builds the gRPC server's TLS config: TLS with cert and key, and
 // mutual TLS when a client CA is given (Envoy must then present a
 // certificate signed by it).
-func serverTLS(certFile, keyFile, clientCA string, log *slog.Logger, reloads *prometheus.CounterVec) (*tls.Config, error) {
+func Server(certFile, keyFile, clientCA string, log *slog.Logger, reloads *prometheus.CounterVec) (*tls.Config, error) {
 	r, err := newCertReloader(certFile, keyFile, log, reloads)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package main
+package redisstore
 
 import (
 	"context"
@@ -8,31 +8,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
-	"github.com/idemproxy/idemproxy/redisstore"
 )
 
-// heldKeys counts, every interval, the keys that are in progress and the
+// HeldKeys counts, every interval, the keys that are in progress and the
 // ones held as unknown outcomes, so an alert can fire on keys nobody will
 // settle: a crashed owner never says a word, only its record shows it.
-type heldKeys struct {
-	store    lister
+type HeldKeys struct {
+	store    Lister
 	interval time.Duration
 	log      *slog.Logger
 	gauge    *prometheus.GaugeVec
 	scanned  prometheus.Gauge
 }
 
-// lister is the part of the store heldKeys needs.
-type lister interface {
-	List(ctx context.Context, opts redisstore.ListOptions) (redisstore.ListPage, error)
+// Lister is the part of the store HeldKeys needs; *Store is one.
+type Lister interface {
+	List(ctx context.Context, opts ListOptions) (ListPage, error)
 }
 
 // maxHeldPages bounds one count: past it the gauge shows what was counted
 // and says so in the log, instead of scanning a huge Redis without end.
 const maxHeldPages = 10_000
 
-func newHeldKeys(store lister, interval time.Duration, reg prometheus.Registerer, log *slog.Logger) (*heldKeys, error) {
-	h := &heldKeys{store: store, interval: interval, log: log,
+// NewHeldKeys registers the idemproxy_held_keys gauges; Run counts.
+func NewHeldKeys(store Lister, interval time.Duration, reg prometheus.Registerer, log *slog.Logger) (*HeldKeys, error) {
+	h := &HeldKeys{store: store, interval: interval, log: log,
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "idemproxy_held_keys",
 			Help: "Keys in progress and keys held as unknown outcomes (refused until an operator clears them), at the last count.",
@@ -50,8 +50,8 @@ func newHeldKeys(store lister, interval time.Duration, reg prometheus.Registerer
 	return h, nil
 }
 
-// run counts at once, then every interval, until ctx ends; interval 0 never.
-func (h *heldKeys) run(ctx context.Context) {
+// Run counts at once, then every interval, until ctx ends; interval 0 never.
+func (h *HeldKeys) Run(ctx context.Context) {
 	if h.interval <= 0 {
 		return
 	}
@@ -67,9 +67,9 @@ func (h *heldKeys) run(ctx context.Context) {
 	}
 }
 
-func (h *heldKeys) count(ctx context.Context) {
+func (h *HeldKeys) count(ctx context.Context) {
 	counts := map[string]float64{idem.StateInProgress.String(): 0, idem.StateUnknown.String(): 0}
-	opts := redisstore.ListOptions{States: []string{idem.StateInProgress.String(), idem.StateUnknown.String()}, Limit: 1000}
+	opts := ListOptions{States: []string{idem.StateInProgress.String(), idem.StateUnknown.String()}, Limit: 1000}
 	scanned := 0
 	for pages := 0; ; pages++ {
 		if pages == maxHeldPages {

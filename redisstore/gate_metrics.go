@@ -1,12 +1,12 @@
-package main
+package redisstore
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// healthGauges show what the health checker learnt about Redis, so an
+// gateGauges show what the Gate learnt about Redis, so an
 // alert can fire on an evicting or forgetful Redis.
-type healthGauges struct {
+type gateGauges struct {
 	ready           prometheus.Gauge
 	evicting        prometheus.Gauge
 	persistence     *prometheus.GaugeVec
@@ -18,8 +18,8 @@ type healthGauges struct {
 // persistenceKinds are the values of idemproxy_redis_persistence's label.
 var persistenceKinds = []string{"aof", "rdb", "none", "unknown"}
 
-func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
-	g := healthGauges{
+func newGateGauges(reg prometheus.Registerer) (gateGauges, error) {
+	g := gateGauges{
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "idemproxy_ready",
 			Help: "1 while this replica is ready (/readyz 200, gRPC health SERVING): Redis answers and may be trusted.",
@@ -47,13 +47,13 @@ func newHealthGauges(reg prometheus.Registerer) (healthGauges, error) {
 	}
 	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence, g.primaries, g.shortOfReplicas, g.channelsRefused} {
 		if err := reg.Register(c); err != nil {
-			return healthGauges{}, err
+			return gateGauges{}, err
 		}
 	}
 	return g, nil
 }
 
-func (g healthGauges) setEvicting(on bool) {
+func (g gateGauges) setEvicting(on bool) {
 	v := 0.0
 	if on {
 		v = 1
@@ -61,7 +61,7 @@ func (g healthGauges) setEvicting(on bool) {
 	g.evicting.Set(v)
 }
 
-func (g healthGauges) setPersistence(kind string) {
+func (g gateGauges) setPersistence(kind string) {
 	for _, k := range persistenceKinds {
 		v := 0.0
 		if k == kind {
@@ -71,7 +71,7 @@ func (g healthGauges) setPersistence(kind string) {
 	}
 }
 
-func (g healthGauges) setPrimaries(serving, down int) {
+func (g gateGauges) setPrimaries(serving, down int) {
 	g.primaries.WithLabelValues("serving").Set(float64(serving))
 	g.primaries.WithLabelValues("down").Set(float64(down))
 }
