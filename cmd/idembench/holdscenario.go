@@ -40,7 +40,7 @@ type dupResult struct {
 func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	const holding, perKey, conns = 20, 10, 4
 	r := dupResult{Holders: holding, Duplicates: holding * perKey, Statuses: map[string]int{}}
-	env, idem, err := b.st.servers(ctx, envoyIdem)
+	env, err := b.st.Envoy(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
@@ -48,7 +48,7 @@ func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	for i := range reqs {
 		reqs[i] = slowRequest("", b.nonce+"-dup-"+strconv.Itoa(i), "3s")
 	}
-	h, err := b.hold(ctx, env, idem, reqs, 30*time.Second, 10*time.Second)
+	h, err := b.hold(ctx, env, reqs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
@@ -110,10 +110,11 @@ type holdResult struct {
 func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r := holdResult{InFlight: b.cfg.inFlight, ExpectedPerSec: float64(b.cfg.inFlight) / holdHeartbeat.Seconds(),
 		HeartbeatSeconds: holdHeartbeat.Seconds()}
-	env, idem, err := b.st.servers(ctx, envoyHold)
+	env, err := b.st.Envoy(ctx, envoyHold)
 	if err != nil {
 		return r, err
 	}
+	idem := env.ext
 	idle, err := testenv.ProcessMemory(idem.Pid())
 	if err != nil {
 		return r, err
@@ -128,19 +129,19 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 		reqs[i] = slowRequest("", b.nonce+"-hold-"+strconv.Itoa(i), "50s")
 	}
 	t0 := time.Now()
-	h, err := b.hold(ctx, env, idem, reqs, time.Minute, 30*time.Second)
+	h, err := b.hold(ctx, env, reqs, time.Minute, 30*time.Second)
 	if err != nil {
 		return r, err
 	}
 	defer func() { h.Cut(); h.Wait() }()
 	r.RampSeconds = time.Since(t0).Seconds()
 	loadgen.Pause(ctx, b.cfg.warmup) // let the heartbeats spread out
-	before, err := b.sample(ctx, env, idem, nil)
+	before, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
 	loadgen.Pause(ctx, b.cfg.duration)
-	after, err := b.sample(ctx, env, idem, nil)
+	after, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}

@@ -59,10 +59,11 @@ type phase struct {
 
 // runPhase drives one phase and measures it.
 func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
-	env, ext, err := b.st.servers(ctx, ph.sc.envoy)
+	env, err := b.st.Envoy(ctx, ph.sc.envoy)
 	if err != nil {
 		return phaseResult{}, err
 	}
+	ext := env.ext
 	gen, err := ph.sc.gen(ctx, b, "-"+ph.sc.id+"-"+ph.label+"-")
 	if err != nil {
 		return phaseResult{}, err
@@ -86,9 +87,9 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 	go func() { done <- loadgen.Run(ctx, spec, win) }()
 
 	loadgen.Pause(ctx, time.Until(win.Start))
-	before, berr := b.sample(ctx, env, ext, &answered)
+	before, berr := b.sample(ctx, env, &answered)
 	loadgen.Pause(ctx, time.Until(win.End))
-	after, aerr := b.sample(ctx, env, ext, &answered)
+	after, aerr := b.sample(ctx, env, &answered)
 	res := <-done
 	if err := ctx.Err(); err != nil {
 		return phaseResult{}, err
@@ -134,7 +135,8 @@ var decisionSeries = map[string]string{
 // sample reads every counter, the fast local ones first, close to the
 // moment answered is read, so that the deltas of two samples and the
 // requests between them belong together.
-func (b *bench) sample(ctx context.Context, env, ext *server, answered *atomic.Int64) (sample, error) {
+func (b *bench) sample(ctx context.Context, env *server, answered *atomic.Int64) (sample, error) {
+	ext := env.ext
 	s := sample{at: time.Now(), cpu: map[string]time.Duration{}, metrics: map[string]float64{}}
 	if answered != nil {
 		s.answered = answered.Load()

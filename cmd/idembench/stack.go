@@ -28,8 +28,9 @@ const stopGrace = 5 * time.Second
 // server is a started child and the addresses it serves.
 type server struct {
 	*testenv.Process
-	addr  string // main listener, host:port
-	admin string // admin listener, host:port; "" when it has none
+	addr  string  // main listener, host:port
+	admin string  // admin listener, host:port; "" when it has none
+	ext   *server // an Envoy's ext_proc server; nil for none
 }
 
 // envoyKind names the four Envoy setups: which ext_proc server, if any.
@@ -50,7 +51,7 @@ const (
 type stack struct {
 	cfg    config
 	logDir string
-	token  string // the bearer token Envoy sends idemproxy, made by tokenFile
+	token  string // the bearer token Envoy sends idemproxy
 	procs  []*testenv.Process
 	http   *http.Client
 
@@ -65,8 +66,10 @@ type stack struct {
 }
 
 func newStack(cfg config, logDir string) *stack {
-	return &stack{cfg: cfg, logDir: logDir, http: &http.Client{Timeout: 5 * time.Second},
-		idemproxy: map[string]*server{}, envoys: map[envoyKind]*server{}}
+	var b [24]byte
+	_, _ = rand.Read(b[:]) // crypto/rand never fails
+	return &stack{cfg: cfg, logDir: logDir, token: "bench-" + hex.EncodeToString(b[:]),
+		http: &http.Client{Timeout: 5 * time.Second}, idemproxy: map[string]*server{}, envoys: map[envoyKind]*server{}}
 }
 
 // close stops every child, newest first: Envoys before the servers behind
@@ -105,9 +108,6 @@ func (s *stack) spawn(c testenv.Command) (*testenv.Process, error) {
 	return testenv.StartProcess(c)
 }
 
-// httpOK is a readiness check: GET url answers 200.
-func (s *stack) httpOK(url string) func(context.Context) error { return testenv.HTTPOK(s.http, url) }
-
 // Redis starts redis-server without persistence: the benchmark measures
 // the request path, and a save would be a pause in the middle of a run.
 func (s *stack) Redis(ctx context.Context) (*redistopo.Server, error) {
@@ -137,7 +137,7 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.WaitReady(ctx, readyTimeout, s.httpOK("http://"+addr+"/healthz")); err != nil {
+	if err := p.WaitReady(ctx, readyTimeout, testenv.HTTPOK(s.http, "http://"+addr+"/healthz")); err != nil {
 		return nil, err
 	}
 	s.backend = &server{Process: p, addr: addr}
@@ -163,9 +163,9 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	if err != nil {
 		return nil, err
 	}
-	tokenFile, err := s.tokenFile()
-	if err != nil {
-		return nil, err
+	tokenFile := filepath.Join(s.logDir, "auth-token")
+	if err := os.WriteFile(tokenFile, []byte(s.token+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("auth token: %w", err)
 	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
 		"--redis-url", rs.URL(), "--shutdown-grace", "2s", "--auth-token-file", tokenFile}, extra...)
@@ -173,7 +173,7 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	if err != nil {
 		return nil, err
 	}
-	if err := p.WaitReady(ctx, readyTimeout, s.httpOK("http://"+adminAddr+"/readyz")); err != nil {
+	if err := p.WaitReady(ctx, readyTimeout, testenv.HTTPOK(s.http, "http://"+adminAddr+"/readyz")); err != nil {
 		return nil, err
 	}
 	srv := &server{Process: p, addr: grpcAddr, admin: adminAddr}
@@ -258,9 +258,6 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	}
 	// Every Envoy sends the token, as the shipped config does, so the
 	// null server's runs carry the same metadata as idemproxy's.
-	if _, err := s.tokenFile(); err != nil {
-		return nil, err
-	}
 	ec := testenv.EnvoyConfig{Backend: be.addr, AuthToken: s.token}
 	if ext != nil {
 		ec.ExtProc = ext.addr
@@ -277,19 +274,9 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	}
 	s.procs = append(s.procs, p)
 	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
-	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", listener), admin: admin}
+	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", listener), admin: admin, ext: ext}
 	s.envoys[kind] = srv
 	return srv, nil
-}
-
-// servers starts kind's Envoy and returns it with the ext_proc server
-// behind it (nil for envoyBare).
-func (s *stack) servers(ctx context.Context, kind envoyKind) (env, ext *server, err error) {
-	if env, err = s.Envoy(ctx, kind); err != nil {
-		return nil, nil, err
-	}
-	ext, err = s.extProcFor(ctx, kind)
-	return env, ext, err
 }
 
 // alive fails when a child the run depends on has died.
@@ -303,23 +290,4 @@ func (s *stack) alive() error {
 		return fmt.Errorf("redis-server exited during the run:\n%s", s.redis.Output())
 	}
 	return nil
-}
-
-// tokenFile makes the run's bearer token on first use and returns the file
-// idemproxy reads it from.
-func (s *stack) tokenFile() (string, error) {
-	path := filepath.Join(s.logDir, "auth-token")
-	if s.token != "" {
-		return path, nil
-	}
-	var b [24]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("auth token: %w", err)
-	}
-	token := "bench-" + hex.EncodeToString(b[:])
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("auth token: %w", err)
-	}
-	s.token = token
-	return path, nil
 }

@@ -49,10 +49,11 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	// 1,000 waiters: idemproxy's default --max-waiters.
 	const keys, perKey, delay = 20, 50, "2s"
 	r := waitResult{Keys: keys, PerKey: perKey, Delay: delay, Waiters: keys * perKey, Statuses: map[string]int{}}
-	env, idem, err := b.st.servers(ctx, envoyIdem)
+	env, err := b.st.Envoy(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
+	idem := env.ext
 	metrics := "http://" + idem.admin + "/metrics"
 	// Prime: Redis loads the scripts now, so no NOSCRIPT retry of the
 	// originals' concurrent completions is counted.
@@ -67,7 +68,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	for i := range origs {
 		origs[i] = slowRequest("/wait", b.nonce+"-wait-"+strconv.Itoa(i), delay)
 	}
-	h, err := b.hold(ctx, env, idem, origs, 30*time.Second, 10*time.Second)
+	h, err := b.hold(ctx, env, origs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
@@ -77,7 +78,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 		return r, err
 	}
 	peeks0, _ := testenv.ReadMetric(ctx, b.st.http, metrics, peekSeries) // absent before the first
-	before, err := b.sample(ctx, env, idem, nil)
+	before, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
@@ -91,7 +92,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	}
 	origStatus := h.Wait()
 	dupStatus := w.Wait()
-	after, err := b.sample(ctx, env, idem, nil)
+	after, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
