@@ -72,7 +72,7 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 	if err != nil {
 		return phaseResult{}, err
 	}
-	if err := warmPath(ctx, env.addr, prime); err != nil {
+	if err := warmPath(ctx, env.addr, 20, prime); err != nil {
 		return phaseResult{}, err
 	}
 	if ext != nil {
@@ -212,19 +212,18 @@ func (b *bench) replays(ctx context.Context) (loadgen.Gen, error) {
 	return cycledKeys(b.replayPrefix, b.cfg.replayKeys, b.cfg.connections), nil
 }
 
-// warmPath sends a few requests one by one before a run, so that the
+// warmPath sends n requests one by one before a run, so that the
 // first connections (Envoy to the ext_proc server, idemproxy to Redis) and
 // Redis's script cache exist before the clock starts, and so that a path
 // that fails at all stops the run with a clear error.
-func warmPath(ctx context.Context, addr string, gen loadgen.Gen) error {
+func warmPath(ctx context.Context, addr string, n int, gen loadgen.Gen) error {
 	c := loadgen.NewConn(addr, loadgen.RequestTimeout)
 	defer c.Close()
-	var buf []byte
-	for seq := range uint64(20) {
+	for seq := range uint64(n) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		status, err := c.RoundTrip(gen(buf[:0], 0, seq))
+		status, err := c.RoundTrip(gen(nil, 0, seq))
 		if err == nil && (status < 200 || status > 299) {
 			err = fmt.Errorf("status %d", status)
 		}

@@ -91,14 +91,14 @@ func (s *stack) close() {
 }
 
 // start starts a child with env (NAME=value) added to its environment and
-// its output in logDir/name.log.
-func (s *stack) start(name, bin string, env []string, args ...string) (*testenv.Process, error) {
+// its output in logDir/name.log, and waits until ready passes.
+func (s *stack) start(ctx context.Context, name, bin string, env, args []string, ready func(context.Context) error) (*testenv.Process, error) {
 	p, err := s.spawn(testenv.Command{Name: name, Path: bin, Args: args, Env: env})
 	if err != nil {
 		return nil, err
 	}
 	s.procs = append(s.procs, p)
-	return p, nil
+	return p, p.WaitReady(ctx, readyTimeout, ready)
 }
 
 // spawn starts c with its log in the run's log directory, untracked: the
@@ -133,11 +133,8 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start("backend", s.cfg.bins.backend, nil, "--addr", addr)
+	p, err := s.start(ctx, "backend", s.cfg.bins.backend, nil, []string{"--addr", addr}, testenv.HTTPOK(s.http, "http://"+addr+"/healthz"))
 	if err != nil {
-		return nil, err
-	}
-	if err := p.WaitReady(ctx, readyTimeout, testenv.HTTPOK(s.http, "http://"+addr+"/healthz")); err != nil {
 		return nil, err
 	}
 	s.backend = &server{Process: p, addr: addr}
@@ -169,11 +166,8 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
 		"--redis-url", rs.URL(), "--shutdown-grace", "2s", "--auth-token-file", tokenFile}, extra...)
-	p, err := s.start(name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args...)
+	p, err := s.start(ctx, name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args, testenv.HTTPOK(s.http, "http://"+adminAddr+"/readyz"))
 	if err != nil {
-		return nil, err
-	}
-	if err := p.WaitReady(ctx, readyTimeout, testenv.HTTPOK(s.http, "http://"+adminAddr+"/readyz")); err != nil {
 		return nil, err
 	}
 	srv := &server{Process: p, addr: grpcAddr, admin: adminAddr}
@@ -190,20 +184,15 @@ func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*
 	if *srv != nil {
 		return *srv, nil
 	}
-	name := command
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("%s: own executable: %w", name, err)
+		return nil, fmt.Errorf("%s: own executable: %w", command, err)
 	}
 	addr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start(name, exe, nil, command, "--addr", addr)
-	if err != nil {
-		return nil, err
-	}
-	dial := func(ctx context.Context) error {
+	accepts := func(ctx context.Context) error {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
@@ -211,7 +200,8 @@ func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*
 		}
 		return err
 	}
-	if err := p.WaitReady(ctx, readyTimeout, dial); err != nil {
+	p, err := s.start(ctx, command, exe, nil, []string{command, "--addr", addr}, accepts)
+	if err != nil {
 		return nil, err
 	}
 	*srv = &server{Process: p, addr: addr}

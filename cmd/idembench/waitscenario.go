@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strconv"
 	"time"
@@ -57,12 +56,9 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	metrics := "http://" + idem.admin + "/metrics"
 	// Prime: Redis loads the scripts now, so no NOSCRIPT retry of the
 	// originals' concurrent completions is counted.
-	p, err := loadgen.Hold(ctx, env.addr, [][]byte{slowRequest("/wait", b.nonce+"-wait-prime", "0s")}, 10*time.Second)
-	if err != nil {
+	prime := slowRequest("/wait", b.nonce+"-wait-prime", "0s")
+	if err := warmPath(ctx, env.addr, 1, func(dst []byte, _ int, _ uint64) []byte { return append(dst, prime...) }); err != nil {
 		return r, err
-	}
-	if st, _ := loadgen.CountStatuses(p.Wait()); st[200] != 1 {
-		return r, fmt.Errorf("priming request: %v", st)
 	}
 	origs := make([][]byte, keys)
 	for i := range origs {
