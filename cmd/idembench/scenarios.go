@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -192,7 +193,7 @@ func (b *bench) redisCalls(ctx context.Context) (map[string]int64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis INFO commandstats: %w", err)
 	}
-	return parseCommandStats(info)
+	return cmdstats.Parse(info)
 }
 
 // replays stores scenario d's keys once, by sending each as a new request,

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -24,7 +25,7 @@ type waitResult struct {
 	AfterP50ms     float64        `json:"after_original_p50_ms"` // a waiter's answer after its original's
 	AfterP99ms     float64        `json:"after_original_p99_ms"`
 	AfterMaxms     float64        `json:"after_original_max_ms"`
-	Redis          redisCount     `json:"redis"`
+	Redis          cmdstats.Count `json:"redis"`
 	RedisPerWaiter float64        `json:"redis_round_trips_per_waiter"`
 	SharedReads    float64        `json:"shared_reads"`
 	// PerKeyExtra is what waiting cost Redis beyond each waiter's own
@@ -118,7 +119,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 		return r, err
 	}
 	r.Replayed, r.SharedReads = int(replayed1-replayed0), peeks1-peeks0
-	r.Redis = classifyRedis(before.redis, after.redis)
+	r.Redis = cmdstats.Classify(before.redis, after.redis)
 	// The originals' completions fall in the window too; their acquires
 	// came before it.
 	r.RedisPerWaiter = float64(r.Redis.Requests-keys) / float64(r.Waiters)
