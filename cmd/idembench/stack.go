@@ -55,21 +55,21 @@ type stack struct {
 	procs  []*testenv.Process
 	http   *http.Client
 
-	redis     *redistopo.Server
-	replica   *redistopo.Server // only when (c1) runs
-	rdb       *redis.Client
-	backend   *server
-	null      *server
-	memory    *server
-	idemproxy map[string]*server
-	envoys    map[envoyKind]*server
+	redis   *redistopo.Server
+	replica *redistopo.Server // only when (c1) runs
+	rdb     *redis.Client
+	backend *server
+	// servers are the ext_proc servers by name: idemproxy's instances
+	// and idembench's own (null-server, memory-server).
+	servers map[string]*server
+	envoys  map[envoyKind]*server
 }
 
 func newStack(cfg config, logDir string) *stack {
 	var b [24]byte
 	_, _ = rand.Read(b[:]) // crypto/rand never fails
 	return &stack{cfg: cfg, logDir: logDir, token: "bench-" + hex.EncodeToString(b[:]),
-		http: &http.Client{Timeout: 5 * time.Second}, idemproxy: map[string]*server{}, envoys: map[envoyKind]*server{}}
+		http: &http.Client{Timeout: 5 * time.Second}, servers: map[string]*server{}, envoys: map[envoyKind]*server{}}
 }
 
 // close stops every child, newest first: Envoys before the servers behind
@@ -145,7 +145,7 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 // tells instances apart. The shutdown grace is short so a run ends quickly;
 // it plays no part on the request path.
 func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*server, error) {
-	if srv := s.idemproxy[name]; srv != nil {
+	if srv := s.servers[name]; srv != nil {
 		return srv, nil
 	}
 	rs, err := s.Redis(ctx)
@@ -171,18 +171,18 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 		return nil, err
 	}
 	srv := &server{Process: p, addr: grpcAddr, admin: adminAddr}
-	s.idemproxy[name] = srv
+	s.servers[name] = srv
 	return srv, nil
 }
 
 // selfServer runs idembench's own command as a gRPC server, in a process
 // of its own so its CPU and memory are measured like idemproxy's, and
-// waits until it accepts connections; *srv keeps it for the next caller.
+// waits until it accepts connections.
 // The commands: the null ext_proc server (b), idemproxy's processor over
 // memory (m).
-func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*server, error) {
-	if *srv != nil {
-		return *srv, nil
+func (s *stack) selfServer(ctx context.Context, command string) (*server, error) {
+	if srv := s.servers[command]; srv != nil {
+		return srv, nil
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -204,8 +204,9 @@ func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*
 	if err != nil {
 		return nil, err
 	}
-	*srv = &server{Process: p, addr: addr}
-	return *srv, nil
+	srv := &server{Process: p, addr: addr}
+	s.servers[command] = srv
+	return srv, nil
 }
 
 // extProcFor starts the ext_proc server an Envoy kind calls, if any.
@@ -214,9 +215,9 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 	case envoyBare:
 		return nil, nil
 	case envoyNull:
-		return s.selfServer(ctx, &s.null, nullServerCommand)
+		return s.selfServer(ctx, nullServerCommand)
 	case envoyMem:
-		return s.selfServer(ctx, &s.memory, memoryServerCommand)
+		return s.selfServer(ctx, memoryServerCommand)
 	case envoyIdem:
 		return s.Idemproxy(ctx, "idemproxy")
 	case envoyDurable:
