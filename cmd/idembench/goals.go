@@ -13,19 +13,35 @@ type goal struct {
 	Verdict  string `json:"verdict"` // PASS, MISS, or n/a
 }
 
-// goals computes the ratios from whatever scenarios ran.
+// goalList collects goals as they are judged.
+type goalList []goal
+
+// met adds a goal that was measured: PASS when ok, else MISS.
+func (gs *goalList) met(name, measured, target string, ok bool) {
+	v := "MISS"
+	if ok {
+		v = "PASS"
+	}
+	*gs = append(*gs, goal{Name: name, Measured: measured, Target: target, Verdict: v})
+}
+
+// na adds a goal the run could not judge: it did not run needs.
+func (gs *goalList) na(name, target, needs string) {
+	*gs = append(*gs, goal{Name: name, Measured: "-", Target: target, Verdict: "n/a (needs " + needs + ")"})
+}
+
+// goals computes the ratios from whatever scenarios ran: the costs
+// first, then the Redis round trips.
 func (r *report) goals() []goal {
-	var gs []goal
-	met := func(name, measured, target string, ok bool) {
-		v := "MISS"
-		if ok {
-			v = "PASS"
-		}
-		gs = append(gs, goal{Name: name, Measured: measured, Target: target, Verdict: v})
-	}
-	na := func(name, target, needs string) {
-		gs = append(gs, goal{Name: name, Measured: "-", Target: target, Verdict: "n/a (needs " + needs + ")"})
-	}
+	var gs goalList
+	r.costGoals(&gs)
+	r.tripGoals(&gs)
+	return gs
+}
+
+// costGoals adds the throughput, CPU and added-latency goals.
+func (r *report) costGoals(gs *goalList) {
+	met, na := gs.met, gs.na
 	sat := func(id string) *phaseResult { return r.find(r.Saturation, id) }
 	ratio := func(name, num, den string, target float64) {
 		n, d, t := sat(num), sat(den), fmt.Sprintf(">= %.2f", target)
@@ -38,7 +54,7 @@ func (r *report) goals() []goal {
 	ratio("throughput c/b (idempotency vs bare ext_proc)", "c", "b", 0.75)
 	// The floor of idemproxy's own handling: its processor without Redis.
 	if m, b := sat("m"), sat("b"); m != nil && b != nil && b.RPS > 0 {
-		gs = append(gs, goal{Name: "throughput m/b (processor over memory: the floor)", Measured: fmt.Sprintf("%.2f", m.RPS/b.RPS),
+		*gs = append(*gs, goal{Name: "throughput m/b (processor over memory: the floor)", Measured: fmt.Sprintf("%.2f", m.RPS/b.RPS),
 			Target: "-", Verdict: "info"})
 	}
 	cpu := func(name, num string, target float64) {
@@ -74,12 +90,16 @@ func (r *report) goals() []goal {
 	latency(r.Fixed, "at the fixed rate")
 	ratio("throughput d/c (replay vs new key)", "d", "c", 1.5)
 	// (c1) runs only when asked for (--only ...,c1): it needs a replica.
-	durable := sat("c1") != nil
-	if durable {
+	if sat("c1") != nil {
 		ratio("throughput c1/c (1 replica acknowledged vs none)", "c1", "c", 0.8)
 	}
 	ratio("throughput e/a (no key vs no ext_proc)", "e", "a", 0.95)
+}
 
+// tripGoals adds the goals of Redis round trips per request of each kind.
+func (r *report) tripGoals(gs *goalList) {
+	met, na := gs.met, gs.na
+	sat := func(id string) *phaseResult { return r.find(r.Saturation, id) }
 	trips := func(name, id string, want float64) {
 		p := sat(id)
 		if p == nil {
@@ -95,7 +115,7 @@ func (r *report) goals() []goal {
 		met(name, fmt.Sprintf("%.2f", p.RedisPerReq), fmt.Sprintf("%.0f", want), ok)
 	}
 	trips("Redis round trips per request: new key (c)", "c", 2)
-	if durable {
+	if sat("c1") != nil {
 		trips("Redis round trips per request: new key, WAIT 1 (c1)", "c1", 2)
 	}
 	trips("Redis round trips per request: replay (d)", "d", 1)
@@ -125,5 +145,4 @@ func (r *report) goals() []goal {
 		}
 		met("ext_proc streams opened for keyless requests (e)", fmt.Sprintf("%d", streams), "0", streams == 0)
 	}
-	return gs
 }
