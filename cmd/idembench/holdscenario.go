@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -28,7 +29,7 @@ type dupResult struct {
 	Errors       int            `json:"errors"`
 	P50ms        float64        `json:"p50_ms"`
 	P99ms        float64        `json:"p99_ms"`
-	Redis        redisCount     `json:"redis"`
+	Redis        cmdstats.Count `json:"redis"`
 	RedisPerReq  float64        `json:"redis_round_trips_per_request"`
 	HolderNon200 int            `json:"holder_non_200"`
 }
@@ -40,7 +41,7 @@ type dupResult struct {
 func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	const holding, perKey, conns = 20, 10, 4
 	r := dupResult{Holders: holding, Duplicates: holding * perKey, Statuses: map[string]int{}}
-	env, idem, err := b.st.servers(ctx, envoyIdem)
+	env, err := b.st.Envoy(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
@@ -48,7 +49,7 @@ func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	for i := range reqs {
 		reqs[i] = slowRequest("", b.nonce+"-dup-"+strconv.Itoa(i), "3s")
 	}
-	h, err := b.hold(ctx, env, idem, reqs, 30*time.Second, 10*time.Second)
+	h, err := b.hold(ctx, env, reqs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
@@ -79,29 +80,29 @@ func (b *bench) runDuplicates(ctx context.Context) (dupResult, error) {
 	}
 	r.Errors = res.Errors
 	r.P50ms, r.P99ms = ms(res.Lat.Percentile(50)), ms(res.Lat.Percentile(99))
-	r.Redis = classifyRedis(before, after)
+	r.Redis = cmdstats.Classify(before, after)
 	r.RedisPerReq = float64(r.Redis.Requests) / float64(max(res.Completed(), 1))
 	return r, b.st.alive()
 }
 
 // holdResult is scenario (f): many slow requests in flight at once.
 type holdResult struct {
-	InFlight         int        `json:"in_flight"`
-	RampSeconds      float64    `json:"ramp_seconds"`
-	WindowSeconds    float64    `json:"window_seconds"`
-	RSSIdleKiB       int64      `json:"rss_idle_kib"`
-	RSSHeldKiB       int64      `json:"rss_held_kib"`
-	PeakRSSKiB       int64      `json:"peak_rss_kib"`
-	GoroutinesIdle   float64    `json:"goroutines_idle"`
-	GoroutinesHeld   float64    `json:"goroutines_held"`
-	RenewalsPerSec   float64    `json:"redis_renewals_per_second"`
-	MetricRenewals   float64    `json:"metric_renewals_per_second"`
-	ExpectedPerSec   float64    `json:"expected_renewals_per_second"`
-	Redis            redisCount `json:"redis"`
-	ServerCores      float64    `json:"server_cpu_cores"`
-	AnsweredEarly    int        `json:"answered_before_cut"`
-	DrainSeconds     float64    `json:"drain_seconds"`
-	HeartbeatSeconds float64    `json:"heartbeat_seconds"`
+	InFlight         int            `json:"in_flight"`
+	RampSeconds      float64        `json:"ramp_seconds"`
+	WindowSeconds    float64        `json:"window_seconds"`
+	RSSIdleKiB       int64          `json:"rss_idle_kib"`
+	RSSHeldKiB       int64          `json:"rss_held_kib"`
+	PeakRSSKiB       int64          `json:"peak_rss_kib"`
+	GoroutinesIdle   float64        `json:"goroutines_idle"`
+	GoroutinesHeld   float64        `json:"goroutines_held"`
+	RenewalsPerSec   float64        `json:"redis_renewals_per_second"`
+	MetricRenewals   float64        `json:"metric_renewals_per_second"`
+	ExpectedPerSec   float64        `json:"expected_renewals_per_second"`
+	Redis            cmdstats.Count `json:"redis"`
+	ServerCores      float64        `json:"server_cpu_cores"`
+	AnsweredEarly    int            `json:"answered_before_cut"`
+	DrainSeconds     float64        `json:"drain_seconds"`
+	HeartbeatSeconds float64        `json:"heartbeat_seconds"`
 }
 
 // runHold holds cfg.inFlight slow requests through a dedicated idemproxy
@@ -110,10 +111,11 @@ type holdResult struct {
 func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r := holdResult{InFlight: b.cfg.inFlight, ExpectedPerSec: float64(b.cfg.inFlight) / holdHeartbeat.Seconds(),
 		HeartbeatSeconds: holdHeartbeat.Seconds()}
-	env, idem, err := b.st.servers(ctx, envoyHold)
+	env, err := b.st.Envoy(ctx, envoyHold)
 	if err != nil {
 		return r, err
 	}
+	idem := env.ext
 	idle, err := testenv.ProcessMemory(idem.Pid())
 	if err != nil {
 		return r, err
@@ -128,19 +130,19 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 		reqs[i] = slowRequest("", b.nonce+"-hold-"+strconv.Itoa(i), "50s")
 	}
 	t0 := time.Now()
-	h, err := b.hold(ctx, env, idem, reqs, time.Minute, 30*time.Second)
+	h, err := b.hold(ctx, env, reqs, time.Minute, 30*time.Second)
 	if err != nil {
 		return r, err
 	}
 	defer func() { h.Cut(); h.Wait() }()
 	r.RampSeconds = time.Since(t0).Seconds()
 	loadgen.Pause(ctx, b.cfg.warmup) // let the heartbeats spread out
-	before, err := b.sample(ctx, env, idem, nil)
+	before, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
 	loadgen.Pause(ctx, b.cfg.duration)
-	after, err := b.sample(ctx, env, idem, nil)
+	after, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
@@ -151,7 +153,7 @@ func (b *bench) runHold(ctx context.Context) (holdResult, error) {
 	r.RSSHeldKiB, r.PeakRSSKiB, r.GoroutinesHeld = held.RSS, held.Peak, after.metrics["goroutines"]
 	wall := after.at.Sub(before.at).Seconds()
 	r.WindowSeconds = wall
-	r.Redis = classifyRedis(before.redis, after.redis)
+	r.Redis = cmdstats.Classify(before.redis, after.redis)
 	r.RenewalsPerSec = float64(r.Redis.Requests) / wall
 	r.MetricRenewals = (after.metrics["renewals"] - before.metrics["renewals"]) / wall
 	r.ServerCores = (after.cpu["server"] - before.cpu["server"]).Seconds() / wall

@@ -194,13 +194,22 @@ func versionNumber(banner string) string {
 
 var releasePattern = regexp.MustCompile(`[/=v](\d+\.\d+\.\d+)\b`)
 
+// statusText is a result's statuses, "200: 998, 503: 2".
 func statusText(m map[string]int) string {
+	return joined(m, func(s string, n int) string { return fmt.Sprintf("%s: %d", s, n) }, "no responses")
+}
+
+// joined lists m's entries in key order, each as item writes it, leaving
+// out those it writes as ""; empty when none is left.
+func joined[V any](m map[string]V, item func(string, V) string, empty string) string {
 	var parts []string
-	for _, s := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, fmt.Sprintf("%s: %d", s, m[s]))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if s := item(k, m[k]); s != "" {
+			parts = append(parts, s)
+		}
 	}
 	if len(parts) == 0 {
-		return "no responses"
+		return empty
 	}
 	return strings.Join(parts, ", ")
 }
@@ -219,12 +228,13 @@ func (r *report) writeNotes(w io.Writer) {
 			fmt.Fprintf(w, "  %s %s: statuses %s; errors %d %s\n", p.Scenario, loadText(p), statusText(p.Statuses), p.Errors, p.FirstError)
 		}
 	}
-	fmt.Fprintf(w, "  Redis round trips count EVALSHA/EVAL and any data command sent outside a script; not counted (housekeeping): %s\n", counts(excluded))
+	fmt.Fprintf(w, "  Redis round trips count EVALSHA/EVAL and any data command sent outside a script; not counted (housekeeping): %s\n",
+		joined(excluded, func(k string, n int64) string { return fmt.Sprintf("%s %d", k, n) }, "none"))
 	for _, p := range r.Saturation {
 		if p.RedisInScriptsPerReq > 0 {
 			fmt.Fprintf(w, "  %s: %.1f commands per request run inside the Lua scripts (Redis CPU, no round trip)\n", p.Scenario, p.RedisInScriptsPerReq)
 		}
-		if d := floats(p.Decisions); d != "" {
+		if d := joined(p.Decisions, decision, ""); d != "" {
 			fmt.Fprintf(w, "  %s: idemproxy decisions %s; Envoy ext_proc streams %d\n", p.Scenario, d, p.ExtProcStreams)
 		}
 	}
@@ -234,23 +244,10 @@ func (r *report) writeNotes(w io.Writer) {
 	}
 }
 
-func counts(m map[string]int64) string {
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+// decision is one of idemproxy's decision counts, rounded; "" for none.
+func decision(name string, n float64) string {
+	if n == 0 {
+		return ""
 	}
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, ", ")
-}
-
-func floats(m map[string]float64) string {
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if m[k] != 0 {
-			parts = append(parts, fmt.Sprintf("%s %.0f", k, math.Round(m[k])))
-		}
-	}
-	return strings.Join(parts, ", ")
+	return fmt.Sprintf("%s %.0f", name, math.Round(n))
 }

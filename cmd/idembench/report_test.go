@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 )
 
 func TestVersionNumber(t *testing.T) {
@@ -15,7 +17,7 @@ func TestVersionNumber(t *testing.T) {
 
 func row(id, load string, rps, p99, trips float64) phaseResult {
 	return phaseResult{Scenario: id, Load: load, RPS: rps, P99ms: p99, RedisPerReq: trips,
-		Redis: redisCount{Requests: int64(trips * 1000)}, TargetRate: 500}
+		Redis: cmdstats.Count{Requests: int64(trips * 1000)}, TargetRate: 500}
 }
 
 func verdicts(gs []goal) map[string]string {

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 	"github.com/idemproxy/idemproxy/internal/loadgen"
 )
 
@@ -29,9 +30,9 @@ type phaseResult struct {
 	LagP99ms float64 `json:"lag_p99_ms,omitempty"`
 	Behind   int     `json:"behind,omitempty"`
 
-	Redis                redisCount `json:"redis"`
-	RedisPerReq          float64    `json:"redis_round_trips_per_request"`
-	RedisInScriptsPerReq float64    `json:"redis_script_commands_per_request"`
+	Redis                cmdstats.Count `json:"redis"`
+	RedisPerReq          float64        `json:"redis_round_trips_per_request"`
+	RedisInScriptsPerReq float64        `json:"redis_script_commands_per_request"`
 	// ServerCPUPer1k is the ext_proc server's CPU seconds per 1,000
 	// requests; -1 without one.
 	ServerCPUPer1k float64 `json:"server_cpu_s_per_1k"`
@@ -76,7 +77,7 @@ func newPhaseResult(ph phase, cfg config, res loadgen.Result, before, after samp
 	// Per-request figures divide by the responses between the two samples,
 	// read at the same moments as the servers' counters.
 	answered := float64(max(after.answered-before.answered, 1))
-	r.Redis = classifyRedis(before.redis, after.redis)
+	r.Redis = cmdstats.Classify(before.redis, after.redis)
 	perK := 1000 / answered
 	r.RedisPerReq = float64(r.Redis.Requests) / answered
 	r.RedisInScriptsPerReq = float64(r.Redis.InScripts) / answered

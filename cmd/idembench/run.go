@@ -87,14 +87,20 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 }
 
 // phases runs label's phase of each scenario, at the rate rate gives it
-// (0: saturation).
+// (0: saturation), with a progress line before and after each.
 func (b *bench) phases(ctx context.Context, scs []scenario, label string, rate func(scenario) float64) ([]phaseResult, error) {
 	var out []phaseResult
 	for _, sc := range scs {
-		res, err := b.phase(ctx, phase{sc: sc, label: label, rate: rate(sc)})
-		if err != nil {
-			return nil, err
+		ph, load := phase{sc: sc, label: label, rate: rate(sc)}, "saturation"
+		if ph.rate > 0 {
+			load = fmt.Sprintf("%.0f/s", ph.rate)
 		}
+		fmt.Fprintf(b.progress, "==> %s: %s, %s (%s warm-up + %s)\n", sc.id, sc.title, load, b.cfg.warmup, b.cfg.duration)
+		res, err := b.runPhase(ctx, ph)
+		if err != nil {
+			return nil, fmt.Errorf("%s (%s): %w", sc.id, load, err)
+		}
+		fmt.Fprintf(b.progress, "    %.0f req/s, p99 %.2f ms, non-2xx %d, errors %d\n", res.RPS, res.P99ms, res.Non2xx, res.Errors)
 		out = append(out, res)
 	}
 	return out, nil
@@ -102,21 +108,6 @@ func (b *bench) phases(ctx context.Context, scs []scenario, label string, rate f
 
 // ref is a result by reference, for the report's optional sections.
 func ref[T any](v T, err error) (*T, error) { return &v, err }
-
-// phase runs one phase with a progress line before and after.
-func (b *bench) phase(ctx context.Context, ph phase) (phaseResult, error) {
-	load := "saturation"
-	if ph.rate > 0 {
-		load = fmt.Sprintf("%.0f/s", ph.rate)
-	}
-	fmt.Fprintf(b.progress, "==> %s: %s, %s (%s warm-up + %s)\n", ph.sc.id, ph.sc.title, load, b.cfg.warmup, b.cfg.duration)
-	res, err := b.runPhase(ctx, ph)
-	if err != nil {
-		return res, fmt.Errorf("%s (%s): %w", ph.sc.id, load, err)
-	}
-	fmt.Fprintf(b.progress, "    %.0f req/s, p99 %.2f ms, non-2xx %d, errors %d\n", res.RPS, res.P99ms, res.Non2xx, res.Errors)
-	return res, nil
-}
 
 // machine describes where the run happened.
 func machine() string {

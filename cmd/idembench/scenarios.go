@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -59,10 +60,11 @@ type phase struct {
 
 // runPhase drives one phase and measures it.
 func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
-	env, ext, err := b.st.servers(ctx, ph.sc.envoy)
+	env, err := b.st.Envoy(ctx, ph.sc.envoy)
 	if err != nil {
 		return phaseResult{}, err
 	}
+	ext := env.ext
 	gen, err := ph.sc.gen(ctx, b, "-"+ph.sc.id+"-"+ph.label+"-")
 	if err != nil {
 		return phaseResult{}, err
@@ -71,7 +73,7 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 	if err != nil {
 		return phaseResult{}, err
 	}
-	if err := warmPath(ctx, env.addr, prime); err != nil {
+	if err := warmPath(ctx, env.addr, 20, prime); err != nil {
 		return phaseResult{}, err
 	}
 	if ext != nil {
@@ -86,9 +88,9 @@ func (b *bench) runPhase(ctx context.Context, ph phase) (phaseResult, error) {
 	go func() { done <- loadgen.Run(ctx, spec, win) }()
 
 	loadgen.Pause(ctx, time.Until(win.Start))
-	before, berr := b.sample(ctx, env, ext, &answered)
+	before, berr := b.sample(ctx, env, &answered)
 	loadgen.Pause(ctx, time.Until(win.End))
-	after, aerr := b.sample(ctx, env, ext, &answered)
+	after, aerr := b.sample(ctx, env, &answered)
 	res := <-done
 	if err := ctx.Err(); err != nil {
 		return phaseResult{}, err
@@ -134,7 +136,8 @@ var decisionSeries = map[string]string{
 // sample reads every counter, the fast local ones first, close to the
 // moment answered is read, so that the deltas of two samples and the
 // requests between them belong together.
-func (b *bench) sample(ctx context.Context, env, ext *server, answered *atomic.Int64) (sample, error) {
+func (b *bench) sample(ctx context.Context, env *server, answered *atomic.Int64) (sample, error) {
+	ext := env.ext
 	s := sample{at: time.Now(), cpu: map[string]time.Duration{}, metrics: map[string]float64{}}
 	if answered != nil {
 		s.answered = answered.Load()
@@ -190,7 +193,7 @@ func (b *bench) redisCalls(ctx context.Context) (map[string]int64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis INFO commandstats: %w", err)
 	}
-	return parseCommandStats(info)
+	return cmdstats.Parse(info)
 }
 
 // replays stores scenario d's keys once, by sending each as a new request,
@@ -210,19 +213,18 @@ func (b *bench) replays(ctx context.Context) (loadgen.Gen, error) {
 	return cycledKeys(b.replayPrefix, b.cfg.replayKeys, b.cfg.connections), nil
 }
 
-// warmPath sends a few requests one by one before a run, so that the
+// warmPath sends n requests one by one before a run, so that the
 // first connections (Envoy to the ext_proc server, idemproxy to Redis) and
 // Redis's script cache exist before the clock starts, and so that a path
 // that fails at all stops the run with a clear error.
-func warmPath(ctx context.Context, addr string, gen loadgen.Gen) error {
+func warmPath(ctx context.Context, addr string, n int, gen loadgen.Gen) error {
 	c := loadgen.NewConn(addr, loadgen.RequestTimeout)
 	defer c.Close()
-	var buf []byte
-	for seq := range uint64(20) {
+	for seq := range uint64(n) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		status, err := c.RoundTrip(gen(buf[:0], 0, seq))
+		status, err := c.RoundTrip(gen(nil, 0, seq))
 		if err == nil && (status < 200 || status > 299) {
 			err = fmt.Errorf("status %d", status)
 		}

@@ -28,8 +28,9 @@ const stopGrace = 5 * time.Second
 // server is a started child and the addresses it serves.
 type server struct {
 	*testenv.Process
-	addr  string // main listener, host:port
-	admin string // admin listener, host:port; "" when it has none
+	addr  string  // main listener, host:port
+	admin string  // admin listener, host:port; "" when it has none
+	ext   *server // an Envoy's ext_proc server; nil for none
 }
 
 // envoyKind names the four Envoy setups: which ext_proc server, if any.
@@ -50,23 +51,25 @@ const (
 type stack struct {
 	cfg    config
 	logDir string
-	token  string // the bearer token Envoy sends idemproxy, made by tokenFile
+	token  string // the bearer token Envoy sends idemproxy
 	procs  []*testenv.Process
 	http   *http.Client
 
-	redis     *redistopo.Server
-	replica   *redistopo.Server // only when (c1) runs
-	rdb       *redis.Client
-	backend   *server
-	null      *server
-	memory    *server
-	idemproxy map[string]*server
-	envoys    map[envoyKind]*server
+	redis   *redistopo.Server
+	replica *redistopo.Server // only when (c1) runs
+	rdb     *redis.Client
+	backend *server
+	// servers are the ext_proc servers by name: idemproxy's instances
+	// and idembench's own (null-server, memory-server).
+	servers map[string]*server
+	envoys  map[envoyKind]*server
 }
 
 func newStack(cfg config, logDir string) *stack {
-	return &stack{cfg: cfg, logDir: logDir, http: &http.Client{Timeout: 5 * time.Second},
-		idemproxy: map[string]*server{}, envoys: map[envoyKind]*server{}}
+	var b [24]byte
+	_, _ = rand.Read(b[:]) // crypto/rand never fails
+	return &stack{cfg: cfg, logDir: logDir, token: "bench-" + hex.EncodeToString(b[:]),
+		http: &http.Client{Timeout: 5 * time.Second}, servers: map[string]*server{}, envoys: map[envoyKind]*server{}}
 }
 
 // close stops every child, newest first: Envoys before the servers behind
@@ -88,14 +91,14 @@ func (s *stack) close() {
 }
 
 // start starts a child with env (NAME=value) added to its environment and
-// its output in logDir/name.log.
-func (s *stack) start(name, bin string, env []string, args ...string) (*testenv.Process, error) {
+// its output in logDir/name.log, and waits until ready passes.
+func (s *stack) start(ctx context.Context, name, bin string, env, args []string, ready func(context.Context) error) (*testenv.Process, error) {
 	p, err := s.spawn(testenv.Command{Name: name, Path: bin, Args: args, Env: env})
 	if err != nil {
 		return nil, err
 	}
 	s.procs = append(s.procs, p)
-	return p, nil
+	return p, p.WaitReady(ctx, readyTimeout, ready)
 }
 
 // spawn starts c with its log in the run's log directory, untracked: the
@@ -104,9 +107,6 @@ func (s *stack) spawn(c testenv.Command) (*testenv.Process, error) {
 	c.LogFile = filepath.Join(s.logDir, c.Name+".log")
 	return testenv.StartProcess(c)
 }
-
-// httpOK is a readiness check: GET url answers 200.
-func (s *stack) httpOK(url string) func(context.Context) error { return testenv.HTTPOK(s.http, url) }
 
 // Redis starts redis-server without persistence: the benchmark measures
 // the request path, and a save would be a pause in the middle of a run.
@@ -133,11 +133,8 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start("backend", s.cfg.bins.backend, nil, "--addr", addr)
+	p, err := s.start(ctx, "backend", s.cfg.bins.backend, nil, []string{"--addr", addr}, testenv.HTTPOK(s.http, "http://"+addr+"/healthz"))
 	if err != nil {
-		return nil, err
-	}
-	if err := p.WaitReady(ctx, readyTimeout, s.httpOK("http://"+addr+"/healthz")); err != nil {
 		return nil, err
 	}
 	s.backend = &server{Process: p, addr: addr}
@@ -148,7 +145,7 @@ func (s *stack) Backend(ctx context.Context) (*server, error) {
 // tells instances apart. The shutdown grace is short so a run ends quickly;
 // it plays no part on the request path.
 func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*server, error) {
-	if srv := s.idemproxy[name]; srv != nil {
+	if srv := s.servers[name]; srv != nil {
 		return srv, nil
 	}
 	rs, err := s.Redis(ctx)
@@ -163,47 +160,39 @@ func (s *stack) Idemproxy(ctx context.Context, name string, extra ...string) (*s
 	if err != nil {
 		return nil, err
 	}
-	tokenFile, err := s.tokenFile()
-	if err != nil {
-		return nil, err
+	tokenFile := filepath.Join(s.logDir, "auth-token")
+	if err := os.WriteFile(tokenFile, []byte(s.token+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("auth token: %w", err)
 	}
 	args := append([]string{"--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
 		"--redis-url", rs.URL(), "--shutdown-grace", "2s", "--auth-token-file", tokenFile}, extra...)
-	p, err := s.start(name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args...)
+	p, err := s.start(ctx, name, s.cfg.bins.idemproxy, s.cfg.idemproxyEnv, args, testenv.HTTPOK(s.http, "http://"+adminAddr+"/readyz"))
 	if err != nil {
 		return nil, err
 	}
-	if err := p.WaitReady(ctx, readyTimeout, s.httpOK("http://"+adminAddr+"/readyz")); err != nil {
-		return nil, err
-	}
 	srv := &server{Process: p, addr: grpcAddr, admin: adminAddr}
-	s.idemproxy[name] = srv
+	s.servers[name] = srv
 	return srv, nil
 }
 
 // selfServer runs idembench's own command as a gRPC server, in a process
 // of its own so its CPU and memory are measured like idemproxy's, and
-// waits until it accepts connections; *srv keeps it for the next caller.
+// waits until it accepts connections.
 // The commands: the null ext_proc server (b), idemproxy's processor over
 // memory (m).
-func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*server, error) {
-	if *srv != nil {
-		return *srv, nil
+func (s *stack) selfServer(ctx context.Context, command string) (*server, error) {
+	if srv := s.servers[command]; srv != nil {
+		return srv, nil
 	}
-	name := command
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("%s: own executable: %w", name, err)
+		return nil, fmt.Errorf("%s: own executable: %w", command, err)
 	}
 	addr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.start(name, exe, nil, command, "--addr", addr)
-	if err != nil {
-		return nil, err
-	}
-	dial := func(ctx context.Context) error {
+	accepts := func(ctx context.Context) error {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
@@ -211,11 +200,13 @@ func (s *stack) selfServer(ctx context.Context, srv **server, command string) (*
 		}
 		return err
 	}
-	if err := p.WaitReady(ctx, readyTimeout, dial); err != nil {
+	p, err := s.start(ctx, command, exe, nil, []string{command, "--addr", addr}, accepts)
+	if err != nil {
 		return nil, err
 	}
-	*srv = &server{Process: p, addr: addr}
-	return *srv, nil
+	srv := &server{Process: p, addr: addr}
+	s.servers[command] = srv
+	return srv, nil
 }
 
 // extProcFor starts the ext_proc server an Envoy kind calls, if any.
@@ -224,9 +215,9 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 	case envoyBare:
 		return nil, nil
 	case envoyNull:
-		return s.selfServer(ctx, &s.null, nullServerCommand)
+		return s.selfServer(ctx, nullServerCommand)
 	case envoyMem:
-		return s.selfServer(ctx, &s.memory, memoryServerCommand)
+		return s.selfServer(ctx, memoryServerCommand)
 	case envoyIdem:
 		return s.Idemproxy(ctx, "idemproxy")
 	case envoyDurable:
@@ -258,9 +249,6 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	}
 	// Every Envoy sends the token, as the shipped config does, so the
 	// null server's runs carry the same metadata as idemproxy's.
-	if _, err := s.tokenFile(); err != nil {
-		return nil, err
-	}
 	ec := testenv.EnvoyConfig{Backend: be.addr, AuthToken: s.token}
 	if ext != nil {
 		ec.ExtProc = ext.addr
@@ -277,19 +265,9 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	}
 	s.procs = append(s.procs, p)
 	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
-	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", listener), admin: admin}
+	srv := &server{Process: p, addr: fmt.Sprintf("127.0.0.1:%d", listener), admin: admin, ext: ext}
 	s.envoys[kind] = srv
 	return srv, nil
-}
-
-// servers starts kind's Envoy and returns it with the ext_proc server
-// behind it (nil for envoyBare).
-func (s *stack) servers(ctx context.Context, kind envoyKind) (env, ext *server, err error) {
-	if env, err = s.Envoy(ctx, kind); err != nil {
-		return nil, nil, err
-	}
-	ext, err = s.extProcFor(ctx, kind)
-	return env, ext, err
 }
 
 // alive fails when a child the run depends on has died.
@@ -303,23 +281,4 @@ func (s *stack) alive() error {
 		return fmt.Errorf("redis-server exited during the run:\n%s", s.redis.Output())
 	}
 	return nil
-}
-
-// tokenFile makes the run's bearer token on first use and returns the file
-// idemproxy reads it from.
-func (s *stack) tokenFile() (string, error) {
-	path := filepath.Join(s.logDir, "auth-token")
-	if s.token != "" {
-		return path, nil
-	}
-	var b [24]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("auth token: %w", err)
-	}
-	token := "bench-" + hex.EncodeToString(b[:])
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("auth token: %w", err)
-	}
-	s.token = token
-	return path, nil
 }

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/idemproxy/idemproxy/internal/cmdstats"
 	"github.com/idemproxy/idemproxy/internal/loadgen"
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -25,7 +25,7 @@ type waitResult struct {
 	AfterP50ms     float64        `json:"after_original_p50_ms"` // a waiter's answer after its original's
 	AfterP99ms     float64        `json:"after_original_p99_ms"`
 	AfterMaxms     float64        `json:"after_original_max_ms"`
-	Redis          redisCount     `json:"redis"`
+	Redis          cmdstats.Count `json:"redis"`
 	RedisPerWaiter float64        `json:"redis_round_trips_per_waiter"`
 	SharedReads    float64        `json:"shared_reads"`
 	// PerKeyExtra is what waiting cost Redis beyond each waiter's own
@@ -49,25 +49,23 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	// 1,000 waiters: idemproxy's default --max-waiters.
 	const keys, perKey, delay = 20, 50, "2s"
 	r := waitResult{Keys: keys, PerKey: perKey, Delay: delay, Waiters: keys * perKey, Statuses: map[string]int{}}
-	env, idem, err := b.st.servers(ctx, envoyIdem)
+	env, err := b.st.Envoy(ctx, envoyIdem)
 	if err != nil {
 		return r, err
 	}
+	idem := env.ext
 	metrics := "http://" + idem.admin + "/metrics"
 	// Prime: Redis loads the scripts now, so no NOSCRIPT retry of the
 	// originals' concurrent completions is counted.
-	p, err := loadgen.Hold(ctx, env.addr, [][]byte{slowRequest("/wait", b.nonce+"-wait-prime", "0s")}, 10*time.Second)
-	if err != nil {
+	prime := slowRequest("/wait", b.nonce+"-wait-prime", "0s")
+	if err := warmPath(ctx, env.addr, 1, func(dst []byte, _ int, _ uint64) []byte { return append(dst, prime...) }); err != nil {
 		return r, err
-	}
-	if st, _ := loadgen.CountStatuses(p.Wait()); st[200] != 1 {
-		return r, fmt.Errorf("priming request: %v", st)
 	}
 	origs := make([][]byte, keys)
 	for i := range origs {
 		origs[i] = slowRequest("/wait", b.nonce+"-wait-"+strconv.Itoa(i), delay)
 	}
-	h, err := b.hold(ctx, env, idem, origs, 30*time.Second, 10*time.Second)
+	h, err := b.hold(ctx, env, origs, 30*time.Second, 10*time.Second)
 	if err != nil {
 		return r, err
 	}
@@ -77,7 +75,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 		return r, err
 	}
 	peeks0, _ := testenv.ReadMetric(ctx, b.st.http, metrics, peekSeries) // absent before the first
-	before, err := b.sample(ctx, env, idem, nil)
+	before, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
@@ -91,7 +89,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 	}
 	origStatus := h.Wait()
 	dupStatus := w.Wait()
-	after, err := b.sample(ctx, env, idem, nil)
+	after, err := b.sample(ctx, env, nil)
 	if err != nil {
 		return r, err
 	}
@@ -121,7 +119,7 @@ func (b *bench) runWait(ctx context.Context) (waitResult, error) {
 		return r, err
 	}
 	r.Replayed, r.SharedReads = int(replayed1-replayed0), peeks1-peeks0
-	r.Redis = classifyRedis(before.redis, after.redis)
+	r.Redis = cmdstats.Classify(before.redis, after.redis)
 	// The originals' completions fall in the window too; their acquires
 	// came before it.
 	r.RedisPerWaiter = float64(r.Redis.Requests-keys) / float64(r.Waiters)

@@ -1,4 +1,4 @@
-package main
+package cmdstats
 
 import (
 	"os"
@@ -20,30 +20,30 @@ const commandStats = "# Commandstats\r\n" +
 	"cmdstat_client|setinfo:calls=4,usec=4,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n" +
 	"cmdstat_ping:calls=7,usec=7,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n"
 
-func TestParseCommandStats(t *testing.T) {
+func TestParse(t *testing.T) {
 	t.Run("calls per command, subcommands by full name", func(t *testing.T) {
-		got, err := parseCommandStats(commandStats)
+		got, err := Parse(commandStats)
 		require.NoError(t, err)
 		require.Equal(t, map[string]int64{"evalsha": 2000, "eval": 2, "hget": 3000,
 			"config|resetstat": 1, "client|setinfo": 4, "ping": 7}, got)
 	})
 	t.Run("a line without calls is an error", func(t *testing.T) {
-		_, err := parseCommandStats("cmdstat_get:usec=1\r\n")
+		_, err := Parse("cmdstat_get:usec=1\r\n")
 		require.ErrorContains(t, err, "no calls=")
 	})
 	t.Run("no commands yet is empty", func(t *testing.T) {
-		got, err := parseCommandStats("# Commandstats\r\n")
+		got, err := Parse("# Commandstats\r\n")
 		require.NoError(t, err)
 		require.Empty(t, got)
 	})
 }
 
-func TestClassifyRedis(t *testing.T) {
+func TestClassify(t *testing.T) {
 	before := map[string]int64{"evalsha": 100, "hmget": 50, "ping": 1}
 	after := map[string]int64{"evalsha": 300, "eval": 1, "hmget": 250, "ping": 4, "client|setinfo": 1,
 		"incr": 20, "hgetall": 5}
-	got := classifyRedis(before, after)
-	require.Equal(t, redisCount{
+	got := Classify(before, after)
+	require.Equal(t, Count{
 		Requests:  201 + 5, // scripts, plus a data command no script runs
 		InScripts: 200 + 20,
 		Excluded:  map[string]int64{"ping": 3, "client": 1},
@@ -70,5 +70,5 @@ func TestScriptInternal_MatchesLua(t *testing.T) {
 	slices.Sort(used)
 	want := slices.Clone(scriptInternal)
 	slices.Sort(want)
-	require.Equal(t, want, slices.Compact(used), "update scriptInternal in stats.go")
+	require.Equal(t, want, slices.Compact(used), "update scriptInternal in cmdstats.go")
 }

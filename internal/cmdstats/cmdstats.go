@@ -1,4 +1,9 @@
-package main
+// Package cmdstats reads Redis's INFO commandstats and tells apart what a
+// window's commands cost idemproxy's requests: round trips (scripts, and
+// any data command sent on its own), commands run inside idemproxy's Lua
+// scripts (Redis CPU, no round trip), and housekeeping that belongs to no
+// request. idembench reports its figures per request with it.
+package cmdstats
 
 import (
 	"bufio"
@@ -8,9 +13,9 @@ import (
 	"strings"
 )
 
-// parseCommandStats reads INFO commandstats: per command, how often it ran.
+// Parse reads INFO commandstats: per command, how often it ran.
 // Subcommands keep their parent's name ("config|resetstat").
-func parseCommandStats(info string) (map[string]int64, error) {
+func Parse(info string) (map[string]int64, error) {
 	calls := map[string]int64{}
 	sc := bufio.NewScanner(strings.NewReader(info))
 	for sc.Scan() {
@@ -47,7 +52,7 @@ var scriptInternal = []string{"del", "get", "hmget", "hset", "hdel", "hstrlen", 
 var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
 
 // housekeeping are connection and monitoring commands (idemproxy's health
-// PINGs, go-redis's handshake, our own INFO): not part of a request.
+// PINGs, go-redis's handshake, idembench's own INFO): not part of a request.
 // WAIT (c1) rides in the pipeline of the script it follows, and REPLCONF
 // is the replica's own traffic: neither is a round trip of a request. SCAN
 // is idemproxy's count of held keys (--held-keys-interval, once a minute),
@@ -57,17 +62,17 @@ var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", 
 var housekeeping = []string{"ping", "info", "config", "client", "hello", "script", "command", "select", "auth", "quit", "readonly",
 	"wait", "replconf", "scan", "publish"}
 
-// redisCount is one window's Redis commands by kind.
-type redisCount struct {
+// Count is one window's Redis commands by kind.
+type Count struct {
 	Requests  int64            `json:"round_trips"`      // scripts plus other data commands
 	InScripts int64            `json:"inside_scripts"`   // commands run from Lua
 	Excluded  map[string]int64 `json:"excluded"`         // housekeeping, by command
 	Other     map[string]int64 `json:"other_data_calls"` // data commands sent directly
 }
 
-// classifyRedis splits the commandstats delta between two snapshots.
-func classifyRedis(before, after map[string]int64) redisCount {
-	c := redisCount{Excluded: map[string]int64{}, Other: map[string]int64{}}
+// Classify splits the delta between two snapshots that Parse read.
+func Classify(before, after map[string]int64) Count {
+	c := Count{Excluded: map[string]int64{}, Other: map[string]int64{}}
 	for name, n := range after {
 		d := n - before[name]
 		if d <= 0 {
