@@ -173,55 +173,6 @@ func (s *Store) Close() {
 	}
 }
 
-// run runs a request-path script: through the batching writers, or alone.
-func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
-	switch {
-	case s.batch != nil:
-		return s.batch.do(ctx, script, keys, args)
-	case s.perNode:
-		return s.runOnNode(ctx, script, keys, args)
-	}
-	return script.Run(ctx, s.client, keys, args...)
-}
-
-// runOnNode batches a call with the others for its key's primary. A
-// redirect (the slot moved since the map was loaded) sends it again through
-// the cluster client, which follows it, and reloads the map.
-func (s *Store) runOnNode(ctx context.Context, script *redis.Script, keys []string, args []any) *redis.Cmd {
-	node, err := s.cluster.MasterForKey(ctx, keys[0])
-	if err != nil {
-		return script.Run(ctx, s.client, keys, args...)
-	}
-	b := s.batcherFor(node)
-	if b == nil {
-		return errCmd(ctx, ErrStoreClosed)
-	}
-	cmd := b.do(ctx, script, keys, args)
-	if err := cmd.Err(); err != nil {
-		if moved, ask, _ := redirection(err); moved || ask || redis.HasErrorPrefix(err, "TRYAGAIN") {
-			_ = s.seen(err)
-			return script.Run(ctx, s.client, keys, args...)
-		}
-	}
-	return cmd
-}
-
-// batcherFor is node's batcher, made on first use; nil once closed.
-func (s *Store) batcherFor(node *redis.Client) *batcher {
-	addr := node.Options().Addr
-	s.nodesMu.Lock()
-	defer s.nodesMu.Unlock()
-	if s.nodeBatch == nil {
-		return nil
-	}
-	b := s.nodeBatch[addr]
-	if b == nil {
-		b = newBatcher(node, s.batching)
-		s.nodeBatch[addr] = b
-	}
-	return b
-}
-
 // RedisKey maps the processor's opaque key to the Redis key of its record:
 // the prefix, then the first 32 hex digits (128 bits) of the SHA-256 of key
 // inside braces.
@@ -252,34 +203,16 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	if err != nil {
 		return idem.Acquisition{}, err
 	}
-	takeover := "0"
+	takeover, wait := "0", ""
 	if c.Lease.Takeover {
 		takeover = "1"
 	}
-	rk := s.RedisKey(key)
-	keys := []string{rk, rk + fenceSuffix}
-	wait := ""
 	if c.Wait {
 		wait = "w"
 	}
-	args := []any{c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait, s.deadline(ctx, rk)}
-	if !s.durable() {
-		reply, err := s.run(ctx, acquireScript, keys, args...).Slice()
-		if err = s.seen(err); err != nil {
-			return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
-		}
-		return parseAcquire(reply, s.opener(rk))
-	}
-	// A lock that could not be made durable is not taken at all: a lock
-	// written but refused would need giving back.
-	if err := s.canPlan(ctx, rk); err != nil {
-		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w: %w", op, idem.ErrNotTaken, err)
-	}
-	res, err := s.runDurable(ctx, acquireScript, keys, args...)
-	if err != nil {
-		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
-	}
-	reply, err := res.reply.Slice()
+	rk := s.RedisKey(key)
+	reply, res, err := s.execSlice(ctx, acquireScript, []string{rk, rk + fenceSuffix},
+		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait, s.deadline(ctx, rk))
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
@@ -294,9 +227,6 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	}
 	return acq, nil
 }
-
-// durable says whether Acquire and Complete wait for replicas.
-func (s *Store) durable() bool { return s.allReplicas || s.minReplicas > 0 }
 
 // deadline is ARGV[10] of acquire.lua: ctx's deadline on the clock of the
 // primary of rk, or "" when ctx has none or no clock was read.
@@ -324,9 +254,9 @@ func (s *Store) deadline(ctx context.Context, rk string) string {
 // both read a record with the same rules.
 func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
 	rk := s.RedisKey(key)
-	reply, err := s.run(ctx, acquireScript, []string{rk, rk + fenceSuffix},
-		"", "", 1, 1, 1, "0", "", "peek", "").Slice()
-	if err = s.seen(err); err != nil {
+	reply, _, err := s.execSlice(ctx, peekScript, []string{rk, rk + fenceSuffix},
+		"", "", 1, 1, 1, "0", "", "peek", "")
+	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
 	}
 	return parseAcquire(reply, s.opener(rk))
@@ -349,8 +279,8 @@ func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) erro
 	if err != nil {
 		return err
 	}
-	n, err := s.run(ctx, renewScript, []string{s.RedisKey(key)}, token, lease, keyTTL).Int64()
-	return owned(op, n, s.seen(err))
+	n, _, err := s.execInt(ctx, renewScript, []string{s.RedisKey(key)}, token, lease, keyTTL)
+	return owned(op, n, err)
 }
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
@@ -382,16 +312,8 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 			return err
 		}
 	}
-	args := []any{token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk + settledSuffix}
-	if !s.durable() {
-		n, err := s.run(ctx, completeScript, []string{rk}, args...).Int64()
-		return owned(op, completedBefore(n), s.seen(err))
-	}
-	res, err := s.runDurable(ctx, completeScript, []string{rk}, args...)
-	if err != nil {
-		return fmt.Errorf("redisstore: %s: %w", op, err)
-	}
-	n, err := res.reply.Int64()
+	n, res, err := s.execInt(ctx, completeScript, []string{rk},
+		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk+settledSuffix)
 	if err := owned(op, completedBefore(n), err); err != nil {
 		return err
 	}
@@ -418,8 +340,8 @@ func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Durati
 		return err
 	}
 	rk := s.RedisKey(key)
-	n, err := s.run(ctx, abandonScript, []string{rk}, token, ms, rk+settledSuffix).Int64()
-	return owned(op, n, s.seen(err))
+	n, _, err := s.execInt(ctx, abandonScript, []string{rk}, token, ms, rk+settledSuffix)
+	return owned(op, n, err)
 }
 
 // Release implements processor.Store. With AllReplicas it is durable
@@ -434,15 +356,7 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		return fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
 	}
 	rk := s.RedisKey(key)
-	if !s.allReplicas {
-		n, err := s.run(ctx, releaseScript, []string{rk}, token, rk+settledSuffix).Int64()
-		return owned(op, n, s.seen(err))
-	}
-	res, err := s.runDurable(ctx, releaseScript, []string{rk}, token, rk+settledSuffix)
-	if err != nil {
-		return fmt.Errorf("redisstore: %s: %w", op, err)
-	}
-	n, err := res.reply.Int64()
+	n, res, err := s.execInt(ctx, releaseScript, []string{rk}, token, rk+settledSuffix)
 	if err != nil {
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	}
