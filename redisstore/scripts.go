@@ -14,8 +14,10 @@ var (
 	//go:embed lua/acquire.lua
 	acquireSrc    string
 	acquireScript = &script{redis.NewScript(acquireSrc), durableGrant}
-	// Peek runs acquire.lua in its read-only mode, which never waits.
-	peekScript = &script{acquireScript.Script, notDurable}
+
+	//go:embed lua/peek.lua
+	peekSrc    string
+	peekScript = &script{redis.NewScript(peekSrc), notDurable}
 
 	//go:embed lua/renew.lua
 	renewSrc    string

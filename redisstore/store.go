@@ -212,7 +212,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	}
 	rk := s.RedisKey(key)
 	reply, res, err := s.execSlice(ctx, acquireScript, []string{rk, rk + fenceSuffix},
-		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, "", wait, s.deadline(ctx, rk))
+		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, wait, s.deadline(ctx, rk))
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
@@ -228,7 +228,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	return acq, nil
 }
 
-// deadline is ARGV[10] of acquire.lua: ctx's deadline on the clock of the
+// deadline is ARGV[9] of acquire.lua: ctx's deadline on the clock of the
 // primary of rk, or "" when ctx has none or no clock was read.
 func (s *Store) deadline(ctx context.Context, rk string) string {
 	d, ok := ctx.Deadline()
@@ -250,12 +250,11 @@ func (s *Store) deadline(ctx context.Context, rk string) string {
 	return strconv.FormatInt(ms, 10)
 }
 
-// Peek implements processor.Store: acquire.lua in its read-only mode, so
-// both read a record with the same rules.
+// Peek implements processor.Store with peek.lua, which answers as
+// acquire.lua does but takes nothing.
 func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
 	rk := s.RedisKey(key)
-	reply, _, err := s.execSlice(ctx, peekScript, []string{rk, rk + fenceSuffix},
-		"", "", 1, 1, 1, "0", "", "peek", "")
+	reply, _, err := s.execSlice(ctx, peekScript, []string{rk})
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
 	}
