@@ -5,9 +5,9 @@ package redisstore
 //
 //   - a write that waits for replicas (Store.waits): alone, on a plain
 //     client of its key's primary, in one pipeline with WAIT (durable.go);
-//   - with Batching: queued for the writers of its key's primary (one set
-//     outside a cluster), sent in one pipeline with the calls queued beside
-//     it (batch.go);
+//   - with Batching: queued for the writers of its key's primary (outside a
+//     cluster, the store's only ones), sent in one pipeline with the calls
+//     queued beside it (batch.go);
 //   - else alone, through the store's client (a cluster client finds the
 //     key's primary, and follows redirects, itself).
 //
@@ -15,28 +15,17 @@ package redisstore
 // handled in one place, Store.again: NOSCRIPT (a restart, a failover or
 // SCRIPT FLUSH emptied the script cache: sent again as EVAL, which runs and
 // caches it), TRYAGAIN (a slot in migration) and MOVED or ASK (the slot
-// moved since the map was loaded). go-redis does neither inside a pipeline
-// nor on a plain client of one node.
+// moved since the map was loaded). go-redis's Script.Run falls back to
+// EVAL only outside a pipeline, and a plain client of one node follows no
+// redirect, so both are done here, the same way for every route.
 
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
-
-// Cluster is what a Redis Cluster client offers beyond Client: the primary
-// of a key's slot, every primary, and a reload of the slot map.
-// *redis.ClusterClient satisfies it; New detects it.
-type Cluster interface {
-	MasterForKey(ctx context.Context, key string) (*redis.Client, error)
-	ForEachMaster(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error
-	ReloadState(ctx context.Context)
-}
 
 // node is where a script is sent: the store's client, or a plain client of
 // one primary.
@@ -65,7 +54,7 @@ const (
 // exec runs sc. res.reply is its reply; s.unreplicated(res) says whether a
 // write that waited for replicas reached them. err is a failure to run it,
 // after which a cluster's slot map reloads (seen).
-func (s *Store) exec(ctx context.Context, sc *script, keys []string, args ...any) (res result, err error) {
+func (s *Store) exec(ctx context.Context, sc *script, keys []string, args ...any) (result, error) {
 	c := call{script: sc, keys: keys, args: args}
 	if s.waits(sc) {
 		return s.execDurable(ctx, c)
@@ -105,13 +94,13 @@ func (s *Store) execSlice(ctx context.Context, sc *script, keys []string, args .
 type route struct {
 	node  node
 	batch *batcher // node's batching writers, for the first attempt; nil: alone
-	// client: node is the store's client, which on a cluster finds the
+	// clientRoutes: node is the store's client, which on a cluster finds the
 	// primary and follows redirects and TRYAGAIN itself.
-	client    bool
-	eval      bool // send EVAL: Redis answered NOSCRIPT
-	asking    bool // send ASKING first: the slot is being imported there
-	redirects int
-	backoff   time.Duration // before the next TRYAGAIN retry
+	clientRoutes bool
+	eval         bool // send EVAL: Redis answered NOSCRIPT
+	asking       bool // send ASKING first: the slot is being imported there
+	redirects    int
+	backoff      time.Duration // before the next TRYAGAIN retry
 }
 
 // route is the first route of a call that does not wait for replicas: the
@@ -131,7 +120,7 @@ func (s *Store) route(ctx context.Context, key string) (route, error) {
 		}
 		return route{node: n, batch: b}, nil
 	}
-	return route{node: s.client, client: true}, nil
+	return route{node: s.client, clientRoutes: true}, nil
 }
 
 // batcherFor is node's batcher, made on first use; nil once closed.
@@ -208,7 +197,7 @@ func (s *Store) again(ctx context.Context, r *route, key string, err error) (boo
 	case !r.eval && redis.HasErrorPrefix(err, "NOSCRIPT"):
 		r.eval = true
 		return true, nil
-	case r.client || s.cluster == nil:
+	case r.clientRoutes || s.cluster == nil:
 		return false, nil
 	case redis.HasErrorPrefix(err, "TRYAGAIN"):
 		// A slot in migration, its keys split between two nodes for the
@@ -248,73 +237,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
-}
-
-// seen passes err on; on a cluster a failed call also makes the slot map
-// reload in the background (go-redis only does so on MOVED and READONLY),
-// so after a failover the next attempt goes to the new primary, not the
-// dead one.
-func (s *Store) seen(err error) error {
-	if err != nil && s.cluster != nil && !errors.Is(err, redis.Nil) {
-		s.cluster.ReloadState(context.Background())
-	}
-	return err
-}
-
-// primaryFor is the client that serves key and the primary's address:
-// the store's client and "", or on a cluster a plain client of the
-// primary of key's slot and its address.
-func (s *Store) primaryFor(ctx context.Context, key string) (node, string, error) {
-	if s.cluster == nil {
-		return s.client, "", nil
-	}
-	c, err := s.cluster.MasterForKey(ctx, key)
-	if err != nil {
-		return nil, "", err
-	}
-	return c, c.Options().Addr, nil
-}
-
-// primaryAt returns the client of the primary at addr after reloading the
-// slot map (ForEachMaster reloads it before it visits the primaries), so
-// a MOVED also updates where later calls go.
-func (s *Store) primaryAt(ctx context.Context, addr string) (*redis.Client, error) {
-	var (
-		mu    sync.Mutex
-		found *redis.Client
-	)
-	err := s.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
-		if c.Options().Addr == addr {
-			mu.Lock()
-			found = c
-			mu.Unlock()
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if found == nil {
-		return nil, fmt.Errorf("redirected to %s, which the cluster does not list as a primary yet", addr)
-	}
-	return found, nil
-}
-
-// redirection parses a "MOVED slot host:port" or "ASK slot host:port" error.
-func redirection(err error) (moved, ask bool, addr string) {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) {
-		return false, false, ""
-	}
-	f := strings.Fields(rerr.Error())
-	if len(f) != 3 {
-		return false, false, ""
-	}
-	switch f[0] {
-	case "MOVED":
-		return true, false, f[2]
-	case "ASK":
-		return false, true, f[2]
-	}
-	return false, false, ""
 }
