@@ -37,7 +37,7 @@ var ErrStoreClosed = errors.New("redisstore: closed")
 // primary. It only sends: what Redis answers instead of running a call
 // (NOSCRIPT, a redirect) is for exec to handle, alone.
 type batcher struct {
-	node    node
+	node    Client
 	max     int
 	observe func(int)
 	queue   chan *pending
@@ -55,7 +55,7 @@ type pending struct {
 	done chan struct{}
 }
 
-func newBatcher(n node, b Batching) *batcher {
+func newBatcher(n Client, b Batching) *batcher {
 	if b.MaxBatch <= 0 {
 		b.MaxBatch = DefaultMaxBatch
 	}

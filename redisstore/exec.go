@@ -27,13 +27,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// node is where a script is sent: the store's client, or a plain client of
-// one primary.
-type node interface {
-	redis.Scripter
-	Pipeline() redis.Pipeliner
-}
-
 // call is one script with its keys and arguments.
 type call struct {
 	script *script
@@ -92,7 +85,7 @@ func (s *Store) execSlice(ctx context.Context, sc *script, keys []string, args .
 
 // route is where a call goes and what Redis's answers taught so far.
 type route struct {
-	node  node
+	node  Client   // the store's client, or a plain client of one primary
 	batch *batcher // node's batching writers, for the first attempt; nil: alone
 	// clientRoutes: node is the store's client, which on a cluster finds the
 	// primary and follows redirects and TRYAGAIN itself.

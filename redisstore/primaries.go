@@ -38,7 +38,7 @@ func (s *Store) seen(err error) error {
 // primaryFor is the client that serves key and the primary's address:
 // the store's client and "", or on a cluster a plain client of the
 // primary of key's slot and its address.
-func (s *Store) primaryFor(ctx context.Context, key string) (node, string, error) {
+func (s *Store) primaryFor(ctx context.Context, key string) (Client, string, error) {
 	if s.cluster == nil {
 		return s.client, "", nil
 	}
