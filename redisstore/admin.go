@@ -55,7 +55,7 @@ func (s *Store) InspectID(ctx context.Context, id string) (KeyInfo, error) {
 }
 
 func (s *Store) inspect(ctx context.Context, rk string) (KeyInfo, error) {
-	v, err := inspectScript.Run(ctx, s.client, []string{rk, rk + fenceSuffix}).Slice()
+	v, _, err := s.execSlice(ctx, inspectScript, []string{rk, rk + fenceSuffix})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return KeyInfo{}, fmt.Errorf("redisstore: inspect: %w", err)
 	}

@@ -8,8 +8,10 @@ import (
 )
 
 // checkLease validates a lease and returns it and the in-progress record's
-// key TTL in milliseconds: the hold, so the record outlives a crashed
-// owner, or with takeover the lease itself, as the previous version did.
+// key TTL in milliseconds: the hold (--retention), so the record outlives
+// a crashed owner, or with takeover the lease itself, as the previous
+// version did. Takeover is --on-unknown=rerun-after-ttl (processor's
+// Config.RerunAfterTTL; ARGV[6] of acquire.lua).
 func checkLease(op, token string, l idem.Lease) (lease, keyTTL int64, err error) {
 	if lease, err = checkArgs(op, token, "lease", l.TTL); err != nil {
 		return 0, 0, err

@@ -33,34 +33,34 @@ const DefaultMaxBatch = 64
 // was stopped.
 var ErrStoreClosed = errors.New("redisstore: closed")
 
-// batcher runs Batching for one store.
+// batcher runs Batching for one node: the store's client, or one cluster
+// primary. It only sends: what Redis answers instead of running a call
+// (NOSCRIPT, a redirect) is for exec to handle, alone.
 type batcher struct {
-	client  Client
+	node    Client
 	max     int
 	observe func(int)
-	queue   chan *call
+	queue   chan *pending
 	stop    chan struct{} // closed by Close: writers drain and end
 	wg      sync.WaitGroup
 	once    sync.Once
 }
 
-// call is one script call waiting for a writer; cmd is valid once done is
+// pending is one call waiting for a writer; cmd is valid once done is
 // closed.
-type call struct {
-	ctx    context.Context
-	script *redis.Script
-	keys   []string
-	args   []any
-	cmd    *redis.Cmd
-	done   chan struct{}
+type pending struct {
+	ctx context.Context
+	call
+	cmd  *redis.Cmd
+	done chan struct{}
 }
 
-func newBatcher(client Client, b Batching) *batcher {
+func newBatcher(n Client, b Batching) *batcher {
 	if b.MaxBatch <= 0 {
 		b.MaxBatch = DefaultMaxBatch
 	}
-	bt := &batcher{client: client, max: b.MaxBatch, observe: b.Observe,
-		queue: make(chan *call, b.MaxBatch*b.Writers), stop: make(chan struct{})}
+	bt := &batcher{node: n, max: b.MaxBatch, observe: b.Observe,
+		queue: make(chan *pending, b.MaxBatch*b.Writers), stop: make(chan struct{})}
 	for range b.Writers {
 		bt.wg.Add(1)
 		go bt.writer()
@@ -75,25 +75,25 @@ func errCmd(ctx context.Context, err error) *redis.Cmd {
 	return cmd
 }
 
-// do runs script through a writer. A caller whose ctx ends first gets
-// ctx's error; its call may still reach Redis, as any call cut short may.
-func (b *batcher) do(ctx context.Context, script *redis.Script, keys []string, args []any) *redis.Cmd {
-	c := &call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})}
+// do sends c through a writer. A caller whose ctx ends first gets ctx's
+// error; its call may still reach Redis, as any call cut short may.
+func (b *batcher) do(ctx context.Context, c call) *redis.Cmd {
+	p := &pending{ctx: ctx, call: c, done: make(chan struct{})}
 	select {
 	case <-b.stop:
 		return errCmd(ctx, ErrStoreClosed)
 	default:
 	}
 	select {
-	case b.queue <- c:
+	case b.queue <- p:
 	case <-b.stop:
 		return errCmd(ctx, ErrStoreClosed)
 	case <-ctx.Done():
 		return errCmd(ctx, ctx.Err())
 	}
 	select {
-	case <-c.done:
-		return c.cmd
+	case <-p.done:
+		return p.cmd
 	case <-ctx.Done():
 		return errCmd(ctx, ctx.Err())
 	}
@@ -102,9 +102,9 @@ func (b *batcher) do(ctx context.Context, script *redis.Script, keys []string, a
 // writer sends batches until Close, then what is still queued.
 func (b *batcher) writer() {
 	defer b.wg.Done()
-	batch := make([]*call, 0, b.max)
+	batch := make([]*pending, 0, b.max)
 	for {
-		var first *call
+		var first *pending
 		select {
 		case first = <-b.queue:
 		case <-b.stop:
@@ -119,8 +119,8 @@ func (b *batcher) writer() {
 	more:
 		for len(batch) < b.max {
 			select {
-			case c := <-b.queue:
-				batch = append(batch, c)
+			case p := <-b.queue:
+				batch = append(batch, p)
 			default:
 				break more
 			}
@@ -130,34 +130,28 @@ func (b *batcher) writer() {
 	}
 }
 
-// send makes one write of batch. Each caller gets its own reply or error;
-// a failed write fails the calls it carried, and only those.
-func (b *batcher) send(batch []*call) {
+// send makes one write of batch, EVALSHA each. Each caller gets its own
+// reply or error; a failed write fails the calls it carried, and only
+// those.
+func (b *batcher) send(batch []*pending) {
 	if b.observe != nil {
 		b.observe(len(batch))
 	}
 	if len(batch) == 1 {
-		c := batch[0]
-		c.cmd = c.script.Run(c.ctx, b.client, c.keys, c.args...)
-		close(c.done)
+		p := batch[0]
+		p.cmd = p.script.EvalSha(p.ctx, b.node, p.keys, p.args...)
+		close(p.done)
 		return
 	}
 	ctx, cancel := batchContext(batch)
 	defer cancel()
-	pipe := b.client.Pipeline()
-	cmds := make([]*redis.Cmd, len(batch))
-	for i, c := range batch {
-		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+	pipe := b.node.Pipeline()
+	for _, p := range batch {
+		p.cmd = p.script.EvalSha(ctx, pipe, p.keys, p.args...)
 	}
 	_, _ = pipe.Exec(ctx) // every command carries its own error
-	for i, c := range batch {
-		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
-			// A script Redis has not loaded (a restart, a failover, a
-			// SCRIPT FLUSH): sent again alone, with its body.
-			cmds[i] = c.script.Run(c.ctx, b.client, c.keys, c.args...)
-		}
-		c.cmd = cmds[i]
-		close(c.done)
+	for _, p := range batch {
+		close(p.done)
 	}
 }
 
@@ -165,10 +159,10 @@ func (b *batcher) send(batch []*call) {
 // so no caller is cut short by another's earlier one; it carries the
 // first call's values (its trace span). A caller whose own deadline passes
 // stops waiting by itself.
-func batchContext(batch []*call) (context.Context, context.CancelFunc) {
+func batchContext(batch []*pending) (context.Context, context.CancelFunc) {
 	var latest time.Time
-	for _, c := range batch {
-		d, ok := c.ctx.Deadline()
+	for _, p := range batch {
+		d, ok := p.ctx.Deadline()
 		if !ok {
 			return context.WithCancel(context.WithoutCancel(batch[0].ctx))
 		}

@@ -2,7 +2,7 @@ package redisstore
 
 // Each primary's clock, as the health check reads it with TIME. An acquire
 // carries a deadline on the clock of the primary that runs it (lua/
-// acquire.lua, ARGV[10]): a lock the script would create after idemproxy
+// acquire.lua, ARGV[9]): a lock the script would create after idemproxy
 // stopped waiting for it (the call timed out and the client got a 503)
 // is refused instead. Such a late script is real: a command sent while the
 // network was cut arrives by TCP retransmission on the abandoned

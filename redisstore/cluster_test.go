@@ -170,37 +170,49 @@ func TestStore_cluster(t *testing.T) {
 
 // TestStore_clusterRedirects moves slots under a cluster client whose slot
 // map is stale: the durable writes follow MOVED to the new primary, and
-// ASK while a slot is being migrated.
+// ASK while a slot is being migrated; batched calls follow MOVED too.
 func TestStore_clusterRedirects(t *testing.T) {
 	t.Parallel()
 	cl := redistopo.NewCluster(t)
 	cc := cl.Client(t)
 	ctx := t.Context()
 	s := New(cc, Options{Prefix: "moved:", MinReplicas: 1, ReplicaTimeout: time.Second})
-	// Load the slot map, then change the cluster behind the client's back.
+	bc := cl.Client(t)
+	batched := New(bc, Options{Prefix: "moved-batched:", Batching: Batching{Writers: 1}})
+	t.Cleanup(batched.Close)
+	// Load the slot maps, then change the cluster behind the clients' backs.
 	acquired(t, s, "warm", time.Minute)
+	acquired(t, batched, "warm", time.Minute)
 
 	t.Run("MOVED after a reshard", func(t *testing.T) {
 		primaries, err := cl.Primaries(ctx)
 		require.NoError(t, err)
 		from, to := primaries[0], primaries[1]
 		require.NoError(t, cl.Reshard(ctx, from, to, 50))
-		// Keys in the moved slots: the client still sends them to from.
-		moved := 0
-		for i := 0; moved < 5 && i < 5000; i++ {
-			k := fmt.Sprintf("m-%d", i)
-			p, err := cl.PrimaryForKey(ctx, s.RedisKey(k))
-			require.NoError(t, err)
-			c, err := cc.MasterForKey(ctx, s.RedisKey(k))
-			require.NoError(t, err)
-			if p.Addr != to.Addr || c.Options().Addr != from.Addr {
-				continue
+		for _, st := range []struct {
+			s  *Store
+			cc *redis.ClusterClient
+		}{{s, cc}, {batched, bc}} {
+			// Keys in the moved slots: the client still sends them to from.
+			moved := 0
+			for i := 0; moved < 5 && i < 5000; i++ {
+				k := fmt.Sprintf("m-%d", i)
+				p, err := cl.PrimaryForKey(ctx, st.s.RedisKey(k))
+				require.NoError(t, err)
+				c, err := st.cc.MasterForKey(ctx, st.s.RedisKey(k))
+				require.NoError(t, err)
+				if p.Addr != to.Addr || c.Options().Addr != from.Addr {
+					continue
+				}
+				moved++
+				tok := acquired(t, st.s, k, time.Minute)
+				require.NoError(t, st.s.Complete(ctx, k, tok, sampleRecord(), time.Hour))
+				acq, err := st.s.Peek(ctx, k)
+				require.NoError(t, err)
+				require.Equal(t, idem.StateCompleted, acq.State)
 			}
-			moved++
-			tok := acquired(t, s, k, time.Minute)
-			require.NoError(t, s.Complete(ctx, k, tok, sampleRecord(), time.Hour))
+			require.Positive(t, moved, "some keys were sent to the old primary and redirected")
 		}
-		require.Positive(t, moved, "some keys were sent to the old primary and redirected")
 	})
 
 	t.Run("ASK while a slot migrates", func(t *testing.T) {

@@ -37,6 +37,8 @@ func TestScripts_commandsPerOperation(t *testing.T) {
 	require.NoError(t, s.Release(t.Context(), "warm-2", tok))
 	tok = acquired(t, s, "warm-3", time.Minute)
 	require.NoError(t, s.Abandon(t.Context(), "warm-3", tok, time.Hour))
+	_, err := s.Peek(t.Context(), "warm-3")
+	require.NoError(t, err)
 
 	acquire := func(key string, wait bool) idem.Acquisition {
 		cl := claim(token(t), fp, time.Minute)
@@ -78,6 +80,23 @@ func TestScripts_commandsPerOperation(t *testing.T) {
 		{"complete, waited on", func() {
 			require.NoError(t, s.Complete(t.Context(), "w", owner, sampleRecord(), time.Hour))
 		}, map[string]int{"hmget": 1, "del": 1, "hset": 1, "pexpire": 1, "spublish": 1}},
+		{"peek, completed", func() {
+			acq, err := s.Peek(t.Context(), "w")
+			require.NoError(t, err)
+			require.Equal(t, idem.StateCompleted, acq.State)
+		}, map[string]int{"hmget": 1}},
+		{"peek, in progress (marks it waited on)", func() {
+			acquired(t, s, "p", time.Minute)
+			require.NoError(t, c.ConfigResetStat(t.Context()).Err())
+			acq, err := s.Peek(t.Context(), "p")
+			require.NoError(t, err)
+			require.Equal(t, idem.StateInProgress, acq.State)
+		}, map[string]int{"hmget": 1, "time": 1, "hset": 1}},
+		{"peek, free", func() {
+			acq, err := s.Peek(t.Context(), "nothing")
+			require.NoError(t, err)
+			require.Equal(t, idem.StateFree, acq.State)
+		}, map[string]int{"hmget": 1}},
 		{"release", func() {
 			tok := acquired(t, s, "r", time.Minute)
 			require.NoError(t, c.ConfigResetStat(t.Context()).Err())

@@ -24,9 +24,11 @@ package redisstore
 // counts the replicas of a connection that wrote nothing and succeeds
 // without proving anything (seen on a real cluster); and after a MOVED it
 // re-sends only the redirected script, without its WAIT. A TxPipeline is
-// no better: WAIT inside MULTI does not block and answers 0. So redirects
-// are followed here, and NOSCRIPT too: Script.Run's EVALSHA-to-EVAL
-// fallback does not happen inside a pipeline.
+// no better: WAIT inside MULTI does not block and answers 0. So the whole
+// pipeline is sent again by exec (exec.go) after a redirect or a NOSCRIPT.
+//
+// Which writes wait is the scripts' durability (scripts.go) read with the
+// options in one place, Store.waits.
 
 import (
 	"context"
@@ -35,54 +37,20 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
-// Cluster is what a Redis Cluster client offers beyond Client: the primary
-// of a key's slot, every primary, and a reload of the slot map.
-// *redis.ClusterClient satisfies it; New detects it.
-type Cluster interface {
-	MasterForKey(ctx context.Context, key string) (*redis.Client, error)
-	ForEachMaster(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error
-	ReloadState(ctx context.Context)
-}
-
-// maxRedirects bounds the MOVED and ASK redirects one durable write
-// follows, as go-redis's own default does.
-const maxRedirects = 3
-
-// TRYAGAIN backoff: 10, 20, 40, 80 ms, then the error is returned.
-const (
-	firstTryAgain = 10 * time.Millisecond
-	maxTryAgain   = 80 * time.Millisecond
-)
-
-// sleep waits d unless ctx ends first; it reports whether it waited.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// pipeliner is a client that pipelines on one connection.
-type pipeliner interface {
-	Pipeline() redis.Pipeliner
-}
-
-// durableResult is a script's reply and how far it was replicated.
-type durableResult struct {
+// result is a script's reply and, for a write that waited for replicas,
+// how far it was replicated.
+type result struct {
 	reply *redis.Cmd
-	acked int64
+	// waited says the write waited for replicas; the fields below are
+	// about that wait.
+	waited bool
+	acked  int64
 	// waitErr is WAIT's own failure (the script's reply is still valid):
 	// the write happened, but nobody confirmed it reached a replica.
 	waitErr error
@@ -94,9 +62,23 @@ type durableResult struct {
 	missing []string
 }
 
+// waits says whether sc's write waits for replicas: the one place the
+// options that ask for it are read.
+func (s *Store) waits(sc *script) bool {
+	switch sc.durability {
+	case durableWrite, durableGrant:
+		return s.allReplicas || s.minReplicas > 0
+	case durableDelete:
+		return s.allReplicas
+	}
+	return false
+}
+
 // unreplicated reports whether the write needs an ErrUnreplicated.
-func (s *Store) unreplicated(r durableResult) error {
+func (s *Store) unreplicated(r result) error {
 	switch {
+	case !r.waited:
+		return nil
 	case r.unplanned != nil:
 		return fmt.Errorf("%w: %v", idem.ErrUnreplicated, r.unplanned)
 	case r.waitErr != nil:
@@ -132,28 +114,6 @@ func (s *Store) planDurable(addr string) (*plan, error) {
 		return nil, err
 	}
 	return &p, nil
-}
-
-// canPlan is nil when a durable write to key's primary may succeed: the
-// view knows its replicas, and the ones that must acknowledge it were
-// online at the last refresh. Else the error says why, as
-// idem.ErrUnreplicated.
-func (s *Store) canPlan(ctx context.Context, key string) error {
-	if !s.allReplicas {
-		return nil
-	}
-	_, addr, err := s.primaryFor(ctx, key)
-	if err != nil {
-		return nil // the write itself will fail, and say why
-	}
-	pl, err := s.planDurable(addr)
-	if err == nil {
-		err = pl.offlineErr()
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %w", idem.ErrUnreplicated, err)
-	}
-	return nil
 }
 
 // offline is why a plan cannot succeed before anything is written: a
@@ -204,128 +164,82 @@ func (p *plan) missing(after, acked string, known []replicaNode) []string {
 	return out
 }
 
-// runDurable runs sc on the primary of keys[0] followed by WAIT, in one
-// pipeline. A NOSCRIPT (a flushed cache, a promoted replica that never
-// loaded the script) is sent again as EVAL, which runs and caches it; a
-// MOVED or ASK is followed to the node it names. Other errors are
-// returned, and on a cluster make the slot map reload, so the caller's
-// next attempt goes to the new primary after a failover.
-func (s *Store) runDurable(ctx context.Context, sc *redis.Script, keys []string, args ...any) (durableResult, error) {
-	node, addr, err := s.primaryFor(ctx, keys[0])
+// execDurable runs c on a plain client of its key's primary, followed in
+// the same pipeline by WAIT (and with AllReplicas by INFO replication
+// before and after WAIT). A write that could not be made durable (no view,
+// a required replica offline) is refused when it grants a lock, else
+// written alone and reported unreplicated.
+func (s *Store) execDurable(ctx context.Context, c call) (result, error) {
+	n, addr, err := s.primaryFor(ctx, c.keys[0])
 	if err != nil {
-		return durableResult{}, err
+		return result{}, err
 	}
 	pl, perr := s.planDurable(addr)
 	if perr == nil {
 		perr = pl.offlineErr()
 	}
+	r := route{node: n}
 	if perr != nil {
+		if c.script.durability == durableGrant {
+			return result{}, fmt.Errorf("%w: %w: %w", idem.ErrNotTaken, idem.ErrUnreplicated, perr)
+		}
 		// Nothing to wait for that could succeed: write alone, and say so.
-		reply := s.runOn(ctx, node, sc, keys, args)
-		if err := reply.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			return durableResult{}, s.seen(err)
+		cmd := s.send(ctx, &r, c, nil)
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return result{}, s.seen(err)
 		}
-		return durableResult{reply: reply, unplanned: perr}, nil
+		return result{reply: cmd, waited: true, unplanned: perr}, nil
 	}
-	count := s.minReplicas
+	chk := replicaCheck{plan: pl, count: s.minReplicas, timeout: millis(s.replicaTimeout)}
 	if pl != nil {
-		count = pl.wait
+		chk.count = pl.wait
 	}
-	eval, asking := false, false
-	backoff := firstTryAgain
-	for redirects := 0; ; {
-		pipe := node.Pipeline()
-		if asking {
-			pipe.Do(ctx, "asking")
-		}
-		var cmd *redis.Cmd
-		if eval {
-			cmd = sc.Eval(ctx, pipe, keys, args...)
-		} else {
-			cmd = sc.EvalSha(ctx, pipe, keys, args...)
-		}
-		var after, acked *redis.StringCmd
-		if pl != nil {
-			after = pipe.Info(ctx, "replication")
-		}
-		// WAIT is not in go-redis's Pipeliner; its reply is the number
-		// of replicas that have every write this connection made.
-		wait := pipe.Do(ctx, "wait", count, millis(s.replicaTimeout))
-		if pl != nil {
-			acked = pipe.Info(ctx, "replication")
-		}
-		_, _ = pipe.Exec(ctx) // each command keeps its own result
-		err := cmd.Err()
-		if err == nil || errors.Is(err, redis.Nil) {
-			n, werr := wait.Int64()
-			res := durableResult{reply: cmd, acked: n, waitErr: werr}
-			if pl != nil && werr == nil {
-				if werr = errors.Join(after.Err(), acked.Err()); werr != nil {
-					res.waitErr = werr
-				} else {
-					res.missing = pl.missing(after.Val(), acked.Val(), s.knownNodes())
-				}
-			}
-			return res, nil
-		}
-		if !eval && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			eval = true
-			continue
-		}
-		if redis.HasErrorPrefix(err, "TRYAGAIN") && backoff <= maxTryAgain && sleep(ctx, backoff) {
-			// A slot in migration, its keys split between two nodes for
-			// the moment it takes to move them: try again from the start.
-			backoff *= 2
-			if node, _, err = s.primaryFor(ctx, keys[0]); err != nil {
-				return durableResult{}, err
-			}
-			asking = false
-			continue
-		}
-		moved, ask, addr := redirection(err)
-		if (moved || ask) && s.cluster != nil && redirects < maxRedirects {
-			redirects++
-			if node, err = s.primaryAt(ctx, addr); err != nil {
-				return durableResult{}, err
-			}
-			asking = ask
-			continue
-		}
-		return durableResult{}, s.seen(err)
+	cmd := s.send(ctx, &r, c, chk.add)
+	if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return result{}, s.seen(err)
+	}
+	return chk.result(cmd, s.knownNodes), nil
+}
+
+// replicaCheck is what a durable write sends after its script, in the same
+// pipeline (the file's header says why): with a plan (AllReplicas) INFO
+// replication, WAIT and INFO replication again; without, WAIT alone.
+type replicaCheck struct {
+	plan    *plan // nil: WAIT's count decides
+	count   int
+	timeout int64 // ms
+	// The replies of the last attempt.
+	after, acked *redis.StringCmd
+	wait         *redis.Cmd
+}
+
+// add queues the check on pipe, after the script.
+func (w *replicaCheck) add(ctx context.Context, pipe redis.Pipeliner) {
+	if w.plan != nil {
+		w.after = pipe.Info(ctx, "replication")
+	}
+	// WAIT is not in go-redis's Pipeliner; its reply is the number of
+	// replicas that have every write this connection made.
+	w.wait = pipe.Do(ctx, "wait", w.count, w.timeout)
+	if w.plan != nil {
+		w.acked = pipe.Info(ctx, "replication")
 	}
 }
 
-// seen passes err on; on a cluster a failed call also makes the slot map
-// reload in the background (go-redis only does so on MOVED and READONLY),
-// so after a failover the next attempt goes to the new primary, not the
-// dead one.
-func (s *Store) seen(err error) error {
-	if err != nil && s.cluster != nil && !errors.Is(err, redis.Nil) {
-		s.cluster.ReloadState(context.Background())
+// result reads the check's replies; known lists the replicas the view
+// knows (Store.knownNodes).
+func (w *replicaCheck) result(reply *redis.Cmd, known func() []replicaNode) result {
+	n, err := w.wait.Int64()
+	res := result{reply: reply, waited: true, acked: n, waitErr: err}
+	if w.plan == nil || err != nil {
+		return res
 	}
-	return err
-}
-
-// primaryFor is the client that serves key and the primary's address:
-// the store's client and "", or on a cluster a plain client of the
-// primary of key's slot and its address.
-func (s *Store) primaryFor(ctx context.Context, key string) (pipeliner, string, error) {
-	if s.cluster == nil {
-		return s.client, "", nil
+	if err := errors.Join(w.after.Err(), w.acked.Err()); err != nil {
+		res.waitErr = err
+		return res
 	}
-	c, err := s.cluster.MasterForKey(ctx, key)
-	if err != nil {
-		return nil, "", err
-	}
-	return c, c.Options().Addr, nil
-}
-
-// runOn runs a script on node alone (EVALSHA, then EVAL on NOSCRIPT).
-func (s *Store) runOn(ctx context.Context, node pipeliner, sc *redis.Script, keys []string, args []any) *redis.Cmd {
-	if c, ok := node.(redis.Scripter); ok {
-		return sc.Run(ctx, c, keys, args...)
-	}
-	return sc.Run(ctx, s.client, keys, args...)
+	res.missing = w.plan.missing(w.after.Val(), w.acked.Val(), known())
+	return res
 }
 
 // knownNodes are every replica node the view knows, promotable or not:
@@ -343,48 +257,4 @@ func (s *Store) knownNodes() []replicaNode {
 		known = append(known, shard...)
 	}
 	return known
-}
-
-// primaryAt returns the client of the primary at addr after reloading the
-// slot map (ForEachMaster reloads it before it visits the primaries), so
-// a MOVED also updates where later calls go.
-func (s *Store) primaryAt(ctx context.Context, addr string) (*redis.Client, error) {
-	var (
-		mu    sync.Mutex
-		found *redis.Client
-	)
-	err := s.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
-		if c.Options().Addr == addr {
-			mu.Lock()
-			found = c
-			mu.Unlock()
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if found == nil {
-		return nil, fmt.Errorf("redirected to %s, which the cluster does not list as a primary yet", addr)
-	}
-	return found, nil
-}
-
-// redirection parses a "MOVED slot host:port" or "ASK slot host:port" error.
-func redirection(err error) (moved, ask bool, addr string) {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) {
-		return false, false, ""
-	}
-	f := strings.Fields(rerr.Error())
-	if len(f) != 3 {
-		return false, false, ""
-	}
-	switch f[0] {
-	case "MOVED":
-		return true, false, f[2]
-	case "ASK":
-		return false, true, f[2]
-	}
-	return false, false, ""
 }

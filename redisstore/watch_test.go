@@ -115,6 +115,18 @@ func TestWatcher(t *testing.T) {
 		require.NoError(t, s.Complete(t.Context(), key, tok, sampleRecord(), time.Hour))
 		require.False(t, promptedWithin(a, 200*time.Millisecond), "no SPUBLISH: the recheck is what would find it")
 	})
+	t.Run("a peek marks the key it finds in progress: its settlement is announced", func(t *testing.T) {
+		// A waiter peeks at a new owner, whose own acquire marked nothing.
+		key := "watch-peeked"
+		tok := acquired(t, s, key, time.Minute)
+		a, stop := watch(key, true)
+		defer stop()
+		acq, err := s.Peek(t.Context(), key)
+		require.NoError(t, err)
+		require.Equal(t, idem.StateInProgress, acq.State)
+		require.NoError(t, s.Complete(t.Context(), key, tok, sampleRecord(), time.Hour))
+		require.True(t, promptedWithin(a, 5*time.Second), "the completion published")
+	})
 	t.Run("other keys' settlements wake nobody, and the last stop unsubscribes", func(t *testing.T) {
 		mine, stop := watch("watch-mine", true)
 		tok := acquired(t, s, "watch-other", time.Minute)

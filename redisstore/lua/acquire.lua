@@ -10,23 +10,22 @@
 -- ARGV[4]  key TTL of the new record in milliseconds: the hold (retention),
 --          or the lease itself with takeover
 -- ARGV[5]  fence counter TTL in milliseconds
--- ARGV[6]  "1": takeover (an expired lease frees the key), "0": hold
+-- ARGV[6]  "1": takeover, "0": hold. Takeover is --on-unknown=rerun-after-ttl
+--          (idem.Lease.Takeover, processor's RerunAfterTTL): an expired lease
+--          frees the key, so the next request runs, possibly a second time.
+--          Hold (the default) reports it as an unknown outcome instead
 -- ARGV[7]  scope, for operators (authority and identity hash, never the key)
--- ARGV[8]  "peek": report what holds the key, but never take it (then
---          ARGV[1]-ARGV[7] are ignored and {"free"} stands for a free key)
--- ARGV[9]  "w": the caller will wait if the key is in progress, so the
+-- ARGV[8]  "w": the caller will wait if the key is in progress, so the
 --          record is marked (field w) and its settling script publishes;
---          keys nobody waits for cost no SPUBLISH. A peek marks it too:
---          waiters peek, and the owner they find may be a new one
--- ARGV[10] deadline, ms on this server's clock (TIME), "" for none: past it
+--          keys nobody waits for cost no SPUBLISH (peek.lua marks it too)
+-- ARGV[9]  deadline, ms on this server's clock (TIME), "" for none: past it
 --          the caller has given up waiting for the reply (and answered its
 --          client 503), so no new lock is created; {"late"} instead
 --
 -- Returns one of:
 --   {"acquired", fence}                              a new in-progress record is ours (or the
 --                                                    one an earlier try with this token made)
---   {"free"}                                         (peek only) nothing holds the key
---   {"late"}                                         the key was free, but ARGV[10] has passed
+--   {"late"}                                         the key was free, but ARGV[9] has passed
 --   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
 --                                                    ms more; why is "abandoned" (its owner said so)
@@ -57,10 +56,7 @@ local function clock()
 end
 
 local function grant()
-  if ARGV[8] == "peek" then
-    return {"free"}
-  end
-  if ARGV[10] and ARGV[10] ~= "" and clock() > tonumber(ARGV[10]) then
+  if ARGV[9] and ARGV[9] ~= "" and clock() > tonumber(ARGV[9]) then
     return {"late"}
   end
   local fence = redis.call("INCR", KEYS[2])
@@ -74,7 +70,7 @@ end
 
 -- The caller waits for this in-progress record: its settlement publishes.
 local function waiting()
-  if ARGV[9] == "w" or ARGV[8] == "peek" then
+  if ARGV[8] == "w" then
     redis.call("HSET", KEYS[1], "w", "1")
   end
 end

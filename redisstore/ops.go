@@ -1,0 +1,182 @@
+package redisstore
+
+// The processor.Store methods: each checks its arguments, runs one script
+// through exec (exec.go) and maps its reply (reply.go, args.go).
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
+)
+
+// Acquire implements processor.Store.
+func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acquisition, error) {
+	const op = "acquire"
+	lease, keyTTL, err := checkLease(op, c.Token, c.Lease)
+	if err != nil {
+		return idem.Acquisition{}, err
+	}
+	takeover, wait := "0", ""
+	if c.Lease.Takeover {
+		takeover = "1"
+	}
+	if c.Wait {
+		wait = "w"
+	}
+	rk := s.RedisKey(key)
+	reply, res, err := s.execSlice(ctx, acquireScript, []string{rk, rk + fenceSuffix},
+		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, wait, s.deadline(ctx, rk))
+	if err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	acq, err := parseAcquire(reply, s.opener(rk))
+	if err != nil || acq.State != idem.StateAcquired {
+		// Only a new lock needs replicas: an existing record was
+		// written (and waited for) by the request that made it.
+		return acq, err
+	}
+	if err := s.unreplicated(res); err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return acq, nil
+}
+
+// deadline is ARGV[9] of acquire.lua: ctx's deadline on the clock of the
+// primary of rk, or "" when ctx has none or no clock was read.
+func (s *Store) deadline(ctx context.Context, rk string) string {
+	d, ok := ctx.Deadline()
+	if !ok || s.topo == nil {
+		return ""
+	}
+	addr := ""
+	if s.cluster != nil {
+		node, err := s.cluster.MasterForKey(ctx, rk)
+		if err != nil {
+			return ""
+		}
+		addr = node.Options().Addr
+	}
+	ms, ok := s.topo.clocks.deadline(addr, d)
+	if !ok {
+		return ""
+	}
+	return strconv.FormatInt(ms, 10)
+}
+
+// Peek implements processor.Store with peek.lua, which answers as
+// acquire.lua does but takes nothing.
+func (s *Store) Peek(ctx context.Context, key string) (idem.Acquisition, error) {
+	rk := s.RedisKey(key)
+	reply, _, err := s.execSlice(ctx, peekScript, []string{rk})
+	if err != nil {
+		return idem.Acquisition{}, fmt.Errorf("redisstore: peek: %w", err)
+	}
+	return parseAcquire(reply, s.opener(rk))
+}
+
+// opener opens the sealed fields of the record at redis key rk.
+func (s *Store) opener(rk string) func(enc, field string, blob []byte) ([]byte, error) {
+	return func(enc, field string, blob []byte) ([]byte, error) {
+		if enc == "" {
+			return blob, nil
+		}
+		return s.keyring.open(enc, rk+"\x00"+field, blob)
+	}
+}
+
+// Renew implements processor.Store.
+func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) error {
+	const op = "renew"
+	lease, keyTTL, err := checkLease(op, token, l)
+	if err != nil {
+		return err
+	}
+	n, _, err := s.execInt(ctx, renewScript, []string{s.RedisKey(key)}, token, lease, keyTTL)
+	return owned(op, n, err)
+}
+
+// Complete implements processor.Store. When rec.BodyStored is false the body
+// is not written, whatever rec.Body holds; rec.Incomplete and rec.Trailers are kept.
+func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
+	const op = "complete"
+	ms, err := checkArgs(op, token, "retention", retention)
+	if err != nil {
+		return err
+	}
+	body, bs := rec.Body, "1"
+	switch {
+	case rec.BodyStored:
+	case rec.Incomplete:
+		body, bs = nil, "i"
+	case rec.Trailers:
+		body, bs = nil, "t"
+	default:
+		body, bs = nil, "0"
+	}
+	rk := s.RedisKey(key)
+	hdr, enc := encodeHeaders(rec.Headers), ""
+	if s.keyring != nil {
+		enc = s.keyring.current
+		if hdr, err = s.keyring.seal(rk+"\x00hdr", hdr); err != nil {
+			return err
+		}
+		if body, err = s.keyring.seal(rk+"\x00body", body); err != nil {
+			return err
+		}
+	}
+	n, res, err := s.execInt(ctx, completeScript, []string{rk},
+		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk+settledSuffix)
+	if err := owned(op, completedBefore(n), err); err != nil {
+		return err
+	}
+	if err := s.unreplicated(res); err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return nil
+}
+
+// completedBefore maps complete.lua's 2 (this token completed the record
+// before) to 1: for the caller, the record holds its response.
+func completedBefore(n int64) int64 {
+	if n == 2 {
+		return 1
+	}
+	return n
+}
+
+// Abandon implements processor.Store.
+func (s *Store) Abandon(ctx context.Context, key, token string, hold time.Duration) error {
+	const op = "abandon"
+	ms, err := checkArgs(op, token, "hold", hold)
+	if err != nil {
+		return err
+	}
+	rk := s.RedisKey(key)
+	n, _, err := s.execInt(ctx, abandonScript, []string{rk}, token, ms, rk+settledSuffix)
+	return owned(op, n, err)
+}
+
+// Release implements processor.Store. With AllReplicas it is durable
+// too: a lock a failover could bring back (a replica that had it, not yet
+// told of its deletion, promoted) would hold its key for the retention
+// with nobody to settle it. So it returns idem.ErrUnreplicated until every
+// promotable replica is past the deletion, also when this call found the
+// lock already gone (an earlier try deleted it): the caller tries again.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	const op = "release"
+	if token == "" {
+		return fmt.Errorf("%w: %s: empty token", ErrInvalidArgument, op)
+	}
+	rk := s.RedisKey(key)
+	n, res, err := s.execInt(ctx, releaseScript, []string{rk}, token, rk+settledSuffix)
+	if err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	if err := s.unreplicated(res); err != nil {
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return owned(op, n, nil)
+}
