@@ -28,7 +28,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	if err != nil {
 		return e.storeFailed(err, cont)
 	}
-	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease(), Wait: e.pol.wait && !e.pol.shadow}
+	claim := idem.Claim{Token: token, Fingerprint: fp, Scope: e.scope, Lease: e.pol.lease(), Wait: e.pol.waits()}
 	since := time.Now()
 	e.leaseEnd = since.Add(e.pol.lockTTL)
 	acq, err := e.look(claim)
@@ -45,7 +45,7 @@ func (e *exchange) decide(body []byte, cont func() *extprocv3.ProcessingResponse
 	switch {
 	case acq.State == idem.StateAcquired:
 		return e.granted(claim, acq, cont)
-	case acq.State == idem.StateInProgress && e.pol.wait && !e.pol.shadow && bytes.Equal(acq.Fingerprint, fp):
+	case acq.State == idem.StateInProgress && e.pol.waits() && bytes.Equal(acq.Fingerprint, fp):
 		return e.wait(claim, acq, since, cont)
 	default:
 		return e.answerExisting(acq, fp, cont)

@@ -215,7 +215,7 @@ func storedResult(rec idem.Record) string {
 // afterLease says what a key whose lease ended without a settlement
 // reads as, under this route's policy.
 func (e *exchange) afterLease() string {
-	if e.pol.takeover {
+	if e.pol.onUnknown.rerun() {
 		return "its lock has expired and a retry runs it again (--on-unknown=rerun-after-ttl)"
 	}
 	return "the key reads as an unknown outcome (409 outcome-unknown) for the retention, until an operator clears it"
@@ -292,7 +292,7 @@ func (e *exchange) finish() {
 func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
 	e.collecting = false
 	e.settledAs(resultUnknownOutcome)
-	if e.pol.takeover {
+	if e.pol.onUnknown.rerun() {
 		e.lock = lockDone
 		e.dog.stop()
 		e.logger().Warn("outcome unknown; lock left to expire, after which a retry runs again (--on-unknown=rerun-after-ttl): "+why,

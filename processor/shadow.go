@@ -16,7 +16,7 @@ import (
 // what would have happened, and lets the request through instead, without
 // a fence (it holds no grant) and without a client's own.
 func (e *exchange) refuse(would string, resp *extprocv3.ProcessingResponse, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
-	if !e.pol.shadow || resp.GetImmediateResponse() == nil {
+	if !e.pol.shadow() || resp.GetImmediateResponse() == nil {
 		return resp
 	}
 	e.srv.metrics.shadow.WithLabelValues(would).Inc()

@@ -11,7 +11,7 @@ import (
 // waitConfig waits up to maxWait, re-checking rarely so a test sees that
 // the notice, not the re-check, woke the waiter.
 func waitConfig(maxWait time.Duration) func(*Config) {
-	return func(c *Config) { c.InProgressWait, c.MaxWait, c.WaitRecheck = true, maxWait, time.Hour }
+	return func(c *Config) { c.InProgress, c.MaxWait, c.WaitRecheck = InProgressWait, maxWait, time.Hour }
 }
 
 // startWaiter sends a duplicate and checks that idemproxy first extends
@@ -80,7 +80,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 	t.Run("a lost notice is made up for by the re-check", func(t *testing.T) {
 		store := newFakeStore()
 		store.mute = true
-		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgress, c.WaitRecheck = InProgressWait, 50*time.Millisecond })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		dup := startWaiter(t, srv, store)
@@ -92,7 +92,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 	t.Run("without notices (the watch failed) the waiter re-checks on its own", func(t *testing.T) {
 		store := newFakeStore()
 		store.failOn("watch", errRedisDown)
-		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgress, c.WaitRecheck = InProgressWait, 50*time.Millisecond })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		dup := serve(t, srv)
@@ -205,7 +205,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 }
 
 func TestServer_Process_shadow(t *testing.T) {
-	shadow := func(c *Config) { c.Shadow = true }
+	shadow := func(c *Config) { c.Mode = ModeShadow }
 	t.Run("what enforcement would refuse or replay goes upstream, counted", func(t *testing.T) {
 		store := newFakeStore()
 		srv, reg := newTestServer(t, store, shadow)
@@ -252,7 +252,7 @@ func TestServer_Process_shadow(t *testing.T) {
 	})
 	t.Run("a shadow route does not wait", func(t *testing.T) {
 		store := newFakeStore()
-		srv, _ := newTestServer(t, store, func(c *Config) { c.Shadow, c.InProgressWait = true, true })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.Mode, c.InProgress = ModeShadow, InProgressWait })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		out, err := run(t, srv, endEOF, keyed("POST", "k", true))
