@@ -2,7 +2,6 @@ package processor
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"time"
 
@@ -84,11 +83,7 @@ func (e *exchange) granted(claim idem.Claim, acq idem.Acquisition, cont func() *
 // Redis cannot say), the new grant is given back and the request answered
 // as that record says; nil means the key is new in both schemes.
 func (e *exchange) fromLegacy(fp []byte, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
-	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
-	start := time.Now()
-	acq, err := e.srv.store.Peek(ctx, e.legacyKey)
-	cancel()
-	e.srv.metrics.observeStore("peek", start, err)
+	acq, err := e.srv.store.Peek(e.ctx, e.legacyKey)
 	if err == nil && acq.State == idem.StateFree {
 		return nil
 	}

@@ -46,9 +46,7 @@ func (e *exchange) settle(w write, inBand bool) {
 		w.done(err, retried)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.srv.cfg.StoreTimeout)
-	err := e.srv.attempt(ctx, w)
-	cancel()
+	err := w.call(context.WithoutCancel(e.ctx)) // bounded by the store timeout
 	if w.retryable(err) {
 		e.pending = &w
 		return
@@ -69,14 +67,6 @@ func retryable(err error) bool {
 // (untilReplicated), ErrUnreplicated is worth another attempt as well.
 func (w write) retryable(err error) bool {
 	return retryable(err) || (w.untilReplicated && errors.Is(err, idem.ErrUnreplicated))
-}
-
-// attempt runs w once and records its latency.
-func (s *Server) attempt(ctx context.Context, w write) error {
-	start := time.Now()
-	err := w.call(ctx)
-	s.metrics.observeStore(w.op, start, err)
-	return err
 }
 
 // Backoff between the attempts of a settling write.
@@ -107,10 +97,8 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 		if n > 0 {
 			s.metrics.retries.WithLabelValues(w.op).Inc()
 		}
-		actx, acancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 		prev := err
-		err = s.attempt(actx, w)
-		acancel()
+		err = w.call(ctx)
 		if prev != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			// The last attempt was cut by our own deadline: what it
 			// says is only that time ran out, while the attempt before

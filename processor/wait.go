@@ -226,9 +226,7 @@ func (e *exchange) watch(since time.Time) (wake, tick <-chan time.Time, stop fun
 // however late each goroutine runs. It keeps a key's last read only while
 // the key has waiters.
 type sharedReads struct {
-	store   Store
-	timeout time.Duration
-	metrics *Metrics
+	store Store // bounded and observed (timedStore)
 
 	flights singleflight.Group
 	mu      sync.Mutex
@@ -246,8 +244,8 @@ type sharedRead struct {
 	err   error
 }
 
-func newSharedReads(store Store, timeout time.Duration, m *Metrics) *sharedReads {
-	return &sharedReads{store: store, timeout: timeout, metrics: m, keys: map[string]*keyReads{}}
+func newSharedReads(store Store) *sharedReads {
+	return &sharedReads{store: store, keys: map[string]*keyReads{}}
 }
 
 // enter and leave bracket one waiter of key.
@@ -289,10 +287,7 @@ func (r *sharedReads) peek(ctx context.Context, key string, event time.Time) (id
 		r.mu.Unlock()
 		ch := r.flights.DoChan(key, func() (any, error) {
 			read := sharedRead{began: time.Now()}
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
-			defer cancel()
-			read.acq, read.err = r.store.Peek(pctx, key)
-			r.metrics.observeStore("peek", read.began, read.err)
+			read.acq, read.err = r.store.Peek(context.WithoutCancel(ctx), key)
 			r.mu.Lock()
 			if k := r.keys[key]; k != nil {
 				k.last = &read
@@ -315,10 +310,5 @@ func (r *sharedReads) peek(ctx context.Context, key string, event time.Time) (id
 // look acquires the key once more for claim, bounded like any request-path
 // store call.
 func (e *exchange) look(claim idem.Claim) (idem.Acquisition, error) {
-	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
-	defer cancel()
-	start := time.Now()
-	acq, err := e.srv.store.Acquire(ctx, e.key, claim)
-	e.srv.metrics.observeStore("acquire", start, err)
-	return acq, err
+	return e.srv.store.Acquire(e.ctx, e.key, claim)
 }
