@@ -111,12 +111,37 @@ func (e *exchange) sent() {
 	}
 }
 
+// onRequestHeaders screens the request (screen), then decides on its key
+// at once, or once the buffered body completes it.
 func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration, md map[string]*structpb.Struct) (*extprocv3.ProcessingResponse, error) {
 	if e.sawRequestHeaders {
 		return nil, errors.New("processor: request headers received twice")
 	}
 	e.sawRequestHeaders = true
+	if v, done := e.screen(h, md); done {
+		return e.reply(v, phaseScreen), nil
+	}
+	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
+		// Without the buffered body there is no fingerprint, and answering
+		// the headers would let the request upstream unguarded.
+		return e.reply(misconfigured("The proxy is not configured to check idempotency keys on requests with a body; the request was not run.").
+			logged(slog.LevelError, "Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
+				"request_body_mode", pc.GetRequestBodyMode().String()), phaseScreen), nil
+	}
+	if !h.GetEndOfStream() {
+		// BUFFERED: Envoy holds the headers until we answer the body.
+		e.waitingBody = true
+		e.bodyBuffered = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
+		return continueRequestHeaders(), nil
+	}
+	return e.decide(nil, phaseHeaders), nil
+}
 
+// screen reads the request headers and, for a request that does not take
+// part (no key, or a method outside --methods) or cannot (an invalid key
+// or route policy, no room for the fence, no verified identity), returns
+// its verdict. Otherwise it sets the request's store key and scope.
+func (e *exchange) screen(h *extprocv3.HttpHeaders, md map[string]*structpb.Struct) (v verdict, done bool) {
 	var keys []string
 	rs := requestScope{headers: make([]string, len(e.srv.cfg.ScopeHeaders))}
 	for _, hv := range h.GetHeaders().GetHeaders() {
@@ -132,45 +157,32 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		}
 	}
 	if e.policyErr != nil {
-		e.decided(outcomeMisconfigured)
-		e.logger().Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
-			"error", e.policyErr.Error())
-		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), forwardHeaders), nil
+		return misconfigured("The proxy's idempotency policy for this route is invalid; the request was not run.").
+			logged(slog.LevelError, "invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
+				"error", e.policyErr.Error()), true
 	}
 	keyed := len(keys) > 0
 	if e.srv.methods != nil && !e.srv.methods[e.method] {
 		keys = nil
 	}
-	if len(keys) == 0 && e.pol.keyRequired {
-		e.decided(outcomeKeyRequired)
-		return e.refuse(outcomeKeyRequired, problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), forwardHeaders), nil
-	}
-	if len(keys) == 0 {
-		e.decided(outcomePassthrough)
-		resp := continueRequestHeaders()
-		resp.ModeOverride = skipRest()
-		if keyed {
-			// A keyed request of a method outside --methods: the backend
-			// sees its key, so it must not see a fence the client made up.
-			resp = e.srv.fence(resp, 0)
-		}
-		return resp, nil
+	switch {
+	case len(keys) == 0 && e.pol.keyRequired:
+		return refusal(outcomeKeyRequired, probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), true
+	case len(keys) == 0:
+		return passthrough(keyed), true
 	}
 	key, err := singleKey(keys)
 	if err != nil {
-		e.decided(outcomeInvalidKey)
-		e.logger().Info("invalid idempotency key", "reason", err.Error())
-		return e.refuse(outcomeInvalidKey, problemReply(probInvalidKey, err.Error(), ""), forwardHeaders), nil
+		return refusal(outcomeInvalidKey, probInvalidKey, err.Error(), "").
+			logged(slog.LevelInfo, "invalid idempotency key", "reason", err.Error()), true
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
-		e.decided(outcomeHeadersTooLarge)
-		return e.refuse(outcomeHeadersTooLarge, problemReply(probHeadersTooLarge, p, ""), forwardHeaders), nil
+		return refusal(outcomeHeadersTooLarge, probHeadersTooLarge, p, ""), true
 	}
 	identity, err := e.srv.identity(rs, md)
 	if err != nil {
-		e.decided(outcomeIdentityRequired)
-		return e.refuse(outcomeIdentityRequired, problemReply(probIdentityRequired, fmt.Sprintf(
-			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), forwardHeaders), nil
+		return refusal(outcomeIdentityRequired, probIdentityRequired, fmt.Sprintf(
+			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), true
 	}
 	parts := e.srv.scopeParts(rs, identity)
 	e.key, e.scope = storeKey(parts, key), scopeLabel(parts)
@@ -179,21 +191,7 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 			e.legacyKey = legacy
 		}
 	}
-	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
-		// Without the buffered body there is no fingerprint, and answering
-		// the headers would let the request upstream unguarded.
-		e.decided(outcomeMisconfigured)
-		e.logger().Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
-			"request_body_mode", pc.GetRequestBodyMode().String())
-		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), forwardHeaders), nil
-	}
-	if !h.GetEndOfStream() {
-		// BUFFERED: Envoy holds the headers until we answer the body.
-		e.waitingBody = true
-		e.bodyBuffered = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
-		return continueRequestHeaders(), nil
-	}
-	return e.decide(nil, continueRequestHeaders), nil
+	return verdict{}, false
 }
 
 // singleKey parses every key header; several must agree.
@@ -223,5 +221,5 @@ func (e *exchange) onRequestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingRe
 		return nil, errors.New("processor: request body is not buffered: configure request_body_mode BUFFERED")
 	}
 	e.waitingBody = false
-	return e.decide(b.GetBody(), continueRequestBody), nil
+	return e.decide(b.GetBody(), phaseBody), nil
 }

@@ -53,6 +53,12 @@ func (p policy) lease() idem.Lease {
 // shadow says whether this route only counts what it would refuse.
 func (p policy) shadow() bool { return p.mode == ModeShadow }
 
+// noWait is p for a duplicate that has waited: it does not wait again.
+func (p policy) noWait() policy {
+	p.inProgress = InProgressConflict
+	return p
+}
+
 // waits says whether a duplicate of a key in progress waits for its
 // answer: never in shadow mode, which must not hold a request either.
 func (p policy) waits() bool { return p.inProgress == InProgressWait && !p.shadow() }
