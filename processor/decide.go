@@ -101,7 +101,7 @@ func (e *exchange) fromLegacy(claim idem.Claim) (v verdict, found bool) {
 	e.release(resultReleasedEarly, true, "after", "a record under the previous scope")
 	if err != nil {
 		// Fail closed: the previous scheme may hold this key.
-		return refusal(outcomeStoreError, probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1").
+		return storeDown().
 			logged(slog.LevelError, "store failed looking up the previous scope; request refused (fail-closed)", "error", err), true
 	}
 	return existing(acq, claim), true

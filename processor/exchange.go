@@ -167,22 +167,20 @@ func (e *exchange) screen(h *extprocv3.HttpHeaders, md map[string]*structpb.Stru
 	}
 	switch {
 	case len(keys) == 0 && e.pol.keyRequired:
-		return refusal(outcomeKeyRequired, probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), true
+		return keyRequired(), true
 	case len(keys) == 0:
 		return passthrough(keyed), true
 	}
 	key, err := singleKey(keys)
 	if err != nil {
-		return refusal(outcomeInvalidKey, probInvalidKey, err.Error(), "").
-			logged(slog.LevelInfo, "invalid idempotency key", "reason", err.Error()), true
+		return invalidKey(err), true
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
-		return refusal(outcomeHeadersTooLarge, probHeadersTooLarge, p, ""), true
+		return headersTooLarge(p), true
 	}
 	identity, err := e.srv.identity(rs, md)
 	if err != nil {
-		return refusal(outcomeIdentityRequired, probIdentityRequired, fmt.Sprintf(
-			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), true
+		return identityRequired(e.srv.cfg.ScopeJWTClaim), true
 	}
 	parts := e.srv.scopeParts(rs, identity)
 	e.key, e.scope = storeKey(parts, key), scopeLabel(parts)

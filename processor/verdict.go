@@ -10,6 +10,7 @@ package processor
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -74,6 +75,30 @@ func passthrough(keyed bool) verdict {
 // misconfigured refuses a request the proxy's configuration cannot guard.
 func misconfigured(detail string) verdict {
 	return refusal(outcomeMisconfigured, probMisconfigured, detail, "")
+}
+
+// keyRequired refuses a keyless request on a route that requires a key.
+func keyRequired() verdict {
+	return refusal(outcomeKeyRequired, probKeyRequired, "This endpoint requires an Idempotency-Key header.", "")
+}
+
+// invalidKey refuses a request whose key headers do not parse or agree.
+func invalidKey(err error) verdict {
+	return refusal(outcomeInvalidKey, probInvalidKey, err.Error(), "").
+		logged(slog.LevelInfo, "invalid idempotency key", "reason", err.Error())
+}
+
+// headersTooLarge refuses a keyed request with no room left for the fence
+// header; why says which of Envoy's limits it would break.
+func headersTooLarge(why string) verdict {
+	return refusal(outcomeHeadersTooLarge, probHeadersTooLarge, why, "")
+}
+
+// identityRequired refuses a keyed request without the verified JWT claim
+// its keys are scoped by.
+func identityRequired(claim string) verdict {
+	return refusal(outcomeIdentityRequired, probIdentityRequired, fmt.Sprintf(
+		"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", claim), "")
 }
 
 // storeUnsafe refuses every keyed request while the gate says the store
@@ -142,7 +167,11 @@ func storeFailure(err error, failOpen bool) verdict {
 			"The idempotency store could not make the key durable on enough replicas; the request was not run. Retry later.", "1").
 			logged(slog.LevelWarn, "lock taken, but fewer replicas acknowledged it than --redis-min-replicas asks; request refused (fail-closed)", "error", err)
 	default:
-		return refusal(outcomeStoreError, probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1").
-			logged(slog.LevelError, "store failed; request refused (fail-closed)", "error", err)
+		return storeDown().logged(slog.LevelError, "store failed; request refused (fail-closed)", "error", err)
 	}
+}
+
+// storeDown refuses a request the store could not decide on: 503.
+func storeDown() verdict {
+	return refusal(outcomeStoreError, probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
 }
