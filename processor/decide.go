@@ -26,7 +26,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 	if err != nil {
 		return e.reply(storeFailure(err, e.srv.cfg.FailOpen), p)
 	}
-	claim := idem.Claim{Token: token, Fingerprint: fingerprint(e.method, e.path, body), Scope: e.scope, Lease: e.pol.lease(), Wait: e.pol.waits()}
+	claim := idem.Claim{Token: token, Fingerprint: fingerprint(e.req.method, e.req.path, body), Scope: e.req.scope, Lease: e.pol.lease(), Wait: e.pol.waits()}
 	since := time.Now()
 	l := e.acquire(claim)
 	v := judge(l, claim, e.pol, e.srv.cfg.FailOpen)
@@ -49,8 +49,8 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 
 // acquire is the request's first acquire of its key.
 func (e *exchange) acquire(claim idem.Claim) look {
-	e.leaseEnd = time.Now().Add(e.pol.lockTTL)
-	acq, err := e.srv.store.Acquire(e.ctx, e.key, claim)
+	e.lock.leaseEnd = time.Now().Add(e.pol.lockTTL)
+	acq, err := e.srv.store.Acquire(e.ctx, e.req.key, claim)
 	if err != nil {
 		e.unanswered(claim.Token, err)
 		if errors.Is(err, idem.ErrUnreplicated) {
@@ -69,7 +69,7 @@ func (e *exchange) acquire(claim idem.Claim) look {
 // it wrote nothing.
 func (e *exchange) unanswered(token string, err error) {
 	if !e.srv.cfg.FailOpen && !errors.Is(err, idem.ErrNotTaken) {
-		e.token, e.lock = token, lockUnanswered
+		e.lock.token, e.lock.state = token, lockUnanswered
 	}
 }
 
@@ -77,10 +77,10 @@ func (e *exchange) unanswered(token string, err error) {
 // that lets it go upstream with its fence; unless a record of the
 // previous scope answers it instead.
 func (e *exchange) grant(claim idem.Claim, v verdict) verdict {
-	e.token, e.lock = claim.Token, lockAcquired
-	e.rec.Fingerprint = claim.Fingerprint
-	e.dog = e.srv.startWatchdog(e.ctx, e.id, e.key, claim.Token, e.pol)
-	if e.legacyKey != "" {
+	e.lock.token, e.lock.state = claim.Token, lockAcquired
+	e.resp.rec.Fingerprint = claim.Fingerprint
+	e.lock.dog = e.srv.startWatchdog(e.ctx, e.id, e.req.key, claim.Token, e.pol)
+	if e.req.legacyKey != "" {
 		if legacy, found := e.fromLegacy(claim); found {
 			return legacy
 		}
@@ -94,7 +94,7 @@ func (e *exchange) grant(claim idem.Claim, v verdict) verdict {
 // Redis cannot say), the new grant is given back and the request answered
 // as that record says; found is false when the key is new in both schemes.
 func (e *exchange) fromLegacy(claim idem.Claim) (v verdict, found bool) {
-	acq, err := e.srv.store.Peek(e.ctx, e.legacyKey)
+	acq, err := e.srv.store.Peek(e.ctx, e.req.legacyKey)
 	if err == nil && acq.State == idem.StateFree {
 		return verdict{}, false
 	}

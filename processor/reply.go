@@ -75,6 +75,6 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 	e.srv.metrics.shadow.WithLabelValues(v.outcome).Inc()
 	// The scope label (authority, identity hash), never the key or body.
 	e.logger().Info("shadow mode: passed upstream what enforcement would have answered itself",
-		"would", v.outcome, "status", int(v.answer.GetImmediateResponse().GetStatus().GetCode()), "scope", e.scope)
+		"would", v.outcome, "status", int(v.answer.GetImmediateResponse().GetStatus().GetCode()), "scope", e.req.scope)
 	return e.srv.fence(p.cont(), 0)
 }

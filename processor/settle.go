@@ -34,21 +34,21 @@ type write struct {
 // stream is over. Otherwise it retries at once, until --finalize-timeout
 // or the end of the lease, whichever is later.
 func (e *exchange) settle(w write, inBand bool) {
-	e.lock = lockDone
+	e.lock.state = lockDone
 	// The watchdog stops first: a renewal racing the write would find the
 	// record settled and report a false lease loss.
-	e.dog.stop()
-	if end := e.dog.leaseEnd(); end.After(e.leaseEnd) {
-		e.leaseEnd = end
+	e.lock.dog.stop()
+	if end := e.lock.dog.leaseEnd(); end.After(e.lock.leaseEnd) {
+		e.lock.leaseEnd = end
 	}
 	if !inBand {
-		err, retried := e.srv.retrying(e.ctx, w, e.leaseEnd)
+		err, retried := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
 		w.done(err, retried)
 		return
 	}
 	err := w.call(context.WithoutCancel(e.ctx)) // bounded by the store timeout
 	if w.retryable(err) {
-		e.pending = &w
+		e.lock.pending = &w
 		return
 	}
 	w.done(err, false)
@@ -134,18 +134,18 @@ func deadlineOf(ctx context.Context) time.Time {
 
 // complete stores the response for the retention period.
 func (e *exchange) complete(inBand bool) {
-	e.collecting = false
-	if e.rec.BodyStored {
-		e.rec.Body = e.body.Bytes()
+	e.resp.collecting = false
+	if e.resp.rec.BodyStored {
+		e.resp.rec.Body = e.resp.body.Bytes()
 	}
-	rec := e.rec
+	rec := e.resp.rec
 	e.settle(write{op: "complete", untilReplicated: true,
 		call: func(ctx context.Context) error {
-			return e.srv.store.Complete(ctx, e.key, e.token, rec, e.pol.retention)
+			return e.srv.store.Complete(ctx, e.req.key, e.lock.token, rec, e.pol.retention)
 		},
 		done: func(err error, retried bool) {
 			e.completed(rec, err, retried)
-			e.body.Reset()
+			e.resp.body.Reset()
 		},
 	}, inBand)
 }
@@ -219,7 +219,7 @@ func (e *exchange) release(result string, inBand bool, attrs ...any) {
 // acquire failed, and may or may not have reached Redis in time).
 func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any) {
 	e.settle(write{op: "release", untilReplicated: true,
-		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.key, e.token) },
+		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.req.key, e.lock.token) },
 		done: func(err error, _ bool) {
 			e.settledAs(result)
 			switch {
@@ -244,13 +244,13 @@ func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any)
 // finish runs when the stream ends, however it ends.
 func (e *exchange) finish() {
 	switch {
-	case e.pending != nil:
-		w := *e.pending
-		e.pending = nil
+	case e.lock.pending != nil:
+		w := *e.lock.pending
+		e.lock.pending = nil
 		e.srv.metrics.retries.WithLabelValues(w.op).Inc()
-		err, _ := e.srv.retrying(e.ctx, w, e.leaseEnd)
+		err, _ := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
 		w.done(err, true)
-	case e.lock == lockUnanswered:
+	case e.lock.state == lockUnanswered:
 		// Acquire failed, so the client got 503 and nothing went
 		// upstream; but Redis may have run the acquire after we stopped
 		// waiting. Our token's lock, if it exists, must go, or it would
@@ -258,17 +258,17 @@ func (e *exchange) finish() {
 		// (One that reached Redis after we stopped waiting created none:
 		// it carried a deadline.)
 		e.releaseWith(resultReleasedEarly, false, true, "after", "a failed acquire")
-	case e.lock == lockAcquired:
+	case e.lock.state == lockAcquired:
 		// Our CONTINUE never went out: the request cannot be upstream.
 		e.release(resultReleasedEarly, false)
-	case e.lock == lockForwarded && e.collecting:
+	case e.lock.state == lockForwarded && e.resp.collecting:
 		// The upstream's status arrived, so the request ran; only its body
 		// is missing (the client hung up, or the upstream reset mid-body).
 		// That is an outcome, not an unknown one: stored without the body,
 		// so a retry learns the status and never runs it again.
-		e.rec.BodyStored, e.rec.Incomplete = false, true
+		e.resp.rec.BodyStored, e.resp.rec.Incomplete = false, true
 		e.complete(false)
-	case e.lock == lockForwarded:
+	case e.lock.state == lockForwarded:
 		e.abandon("stream ended before the response headers arrived", false)
 	}
 }
@@ -278,17 +278,19 @@ func (e *exchange) finish() {
 // marked so, and refused for the retention period until an operator clears
 // it; with --on-unknown=rerun-after-ttl its lock is left to expire instead.
 func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
-	e.collecting = false
+	e.resp.collecting = false
 	e.settledAs(resultUnknownOutcome)
 	if e.pol.onUnknown.rerun() {
-		e.lock = lockDone
-		e.dog.stop()
+		e.lock.state = lockDone
+		e.lock.dog.stop()
 		e.logger().Warn("outcome unknown; lock left to expire, after which a retry runs again (--on-unknown=rerun-after-ttl): "+why,
 			append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
 		return
 	}
 	e.settle(write{op: "abandon",
-		call: func(ctx context.Context) error { return e.srv.store.Abandon(ctx, e.key, e.token, e.pol.retention) },
+		call: func(ctx context.Context) error {
+			return e.srv.store.Abandon(ctx, e.req.key, e.lock.token, e.pol.retention)
+		},
 		done: func(err error, retried bool) {
 			switch {
 			case errors.Is(err, idem.ErrLeaseLost) && !retried:

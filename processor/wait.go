@@ -91,8 +91,8 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time)
 		m.waits.WithLabelValues(waitGone).Inc()
 		return waited{gone: true} // the stream is gone: nobody to answer
 	}
-	e.srv.reads.enter(e.key)
-	defer e.srv.reads.leave(e.key)
+	e.srv.reads.enter(e.req.key)
+	defer e.srv.reads.leave(e.req.key)
 	w, result := e.waitOn(claim, acq, since)
 	m.waits.WithLabelValues(result).Inc()
 	return w
@@ -126,7 +126,7 @@ func (e *exchange) waitOn(claim idem.Claim, acq idem.Acquisition, since time.Tim
 		case event = <-tick:
 		case event = <-retry.c():
 		}
-		next, err := e.srv.reads.peek(e.ctx, e.key, event)
+		next, err := e.srv.reads.peek(e.ctx, e.req.key, event)
 		if e.ctx.Err() != nil {
 			return waited{gone: true}, waitGone
 		}
@@ -149,8 +149,8 @@ func (e *exchange) waitOn(claim idem.Claim, acq idem.Acquisition, since time.Tim
 		if e.mayTake(next, claim) {
 			// Free (its owner gave it back): race for it as a new
 			// request would; one waiter wins, the others wait on.
-			e.leaseEnd = time.Now().Add(e.pol.lockTTL)
-			if next, err = e.srv.store.Acquire(e.ctx, e.key, claim); err != nil {
+			e.lock.leaseEnd = time.Now().Add(e.pol.lockTTL)
+			if next, err = e.srv.store.Acquire(e.ctx, e.req.key, claim); err != nil {
 				// The acquire may have taken the lock all the same.
 				return waited{look: look{err: err}, acquireFailed: true}, waitError
 			}
@@ -226,7 +226,7 @@ func (e *exchange) mayTake(acq idem.Acquisition, claim idem.Claim) bool {
 // fails) the waiter looks on its own every --wait-recheck (tick).
 func (e *exchange) watch(since time.Time) (wake, tick <-chan time.Time, stop func()) {
 	if e.srv.watcher != nil {
-		wake, stop, err := e.srv.watcher.Watch(e.ctx, e.key, since)
+		wake, stop, err := e.srv.watcher.Watch(e.ctx, e.req.key, since)
 		if err == nil {
 			return wake, nil, stop
 		}
