@@ -12,30 +12,31 @@ import (
 	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
-// TestJudge lists every state a look at the key can report, and what each
-// means for the request, with no store and no stream.
-func TestJudge(t *testing.T) {
+// judgeCase is one state a look at the key can report, and what it means.
+type judgeCase struct {
+	name     string
+	look     look
+	pol      policy
+	failOpen bool
+	outcome  string
+	then     step
+	status   int  // of the immediate answer; 0: the request goes upstream (or the step decides)
+	fenced   bool // a request sent upstream gets the fence header handled
+	fence    int64
+	level    slog.Level // of the log line, when logs
+	logs     bool
+}
+
+// judgeCases lists every state a look at the key can report.
+func judgeCases() []judgeCase {
 	fp, other := []byte("fp"), []byte("other")
-	claim := idem.Claim{Token: "t", Fingerprint: fp, Scope: "example.com"}
 	conflict := policy{}
 	waits := policy{inProgress: InProgressWait}
 	shadowWaits := policy{inProgress: InProgressWait, mode: ModeShadow}
 	stored := &idem.Record{Fingerprint: fp, Status: 201, BodyStored: true, Body: []byte("ok")}
 	storeErr := errors.New("redis: i/o timeout")
 	unreplicated := fmt.Errorf("acquire: %w", idem.ErrUnreplicated)
-	tests := []struct {
-		name     string
-		look     look
-		pol      policy
-		failOpen bool
-		outcome  string
-		then     step
-		status   int  // of the immediate answer; 0: the request goes upstream (or the step decides)
-		fenced   bool // a request sent upstream gets the fence header handled
-		fence    int64
-		level    slog.Level // of the log line, when logs
-		logs     bool
-	}{
+	return []judgeCase{
 		{"acquired: the request is granted its key", look{acq: idem.Acquisition{State: idem.StateAcquired, Fence: 7}}, conflict, false,
 			outcomeAcquired, stepGrant, 0, true, 7, 0, false},
 		{"in progress, same request: 409 with retry-after", look{acq: idem.Acquisition{State: idem.StateInProgress, Fingerprint: fp, LockTTL: 2500 * time.Millisecond}}, conflict, false,
@@ -72,7 +73,14 @@ func TestJudge(t *testing.T) {
 		{"a store error wins over what the look says", look{acq: idem.Acquisition{State: idem.StateAcquired, Fence: 3}, err: storeErr}, conflict, false,
 			outcomeStoreError, stepReply, 503, false, 0, slog.LevelError, true},
 	}
-	for _, tc := range tests {
+}
+
+// TestJudge decides every state a look at the key can report, with no
+// store and no stream.
+func TestJudge(t *testing.T) {
+	fp := []byte("fp")
+	claim := idem.Claim{Token: "t", Fingerprint: fp, Scope: "example.com"}
+	for _, tc := range judgeCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			v := judge(tc.look, claim, tc.pol, tc.failOpen)
 			require.Equal(t, tc.outcome, v.outcome)
