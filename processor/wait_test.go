@@ -77,6 +77,10 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.NotEmpty(t, headerGet(hs, "retry-after"))
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitTimeout))
 	})
+}
+
+// TestServer_Process_waitNotices: Waiters learn of their key by notice, by re-check, and together.
+func TestServer_Process_waitNotices(t *testing.T) {
 	t.Run("a lost notice is made up for by the re-check", func(t *testing.T) {
 		store := newFakeStore()
 		store.mute = true
@@ -137,6 +141,10 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, 0, gauge(t, reg, "idemproxy_waiters"))
 		require.Zero(t, store.watching(keyOf("k")))
 	})
+}
+
+// TestServer_Process_waitStoreFailures: A Redis that fails while duplicates wait.
+func TestServer_Process_waitStoreFailures(t *testing.T) {
 	t.Run("a failed read is looked at again: the waiter still gets the replay", func(t *testing.T) {
 		store, reg, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		store.failTimes("peek", errRedisDown, 3) // a failover's moment
@@ -172,6 +180,10 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		requireProblem(t, dup.reply(), 503, "store-unavailable")
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitError))
 	})
+}
+
+// TestServer_Process_waitAdmission: Which duplicates wait at all.
+func TestServer_Process_waitAdmission(t *testing.T) {
 	t.Run("beyond --max-waiters the duplicate gets the 409 at once", func(t *testing.T) {
 		store := newFakeStore()
 		srv, reg := newTestServer(t, store, func(c *Config) { waitConfig(10 * time.Second)(c); c.MaxWaiters = 1 })
