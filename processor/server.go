@@ -1,7 +1,3 @@
-// Package processor decides, per HTTP request that Envoy streams to it over
-// ext_proc, whether the request runs upstream, waits (409), is refused (422)
-// or is answered from a stored response, and stores the response it lets
-// through.
 package processor
 
 import (
