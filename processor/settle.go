@@ -16,8 +16,8 @@ import (
 
 // write is one settling store write and what to make of its result.
 type write struct {
-	op   string
-	call func(ctx context.Context) error
+	op   string                          // for the retries metric and the log
+	call func(ctx context.Context) error // one attempt, bounded by timedStore
 	// untilReplicated retries an idem.ErrUnreplicated too: a release
 	// must reach every replica a failover could promote, or the lock
 	// comes back with it and holds its key with nobody to settle it.
