@@ -32,19 +32,20 @@ type Config struct {
 	// scope headers only), so a retry of a request made before the
 	// upgrade still finds it.
 	ScopeLegacyUntil time.Time
-	// InProgressWait holds a duplicate of a key in progress (same
-	// fingerprint) until the first request completes, then answers it with
-	// the replay, instead of 409 at once. Up to MaxWait; at most MaxWaiters
-	// at once per process (beyond, the 409 at once). WaitRecheck bounds how
-	// long a waiter relies on the completion notice alone.
-	InProgressWait bool
-	MaxWait        time.Duration
-	MaxWaiters     int
-	WaitRecheck    time.Duration
-	// Shadow takes part exactly as in enforcement (acquire, fingerprint,
-	// complete) but never changes what the client gets: what would be
-	// refused or replayed is passed upstream instead, and counted.
-	Shadow bool
+	// InProgress, when InProgressWait, holds a duplicate of a key in
+	// progress (same fingerprint) until the first request completes, then
+	// answers it with the replay, instead of 409 at once. Up to MaxWait; at
+	// most MaxWaiters at once per process (beyond, the 409 at once).
+	// WaitRecheck bounds how long a waiter relies on the completion notice
+	// alone.
+	InProgress  InProgress
+	MaxWait     time.Duration
+	MaxWaiters  int
+	WaitRecheck time.Duration
+	// Mode ModeShadow takes part exactly as in enforcement (acquire,
+	// fingerprint, complete) but never changes what the client gets: what
+	// would be refused or replayed is passed upstream instead, and counted.
+	Mode Mode
 	// Methods is an optional allow-list; empty means every method takes part.
 	Methods []string
 	// LockTTL is how long an in-progress lock lives without renewal.
@@ -64,13 +65,13 @@ type Config struct {
 	ExcludeHeaders []string
 	// FailOpen lets requests through unguarded when the store fails.
 	FailOpen bool
-	// RerunAfterTTL is the opt-in weaker policy for unknown outcomes (the
-	// request went upstream and no final response was seen, or its owner
-	// vanished): the lock is left to expire after the lock TTL, and a retry
-	// after that runs the request again, possibly a second time. By default
-	// (false) such a key is refused for the retention period, until an
-	// operator clears it.
-	RerunAfterTTL bool
+	// OnUnknown is the policy for unknown outcomes (the request went
+	// upstream and no final response was seen, or its owner vanished). By
+	// default (OnUnknownHold) such a key is refused for the retention
+	// period, until an operator clears it; OnUnknownRerunAfterTTL, the
+	// opt-in weaker policy, leaves the lock to expire after the lock TTL,
+	// and a retry after that runs the request again, possibly a second time.
+	OnUnknown OnUnknown
 	// FenceHeader is the request header that carries the grant's fencing
 	// token upstream; empty disables it.
 	FenceHeader string
@@ -157,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if c.StoreTimeout <= 0 || c.FinalizeTimeout <= 0 {
 		errs = append(errs, errors.New("store and finalize timeouts must be positive"))
+	}
+	if err := c.checkEnums(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -33,47 +33,67 @@ const (
 type exchange struct {
 	srv       *Server
 	ctx       context.Context                           // the stream's, carrying its span
-	span      trace.Span                                // the no-op span when tracing is off
 	send      func(*extprocv3.ProcessingResponse) error // for a message besides the one reply (wait)
 	id        uint64
 	log       *slog.Logger // made on first use: most requests log nothing
 	pol       policy
 	policyErr error // invalid per-route metadata: every keyed request is refused
 
-	sawRequestHeaders bool
-	waitingBody       bool // key found; the fingerprint needs the body
-	bodyBuffered      bool // Envoy said it buffers the request body (protocol_config)
-	method, path      string
-	key               string // composite store key; "" when not taking part
-	scope             string // for operators: authority and identity hash
-	legacyKey         string // the previous version's key, during --scope-legacy-until
-	token             string
-	lock              lockState
-	dog               *watchdog
+	req  request  // what the request headers said
+	lock heldLock // the key this stream holds, if any
+	resp capture  // the response being stored
+	obs  observed // what operators see (observe.go)
+}
+
+// request is what the stream learnt of the request.
+type request struct {
+	sawHeaders   bool
+	waitingBody  bool // key found; the fingerprint needs the body
+	bodyBuffered bool // Envoy said it buffers the request body (protocol_config)
+	method, path string
+	key          string // composite store key; "" when not taking part
+	scope        string // for operators: authority and identity hash
+	legacyKey    string // the previous version's key, during --scope-legacy-until
+}
+
+// heldLock is the key this stream holds (or, after a failed acquire, may
+// hold), and what is left to do about it.
+type heldLock struct {
+	token string
+	state lockState
+	dog   *watchdog
 	// leaseEnd is, on our clock, when the lease our token holds (or, after
 	// a failed acquire, may hold) ends unless renewed: the acquire's or
 	// the last successful renewal's sending plus the lock TTL. Settling
 	// writes are retried at least until then.
 	leaseEnd time.Time
+	pending  *write // a settling write that failed in band; finish retries it
+}
 
-	pending    *write // a settling write that failed in band; finish retries it
-	collecting bool   // storing the response body
+// capture is the response of an acquired key, kept to be stored.
+type capture struct {
+	collecting bool // storing the response body
 	rec        idem.Record
 	body       bytes.Buffer
+}
 
-	// What operators see (observe.go): the decision, the grant's fence,
-	// the key's fate, and whether the next reply must carry them.
+// observed is what operators see (observe.go): the decision, the grant's
+// fence, the key's fate, and whether the next reply must carry them.
+type observed struct {
 	outcome, result string
 	fence           int64
-	metaDue         bool // the next reply must carry metadata
-	metaSent        bool // a reply carried the outcome
+	due             bool // the next reply must carry metadata
+	sent            bool // a reply carried the outcome
 }
 
 func (s *Server) newExchange(ctx context.Context, send func(*extprocv3.ProcessingResponse) error) *exchange {
-	e := &exchange{srv: s, ctx: ctx, span: trace.SpanFromContext(ctx), send: send, id: s.streams.Add(1)}
+	e := &exchange{srv: s, ctx: ctx, send: send, id: s.streams.Add(1)}
 	e.pol, e.policyErr = s.policyFor(ctx)
 	return e
 }
+
+// span is the stream's span: the no-op span when tracing is off.
+func (e *exchange) span() trace.Span { return trace.SpanFromContext(e.ctx) }
 
 // logger is the stream's logger, tagged with its number.
 func (e *exchange) logger() *slog.Logger {
@@ -106,25 +126,50 @@ func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 // sent runs after a reply reached the stream: from then on an acquired
 // request may be upstream.
 func (e *exchange) sent() {
-	if e.lock == lockAcquired {
-		e.lock = lockForwarded
+	if e.lock.state == lockAcquired {
+		e.lock.state = lockForwarded
 	}
 }
 
+// onRequestHeaders screens the request (screen), then decides on its key
+// at once, or once the buffered body completes it.
 func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration, md map[string]*structpb.Struct) (*extprocv3.ProcessingResponse, error) {
-	if e.sawRequestHeaders {
+	if e.req.sawHeaders {
 		return nil, errors.New("processor: request headers received twice")
 	}
-	e.sawRequestHeaders = true
+	e.req.sawHeaders = true
+	if v, done := e.screen(h, md); done {
+		return e.reply(v, phaseScreen), nil
+	}
+	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
+		// Without the buffered body there is no fingerprint, and answering
+		// the headers would let the request upstream unguarded.
+		return e.reply(misconfigured("The proxy is not configured to check idempotency keys on requests with a body; the request was not run.").
+			logged(slog.LevelError, "Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
+				"request_body_mode", pc.GetRequestBodyMode().String()), phaseScreen), nil
+	}
+	if !h.GetEndOfStream() {
+		// BUFFERED: Envoy holds the headers until we answer the body.
+		e.req.waitingBody = true
+		e.req.bodyBuffered = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
+		return continueRequestHeaders(), nil
+	}
+	return e.decide(nil, phaseHeaders), nil
+}
 
+// screen reads the request headers and, for a request that does not take
+// part (no key, or a method outside --methods) or cannot (an invalid key
+// or route policy, no room for the fence, no verified identity), returns
+// its verdict. Otherwise it sets the request's store key and scope.
+func (e *exchange) screen(h *extprocv3.HttpHeaders, md map[string]*structpb.Struct) (v verdict, done bool) {
 	var keys []string
 	rs := requestScope{headers: make([]string, len(e.srv.cfg.ScopeHeaders))}
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch name := hv.GetKey(); {
 		case name == ":method":
-			e.method = headerValue(hv)
+			e.req.method = headerValue(hv)
 		case name == ":path":
-			e.path = headerValue(hv)
+			e.req.path = headerValue(hv)
 		case e.srv.keyHdrs[name]:
 			keys = append(keys, headerValue(hv))
 		default:
@@ -132,68 +177,39 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		}
 	}
 	if e.policyErr != nil {
-		e.decided(outcomeMisconfigured)
-		e.logger().Error("invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
-			"error", e.policyErr.Error())
-		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy's idempotency policy for this route is invalid; the request was not run.", ""), forwardHeaders), nil
+		return misconfigured("The proxy's idempotency policy for this route is invalid; the request was not run.").
+			logged(slog.LevelError, "invalid per-route policy in the stream's gRPC metadata (ExtProcPerRoute grpc_initial_metadata)",
+				"error", e.policyErr.Error()), true
 	}
 	keyed := len(keys) > 0
-	if e.srv.methods != nil && !e.srv.methods[e.method] {
+	if e.srv.methods != nil && !e.srv.methods[e.req.method] {
 		keys = nil
 	}
-	if len(keys) == 0 && e.pol.keyRequired {
-		e.decided(outcomeKeyRequired)
-		return e.refuse(outcomeKeyRequired, problemReply(probKeyRequired, "This endpoint requires an Idempotency-Key header.", ""), forwardHeaders), nil
-	}
-	if len(keys) == 0 {
-		e.decided(outcomePassthrough)
-		resp := continueRequestHeaders()
-		resp.ModeOverride = skipRest()
-		if keyed {
-			// A keyed request of a method outside --methods: the backend
-			// sees its key, so it must not see a fence the client made up.
-			resp = e.srv.fence(resp, 0)
-		}
-		return resp, nil
+	switch {
+	case len(keys) == 0 && e.pol.keyRequired:
+		return keyRequired(), true
+	case len(keys) == 0:
+		return passthrough(keyed), true
 	}
 	key, err := singleKey(keys)
 	if err != nil {
-		e.decided(outcomeInvalidKey)
-		e.logger().Info("invalid idempotency key", "reason", err.Error())
-		return e.refuse(outcomeInvalidKey, problemReply(probInvalidKey, err.Error(), ""), forwardHeaders), nil
+		return invalidKey(err), true
 	}
 	if p := e.srv.headroom(h.GetHeaders().GetHeaders()); p != "" {
-		e.decided(outcomeHeadersTooLarge)
-		return e.refuse(outcomeHeadersTooLarge, problemReply(probHeadersTooLarge, p, ""), forwardHeaders), nil
+		return headersTooLarge(p), true
 	}
 	identity, err := e.srv.identity(rs, md)
 	if err != nil {
-		e.decided(outcomeIdentityRequired)
-		return e.refuse(outcomeIdentityRequired, problemReply(probIdentityRequired, fmt.Sprintf(
-			"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", e.srv.cfg.ScopeJWTClaim), ""), forwardHeaders), nil
+		return identityRequired(e.srv.cfg.ScopeJWTClaim), true
 	}
 	parts := e.srv.scopeParts(rs, identity)
-	e.key, e.scope = storeKey(parts, key), scopeLabel(parts)
+	e.req.key, e.req.scope = storeKey(parts, key), scopeLabel(parts)
 	if time.Now().Before(e.srv.cfg.ScopeLegacyUntil) {
-		if legacy := storeKey(legacyParts(rs), key); legacy != e.key {
-			e.legacyKey = legacy
+		if legacy := storeKey(legacyParts(rs), key); legacy != e.req.key {
+			e.req.legacyKey = legacy
 		}
 	}
-	if !h.GetEndOfStream() && pc != nil && pc.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED {
-		// Without the buffered body there is no fingerprint, and answering
-		// the headers would let the request upstream unguarded.
-		e.decided(outcomeMisconfigured)
-		e.logger().Error("Envoy does not buffer the request body: set request_body_mode BUFFERED in the ext_proc filter",
-			"request_body_mode", pc.GetRequestBodyMode().String())
-		return e.refuse(outcomeMisconfigured, problemReply(probMisconfigured, "The proxy is not configured to check idempotency keys on requests with a body; the request was not run.", ""), forwardHeaders), nil
-	}
-	if !h.GetEndOfStream() {
-		// BUFFERED: Envoy holds the headers until we answer the body.
-		e.waitingBody = true
-		e.bodyBuffered = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
-		return continueRequestHeaders(), nil
-	}
-	return e.decide(nil, continueRequestHeaders), nil
+	return verdict{}, false
 }
 
 // singleKey parses every key header; several must agree.
@@ -213,15 +229,15 @@ func singleKey(raw []string) (string, error) {
 }
 
 func (e *exchange) onRequestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, error) {
-	if !e.waitingBody {
+	if !e.req.waitingBody {
 		return continueRequestBody(), nil
 	}
-	if !b.GetEndOfStream() && !e.bodyBuffered {
+	if !b.GetEndOfStream() && !e.req.bodyBuffered {
 		// Only BUFFERED mode (one complete body) gives a sound fingerprint.
 		// A buffered body without end_of_stream is whole too: trailers
 		// follow it (HTTP/2), and they are not part of the fingerprint.
 		return nil, errors.New("processor: request body is not buffered: configure request_body_mode BUFFERED")
 	}
-	e.waitingBody = false
-	return e.decide(b.GetBody(), continueRequestBody), nil
+	e.req.waitingBody = false
+	return e.decide(b.GetBody(), phaseBody), nil
 }

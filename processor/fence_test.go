@@ -71,7 +71,7 @@ func TestServer_Process_unknownOutcome(t *testing.T) {
 	}
 	t.Run("with rerun-after-ttl the lock is left to expire", func(t *testing.T) {
 		store := newFakeStore()
-		srv, _ := newTestServer(t, store, func(c *Config) { c.RerunAfterTTL = true })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.OnUnknown = OnUnknownRerunAfterTTL })
 		_, err := run(t, srv, endCanceled, keyed("POST", "k", true))
 		require.NoError(t, err)
 		require.Empty(t, store.callsOf("abandon"))

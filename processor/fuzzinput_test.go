@@ -115,7 +115,10 @@ func decodeFuzzInput(data []byte) fuzzInput {
 	r := &fuzzReader{b: data}
 	c := r.next()
 	cfg := DefaultConfig()
-	cfg.FailOpen, cfg.RerunAfterTTL = c&1 != 0, c&2 != 0
+	cfg.FailOpen = c&1 != 0
+	if c&2 != 0 {
+		cfg.OnUnknown = OnUnknownRerunAfterTTL
+	}
 	// Failing store operations are retried until this passes; the fuzzer
 	// needs the retries, not the wait.
 	cfg.FinalizeTimeout, cfg.FinalizeUntilLease = 20*time.Millisecond, false

@@ -139,7 +139,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			return nil, err
 		}
 	}
-	// Pre-create the label values so dashboards see zeros, not gaps.
+	m.zeros()
+	return m, nil
+}
+
+// zeros pre-creates the label values, so dashboards see zeros, not gaps.
+func (m *Metrics) zeros() {
 	for _, o := range allOutcomes {
 		m.requests.WithLabelValues(o)
 		if o != outcomePassthrough && o != outcomeAcquired && o != outcomeFailOpen {
@@ -159,7 +164,6 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m.leaseLost.WithLabelValues(stageDone)
 	m.unreplicated.WithLabelValues("acquire")
 	m.unreplicated.WithLabelValues("complete")
-	return m, nil
 }
 
 // observeStore records one store call's latency; a lost lease is a normal

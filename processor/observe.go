@@ -89,30 +89,30 @@ func (c mdCarrier) Keys() []string {
 // attribute, and the metadata for the reply being built.
 func (e *exchange) decided(outcome string) {
 	e.srv.metrics.requests.WithLabelValues(outcome).Inc()
-	e.outcome = outcome
-	e.metaDue = true
-	if e.span.IsRecording() {
-		e.span.SetAttributes(attribute.String(MetaOutcome, outcome))
+	e.obs.outcome = outcome
+	e.obs.due = true
+	if span := e.span(); span.IsRecording() {
+		span.SetAttributes(attribute.String(MetaOutcome, outcome))
 	}
 }
 
 // fenced records an acquired key's fencing token.
 func (e *exchange) fenced(fence int64) {
-	e.fence = fence
-	if e.span.IsRecording() {
-		e.span.SetAttributes(attribute.Int64(MetaFence, fence))
+	e.obs.fence = fence
+	if span := e.span(); span.IsRecording() {
+		span.SetAttributes(attribute.Int64(MetaFence, fence))
 	}
 }
 
 // settledAs records what became of an acquired key.
 func (e *exchange) settledAs(result string) {
 	e.srv.metrics.responses.WithLabelValues(result).Inc()
-	e.result = result
-	e.metaDue = true
-	if e.span.IsRecording() {
-		e.span.SetAttributes(attribute.String(MetaResult, result))
+	e.obs.result = result
+	e.obs.due = true
+	if span := e.span(); span.IsRecording() {
+		span.SetAttributes(attribute.String(MetaResult, result))
 		if result == resultStoreError || result == resultLeaseLost {
-			e.span.SetStatus(codes.Error, result)
+			span.SetStatus(codes.Error, result)
 		}
 	}
 }
@@ -123,24 +123,24 @@ func (e *exchange) settledAs(result string) {
 // does not take part) carries none: "-" in the access log means idemproxy
 // did not guard it.
 func (e *exchange) annotate(resp *extprocv3.ProcessingResponse) {
-	if !e.metaDue || resp == nil {
+	if !e.obs.due || resp == nil {
 		return
 	}
-	e.metaDue = false
+	e.obs.due = false
 	meta := e.srv.meta
 	if meta == nil {
 		return
 	}
-	outcome, result := e.outcome, e.result
-	if e.metaSent {
+	outcome, result := e.obs.outcome, e.obs.result
+	if e.obs.sent {
 		outcome = "" // Envoy has it already
 	}
-	e.metaSent = true
+	e.obs.sent = true
 	switch {
 	case outcome == outcomePassthrough:
 	case outcome == "" && result != "":
 		resp.DynamicMetadata = meta.resultOnly[result]
-	case e.fence == 0 && result == "":
+	case e.obs.fence == 0 && result == "":
 		// Most replies carry one label value: one shared, read-only
 		// message per value (protobuf messages may be marshalled
 		// concurrently), so they cost no allocation.
@@ -148,8 +148,8 @@ func (e *exchange) annotate(resp *extprocv3.ProcessingResponse) {
 	default:
 		fields := make(map[string]*structpb.Value, 3)
 		fields[MetaOutcome] = meta.values[outcome]
-		if e.fence > 0 {
-			fields[MetaFence] = structpb.NewNumberValue(float64(e.fence))
+		if e.obs.fence > 0 {
+			fields[MetaFence] = structpb.NewNumberValue(float64(e.obs.fence))
 		}
 		if result != "" {
 			fields[MetaResult] = meta.values[result]
@@ -191,8 +191,9 @@ func (c *metaCache) namespaced(fields map[string]*structpb.Value) *structpb.Stru
 
 // endSpan notes the response status and ends the stream's span.
 func (e *exchange) endSpan() {
-	if e.span.IsRecording() && e.rec.Status > 0 {
-		e.span.SetAttributes(attribute.Int("http.response.status_code", e.rec.Status))
+	span := e.span()
+	if span.IsRecording() && e.resp.rec.Status > 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", e.resp.rec.Status))
 	}
-	e.span.End()
+	span.End()
 }

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"encoding"
 	"errors"
 	"fmt"
 	"strconv"
@@ -35,18 +36,32 @@ type policy struct {
 	heartbeat   time.Duration
 	retention   time.Duration
 	keyRequired bool
-	takeover    bool          // --on-unknown=rerun-after-ttl
-	wait        bool          // --in-progress=wait: a duplicate waits for the replay
+	onUnknown   OnUnknown     // not per route: --on-unknown
+	inProgress  InProgress    // InProgressWait: a duplicate waits for the replay
 	maxWait     time.Duration // how long it may wait
-	shadow      bool          // --mode=shadow: refuse nothing, count what would be
+	mode        Mode          // ModeShadow: refuse nothing, count what would be
 }
 
 // lease is how a request on this route holds its key: for the lock TTL,
-// and, unless takeover, in a record kept for the retention after its
-// owner's last renewal, so a crash leaves an unknown outcome behind.
+// and, unless --on-unknown=rerun-after-ttl, in a record kept for the
+// retention after its owner's last renewal, so a crash leaves an unknown
+// outcome behind.
 func (p policy) lease() idem.Lease {
-	return idem.Lease{TTL: p.lockTTL, Hold: p.retention, Takeover: p.takeover}
+	return idem.Lease{TTL: p.lockTTL, Hold: p.retention, Takeover: p.onUnknown.rerun()}
 }
+
+// shadow says whether this route only counts what it would refuse.
+func (p policy) shadow() bool { return p.mode == ModeShadow }
+
+// noWait is p for a duplicate that has waited: it does not wait again.
+func (p policy) noWait() policy {
+	p.inProgress = InProgressConflict
+	return p
+}
+
+// waits says whether a duplicate of a key in progress waits for its
+// answer: never in shadow mode, which must not hold a request either.
+func (p policy) waits() bool { return p.inProgress == InProgressWait && !p.shadow() }
 
 // mdReader reads single keys of a stream's incoming gRPC metadata.
 type mdReader struct{ ctx context.Context }
@@ -57,8 +72,8 @@ func (r mdReader) Get(key string) []string { return metadata.ValueFromIncomingCo
 // metadata. An invalid value is an operator error: the caller refuses the
 // request rather than guess.
 func (s *Server) policyFor(ctx context.Context) (policy, error) {
-	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, takeover: s.cfg.RerunAfterTTL,
-		wait: s.cfg.InProgressWait, maxWait: s.cfg.MaxWait, shadow: s.cfg.Shadow}
+	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, onUnknown: s.cfg.OnUnknown,
+		inProgress: s.cfg.InProgress, maxWait: s.cfg.MaxWait, mode: s.cfg.Mode}
 	// Each key is looked up alone: FromIncomingContext would copy all of
 	// the stream's metadata, on every stream, to read a few keys that
 	// most routes do not even set.
@@ -91,22 +106,15 @@ func (s *Server) policyFor(ctx context.Context) (policy, error) {
 		}
 		p.keyRequired = b
 	}
-	choice := func(name string, dst *bool, off, on string) {
-		v := md.Get(name)
-		if len(v) == 0 {
-			return
-		}
-		switch v[len(v)-1] {
-		case off:
-			*dst = false
-		case on:
-			*dst = true
-		default:
-			errs = append(errs, fmt.Errorf("%s=%q must be %s or %s", name, v[len(v)-1], off, on))
+	choice := func(name string, dst encoding.TextUnmarshaler) {
+		if v := md.Get(name); len(v) > 0 {
+			if err := dst.UnmarshalText([]byte(v[len(v)-1])); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%w", name, err))
+			}
 		}
 	}
-	choice(mdInProgress, &p.wait, "conflict", "wait")
-	choice(mdMode, &p.shadow, "enforce", "shadow")
+	choice(mdInProgress, &p.inProgress)
+	choice(mdMode, &p.mode)
 	if duration(mdMaxWait, &p.maxWait) && p.maxWait > MaxWaitLimit {
 		errs = append(errs, fmt.Errorf("%s %v must be at most %v", mdMaxWait, p.maxWait, MaxWaitLimit))
 	}

@@ -36,7 +36,7 @@ func TestServer_policyFor(t *testing.T) {
 		{"heartbeat not below the TTL", []string{mdLockTTL, "5s", mdHeartbeat, "5s"}, policy{}, "must be shorter than the lock TTL"},
 		{"retention below the TTL", []string{mdLockTTL, "1m", mdRetention, "30s"}, policy{}, "must be at least the lock TTL"},
 		{"a route that waits, in shadow", []string{mdInProgress, "wait", mdMaxWait, "25s", mdMode, "shadow"},
-			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour, wait: true, maxWait: 25 * time.Second, shadow: true}, ""},
+			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour, inProgress: InProgressWait, maxWait: 25 * time.Second, mode: ModeShadow}, ""},
 		{"a route that enforces and conflicts", []string{mdInProgress, "conflict", mdMode, "enforce"},
 			policy{lockTTL: 30 * time.Second, heartbeat: 10 * time.Second, retention: 24 * time.Hour, maxWait: 10 * time.Second}, ""},
 		{"not a waiting policy", []string{mdInProgress, "linger"}, policy{}, `must be conflict or wait`},

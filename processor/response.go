@@ -14,7 +14,7 @@ import (
 func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOrigin) *extprocv3.ProcessingResponse {
 	skipBody := continueResponseHeaders()
 	skipBody.ModeOverride = skipResponseBody()
-	if e.lock != lockForwarded {
+	if e.lock.state != lockForwarded {
 		return skipBody
 	}
 	hs := h.GetHeaders().GetHeaders()
@@ -32,13 +32,13 @@ func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOr
 		e.release(resultReleasedStatus, true, "status", status)
 		return skipBody
 	}
-	e.rec.Status = status
-	e.rec.Headers = e.srv.filter.storable(hs)
-	e.rec.BodyStored = true
+	e.resp.rec.Status = status
+	e.resp.rec.Headers = e.srv.filter.storable(hs)
+	e.resp.rec.BodyStored = true
 	if h.GetEndOfStream() {
 		e.complete(true)
 	} else {
-		e.collecting = true
+		e.resp.collecting = true
 	}
 	return continueResponseHeaders()
 }
@@ -62,8 +62,8 @@ func responseStatus(hs []*corev3.HeaderValue) int {
 // could not be faithful. The key is completed without its body: a retry
 // learns the status (409 response-not-stored), and never runs again.
 func (e *exchange) onResponseTrailers() *extprocv3.ProcessingResponse {
-	if e.collecting {
-		e.rec.BodyStored, e.rec.Trailers = false, true
+	if e.resp.collecting {
+		e.resp.rec.BodyStored, e.resp.rec.Trailers = false, true
 		e.complete(true)
 	}
 	return continueResponseTrailers()
@@ -71,15 +71,15 @@ func (e *exchange) onResponseTrailers() *extprocv3.ProcessingResponse {
 
 // onResponseBody keeps a copy of each chunk and lets it through unchanged.
 func (e *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
-	if !e.collecting {
+	if !e.resp.collecting {
 		return continueResponseBody()
 	}
-	if e.rec.BodyStored {
-		if e.body.Len()+len(b.GetBody()) > e.srv.cfg.MaxStoredBody {
-			e.rec.BodyStored = false
-			e.body = bytes.Buffer{}
+	if e.resp.rec.BodyStored {
+		if e.resp.body.Len()+len(b.GetBody()) > e.srv.cfg.MaxStoredBody {
+			e.resp.rec.BodyStored = false
+			e.resp.body = bytes.Buffer{}
 		} else {
-			e.body.Write(b.GetBody())
+			e.resp.body.Write(b.GetBody())
 		}
 	}
 	if b.GetEndOfStream() {

@@ -1,7 +1,3 @@
-// Package processor decides, per HTTP request that Envoy streams to it over
-// ext_proc, whether the request runs upstream, waits (409), is refused (422)
-// or is answered from a stored response, and stores the response it lets
-// through.
 package processor
 
 import (
@@ -28,7 +24,7 @@ type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
 	cfg     Config
-	store   Store
+	store   Store // timedStore: every call bounded and observed
 	gate    StoreGate
 	metrics *Metrics
 	log     *slog.Logger
@@ -94,13 +90,13 @@ func New(cfg Config, opts Options) (*Server, error) {
 		opts.Gate = usable{}
 	}
 	s := &Server{
-		cfg: cfg, store: opts.Store, gate: opts.Gate, watcher: opts.Watcher, metrics: opts.Metrics, log: opts.Logger,
+		cfg: cfg, store: timedStore{opts.Store, cfg.StoreTimeout, opts.Metrics}, gate: opts.Gate, watcher: opts.Watcher, metrics: opts.Metrics, log: opts.Logger,
 		filter:  newHeaderFilter(cfg.ExcludeHeaders),
 		meta:    newMetaCache(cfg.MetadataNamespace),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
-		reads:   newSharedReads(opts.Store, cfg.StoreTimeout, opts.Metrics),
 	}
+	s.reads = newSharedReads(s.store)
 	if opts.TracerProvider != nil {
 		s.tracer = opts.TracerProvider.Tracer("github.com/idemproxy/idemproxy/processor")
 		s.propagator = opts.Propagator

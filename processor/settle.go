@@ -16,8 +16,8 @@ import (
 
 // write is one settling store write and what to make of its result.
 type write struct {
-	op   string
-	call func(ctx context.Context) error
+	op   string                          // for the retries metric and the log
+	call func(ctx context.Context) error // one attempt, bounded by timedStore
 	// untilReplicated retries an idem.ErrUnreplicated too: a release
 	// must reach every replica a failover could promote, or the lock
 	// comes back with it and holds its key with nobody to settle it.
@@ -34,23 +34,21 @@ type write struct {
 // stream is over. Otherwise it retries at once, until --finalize-timeout
 // or the end of the lease, whichever is later.
 func (e *exchange) settle(w write, inBand bool) {
-	e.lock = lockDone
+	e.lock.state = lockDone
 	// The watchdog stops first: a renewal racing the write would find the
 	// record settled and report a false lease loss.
-	e.dog.stop()
-	if end := e.dog.leaseEnd(); end.After(e.leaseEnd) {
-		e.leaseEnd = end
+	e.lock.dog.stop()
+	if end := e.lock.dog.leaseEnd(); end.After(e.lock.leaseEnd) {
+		e.lock.leaseEnd = end
 	}
 	if !inBand {
-		err, retried := e.srv.retrying(e.ctx, w, e.leaseEnd)
+		err, retried := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
 		w.done(err, retried)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.srv.cfg.StoreTimeout)
-	err := e.srv.attempt(ctx, w)
-	cancel()
+	err := w.call(context.WithoutCancel(e.ctx)) // bounded by the store timeout
 	if w.retryable(err) {
-		e.pending = &w
+		e.lock.pending = &w
 		return
 	}
 	w.done(err, false)
@@ -69,14 +67,6 @@ func retryable(err error) bool {
 // (untilReplicated), ErrUnreplicated is worth another attempt as well.
 func (w write) retryable(err error) bool {
 	return retryable(err) || (w.untilReplicated && errors.Is(err, idem.ErrUnreplicated))
-}
-
-// attempt runs w once and records its latency.
-func (s *Server) attempt(ctx context.Context, w write) error {
-	start := time.Now()
-	err := w.call(ctx)
-	s.metrics.observeStore(w.op, start, err)
-	return err
 }
 
 // Backoff between the attempts of a settling write.
@@ -107,10 +97,8 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 		if n > 0 {
 			s.metrics.retries.WithLabelValues(w.op).Inc()
 		}
-		actx, acancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 		prev := err
-		err = s.attempt(actx, w)
-		acancel()
+		err = w.call(ctx)
 		if prev != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			// The last attempt was cut by our own deadline: what it
 			// says is only that time ran out, while the attempt before
@@ -146,18 +134,18 @@ func deadlineOf(ctx context.Context) time.Time {
 
 // complete stores the response for the retention period.
 func (e *exchange) complete(inBand bool) {
-	e.collecting = false
-	if e.rec.BodyStored {
-		e.rec.Body = e.body.Bytes()
+	e.resp.collecting = false
+	if e.resp.rec.BodyStored {
+		e.resp.rec.Body = e.resp.body.Bytes()
 	}
-	rec := e.rec
+	rec := e.resp.rec
 	e.settle(write{op: "complete", untilReplicated: true,
 		call: func(ctx context.Context) error {
-			return e.srv.store.Complete(ctx, e.key, e.token, rec, e.pol.retention)
+			return e.srv.store.Complete(ctx, e.req.key, e.lock.token, rec, e.pol.retention)
 		},
 		done: func(err error, retried bool) {
 			e.completed(rec, err, retried)
-			e.body.Reset()
+			e.resp.body.Reset()
 		},
 	}, inBand)
 }
@@ -215,7 +203,7 @@ func storedResult(rec idem.Record) string {
 // afterLease says what a key whose lease ended without a settlement
 // reads as, under this route's policy.
 func (e *exchange) afterLease() string {
-	if e.pol.takeover {
+	if e.pol.onUnknown.rerun() {
 		return "its lock has expired and a retry runs it again (--on-unknown=rerun-after-ttl)"
 	}
 	return "the key reads as an unknown outcome (409 outcome-unknown) for the retention, until an operator clears it"
@@ -231,7 +219,7 @@ func (e *exchange) release(result string, inBand bool, attrs ...any) {
 // acquire failed, and may or may not have reached Redis in time).
 func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any) {
 	e.settle(write{op: "release", untilReplicated: true,
-		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.key, e.token) },
+		call: func(ctx context.Context) error { return e.srv.store.Release(ctx, e.req.key, e.lock.token) },
 		done: func(err error, _ bool) {
 			e.settledAs(result)
 			switch {
@@ -256,13 +244,13 @@ func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any)
 // finish runs when the stream ends, however it ends.
 func (e *exchange) finish() {
 	switch {
-	case e.pending != nil:
-		w := *e.pending
-		e.pending = nil
+	case e.lock.pending != nil:
+		w := *e.lock.pending
+		e.lock.pending = nil
 		e.srv.metrics.retries.WithLabelValues(w.op).Inc()
-		err, _ := e.srv.retrying(e.ctx, w, e.leaseEnd)
+		err, _ := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
 		w.done(err, true)
-	case e.lock == lockUnanswered:
+	case e.lock.state == lockUnanswered:
 		// Acquire failed, so the client got 503 and nothing went
 		// upstream; but Redis may have run the acquire after we stopped
 		// waiting. Our token's lock, if it exists, must go, or it would
@@ -270,17 +258,17 @@ func (e *exchange) finish() {
 		// (One that reached Redis after we stopped waiting created none:
 		// it carried a deadline.)
 		e.releaseWith(resultReleasedEarly, false, true, "after", "a failed acquire")
-	case e.lock == lockAcquired:
+	case e.lock.state == lockAcquired:
 		// Our CONTINUE never went out: the request cannot be upstream.
 		e.release(resultReleasedEarly, false)
-	case e.lock == lockForwarded && e.collecting:
+	case e.lock.state == lockForwarded && e.resp.collecting:
 		// The upstream's status arrived, so the request ran; only its body
 		// is missing (the client hung up, or the upstream reset mid-body).
 		// That is an outcome, not an unknown one: stored without the body,
 		// so a retry learns the status and never runs it again.
-		e.rec.BodyStored, e.rec.Incomplete = false, true
+		e.resp.rec.BodyStored, e.resp.rec.Incomplete = false, true
 		e.complete(false)
-	case e.lock == lockForwarded:
+	case e.lock.state == lockForwarded:
 		e.abandon("stream ended before the response headers arrived", false)
 	}
 }
@@ -290,17 +278,19 @@ func (e *exchange) finish() {
 // marked so, and refused for the retention period until an operator clears
 // it; with --on-unknown=rerun-after-ttl its lock is left to expire instead.
 func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
-	e.collecting = false
+	e.resp.collecting = false
 	e.settledAs(resultUnknownOutcome)
-	if e.pol.takeover {
-		e.lock = lockDone
-		e.dog.stop()
+	if e.pol.onUnknown.rerun() {
+		e.lock.state = lockDone
+		e.lock.dog.stop()
 		e.logger().Warn("outcome unknown; lock left to expire, after which a retry runs again (--on-unknown=rerun-after-ttl): "+why,
 			append(attrs, "lock_ttl", e.pol.lockTTL.String())...)
 		return
 	}
 	e.settle(write{op: "abandon",
-		call: func(ctx context.Context) error { return e.srv.store.Abandon(ctx, e.key, e.token, e.pol.retention) },
+		call: func(ctx context.Context) error {
+			return e.srv.store.Abandon(ctx, e.req.key, e.lock.token, e.pol.retention)
+		},
 		done: func(err error, retried bool) {
 			switch {
 			case errors.Is(err, idem.ErrLeaseLost) && !retried:

@@ -48,3 +48,58 @@ type Store interface {
 type StoreGate interface {
 	Usable() error
 }
+
+// timedStore is the Store as the processor calls it: every call bounded
+// by the store timeout (--redis-timeout, well under Envoy's message
+// timeout, so the client gets our 503, not Envoy's 504) and its latency
+// and result observed by operation. Callers choose only the context the
+// call lives in: the stream's, or one detached from it.
+type timedStore struct {
+	store   Store
+	timeout time.Duration
+	metrics *Metrics
+}
+
+var _ Store = timedStore{}
+
+// call bounds ctx by the store timeout, runs f in it and observes it as op.
+func (t timedStore) call(ctx context.Context, op string, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	start := time.Now()
+	err := f(ctx)
+	t.metrics.observeStore(op, start, err)
+	return err
+}
+
+func (t timedStore) Acquire(ctx context.Context, key string, c idem.Claim) (acq idem.Acquisition, err error) {
+	err = t.call(ctx, "acquire", func(ctx context.Context) (err error) {
+		acq, err = t.store.Acquire(ctx, key, c)
+		return err
+	})
+	return acq, err
+}
+
+func (t timedStore) Renew(ctx context.Context, key, token string, lease idem.Lease) error {
+	return t.call(ctx, "renew", func(ctx context.Context) error { return t.store.Renew(ctx, key, token, lease) })
+}
+
+func (t timedStore) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
+	return t.call(ctx, "complete", func(ctx context.Context) error { return t.store.Complete(ctx, key, token, rec, retention) })
+}
+
+func (t timedStore) Release(ctx context.Context, key, token string) error {
+	return t.call(ctx, "release", func(ctx context.Context) error { return t.store.Release(ctx, key, token) })
+}
+
+func (t timedStore) Peek(ctx context.Context, key string) (acq idem.Acquisition, err error) {
+	err = t.call(ctx, "peek", func(ctx context.Context) (err error) {
+		acq, err = t.store.Peek(ctx, key)
+		return err
+	})
+	return acq, err
+}
+
+func (t timedStore) Abandon(ctx context.Context, key, token string, hold time.Duration) error {
+	return t.call(ctx, "abandon", func(ctx context.Context) error { return t.store.Abandon(ctx, key, token, hold) })
+}

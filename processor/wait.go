@@ -60,15 +60,24 @@ const (
 	waitError    = "error"    // reads failed for waitReadGiveUp or until --max-wait, or a failed acquire: 503
 )
 
-// wait holds a duplicate until its key is settled or the wait ends, then
-// answers as a new look at the key says. acq is the first look (in
-// progress, with this request's fingerprint), made at since.
-func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time, cont func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+// waited is how a wait ended: the last look at the key, which decide
+// judges as for a request that may not wait again. gone: the stream
+// ended, nobody to answer. acquireFailed: the look was an acquire that
+// failed, which may have taken the lock all the same.
+type waited struct {
+	look
+	gone, acquireFailed bool
+}
+
+// wait holds a duplicate until its key is settled or the wait ends. acq is
+// the first look (in progress, with this request's fingerprint), made at
+// since.
+func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time) waited {
 	m := e.srv.metrics
 	if n := e.srv.waiters.Add(1); n > int64(e.srv.cfg.MaxWaiters) {
 		e.srv.waiters.Add(-1)
 		m.waits.WithLabelValues(waitFull).Inc()
-		return e.answerExisting(acq, claim.Fingerprint, cont)
+		return waited{look: look{acq: acq}}
 	}
 	m.waiting.Inc()
 	start := time.Now()
@@ -80,10 +89,19 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 	// Extend Envoy's timer for this message before anything else, once.
 	if err := e.send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(e.pol.maxWait + waitSlack)}); err != nil {
 		m.waits.WithLabelValues(waitGone).Inc()
-		return nil // the stream is gone: nobody to answer
+		return waited{gone: true} // the stream is gone: nobody to answer
 	}
-	e.srv.reads.enter(e.key)
-	defer e.srv.reads.leave(e.key)
+	e.srv.reads.enter(e.req.key)
+	defer e.srv.reads.leave(e.req.key)
+	w, result := e.waitOn(claim, acq, since)
+	m.waits.WithLabelValues(result).Inc()
+	return w
+}
+
+// waitOn looks at the key whenever it may have changed, until it is
+// settled, the wait times out or the client leaves. It returns how the
+// wait ended and its idemproxy_waits_total result.
+func (e *exchange) waitOn(claim idem.Claim, acq idem.Acquisition, since time.Time) (waited, string) {
 	wake, tick, stop := e.watch(since)
 	defer stop()
 	deadline := time.NewTimer(e.pol.maxWait)
@@ -96,25 +114,21 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		var event time.Time // the key must be read as it was after this
 		select {
 		case <-e.ctx.Done():
-			m.waits.WithLabelValues(waitGone).Inc()
-			return nil
+			return waited{gone: true}, waitGone
 		case <-deadline.C:
 			if readErr != nil {
 				// Redis did not answer until the end: fail closed as
 				// any request would, rather than guess "in progress".
-				m.waits.WithLabelValues(waitError).Inc()
-				return e.storeFailed(readErr, cont)
+				return waited{look: look{err: readErr}}, waitError
 			}
-			m.waits.WithLabelValues(waitTimeout).Inc()
-			return e.answerExisting(acq, claim.Fingerprint, cont)
+			return waited{look: look{acq: acq}}, waitTimeout
 		case event = <-wake:
 		case event = <-tick:
 		case event = <-retry.c():
 		}
-		next, err := e.srv.reads.peek(e.ctx, e.key, event)
+		next, err := e.srv.reads.peek(e.ctx, e.req.key, event)
 		if e.ctx.Err() != nil {
-			m.waits.WithLabelValues(waitGone).Inc()
-			return nil
+			return waited{gone: true}, waitGone
 		}
 		if err != nil {
 			// Nothing is decided on a failed read, and nothing runs:
@@ -125,8 +139,7 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 			}
 			readErr = err
 			if time.Since(failingSince) >= waitReadGiveUp {
-				m.waits.WithLabelValues(waitError).Inc()
-				return e.storeFailed(err, cont)
+				return waited{look: look{err: err}}, waitError
 			}
 			retry.after()
 			continue
@@ -136,28 +149,31 @@ func (e *exchange) wait(claim idem.Claim, acq idem.Acquisition, since time.Time,
 		if e.mayTake(next, claim) {
 			// Free (its owner gave it back): race for it as a new
 			// request would; one waiter wins, the others wait on.
-			e.leaseEnd = time.Now().Add(e.pol.lockTTL)
-			if next, err = e.look(claim); err != nil {
-				// The acquire may have taken the lock all the same:
-				// finish gives back whatever this token holds.
-				m.waits.WithLabelValues(waitError).Inc()
-				e.unanswered(claim.Token, err)
-				return e.storeFailed(err, cont)
+			e.lock.leaseEnd = time.Now().Add(e.pol.lockTTL)
+			if next, err = e.srv.store.Acquire(e.ctx, e.req.key, claim); err != nil {
+				// The acquire may have taken the lock all the same.
+				return waited{look: look{err: err}, acquireFailed: true}, waitError
 			}
 		}
-		switch {
-		case next.State == idem.StateInProgress && bytes.Equal(next.Fingerprint, claim.Fingerprint):
-			acq = next // still running (or another waiter took it over): wait on
-		case next.State == idem.StateAcquired:
-			m.waits.WithLabelValues(waitAcquired).Inc()
-			return e.granted(claim, next, cont)
-		case next.State == idem.StateCompleted && next.Record != nil && next.Record.BodyStored:
-			m.waits.WithLabelValues(waitReplayed).Inc()
-			return e.answerExisting(next, claim.Fingerprint, cont)
-		default:
-			m.waits.WithLabelValues(waitOther).Inc()
-			return e.answerExisting(next, claim.Fingerprint, cont)
+		if result := waitEnd(next, claim); result != "" {
+			return waited{look: look{acq: next}}, result
 		}
+		acq = next // still running (or another waiter took it over): wait on
+	}
+}
+
+// waitEnd is the waits_total result of a look that ends the wait, or ""
+// while the key is still in progress with this request's fingerprint.
+func waitEnd(acq idem.Acquisition, claim idem.Claim) string {
+	switch {
+	case acq.State == idem.StateInProgress && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
+		return ""
+	case acq.State == idem.StateAcquired:
+		return waitAcquired
+	case acq.State == idem.StateCompleted && acq.Record != nil && acq.Record.BodyStored:
+		return waitReplayed
+	default:
+		return waitOther
 	}
 }
 
@@ -210,7 +226,7 @@ func (e *exchange) mayTake(acq idem.Acquisition, claim idem.Claim) bool {
 // fails) the waiter looks on its own every --wait-recheck (tick).
 func (e *exchange) watch(since time.Time) (wake, tick <-chan time.Time, stop func()) {
 	if e.srv.watcher != nil {
-		wake, stop, err := e.srv.watcher.Watch(e.ctx, e.key, since)
+		wake, stop, err := e.srv.watcher.Watch(e.ctx, e.req.key, since)
 		if err == nil {
 			return wake, nil, stop
 		}
@@ -226,9 +242,7 @@ func (e *exchange) watch(since time.Time) (wake, tick <-chan time.Time, stop fun
 // however late each goroutine runs. It keeps a key's last read only while
 // the key has waiters.
 type sharedReads struct {
-	store   Store
-	timeout time.Duration
-	metrics *Metrics
+	store Store // bounded and observed (timedStore)
 
 	flights singleflight.Group
 	mu      sync.Mutex
@@ -246,8 +260,8 @@ type sharedRead struct {
 	err   error
 }
 
-func newSharedReads(store Store, timeout time.Duration, m *Metrics) *sharedReads {
-	return &sharedReads{store: store, timeout: timeout, metrics: m, keys: map[string]*keyReads{}}
+func newSharedReads(store Store) *sharedReads {
+	return &sharedReads{store: store, keys: map[string]*keyReads{}}
 }
 
 // enter and leave bracket one waiter of key.
@@ -289,10 +303,7 @@ func (r *sharedReads) peek(ctx context.Context, key string, event time.Time) (id
 		r.mu.Unlock()
 		ch := r.flights.DoChan(key, func() (any, error) {
 			read := sharedRead{began: time.Now()}
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
-			defer cancel()
-			read.acq, read.err = r.store.Peek(pctx, key)
-			r.metrics.observeStore("peek", read.began, read.err)
+			read.acq, read.err = r.store.Peek(context.WithoutCancel(ctx), key)
 			r.mu.Lock()
 			if k := r.keys[key]; k != nil {
 				k.last = &read
@@ -310,15 +321,4 @@ func (r *sharedReads) peek(ctx context.Context, key string, event time.Time) (id
 			// That read began before this waiter's event: another.
 		}
 	}
-}
-
-// look acquires the key once more for claim, bounded like any request-path
-// store call.
-func (e *exchange) look(claim idem.Claim) (idem.Acquisition, error) {
-	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
-	defer cancel()
-	start := time.Now()
-	acq, err := e.srv.store.Acquire(ctx, e.key, claim)
-	e.srv.metrics.observeStore("acquire", start, err)
-	return acq, err
 }

@@ -11,7 +11,7 @@ import (
 // waitConfig waits up to maxWait, re-checking rarely so a test sees that
 // the notice, not the re-check, woke the waiter.
 func waitConfig(maxWait time.Duration) func(*Config) {
-	return func(c *Config) { c.InProgressWait, c.MaxWait, c.WaitRecheck = true, maxWait, time.Hour }
+	return func(c *Config) { c.InProgress, c.MaxWait, c.WaitRecheck = InProgressWait, maxWait, time.Hour }
 }
 
 // startWaiter sends a duplicate and checks that idemproxy first extends
@@ -77,10 +77,14 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.NotEmpty(t, headerGet(hs, "retry-after"))
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitTimeout))
 	})
+}
+
+// TestServer_Process_waitNotices: Waiters learn of their key by notice, by re-check, and together.
+func TestServer_Process_waitNotices(t *testing.T) {
 	t.Run("a lost notice is made up for by the re-check", func(t *testing.T) {
 		store := newFakeStore()
 		store.mute()
-		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgress, c.WaitRecheck = InProgressWait, 50*time.Millisecond })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		dup := startWaiter(t, srv, store)
@@ -92,7 +96,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 	t.Run("without notices (the watch failed) the waiter re-checks on its own", func(t *testing.T) {
 		store := newFakeStore()
 		store.failOn("watch", errRedisDown)
-		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgressWait, c.WaitRecheck = true, 50*time.Millisecond })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.InProgress, c.WaitRecheck = InProgressWait, 50*time.Millisecond })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		dup := serve(t, srv)
@@ -137,6 +141,10 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		require.EqualValues(t, 0, gauge(t, reg, "idemproxy_waiters"))
 		require.Zero(t, store.watching(keyOf("k")))
 	})
+}
+
+// TestServer_Process_waitStoreFailures: A Redis that fails while duplicates wait.
+func TestServer_Process_waitStoreFailures(t *testing.T) {
 	t.Run("a failed read is looked at again: the waiter still gets the replay", func(t *testing.T) {
 		store, reg, first, dup := waitOnFirst(t, waitConfig(10*time.Second))
 		store.failTimes("peek", errRedisDown, 3) // a failover's moment
@@ -172,6 +180,10 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 		requireProblem(t, dup.reply(), 503, "store-unavailable")
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_waits_total", "result", waitError))
 	})
+}
+
+// TestServer_Process_waitAdmission: Which duplicates wait at all.
+func TestServer_Process_waitAdmission(t *testing.T) {
 	t.Run("beyond --max-waiters the duplicate gets the 409 at once", func(t *testing.T) {
 		store := newFakeStore()
 		srv, reg := newTestServer(t, store, func(c *Config) { waitConfig(10 * time.Second)(c); c.MaxWaiters = 1 })
@@ -205,7 +217,7 @@ func TestServer_Process_waitForTheReplay(t *testing.T) {
 }
 
 func TestServer_Process_shadow(t *testing.T) {
-	shadow := func(c *Config) { c.Shadow = true }
+	shadow := func(c *Config) { c.Mode = ModeShadow }
 	t.Run("what enforcement would refuse or replay goes upstream, counted", func(t *testing.T) {
 		store := newFakeStore()
 		srv, reg := newTestServer(t, store, shadow)
@@ -252,7 +264,7 @@ func TestServer_Process_shadow(t *testing.T) {
 	})
 	t.Run("a shadow route does not wait", func(t *testing.T) {
 		store := newFakeStore()
-		srv, _ := newTestServer(t, store, func(c *Config) { c.Shadow, c.InProgressWait = true, true })
+		srv, _ := newTestServer(t, store, func(c *Config) { c.Mode, c.InProgress = ModeShadow, InProgressWait })
 		first := serve(t, srv)
 		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
 		out, err := run(t, srv, endEOF, keyed("POST", "k", true))

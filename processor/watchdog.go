@@ -94,13 +94,9 @@ func (w *watchdog) finishLocked() {
 // renew extends the lock once; it reports whether the lease is gone, and
 // whether it was extended.
 func (s *Server) renew(ctx context.Context, log *slog.Logger, key, token string, lease idem.Lease) (lost, renewed bool) {
-	// Bounded like every request-path call, so a slow Redis cannot stall
-	// the next heartbeat past the TTL unnoticed.
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
-	defer cancel()
-	start := time.Now()
-	err := s.store.Renew(rctx, key, token, lease)
-	s.metrics.observeStore("renew", start, err)
+	// Bounded like every store call (timedStore), so a slow Redis cannot
+	// stall the next heartbeat past the TTL unnoticed.
+	err := s.store.Renew(ctx, key, token, lease)
 	switch {
 	case err == nil:
 		s.metrics.renewals.WithLabelValues(renewOK).Inc()

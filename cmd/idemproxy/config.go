@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding"
 	"errors"
 	"flag"
 	"fmt"
@@ -69,12 +70,6 @@ type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
-
-// The --on-unknown policies. The weaker one says in its name what it does.
-const (
-	onUnknownHold  = "hold"
-	onUnknownRerun = "rerun-after-ttl"
-)
 
 // envPrefix is shared by every flag's environment variable.
 const envPrefix = "IDEMPROXY_"
@@ -173,13 +168,13 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 		return err
 	})
 	fs.Var(listFlag{&p.ExcludeHeaders}, "exclude-headers", "response headers never replayed, besides hop-by-hop, content-length, date and x-envoy-*")
-	fs.StringVar(&s.InProgress, "in-progress", "conflict", "a duplicate of a key still in progress: conflict (409 with Retry-After, the IETF draft's answer) or wait (held until the first request completes, then its replay; per route: x-idemproxy-in-progress)")
+	fs.StringVar(&s.InProgress, "in-progress", processor.InProgressConflict.String(), "a duplicate of a key still in progress: conflict (409 with Retry-After, the IETF draft's answer) or wait (held until the first request completes, then its replay; per route: x-idemproxy-in-progress)")
 	fs.DurationVar(&p.MaxWait, "max-wait", p.MaxWait, "how long a waiting duplicate is held at most before its 409 (below Envoy's max_message_timeout; per route: x-idemproxy-max-wait)")
 	fs.IntVar(&p.MaxWaiters, "max-waiters", p.MaxWaiters, "duplicates held at once per process; beyond, the 409 at once")
 	fs.DurationVar(&p.WaitRecheck, "wait-recheck", p.WaitRecheck, "how often the keys duplicates wait on are read again (one read per key and process, for all its waiters), in case a completion notice was lost")
-	fs.StringVar(&s.Mode, "mode", "enforce", "enforce, or shadow: decide and store as usual but refuse and replay nothing, counting what enforcement would do (idemproxy_shadow_decisions_total); per route: x-idemproxy-mode")
+	fs.StringVar(&s.Mode, "mode", processor.ModeEnforce.String(), "enforce, or shadow: decide and store as usual but refuse and replay nothing, counting what enforcement would do (idemproxy_shadow_decisions_total); per route: x-idemproxy-mode")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
-	fs.StringVar(&s.OnUnknown, "on-unknown", onUnknownHold, "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
+	fs.StringVar(&s.OnUnknown, "on-unknown", processor.OnUnknownHold.String(), "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
 	fs.BoolVar(&s.AllowEvicting, "allow-evicting-redis", false, "serve even when Redis's maxmemory-policy may evict keys (MAY RUN TWICE: an evicted lock or response lets a retry run again); default: not ready and 503 until the policy is noeviction")
 	fs.DurationVar(&s.HeldKeysEvery, "held-keys-interval", time.Minute, "how often Redis is scanned to count in-progress and outcome-unknown keys for idemproxy_held_keys (0: never)")
 	fs.StringVar(&p.FenceHeader, "fence-header", p.FenceHeader, "request header carrying the fencing token upstream (empty: none)")
@@ -202,16 +197,16 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 
 // resolve derives the settings that follow from others: secrets read from
 // their files, the encryption keyring, the processor's store timeout and
-// unknown-outcome policy. It is the only step that reads files.
+// its choices (--on-unknown, --in-progress, --mode). It is the only step
+// that reads files.
 func (s *settings) resolve() error {
 	var errs []error
 	s.Processor.StoreTimeout = s.RedisTimeout
 	if !s.MinReplicasSet {
 		s.AllReplicas = s.mode() != redisstore.ModeStandalone
 	}
-	s.Processor.RerunAfterTTL = s.OnUnknown == onUnknownRerun
-	s.Processor.InProgressWait = s.InProgress == "wait"
-	s.Processor.Shadow = s.Mode == "shadow"
+	errs = append(errs, choice("--on-unknown", s.OnUnknown, &s.Processor.OnUnknown),
+		choice("--in-progress", s.InProgress, &s.Processor.InProgress), choice("--mode", s.Mode, &s.Processor.Mode))
 	if s.AdminTokenFile != "" {
 		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
 		errs = append(errs, err)
@@ -275,20 +270,6 @@ func (s *settings) validate() error {
 	if s.ShutdownGrace < 0 || s.HealthInterval <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must not be negative and --health-interval must be positive"))
 	}
-	switch s.OnUnknown {
-	case onUnknownHold, onUnknownRerun:
-	case "expire":
-		errs = append(errs, errors.New(`--on-unknown expire is no longer accepted: it let a request whose outcome was unknown run again after the lock TTL. `+
-			`The default, hold, never runs it twice; to keep the old behaviour knowingly, say --on-unknown rerun-after-ttl`))
-	default:
-		errs = append(errs, fmt.Errorf("--on-unknown %q must be hold or rerun-after-ttl", s.OnUnknown))
-	}
-	if s.InProgress != "conflict" && s.InProgress != "wait" {
-		errs = append(errs, fmt.Errorf("--in-progress %q must be conflict or wait", s.InProgress))
-	}
-	if s.Mode != "enforce" && s.Mode != "shadow" {
-		errs = append(errs, fmt.Errorf("--mode %q must be enforce or shadow", s.Mode))
-	}
 	if s.HeldKeysEvery < 0 {
 		errs = append(errs, errors.New("--held-keys-interval must not be negative"))
 	}
@@ -302,6 +283,18 @@ func (s *settings) validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// choice parses the value of a flag that names one of the processor's
+// choices (processor.InProgress, Mode, OnUnknown), which define the names
+// and the error text once, for the flags and a route's metadata alike.
+// The flag itself is a string, so --help shows it as one and a bad value
+// is reported with the other settings, as the flag's name and its error.
+func choice(flagName, v string, dst encoding.TextUnmarshaler) error {
+	if err := dst.UnmarshalText([]byte(v)); err != nil {
+		return fmt.Errorf("%s %w", flagName, err)
+	}
+	return nil
 }
 
 // replicasFlag is --redis-min-replicas: all, a count, or unset, which

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/processor"
 )
 
 // env is a fake environment for parseSettings.
@@ -46,7 +48,7 @@ func TestParseSettings_defaults(t *testing.T) {
 	require.False(t, p.NoStore.Contains(404))
 	require.Equal(t, s.RedisTimeout, p.StoreTimeout, "the store timeout follows --redis-timeout")
 	require.Equal(t, "hold", s.OnUnknown)
-	require.False(t, p.RerunAfterTTL, "unknown outcomes are held by default: never run twice")
+	require.Equal(t, processor.OnUnknownHold, p.OnUnknown, "unknown outcomes are held by default: never run twice")
 	require.False(t, s.AllowEvicting, "an evicting Redis is refused by default")
 	require.Equal(t, time.Minute, s.HeldKeysEvery)
 }

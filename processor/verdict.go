@@ -1,0 +1,177 @@
+package processor
+
+// The decision, apart from everything it sets in motion: a verdict says
+// what a request gets (its outcome label and its answer, or that it goes
+// upstream), and judge makes the verdict of a look at the key with no I/O,
+// so every state the store can report is decided in one table-tested
+// place. reply (reply.go) carries a verdict out; decide (decide.go) does
+// the I/O around it.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
+)
+
+// verdict is what was decided for one request.
+type verdict struct {
+	// outcome is the idemproxy_requests_total label, idemproxy.outcome.
+	outcome string
+	// answer is the immediate response (a refusal or a replay); nil sends
+	// the request upstream.
+	answer *extprocv3.ProcessingResponse
+	// fenced sets the fence header on a request sent upstream: the
+	// grant's fence, or, with fence 0, none (a client's own is removed).
+	// Not fenced: the request's headers are left as they are.
+	fenced bool
+	fence  int64
+	// note is the log line the verdict calls for; its msg is "" for none.
+	note note
+	// then is what the request path must do before replying: reply at
+	// once, take the lock it was granted, or wait.
+	then step
+}
+
+// step is what a verdict asks of the request path before its reply.
+type step int
+
+const (
+	stepReply step = iota
+	stepGrant      // the key is ours: become its owner (decide.go's grant)
+	stepWait       // a duplicate that waits for the first request (wait.go)
+)
+
+// note is one log line: its level, message and attributes.
+type note struct {
+	level slog.Level
+	msg   string
+	attrs []any
+}
+
+// logged is v with a log line.
+func (v verdict) logged(level slog.Level, msg string, attrs ...any) verdict {
+	v.note = note{level: level, msg: msg, attrs: attrs}
+	return v
+}
+
+// refusal answers with a problem, nothing upstream.
+func refusal(outcome string, p problemType, detail, retryAfter string) verdict {
+	return verdict{outcome: outcome, answer: problemReply(p, detail, retryAfter)}
+}
+
+// passthrough lets a request that does not take part go upstream; a keyed
+// one (a method outside --methods) has its client's fence removed, since
+// the backend sees its key.
+func passthrough(keyed bool) verdict {
+	return verdict{outcome: outcomePassthrough, fenced: keyed}
+}
+
+// misconfigured refuses a request the proxy's configuration cannot guard.
+func misconfigured(detail string) verdict {
+	return refusal(outcomeMisconfigured, probMisconfigured, detail, "")
+}
+
+// keyRequired refuses a keyless request on a route that requires a key.
+func keyRequired() verdict {
+	return refusal(outcomeKeyRequired, probKeyRequired, "This endpoint requires an Idempotency-Key header.", "")
+}
+
+// invalidKey refuses a request whose key headers do not parse or agree.
+func invalidKey(err error) verdict {
+	return refusal(outcomeInvalidKey, probInvalidKey, err.Error(), "").
+		logged(slog.LevelInfo, "invalid idempotency key", "reason", err.Error())
+}
+
+// headersTooLarge refuses a keyed request with no room left for the fence
+// header; why says which of Envoy's limits it would break.
+func headersTooLarge(why string) verdict {
+	return refusal(outcomeHeadersTooLarge, probHeadersTooLarge, why, "")
+}
+
+// identityRequired refuses a keyed request without the verified JWT claim
+// its keys are scoped by.
+func identityRequired(claim string) verdict {
+	return refusal(outcomeIdentityRequired, probIdentityRequired, fmt.Sprintf(
+		"Idempotency keys here are scoped by the verified JWT claim %q, and this request has none; it was not run.", claim), "")
+}
+
+// storeUnsafe refuses every keyed request while the gate says the store
+// could lose what it is given: fail-open or not, nothing runs on its word.
+// The gate logs the cause itself, once per change, not once per request.
+func storeUnsafe() verdict {
+	return refusal(outcomeStoreUnsafe, probStoreUnavail, "The idempotency store is not safe to use; the request was not run. Retry later.", "1")
+}
+
+// look is one read or acquire of a key: what the store said, or its error.
+type look struct {
+	acq idem.Acquisition
+	err error
+}
+
+// judge decides what a look at the key means for the request that made
+// claim, under pol: take the key, wait, or answer with what holds it.
+// failOpen is --fail-open, for a failed look.
+func judge(l look, claim idem.Claim, pol policy, failOpen bool) verdict {
+	switch acq := l.acq; {
+	case l.err != nil:
+		return storeFailure(l.err, failOpen)
+	case acq.State == idem.StateAcquired:
+		return verdict{outcome: outcomeAcquired, fenced: true, fence: acq.Fence, then: stepGrant}
+	case acq.State == idem.StateInProgress && pol.waits() && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
+		return verdict{then: stepWait}
+	default:
+		return existing(acq, claim)
+	}
+}
+
+// existing is the answer a record another request made gives.
+func existing(acq idem.Acquisition, claim idem.Claim) verdict {
+	switch {
+	case !bytes.Equal(acq.Fingerprint, claim.Fingerprint):
+		return refusal(outcomeMismatch, probMismatch, "This idempotency key was first used with a different method, path or body.", "")
+	case acq.State == idem.StateUnknown:
+		v := refusal(outcomeUnknown, probOutcomeUnknown, "An earlier request with this idempotency key may have run, but its outcome is unknown; it will not run again. An operator can clear the key.", "")
+		if acq.Expired {
+			// The first time anyone learns of a crash: its owner never
+			// said a word, so this log line is the operator's trace of it.
+			v = v.logged(slog.LevelWarn, "outcome unknown: the key's lease ran out without word from its owner (crashed or cut off from Redis); refused, not run",
+				"scope", claim.Scope, "held_for", acq.LockTTL.Round(time.Second).String())
+		}
+		return v
+	case acq.State == idem.StateInProgress:
+		return refusal(outcomeConflict, probInProgress, "The first request with this idempotency key is still running; retry later.",
+			retryAfterSeconds(acq.LockTTL.Milliseconds()))
+	case acq.Record == nil || !acq.Record.BodyStored:
+		return refusal(outcomeNotStored, probNotStored, notStoredDetail(acq.Record), "")
+	default:
+		return verdict{outcome: outcomeReplayed,
+			answer: immediate(acq.Record.Status, replayHeaders(acq.Record), acq.Record.Body, "idemproxy_replayed")}
+	}
+}
+
+// storeFailure fails closed (503, nothing upstream) unless fail-open is
+// set: then the request goes upstream unguarded, without a fence.
+func storeFailure(err error, failOpen bool) verdict {
+	switch {
+	case failOpen:
+		return verdict{outcome: outcomeFailOpen, fenced: true}.
+			logged(slog.LevelWarn, "store failed; request let through unguarded (fail-open)", "error", err)
+	case errors.Is(err, idem.ErrUnreplicated):
+		return refusal(outcomeStoreError, probStoreUnavail,
+			"The idempotency store could not make the key durable on enough replicas; the request was not run. Retry later.", "1").
+			logged(slog.LevelWarn, "lock taken, but fewer replicas acknowledged it than --redis-min-replicas asks; request refused (fail-closed)", "error", err)
+	default:
+		return storeDown().logged(slog.LevelError, "store failed; request refused (fail-closed)", "error", err)
+	}
+}
+
+// storeDown refuses a request the store could not decide on: 503.
+func storeDown() verdict {
+	return refusal(outcomeStoreError, probStoreUnavail, "The idempotency store did not answer; the request was not run. Retry later.", "1")
+}
