@@ -100,7 +100,7 @@ type Config struct {
 	MetadataNamespace string
 }
 
-// DefaultConfig returns the defaults documented in the README.
+// DefaultConfig returns the defaults documented in docs/configuration.md.
 func DefaultConfig() Config {
 	return Config{
 		KeyHeaders:            []string{"idempotency-key", "x-idempotency-key"},

@@ -6,7 +6,7 @@ import (
 )
 
 // problemType is a stable RFC 9457 problem type; clients branch on it, so
-// a value never changes once released. The README documents each one.
+// a value never changes once released. docs/errors.md documents each one.
 type problemType struct {
 	slug   string
 	title  string

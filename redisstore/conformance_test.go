@@ -15,7 +15,7 @@ import (
 var _ processor.Store = (*Store)(nil)
 
 // TestStore_conformance runs the shared Store behaviours on a real Redis;
-// the processor runs the same table on its fake.
+// internal/memstore runs the same table on the in-memory store.
 func TestStore_conformance(t *testing.T) {
 	t.Parallel()
 	srv := redistopo.Start(t)

@@ -2,7 +2,7 @@
 // real Envoy: it starts Redis, the mock backend, Envoy (one worker thread),
 // idemproxy and a null ext_proc server on free loopback ports, drives load
 // through Envoy in each scenario, prints a table and the goal ratios, and
-// stops everything. See BENCHMARKS.md.
+// stops everything. See docs/benchmarks.md.
 package main
 
 import (
