@@ -71,7 +71,7 @@ func usageText(fs *flag.FlagSet) string {
 	b.WriteString("Usage: idemproxy [flags]\n\n" +
 		"IdemProxy, the Envoy ext_proc idempotency server. Every flag can also be set\n" +
 		"with the environment variable shown next to it; a flag on the command line wins.\n" +
-		"Tracing is configured with the standard OTEL_* variables (see the README).\n\n")
+		"Tracing is configured with the standard OTEL_* variables (see docs/operating.md).\n\n")
 	fs.VisitAll(func(f *flag.Flag) {
 		kind, usage := flag.UnquoteUsage(f)
 		fmt.Fprintf(&b, "  --%s", f.Name)
