@@ -18,13 +18,14 @@ type envoyGateway struct {
 	routes   map[string]*gwapiv1.HTTPRoute
 	grants   []*gwapiv1b1.ReferenceGrant
 	proxies  []*egv1a1.EnvoyProxy
+	traffic  []*egv1a1.BackendTrafficPolicy
 	tls      []*gwapiv1.BackendTLSPolicy
 }
 
 func loadEnvoyGateway(t *testing.T) envoyGateway {
 	t.Helper()
 	eg := envoyGateway{routes: map[string]*gwapiv1.HTTPRoute{}}
-	for _, file := range []string{"extension-policy.yaml", "httproute.yaml", "referencegrant.yaml", "mtls.yaml"} {
+	for _, file := range []string{"extension-policy.yaml", "httproute.yaml", "referencegrant.yaml", "mtls.yaml", "retry-policy.yaml"} {
 		for _, doc := range yamlDocs(t, readRepoFile(t, "deploy", "envoy-gateway", file)) {
 			switch apiVersion, kind := typeOf(t, doc); apiVersion + " " + kind {
 			case "gateway.envoyproxy.io/v1alpha1 EnvoyExtensionPolicy":
@@ -35,6 +36,10 @@ func loadEnvoyGateway(t *testing.T) envoyGateway {
 				var v gwapiv1.HTTPRoute
 				decodeStrict(t, doc, &v)
 				eg.routes[v.Name] = &v
+			case "gateway.envoyproxy.io/v1alpha1 BackendTrafficPolicy":
+				var v egv1a1.BackendTrafficPolicy
+				decodeStrict(t, doc, &v)
+				eg.traffic = append(eg.traffic, &v)
 			case "gateway.envoyproxy.io/v1alpha1 EnvoyProxy":
 				var v egv1a1.EnvoyProxy
 				decodeStrict(t, doc, &v)
@@ -150,7 +155,8 @@ func TestEnvoyGateway_References(t *testing.T) {
 			matched = append(matched, strings.ToLower(string(h.Name)))
 			require.Equal(t, catchAll.Spec.Rules[0].Matches[0].Path, m.Path, "same paths as the catch-all")
 			require.Equal(t, catchAll.Spec.Rules[0].BackendRefs, rule.BackendRefs)
-			// No retries: an Envoy retry is an execution idemproxy cannot see.
+			// No retries here: an Envoy retry may be an execution idemproxy
+			// cannot see; the keyed route's are retry-policy.yaml's alone.
 			require.Nil(t, rule.Retry)
 			require.NotNil(t, rule.Timeouts)
 			require.Equal(t, 60*time.Second, mustDuration(t, string(*rule.Timeouts.Request)))
