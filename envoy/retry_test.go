@@ -6,8 +6,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // Envoy's router retries inside one request, after ext_proc: idemproxy sees
@@ -134,4 +137,50 @@ func TestRetry_IstioOldDefaultRunsTwice(t *testing.T) {
 	require.Equal(t, 1.0, s.metric(t, `idemproxy_responses_total{result="stored"}`), "idemproxy saw one request")
 	require.True(t, again.replayed())
 	t.Logf("503 after executing, Istio's old default: Envoy retries %d, executions %d", retried, executions)
+}
+
+// hangup sends a keyed request that the backend runs and then answers with
+// a connection reset, no response at all. It returns the client's reply,
+// how often the backend ran the key, and how often Envoy's router retried.
+func hangup(t *testing.T, s *stack) (key string, r reply, executions, retried int) {
+	t.Helper()
+	key = newKey(t)
+	r = s.do(t, "POST", "/hangup", `{"amount":1}`, "Idempotency-Key", key)
+	return key, r, s.executions(t, key), s.envoyStat(t, "cluster.backend.upstream_rq_retry")
+}
+
+// TestRetry_ResetAfterExecutingIsNotRetried: the backend ran the request
+// and reset the connection before answering. reset-before-request does not
+// fire (Envoy had sent the request): the backend ran it once, the client
+// gets Envoy's 503, and the key is held as an unknown outcome (a retry gets
+// 409 outcome-unknown, never a second run).
+func TestRetry_ResetAfterExecutingIsNotRetried(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	key, r, executions, retried := hangup(t, s)
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)
+	require.Zero(t, retried)
+	require.Equal(t, 1, executions)
+	testenv.WaitFor(t, 10*time.Second, "the key marked an unknown outcome", func() bool {
+		return s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`) == 1
+	})
+	again := s.do(t, "POST", "/hangup", `{"amount":1}`, "Idempotency-Key", key)
+	require.Equal(t, http.StatusConflict, again.status, "%s", again.body)
+	require.Equal(t, problem+"outcome-unknown", again.problemType())
+	require.Equal(t, 1, s.executions(t, key))
+	t.Logf("reset after executing, shipped retry policy: Envoy retries %d, executions %d, retry %d %s",
+		retried, executions, again.status, again.problemType())
+}
+
+// TestRetry_ResetPolicyRunsTwice is the fault test of the one above: with
+// retry_on reset (retry any reset, a common "resilience" setting), the
+// router re-sends the request the backend already ran, three times in all.
+func TestRetry_ResetPolicyRunsTwice(t *testing.T) {
+	t.Parallel()
+	s := startStackWith(t, stackConfig{envoyEdits: [][2]string{{shippedRetryOn, "retry_on: reset,connect-failure\n"}}})
+	_, r, executions, retried := hangup(t, s)
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)
+	require.Equal(t, 2, retried)
+	require.Equal(t, 3, executions, "the unsafe policy runs the request again")
+	t.Logf("reset after executing, retry_on reset: Envoy retries %d, executions %d", retried, executions)
 }

@@ -68,6 +68,7 @@ func (b *backend) routes() http.Handler {
 	mux.Handle("/status", b.executes(b.status))
 	mux.Handle("/busy", b.executes(b.busy))
 	mux.Handle("/trailers", b.executes(b.trailers))
+	mux.Handle("/hangup", b.executes(b.hangup))
 	mux.HandleFunc("GET /stats", b.getStats)
 	mux.HandleFunc("POST /stats/reset", b.resetStats)
 	mux.HandleFunc("GET /healthz", healthz)

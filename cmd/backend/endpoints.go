@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -165,6 +166,23 @@ func (b *backend) trailers(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, `{"id":%q,"request_body_bytes":%d,"request_trailers":%d}`, newChargeID(), len(body), len(r.Trailer))
 	w.Header().Set("X-Charge-Checksum", "sha256:demo")
+}
+
+// hangup handles /hangup: the request runs (it was counted, its body read)
+// and the connection is then reset with no answer at all: an upstream that
+// acted on a request and died before it could respond. Tests use it to
+// check that nothing retries what may have run.
+func (b *backend) hangup(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "hangup: "+err.Error())
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // a reset, not an orderly close
+	}
+	_ = conn.Close()
 }
 
 // status handles /status?code=N[&body=B[&type=T]]: any status the proxy must

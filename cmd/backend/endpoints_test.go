@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -258,4 +259,21 @@ func TestBackend_Busy(t *testing.T) {
 		_, h := newTestBackend(t, time.Millisecond)
 		requireError(t, send(t, h, http.MethodPost, "/busy?times=-1", "", "k"), http.StatusBadRequest)
 	})
+}
+
+// TestBackend_Hangup: /hangup counts the request, then resets the
+// connection without a response.
+func TestBackend_Hangup(t *testing.T) {
+	_, h := newTestBackend(t, time.Millisecond)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/hangup", strings.NewReader(`{"amount":1}`))
+	require.NoError(t, err)
+	req.Header.Set(headerIdempotencyKey, "k")
+	resp, err := srv.Client().Do(req)
+	if err == nil {
+		resp.Body.Close()
+	}
+	require.Error(t, err, "no response at all")
+	require.Equal(t, 1, getStats(t, h).Keys["k"], "the request ran before the hangup")
 }
