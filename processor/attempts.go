@@ -8,12 +8,13 @@ package processor
 // reach ext_proc, on upstream answers and on its own local replies alike.
 //
 // Whether an earlier attempt reached the upstream cannot be read from the
-// response: measured with Envoy 1.36.2 and 1.40.0, the response flags
-// (UF, URX, UC...), the code details and the upstream transport failure
-// reason describe the last attempt only. After a connect failure and then
-// a 200, or a 503 and then a 200, or a reset and then a 200, the final
-// response is the same: flags "-", code details "via_upstream", only the
-// attempt count differs. So a route says what its retry policy does
+// response: measured with Envoy 1.36.2 and 1.40.0 on the attributes
+// ext_proc receives, response.flags (UF, URX...), response.code_details
+// and upstream.transport_failure_reason describe the last attempt only.
+// After a connect failure and then a 200, or a 503 and then a 200, or a
+// reset and then a 200, the final response is the same: flags 0, code
+// details "via_upstream", no failure reason; only the attempt count
+// (upstream.request_attempt_count, x-envoy-attempt-count) differs. So a route says what its retry policy does
 // (x-idemproxy-retries, policy.go): never-sent when it only re-sends
 // requests that never reached the upstream (retry_on reset-before-request,
 // connect-failure, refused-stream); otherwise an attempt count above 1
