@@ -145,6 +145,8 @@ type backendStats struct {
 	Fences      map[string]int64 `json:"fences"`
 	// FencedWithoutKey counts keyless requests that arrived with a fence.
 	FencedWithoutKey int `json:"fenced_without_key"`
+	// Attempts is Envoy's highest x-envoy-attempt-count seen per key.
+	Attempts map[string]int `json:"attempts"`
 }
 
 func (s *stack) stats(t testing.TB) backendStats {

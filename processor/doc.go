@@ -40,7 +40,10 @@
 //     log line, shadow mode, and the immediate response (replies.go) or the
 //     phase's CONTINUE with the fence header (replies.go, Server.fence).
 //  8. response.go, onResponseHeaders, onResponseBody, onResponseTrailers:
-//     the upstream's answer. A status not stored, or a local reply, releases
+//     the upstream's answer. Envoy's attempt count first (attempts.go,
+//     retried): a response Envoy retried upstream is counted and logged,
+//     and its key is never given back when an earlier attempt may have
+//     run. A status not stored, or a local reply, releases
 //     or abandons the key (settle.go, release, abandon); otherwise the
 //     response is collected and stored (settle.go, complete, settle, through
 //     timedStore.Complete) before its last chunk goes out.

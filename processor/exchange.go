@@ -54,6 +54,7 @@ type request struct {
 	key          string // composite store key; "" when not taking part
 	scope        string // for operators: authority and identity hash
 	legacyKey    string // the previous version's key, during --scope-legacy-until
+	route        string // authority and path prefix, for logs (attempts.go, routeOf)
 }
 
 // heldLock is the key this stream holds (or, after a failed acquire, may
@@ -204,6 +205,7 @@ func (e *exchange) screen(h *extprocv3.HttpHeaders, md map[string]*structpb.Stru
 	}
 	parts := e.srv.scopeParts(rs, identity)
 	e.req.key, e.req.scope = storeKey(parts, key), scopeLabel(parts)
+	e.req.route = routeOf(rs.authority, e.req.path)
 	if time.Now().Before(e.srv.cfg.ScopeLegacyUntil) {
 		if legacy := storeKey(legacyParts(rs), key); legacy != e.req.key {
 			e.req.legacyKey = legacy

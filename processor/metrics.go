@@ -78,6 +78,8 @@ type Metrics struct {
 	// (--redis-min-replicas): refused locks and stored-but-exposed responses.
 	unreplicated *prometheus.CounterVec
 	streams      prometheus.Gauge
+	// upstreamRetries counts keyed responses Envoy retried upstream (attempts.go).
+	upstreamRetries *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -133,8 +135,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "idemproxy_active_streams",
 			Help: "ext_proc streams currently open.",
 		}),
+		upstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_upstream_retries_total",
+			Help: "Keyed responses that Envoy retried upstream (x-envoy-attempt-count above 1), by kind: may_have_run (an earlier attempt may have run: the request may have run more than once) or declared_never_sent (the route declares x-idemproxy-retries: never-sent).",
+		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.unreplicated, m.streams} {
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.unreplicated, m.streams, m.upstreamRetries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -164,6 +170,8 @@ func (m *Metrics) zeros() {
 	m.leaseLost.WithLabelValues(stageDone)
 	m.unreplicated.WithLabelValues("acquire")
 	m.unreplicated.WithLabelValues("complete")
+	m.upstreamRetries.WithLabelValues(retryMayHaveRun)
+	m.upstreamRetries.WithLabelValues(retryDeclaredSafe)
 }
 
 // observeStore records one store call's latency; a lost lease is a normal

@@ -23,6 +23,11 @@ const (
 	mdInProgress  = "x-idemproxy-in-progress"  // conflict (409) or wait (for the replay)
 	mdMaxWait     = "x-idemproxy-max-wait"     // duration a waiting duplicate is held, at most
 	mdMode        = "x-idemproxy-mode"         // enforce, or shadow (decide, count, refuse nothing)
+	// mdRetries declares the route's Envoy retry policy: never-sent (it
+	// only re-sends requests that never reached the upstream, such as
+	// retry_on reset-before-request) or may-run (the default: an earlier
+	// attempt may have run). See attempts.go.
+	mdRetries = "x-idemproxy-retries"
 )
 
 // MaxWaitLimit bounds --max-wait: Envoy holds a waiting message only up to
@@ -40,6 +45,9 @@ type policy struct {
 	inProgress  InProgress    // InProgressWait: a duplicate waits for the replay
 	maxWait     time.Duration // how long it may wait
 	mode        Mode          // ModeShadow: refuse nothing, count what would be
+	// retriesNeverSent: the route declares that Envoy retries only what
+	// never reached the upstream (x-idemproxy-retries: never-sent).
+	retriesNeverSent bool
 }
 
 // lease is how a request on this route holds its key: for the lock TTL,
@@ -115,6 +123,16 @@ func (s *Server) policyFor(ctx context.Context) (policy, error) {
 	}
 	choice(mdInProgress, &p.inProgress)
 	choice(mdMode, &p.mode)
+	if v := md.Get(mdRetries); len(v) > 0 {
+		switch v[len(v)-1] {
+		case retriesNeverSent:
+			p.retriesNeverSent = true
+		case retriesMayRun:
+			p.retriesNeverSent = false
+		default:
+			errs = append(errs, fmt.Errorf("%s=%q is neither %s nor %s", mdRetries, v[len(v)-1], retriesNeverSent, retriesMayRun))
+		}
+	}
 	if duration(mdMaxWait, &p.maxWait) && p.maxWait > MaxWaitLimit {
 		errs = append(errs, fmt.Errorf("%s %v must be at most %v", mdMaxWait, p.maxWait, MaxWaitLimit))
 	}

@@ -19,7 +19,16 @@ func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOr
 	}
 	hs := h.GetHeaders().GetHeaders()
 	status := responseStatus(hs)
+	attempts := upstreamAttempts(hs)
+	// An earlier attempt may have run: a response the key would be given
+	// back for (the last attempt never reached the upstream, or its status
+	// is not stored) must not let the client's retry run the request again.
+	mayHaveRun := e.retried(attempts)
 	switch {
+	case mayHaveRun && (origin != originUpstream || status == 0 || e.srv.cfg.NoStore.Contains(status)):
+		e.abandon("Envoy retried the request upstream, and an earlier attempt may have run", true,
+			"status", status, "attempts", attempts, "route", e.req.route)
+		return skipBody
 	case origin == originNeverSent:
 		e.release(resultReleasedStatus, true, "status", status, "local_reply", true)
 		return skipBody
@@ -31,6 +40,9 @@ func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOr
 	case status == 0 || e.srv.cfg.NoStore.Contains(status):
 		e.release(resultReleasedStatus, true, "status", status)
 		return skipBody
+	}
+	if attempts > 1 {
+		e.resp.rec.UpstreamAttempts = attempts
 	}
 	e.resp.rec.Status = status
 	e.resp.rec.Headers = e.srv.filter.storable(hs)

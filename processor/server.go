@@ -45,6 +45,8 @@ type Server struct {
 	tracer     trace.Tracer
 	propagator propagation.TextMapPropagator
 	meta       *metaCache // nil: no dynamic metadata
+	// retryLog remembers the routes whose upstream retries were logged.
+	retryLog retryLog
 }
 
 // Options are the collaborators of a Server.

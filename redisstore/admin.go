@@ -38,6 +38,10 @@ type KeyInfo struct {
 	TTL            time.Duration `json:"ttl_ns,omitempty"`
 	Fence          int64         `json:"fence,omitempty"`      // fence of the grant that made the record
 	LastFence      int64         `json:"last_fence,omitempty"` // the key's fence counter
+	// UpstreamAttempts is Envoy's attempt count for a completed response
+	// that Envoy retried upstream: the request may have run that many
+	// times (docs/envoy-and-mesh.md, Retries). Absent: one attempt.
+	UpstreamAttempts int `json:"upstream_attempts,omitempty"`
 }
 
 // Inspect reports the state of key in one round trip.
@@ -110,7 +114,7 @@ func (s *Store) id(rk string) string {
 
 // parseInspect decodes inspect.lua's reply; Redis nil arrives as a nil element.
 func parseInspect(v []any) (KeyInfo, error) {
-	if len(v) != 11 {
+	if len(v) != 12 {
 		return KeyInfo{}, fmt.Errorf("%w: inspect: %d elements", ErrCorruptRecord, len(v))
 	}
 	str := func(i int) string { s, _ := v[i].(string); return s }
@@ -133,6 +137,7 @@ func parseInspect(v []any) (KeyInfo, error) {
 		return KeyInfo{}, err
 	}
 	info.BodyBytes = num(3)
+	info.UpstreamAttempts = int(num(11))
 	info.TTL = time.Duration(max(num(4), 0)) * time.Millisecond
 	return info, nil
 }

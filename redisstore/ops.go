@@ -127,8 +127,12 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 			return err
 		}
 	}
+	ua := ""
+	if rec.UpstreamAttempts > 1 {
+		ua = strconv.Itoa(rec.UpstreamAttempts)
+	}
 	n, res, err := s.execInt(ctx, completeScript, []string{rk},
-		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk+settledSuffix)
+		token, ms, rec.Fingerprint, rec.Status, hdr, body, bs, enc, rk+settledSuffix, ua)
 	if err := owned(op, completedBefore(n), err); err != nil {
 		return err
 	}

@@ -73,6 +73,28 @@ func TestStore_previousVersionRecords(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, idem.StateCompleted, acq.State)
 		require.Equal(t, &rec, acq.Record)
+		info, err := s.Inspect(t.Context(), "old-c")
+		require.NoError(t, err)
+		require.Zero(t, info.UpstreamAttempts, "an old record has no attempt count: one attempt, or not known")
+	})
+
+	t.Run("a new record marked with upstream attempts replays with the old scripts and inspects with the new", func(t *testing.T) {
+		rec := sampleRecord()
+		rec.Fingerprint = []byte("fp")
+		rec.UpstreamAttempts = 2
+		tok := acquired(t, s, "new-ua", time.Minute)
+		require.NoError(t, s.Complete(t.Context(), "new-ua", tok, rec, time.Hour))
+		rk := s.RedisKey("new-ua")
+		out := old.run("acquire", []string{rk, rk + fenceSuffix}, token(t), rec.Fingerprint, time.Minute.Milliseconds(), time.Hour.Milliseconds())
+		require.Equal(t, []any{"completed", "fp", "201", string(encodeHeaders(rec.Headers)), string(rec.Body), "1", ""}, out)
+		acq, err := s.Acquire(t.Context(), "new-ua", claim(token(t), rec.Fingerprint, time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, idem.StateCompleted, acq.State)
+		rec.UpstreamAttempts = 0 // kept for operators, not read back on replay
+		require.Equal(t, &rec, acq.Record)
+		info, err := s.Inspect(t.Context(), "new-ua")
+		require.NoError(t, err)
+		require.Equal(t, 2, info.UpstreamAttempts)
 	})
 
 	t.Run("an old held unknown outcome stays refused", func(t *testing.T) {

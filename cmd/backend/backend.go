@@ -35,11 +35,14 @@ type backend struct {
 	// fencedNoKey counts keyless requests that arrived with a fence: the
 	// proxy should have removed a client's own.
 	fencedNoKey int
+	// attempts is, per key, Envoy's highest x-envoy-attempt-count seen
+	// (include_request_attempt_count): above 1, Envoy retried the request.
+	attempts map[string]int
 }
 
 func newBackend(slowDelay time.Duration, log *slog.Logger) *backend {
 	return &backend{slowDelay: slowDelay, log: log, counts: make(map[string]int),
-		fences: make(map[string]int64), stale: make(map[string]int)}
+		fences: make(map[string]int64), stale: make(map[string]int), attempts: make(map[string]int)}
 }
 
 // stats is the body of GET /stats.
@@ -54,6 +57,8 @@ type stats struct {
 	Fences map[string]int64 `json:"fences"`
 	// FencedWithoutKey counts keyless requests that carried a fence.
 	FencedWithoutKey int `json:"fenced_without_key"`
+	// Attempts is Envoy's highest attempt count seen per key, when above 1.
+	Attempts map[string]int `json:"attempts,omitempty"`
 }
 
 // routes returns the service's handler. Only the execution endpoints count;
@@ -94,6 +99,11 @@ func (b *backend) executes(next http.HandlerFunc) http.Handler {
 			}
 			fence = n
 		}
+		if n, err := strconv.Atoi(r.Header.Get("X-Envoy-Attempt-Count")); err == nil && n > 1 && key != "" {
+			b.mu.Lock()
+			b.attempts[key] = max(b.attempts[key], n)
+			b.mu.Unlock()
+		}
 		if !b.record(key, fence) {
 			writeError(w, http.StatusConflict, "stale fence: a newer request holds this idempotency key")
 			return
@@ -133,6 +143,9 @@ func (b *backend) snapshot() stats {
 	defer b.mu.Unlock()
 	s := stats{Total: b.total, Keys: make(map[string]int, len(b.counts)), NoKey: b.counts[""],
 		StaleFences: maps.Clone(b.stale), Fences: maps.Clone(b.fences), FencedWithoutKey: b.fencedNoKey}
+	if len(b.attempts) > 0 {
+		s.Attempts = maps.Clone(b.attempts)
+	}
 	for k, n := range b.counts {
 		if k != "" {
 			s.Keys[k] = n
@@ -151,6 +164,7 @@ func (b *backend) resetStats(w http.ResponseWriter, _ *http.Request) {
 	clear(b.counts)
 	clear(b.fences)
 	clear(b.stale)
+	clear(b.attempts)
 	b.fencedNoKey = 0
 	b.mu.Unlock()
 	writeJSON(w, http.StatusOK, stats{Keys: map[string]int{}, StaleFences: map[string]int{}, Fences: map[string]int64{}})

@@ -74,9 +74,10 @@ func (b *backend) slow(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// busy handles /busy?times=N&delay=D: after the delay, the first N
-// executions of a key answer 429 Too Many Requests (a status the proxy does
-// not store: the key is given back), later ones charge. Tests use it to
+// busy handles /busy?times=N&delay=D[&code=C]: after the delay, the first N
+// executions of a key answer 429 Too Many Requests, or C (a status the proxy
+// does not store: the key is given back; or, with 503, one Envoy retries
+// under Istio's old default policy), later ones charge. Tests use it to
 // see what happens to requests waiting on a key that is given back.
 func (b *backend) busy(w http.ResponseWriter, r *http.Request) {
 	times, err := queryInt(r, "times", 1, 0, 1000)
@@ -97,10 +98,15 @@ func (b *backend) busy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "charge abandoned: request cancelled")
 		return
 	}
+	code, err := queryInt(r, "code", http.StatusTooManyRequests, 400, 599)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	// This execution is already counted.
 	if b.executions(idempotencyKey(r.Header)) <= int(times) {
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusTooManyRequests, "busy: try again")
+		writeError(w, int(code), "busy: try again")
 		return
 	}
 	writeCharge(w, defaultAmount)

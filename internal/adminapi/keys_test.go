@@ -82,6 +82,7 @@ func TestKeys_ServeHTTP(t *testing.T) {
 	}
 	store := &fakeKeyStore{infos: map[string]redisstore.KeyInfo{
 		"api|acme|k1":                         {Exists: true, State: "outcome_unknown", Fence: 3},
+		"api|acme|retried":                    {Exists: true, State: "completed", Status: 200, Fence: 4, UpstreamAttempts: 2},
 		"id:0123456789abcdef0123456789abcdef": {ID: "0123456789abcdef0123456789abcdef", Exists: true, State: "in_progress"},
 	}}
 	h := newHandler(store)
@@ -99,6 +100,11 @@ func TestKeys_ServeHTTP(t *testing.T) {
 		require.JSONEq(t, `{"exists":true,"state":"outcome_unknown","fence":3}`, rec.Body.String())
 		rec = call(h, http.MethodGet, "authority=api&key=k1&x-tenant-id=other", "Bearer "+token)
 		require.JSONEq(t, `{"exists":false}`, rec.Body.String())
+	})
+	t.Run("inspect shows that Envoy retried a stored response upstream", func(t *testing.T) {
+		rec := call(h, http.MethodGet, "authority=api&key=retried&x-tenant-id=acme", "Bearer "+token)
+		require.Equal(t, http.StatusOK, rec.Code)
+		require.JSONEq(t, `{"exists":true,"state":"completed","status":200,"fence":4,"upstream_attempts":2}`, rec.Body.String())
 	})
 	t.Run("delete clears the key", func(t *testing.T) {
 		rec := call(h, http.MethodDelete, "authority=api&key=k1&x-tenant-id=acme", "Bearer "+token)

@@ -131,6 +131,11 @@ type Record struct {
 	// trailers, which an immediate response cannot replay.
 	Incomplete bool
 	Trailers   bool
+	// UpstreamAttempts is Envoy's attempt count for the stored response
+	// (x-envoy-attempt-count) when Envoy retried the request upstream: above
+	// 1, an earlier attempt may have run too. 0: one attempt, or not known
+	// (records written before the field, or without the count).
+	UpstreamAttempts int
 }
 
 // Header is one response header line.

@@ -17,6 +17,10 @@
 -- ARGV[9]  the record's shard channel: duplicates waiting for the key
 --          (--in-progress=wait, which marks the record with field w) hear
 --          of the completion there
+-- ARGV[10] Envoy's upstream attempt count when Envoy retried the request
+--          (above 1), else "": kept as field ua for operators (inspect); no
+--          other script reads it, so records stay readable both ways
+--          between versions with and without it
 --
 -- Returns 1 when written, 2 when this token completed the record before
 -- (a retry of a completion whose reply was lost, or that waits for
@@ -33,6 +37,9 @@ end
 redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "st", "c", "ctk", redis.sha1hex(ARGV[1]), "fp", ARGV[3], "status", ARGV[4],
   "hdr", ARGV[5], "body", ARGV[6], "bs", ARGV[7], "enc", ARGV[8], "fence", v[3] or "0")
+if ARGV[10] and ARGV[10] ~= "" then
+  redis.call("HSET", KEYS[1], "ua", ARGV[10])
+end
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
 if v[4] then
   -- pcall: an ACL without the channel (&prefix*) must not fail the write
