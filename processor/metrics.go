@@ -78,6 +78,8 @@ type Metrics struct {
 	// (--redis-min-replicas): refused locks and stored-but-exposed responses.
 	unreplicated *prometheus.CounterVec
 	streams      prometheus.Gauge
+	// config is idemproxy_envoy_config_problems (envoycheck.go).
+	config *configProblems
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -133,6 +135,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "idemproxy_active_streams",
 			Help: "ext_proc streams currently open.",
 		}),
+	}
+	m.config = newConfigProblems()
+	if err := reg.Register(m.config); err != nil {
+		return nil, err
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.unreplicated, m.streams} {
 		if err := reg.Register(c); err != nil {
