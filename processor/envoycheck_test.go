@@ -184,4 +184,3 @@ func TestServer_envoyConfigCheck(t *testing.T) {
 		require.Equal(t, 1, strings.Count(logs.String(), "problem="+problemNoResponseHeaders), logs.String())
 	})
 }
-
