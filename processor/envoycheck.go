@@ -2,8 +2,9 @@ package processor
 
 // idemproxy checks the Envoy config it is given, from the streams it sees:
 // Envoy does not send its config, but the first message of every stream
-// says how bodies are sent (protocol_config, Envoy 1.31 and later), and
-// the response headers carry the attributes the filter asks for, or none.
+// says how bodies are sent (protocol_config), and
+// the response headers carry the attributes the filter asks for, or none
+// (both measured on Envoy 1.36.2 to 1.40.0).
 // Each missing piece that weakens the promise is logged once, as an error
 // naming the setting to fix, and shown by the gauge
 // idemproxy_envoy_config_problems{problem}, 1 while the problem was seen

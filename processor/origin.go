@@ -73,9 +73,10 @@ func originOf(req *extprocv3.ProcessingRequest) (origin responseOrigin, withDeta
 	return originLocalUnknown, true
 }
 
-// codeDetails returns the response.code_details attribute. Envoy files the
-// attributes under the filter's name; a filter configured under another
-// name still has them found.
+// codeDetails returns the response.code_details attribute. Envoy files it
+// under envoy.filters.http.ext_proc (measured with the filter of that
+// name); any other key is searched too, should a filter configured under
+// another name (an Istio composite action) have it filed there.
 func codeDetails(req *extprocv3.ProcessingRequest) (string, bool) {
 	attrs := req.GetAttributes()
 	if v, ok := attrs[extProcAttrs].GetFields()[codeDetailsAttr]; ok {
