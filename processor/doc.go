@@ -41,7 +41,10 @@
 //     phase's CONTINUE with the fence header (replies.go, Server.fence).
 //  8. response.go, onResponseHeaders, onResponseBody, onResponseTrailers:
 //     the upstream's answer. A status not stored, or a local reply, releases
-//     or abandons the key (settle.go, release, abandon); otherwise the
+//     or abandons the key (settle.go, release, abandon); origin.go tells a
+//     local reply by response.code_details, or without it by its headers,
+//     and envoycheck.go notes a config that lacks what the promise needs
+//     (also from protocol_config, on the first message); otherwise the
 //     response is collected and stored (settle.go, complete, settle, through
 //     timedStore.Complete) before its last chunk goes out.
 //  9. settle.go, finish: at the stream's end, retries a settling write that
