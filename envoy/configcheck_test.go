@@ -92,3 +92,37 @@ func TestEndToEnd_ConfigShippedHasNoProblems(t *testing.T) {
 	}
 	require.NotContains(t, s.idemproxy.Output(), "Envoy config problem")
 }
+
+// TestEndToEnd_ConfigWithoutResponseHeaders: a filter that sends idemproxy
+// neither the response headers nor the body (response_header_mode SKIP,
+// response_body_mode NONE) leaves every keyed request an unknown outcome.
+// protocol_config shows the body mode on the first stream; the missing
+// headers show after a run of keyed requests without them.
+func TestEndToEnd_ConfigWithoutResponseHeaders(t *testing.T) {
+	t.Parallel()
+	s := startStackWith(t, stackConfig{envoyEdits: [][2]string{
+		{"response_header_mode: SEND", "response_header_mode: SKIP"},
+		{"response_body_mode: STREAMED", "response_body_mode: NONE"},
+	}})
+	var keys []string
+	for i := range 5 {
+		key := newKey(t)
+		keys = append(keys, key)
+		r := s.do(t, "POST", "/charge", `{"amount":1}`, "Idempotency-Key", key)
+		require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+		require.Equal(t, 1.0, s.metric(t, configProblem("response_body_not_streamed")), "from the first stream on")
+		if i < 4 {
+			require.Zero(t, s.metric(t, configProblem("no_response_headers")), "after %d requests", i+1)
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "the run of requests without response headers", func() bool {
+		return s.metric(t, configProblem("no_response_headers")) == 1
+	})
+	again := s.do(t, "POST", "/charge", `{"amount":1}`, "Idempotency-Key", keys[0])
+	require.Equal(t, problem+"outcome-unknown", again.problemType(), "%d %s", again.status, again.body)
+	require.Equal(t, 1, s.executions(t, keys[0]))
+	out := s.idemproxy.Output()
+	require.Equal(t, 1, strings.Count(out, `"problem":"no_response_headers"`), out)
+	require.Equal(t, 1, strings.Count(out, `"problem":"response_body_not_streamed"`), out)
+	require.Zero(t, s.metric(t, configProblem("no_code_details")), "no response headers, nothing to judge")
+}
