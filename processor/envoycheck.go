@@ -31,7 +31,7 @@ const (
 	// problemResponseBodyNotStreamed: response_body_mode is not STREAMED.
 	problemResponseBodyNotStreamed = "response_body_not_streamed"
 	// problemNoResponseHeaders: keyed requests went upstream, one after
-	// another, and no response headers came for any of them.
+	// another, and no response headers came within the window.
 	problemNoResponseHeaders = "no_response_headers"
 )
 
@@ -47,7 +47,7 @@ var problemFix = map[string]string{
 		"Set processing_mode.request_body_mode: BUFFERED in the ext_proc filter",
 	problemResponseBodyNotStreamed: "Envoy config problem: Envoy does not stream the response body to idemproxy: a response may be stored without its body (a retry gets 409 response-not-stored instead of the replay), " +
 		"or, BUFFERED, one larger than Envoy's buffer fails after the upstream ran. Set processing_mode.response_body_mode: STREAMED in the ext_proc filter",
-	problemNoResponseHeaders: "Envoy config problem: keyed requests went upstream one after another and Envoy sent idemproxy no response headers for any of them: each key is held as an unknown outcome. " +
+	problemNoResponseHeaders: "Envoy config problem: keyed requests went upstream one after another and, for 10 minutes, Envoy sent idemproxy no response headers at all: each key is held as an unknown outcome. " +
 		"Set processing_mode.response_header_mode: SEND in the ext_proc filter and its per-route overrides (on Envoy 1.36 and older, an upstream that refuses every connection also looks like this: Envoy's own replies skip ext_proc there)",
 }
 
@@ -71,8 +71,10 @@ type configProblems struct {
 	mu   sync.Mutex
 	last map[string]time.Time // when each problem was last seen
 	// unanswered counts forwarded keyed requests in a row that ended
-	// with no response headers (atomic: touched on every response).
-	unanswered atomic.Int64
+	// with no response headers, and lastHeaders is when response headers
+	// last came (Unix nanoseconds; 0: never). Atomic: touched on every
+	// response.
+	unanswered, lastHeaders atomic.Int64
 }
 
 func newConfigProblems() *configProblems {
@@ -117,16 +119,26 @@ func (c *configProblems) seen(p string) bool {
 }
 
 // responded records response headers (headers) or a forwarded keyed
-// request that ended without them, and reports whether the run of those is
-// now a config problem that is news.
+// request that ended without them, and reports whether that is now a
+// config problem that is news: a run of noResponseRun such requests, and
+// no response headers at all within the window. (Clients that hang up
+// before their answer make runs too, but not a window without answers.)
 func (c *configProblems) responded(headers bool) bool {
+	now := c.now()
 	if headers {
+		c.lastHeaders.Store(now.UnixNano())
 		if c.unanswered.Load() != 0 {
 			c.unanswered.Store(0)
 		}
 		return false
 	}
-	return c.unanswered.Add(1) >= noResponseRun && c.seen(problemNoResponseHeaders)
+	if c.unanswered.Add(1) < noResponseRun {
+		return false
+	}
+	if last := c.lastHeaders.Load(); last != 0 && now.Sub(time.Unix(0, last)) < problemWindow {
+		return false
+	}
+	return c.seen(problemNoResponseHeaders)
 }
 
 // configProblem records problem p and logs it when it is news.

@@ -163,6 +163,10 @@ func TestServer_envoyConfigCheck(t *testing.T) {
 
 	t.Run("keyed requests in a row that end without response headers", func(t *testing.T) {
 		srv, reg, logs := newCheckedServer(t, newFakeStore())
+		var mu sync.Mutex
+		now := time.Unix(1000, 0)
+		srv.metrics.config.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+		later := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 		forward := func(k string) {
 			_, err := run(t, srv, endCanceled, keyed("POST", k, true))
 			require.NoError(t, err)
@@ -171,6 +175,10 @@ func TestServer_envoyConfigCheck(t *testing.T) {
 			forward(fmt.Sprint("a", i))
 		}
 		require.Equal(t, only(), problems(t, reg), "a few can be clients that hung up")
+		forward("a")
+		require.Equal(t, only(problemNoResponseHeaders), problems(t, reg), "a run, and never any response headers")
+		later(problemWindow)
+		require.Equal(t, only(), problems(t, reg), "cleared after the window")
 		_, err := run(t, srv, endCanceled, keyed("POST", "b", true), withCodeDetails(respHeaders(true, ":status", "200"), "via_upstream"))
 		require.NoError(t, err)
 		for i := range noResponseRun - 1 {
@@ -180,7 +188,11 @@ func TestServer_envoyConfigCheck(t *testing.T) {
 		for i := range 3 {
 			forward(fmt.Sprint("d", i))
 		}
-		require.Equal(t, only(problemNoResponseHeaders), problems(t, reg))
-		require.Equal(t, 1, strings.Count(logs.String(), "problem="+problemNoResponseHeaders), logs.String())
+		require.Equal(t, only(), problems(t, reg), "a long run, but response headers came within the window: clients that hung up")
+		later(problemWindow)
+		forward("e")
+		require.Equal(t, only(problemNoResponseHeaders), problems(t, reg), "a run, and no response headers for the whole window")
+		forward("f")
+		require.Equal(t, 2, strings.Count(logs.String(), "problem="+problemNoResponseHeaders), "once per appearance:\n%s", logs.String())
 	})
 }

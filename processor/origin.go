@@ -41,11 +41,12 @@ var neverSent = []string{
 }
 
 // Without response.code_details (a config that does not ask for it:
-// envoycheck.go reports it), Envoy's own reply is told by its headers. As
-// measured on Envoy 1.36 to 1.40, the router adds
-// x-envoy-upstream-service-time to every response that came from the
-// upstream, and its local replies (timeout 504, reset or connect failure
-// 503, and the like) carry only :status, content-length and content-type.
+// envoycheck.go reports it), Envoy's own reply is told by its headers. The
+// router adds x-envoy-upstream-service-time to every response that came
+// from the upstream (measured on Envoy 1.36.2 to 1.40.0), and its local
+// replies (timeout 504, reset or connect failure 503, and the like) carry
+// only :status, content-length and content-type (1.37.0 to 1.40.0; 1.36
+// does not pass them through ext_proc at all).
 // So a status Envoy answers itself without that header is taken for
 // Envoy's reply, whose request may have run: an unknown outcome, never a
 // stored response to replay. The price: an upstream's own 502, 503 or 504
