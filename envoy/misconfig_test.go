@@ -21,6 +21,7 @@ func TestEndToEnd_BodyNotBuffered(t *testing.T) {
 	require.Equal(t, http.StatusInternalServerError, r.status, "%s", r.body)
 	require.Equal(t, problem+"misconfigured", r.problemType())
 	require.Zero(t, s.executions(t, key))
+	require.Equal(t, 1.0, s.metric(t, configProblem("request_body_not_buffered")))
 
 	// A request without a body needs no buffering and still works.
 	r = s.do(t, "GET", "/charge", "", "Idempotency-Key", key)

@@ -44,7 +44,10 @@
 //     retried): a response Envoy retried upstream is counted and logged,
 //     and its key is never given back when an earlier attempt may have
 //     run. A status not stored, or a local reply, releases
-//     or abandons the key (settle.go, release, abandon); otherwise the
+//     or abandons the key (settle.go, release, abandon); origin.go tells a
+//     local reply by response.code_details, or without it by its headers,
+//     and envoycheck.go notes a config that lacks what the promise needs
+//     (also from protocol_config, on the first message); otherwise the
 //     response is collected and stored (settle.go, complete, settle, through
 //     timedStore.Complete) before its last chunk goes out.
 //  9. settle.go, finish: at the stream's end, retries a settling write that

@@ -106,13 +106,18 @@ func (e *exchange) logger() *slog.Logger {
 
 // handle returns the one reply a message needs; an error ends the stream.
 func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	if pc := req.GetProtocolConfig(); pc != nil {
+		e.srv.checkProtocol(pc)
+	}
 	switch m := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		return e.onRequestHeaders(m.RequestHeaders, req.GetProtocolConfig(), req.GetMetadataContext().GetFilterMetadata())
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return e.onRequestBody(m.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return e.onResponseHeaders(m.ResponseHeaders, originOf(req)), nil
+		origin, withDetails := originOf(req)
+		e.srv.checkResponse(withDetails)
+		return e.onResponseHeaders(m.ResponseHeaders, origin), nil
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		return e.onResponseBody(m.ResponseBody), nil
 	case *extprocv3.ProcessingRequest_RequestTrailers:
@@ -238,6 +243,7 @@ func (e *exchange) onRequestBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingRe
 		// Only BUFFERED mode (one complete body) gives a sound fingerprint.
 		// A buffered body without end_of_stream is whole too: trailers
 		// follow it (HTTP/2), and they are not part of the fingerprint.
+		e.srv.configProblem(problemBodyNotBuffered)
 		return nil, errors.New("processor: request body is not buffered: configure request_body_mode BUFFERED")
 	}
 	e.req.waitingBody = false

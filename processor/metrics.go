@@ -80,6 +80,8 @@ type Metrics struct {
 	streams      prometheus.Gauge
 	// upstreamRetries counts keyed responses Envoy retried upstream (attempts.go).
 	upstreamRetries *prometheus.CounterVec
+	// config is idemproxy_envoy_config_problems (envoycheck.go).
+	config *configProblems
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -139,6 +141,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "idemproxy_upstream_retries_total",
 			Help: "Keyed responses that Envoy retried upstream (x-envoy-attempt-count above 1), by kind: may_have_run (an earlier attempt may have run: the request may have run more than once) or declared_never_sent (the route declares x-idemproxy-retries: never-sent).",
 		}, []string{"kind"}),
+	}
+	m.config = newConfigProblems()
+	if err := reg.Register(m.config); err != nil {
+		return nil, err
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.unreplicated, m.streams, m.upstreamRetries} {
 		if err := reg.Register(c); err != nil {

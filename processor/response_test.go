@@ -194,19 +194,31 @@ func TestServer_Process_storesServerErrors(t *testing.T) {
 	// A 5xx may come after the side effect (the charge ran, then the
 	// backend failed): it is the outcome, stored and replayed, as Stripe and
 	// the IETF draft do. Only --no-store-statuses 5xx would re-run it.
+	// Envoy says the response is the upstream's by response.code_details
+	// or, without the attribute, by x-envoy-upstream-service-time.
+	upstream := map[string]func(code string) *extprocv3.ProcessingRequest{
+		"code details": func(code string) *extprocv3.ProcessingRequest {
+			return withCodeDetails(respHeaders(false, ":status", code), "via_upstream")
+		},
+		"service time": func(code string) *extprocv3.ProcessingRequest {
+			return respHeaders(false, ":status", code, "x-envoy-upstream-service-time", "3")
+		},
+	}
 	for _, code := range []string{"500", "502", "503", "504"} {
-		t.Run("status "+code, func(t *testing.T) {
-			store := newFakeStore()
-			srv, _ := newTestServer(t, store, nil)
-			_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", code), respBody("failed", true))
-			require.NoError(t, err)
-			require.Equal(t, []string{"acquire", "complete"}, store.ops())
-			out, err := run(t, srv, endEOF, keyed("POST", "k", true))
-			require.NoError(t, err)
-			ir, _ := immediateOf(t, out[0])
-			require.Equal(t, code, strconv.Itoa(int(ir.GetStatus().GetCode())), "the replay")
-			require.Equal(t, "failed", string(ir.GetBody()))
-		})
+		for how, headers := range upstream {
+			t.Run("status "+code+" "+how, func(t *testing.T) {
+				store := newFakeStore()
+				srv, _ := newTestServer(t, store, nil)
+				_, err := run(t, srv, endEOF, keyed("POST", "k", true), headers(code), respBody("failed", true))
+				require.NoError(t, err)
+				require.Equal(t, []string{"acquire", "complete"}, store.ops())
+				out, err := run(t, srv, endEOF, keyed("POST", "k", true))
+				require.NoError(t, err)
+				ir, _ := immediateOf(t, out[0])
+				require.Equal(t, code, strconv.Itoa(int(ir.GetStatus().GetCode())), "the replay")
+				require.Equal(t, "failed", string(ir.GetBody()))
+			})
+		}
 	}
 	t.Run("unless told to release them", func(t *testing.T) {
 		store := newFakeStore()

@@ -269,6 +269,7 @@ func (e *exchange) finish() {
 		e.resp.rec.BodyStored, e.resp.rec.Incomplete = false, true
 		e.complete(false)
 	case e.lock.state == lockForwarded:
+		e.srv.checkAnswered(false)
 		e.abandon("stream ended before the response headers arrived", false)
 	}
 }
