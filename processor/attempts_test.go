@@ -91,7 +91,10 @@ func TestServer_Process_upstreamRetries(t *testing.T) {
 		headers []string
 		attrs   string
 	}{
-		{"a status not stored", []string{":status", "503", attemptCountHeader, "3"}, ""},
+		// The upstream's own 503, as Envoy's router passes it on: with the
+		// service-time header (without it and without code_details, a 503
+		// is taken for Envoy's local reply: origin.go).
+		{"a status not stored", []string{":status", "503", attemptCountHeader, "3", upstreamServiceTime, "4"}, ""},
 		{"a connect failure on the last attempt", []string{":status", "503", attemptCountHeader, "3"},
 			"upstream_reset_before_response_started{remote_connection_failure}"},
 	} {
