@@ -47,7 +47,7 @@ go test -race -count=1 -timeout 12m -parallel 4 "$@" ./...
 # trailers, shadow mode and the retry tests. Where Envoy versions differ
 # (docs/envoy-and-mesh.md, "Supported Envoy versions"), these are the tests
 # that show it.
-E2E_CORE='^(TestConfigs_Validate|TestEndToEnd|TestEndToEnd_(ReplayFidelity|UnknownOutcome|UpstreamTimeout|BackendUnreachable|LostResponse|OnUnknownHold|ProxyLocalReplies|Trailers|RoutePolicy|Fence)|TestWait_(DuplicatesGetTheReplay|Ends)|TestShadow|TestRetry.*)$'
+E2E_CORE='^(TestConfigs_Validate|TestEnvoyVersions_.*|TestEndToEnd|TestEndToEnd_(ReplayFidelity|UnknownOutcome|UpstreamTimeout|BackendUnreachable|LostResponse|OnUnknownHold|ProxyLocalReplies|Trailers|RoutePolicy|Fence)|TestWait_(DuplicatesGetTheReplay|Ends)|TestShadow|TestRetry.*)$'
 if [ -n "${ENVOY_OLDEST_BIN:-}" ]; then
   note "go test -race ./envoy/ on Envoy $ENVOY_OLDEST: the end-to-end core"
   ENVOY_VERSION=$ENVOY_OLDEST ENVOY_BIN=$ENVOY_OLDEST_BIN \
