@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -52,7 +53,7 @@ func loadEnvoyFilter(t *testing.T, file string) (*networkingv1alpha3.EnvoyFilter
 	require.Equal(t, "EnvoyFilter", obj.Kind)
 	var ef networkingv1alpha3.EnvoyFilter
 	require.NoError(t, protojson.Unmarshal(obj.Spec, &ef))
-	require.Len(t, ef.ConfigPatches, 2, "idemproxy's filter, and the one that removes a client's fence")
+	require.Len(t, ef.ConfigPatches, 3, "idemproxy's filter, the one that removes a client's fence, and the attempt counts")
 	return &ef, ef.ConfigPatches[0].Patch.Value.AsMap()
 }
 
@@ -68,6 +69,19 @@ func fenceFilter(t *testing.T, ef *networkingv1alpha3.EnvoyFilter) generic {
 	v := cp.Patch.Value.AsMap()
 	require.Equal(t, []any{map[string]any{"remove": "idempotency-fence"}}, dig(t, v, "typed_config", "mutations", "request_mutations"))
 	return v
+}
+
+// attemptCountPatch is the EnvoyFilter's third patch: the virtual hosts'
+// attempt counts, as envoy/envoy.yaml sets them. It returns the merged value
+// (Envoy itself parses it in TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy).
+func attemptCountPatch(t *testing.T, ef *networkingv1alpha3.EnvoyFilter) generic {
+	t.Helper()
+	cp := ef.ConfigPatches[2]
+	require.Equal(t, networkingv1alpha3.EnvoyFilter_VIRTUAL_HOST, cp.ApplyTo)
+	require.Equal(t, ef.ConfigPatches[0].Match.Context, cp.Match.Context, "the virtual hosts of the Envoy that runs idemproxy's filter")
+	require.Nil(t, cp.Match.GetRouteConfiguration(), "every virtual host: the filter covers them all")
+	require.Equal(t, networkingv1alpha3.EnvoyFilter_Patch_MERGE, cp.Patch.Operation)
+	return cp.Patch.Value.AsMap()
 }
 
 // idemproxyCluster is the outbound cluster Istio creates for the idemproxy
@@ -186,10 +200,13 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 		t.Run(file, func(t *testing.T) {
 			ef, filter := loadEnvoyFilter(t, file)
 			proc, procPort, stopProc := startProcessor(t)
-			var fenced atomic.Int32
+			var fenced, attemptCounted atomic.Int32
 			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Header.Get("Idempotency-Fence") != "" {
 					fenced.Add(1)
+				}
+				if r.Header.Get("X-Envoy-Attempt-Count") == "1" {
+					attemptCounted.Add(1)
 				}
 				body, _ := io.ReadAll(r.Body)
 				w.WriteHeader(http.StatusCreated)
@@ -200,10 +217,16 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 			require.NoError(t, err)
 			backendPort, err := strconv.Atoi(port)
 			require.NoError(t, err)
-			_, listener := runEnvoy(t, bin, filterBootstrapChain([]generic{fenceFilter(t, ef), filter},
+			cfg := filterBootstrapChain([]generic{fenceFilter(t, ef), filter},
 				staticCluster(idemproxyCluster(t), "127.0.0.1", procPort, true),
-				staticCluster("backend", host, backendPort, false)))
+				staticCluster("backend", host, backendPort, false))
+			// The third patch, merged into the virtual host as Istio would.
+			vhost := dig(t, cfg, "static_resources", "listeners", "0", "filter_chains", "0", "filters", "0",
+				"typed_config", "route_config", "virtual_hosts", "0").(generic)
+			maps.Copy(vhost, attemptCountPatch(t, ef))
+			_, listener := runEnvoy(t, bin, cfg)
 
+			var responseAttempts []string
 			post := func(header, key string) (int, string) {
 				req, err := http.NewRequest(http.MethodPost, "http://"+listener+"/charge", strings.NewReader(`{"amount":5000}`))
 				require.NoError(t, err)
@@ -216,6 +239,7 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 				defer resp.Body.Close()
 				body, err := io.ReadAll(resp.Body)
 				require.NoError(t, err)
+				responseAttempts = append(responseAttempts, resp.Header.Get("X-Envoy-Attempt-Count"))
 				return resp.StatusCode, string(body)
 			}
 
@@ -238,7 +262,10 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 				streams := proc.recorded()
 				require.Len(t, streams, i+1, header)
 				require.Equal(t, wantStream, streams[i], header)
+				require.Equal(t, []string{"never-sent"}, proc.streamMetadata(i).Get("x-idemproxy-retries"), header)
 			}
+			require.Equal(t, int32(3), attemptCounted.Load(), "each attempt carries its count (include_request_attempt_count)")
+			require.Equal(t, []string{"1", "1", "1"}, responseAttempts, "and so does each response (include_attempt_count_in_response)")
 
 			require.Zero(t, fenced.Load(), "no client's fence reached the workload, keyed or not")
 
@@ -262,12 +289,12 @@ func TestIstioEnvoyFilter_InitialMetadata(t *testing.T) {
 	raw := string(readRepoFile(t, "deploy", "istio", "envoyfilter-sidecar.yaml"))
 	entries := regexp.MustCompile(`(?m)^\s*# - \{ key: (x-idemproxy-[a-z-]+), value: ([^ ]+) \}$`).FindAllStringSubmatch(raw, -1)
 	require.NotEmpty(t, entries, "the commented initial_metadata example is gone")
-	var md []any
+	_, filter := loadEnvoyFilter(t, "envoyfilter-sidecar.yaml")
+	_, extProc := compositeParts(t, filter)
+	md, _ := extProc["grpc_service"].(generic)["initial_metadata"].([]any) // the shipped declaration
 	for _, e := range entries {
 		md = append(md, generic{"key": e[1], "value": e[2]})
 	}
-	_, filter := loadEnvoyFilter(t, "envoyfilter-sidecar.yaml")
-	_, extProc := compositeParts(t, filter)
 	extProc["grpc_service"].(generic)["initial_metadata"] = md
 
 	proc, procPort, _ := startProcessor(t)
@@ -292,6 +319,31 @@ func TestIstioEnvoyFilter_InitialMetadata(t *testing.T) {
 	got := proc.streamMetadata(0)
 	for _, e := range entries {
 		require.Equal(t, []string{e[2]}, got.Get(e[1]), e[1])
+	}
+	require.Equal(t, []string{"never-sent"}, got.Get("x-idemproxy-retries"), "the shipped declaration stays")
+}
+
+// TestIstioEnvoyFilter_RetryDetection checks the EnvoyFilters against
+// envoy/envoy.yaml's detection of double runs: the virtual hosts carry both
+// attempt counts, and the filter declares never-sent retries, which holds
+// only with the keyed routes' retries of virtualservice-retries.yaml (checked
+// by TestRetries_IstioVirtualServices) or the inbound sidecar's own.
+func TestIstioEnvoyFilter_RetryDetection(t *testing.T) {
+	vhost := dig(t, loadGeneric(t, "envoy", "envoy.yaml"), "static_resources", "listeners", "0", "filter_chains", "0",
+		"filters", "0", "typed_config", "route_config", "virtual_hosts", "0").(generic)
+	require.Equal(t, true, vhost["include_attempt_count_in_response"], "envoy.yaml changed: keep the mesh configs in step")
+	require.Equal(t, true, vhost["include_request_attempt_count"], "envoy.yaml changed: keep the mesh configs in step")
+	for file := range istioFilters {
+		t.Run(file, func(t *testing.T) {
+			ef, filter := loadEnvoyFilter(t, file)
+			require.Equal(t, generic{"include_attempt_count_in_response": true, "include_request_attempt_count": true},
+				attemptCountPatch(t, ef))
+			_, extProc := compositeParts(t, filter)
+			require.Equal(t, []any{generic{"key": "x-idemproxy-retries", "value": "never-sent"}},
+				dig(t, extProc, "grpc_service", "initial_metadata"))
+			raw := string(readRepoFile(t, "deploy", "istio", file))
+			require.Contains(t, raw, "virtualservice-retries.yaml", "the declaration's condition is documented")
+		})
 	}
 }
 
