@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -196,4 +197,51 @@ func TestEnvoyGateway_References(t *testing.T) {
 		require.Equal(t, keyed.Spec.Hostnames, catchAll.Spec.Hostnames)
 		require.Equal(t, keyed.Namespace, catchAll.Namespace)
 	})
+}
+
+// jsonFields lists every JSON field path under a type, each type visited once.
+func jsonFields(t reflect.Type, prefix string, seen map[reflect.Type]bool, out *[]string) {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array || t.Kind() == reflect.Map {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || seen[t] {
+		return
+	}
+	seen[t] = true
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		path := prefix
+		if name != "" { // "" is an inlined struct
+			path = prefix + "." + name
+			*out = append(*out, path)
+		}
+		jsonFields(f.Type, path, seen, out)
+	}
+}
+
+// TestEnvoyGateway_NoRetryDetection pins what docs/envoy-and-mesh.md says
+// of Envoy Gateway v1.9: unlike envoy/envoy.yaml and the Istio filters, no
+// policy can turn on Envoy's attempt counts (include_attempt_count_in_response,
+// include_request_attempt_count) or give the ext_proc filter gRPC initial
+// metadata (x-idemproxy-retries: never-sent). So idemproxy cannot detect a
+// retry there, and the safe retries of retry-policy.yaml are what keeps at
+// most once. When a newer Envoy Gateway adds either field, this fails: use it.
+func TestEnvoyGateway_NoRetryDetection(t *testing.T) {
+	var fields []string
+	for _, spec := range []any{egv1a1.EnvoyExtensionPolicySpec{}, egv1a1.BackendTrafficPolicySpec{},
+		egv1a1.ClientTrafficPolicySpec{}, egv1a1.EnvoyProxySpec{}, egv1a1.SecurityPolicySpec{}} {
+		jsonFields(reflect.TypeOf(spec), reflect.TypeOf(spec).Name(), map[reflect.Type]bool{}, &fields)
+	}
+	require.Contains(t, fields, "EnvoyExtensionPolicySpec.extProc.messageTimeout", "the walk reaches the ext_proc fields")
+	require.Contains(t, fields, "BackendTrafficPolicySpec.retry.retryOn.triggers", "the walk reaches the retry fields")
+	for _, f := range fields {
+		lower := strings.ToLower(f)
+		require.NotContains(t, lower, "attemptcount", "Envoy Gateway can set the attempt counts now: %s", f)
+		if strings.Contains(lower, ".extproc.") {
+			require.NotContains(t, lower, "initialmetadata", "Envoy Gateway's ext_proc takes gRPC metadata now: %s", f)
+		}
+	}
 }
