@@ -18,6 +18,14 @@ package redisstore
 // count of any replicas decides (weaker: the replica that has the write
 // may not be the one promoted).
 //
+// A script that wrote nothing is checked the same way, against an offset
+// that may end with the REPLCONF GETACK of this connection's previous
+// WAIT, which a replica's ack does not cover. Redis 7.0's WAIT asks for a
+// fresh ack then; Valkey 8.1's answers at once (the connection has nothing
+// unacknowledged), so until the replicas' next periodic ack (each second)
+// such a call is reported unreplicated: the safe side, the caller retries
+// (docs/redis-topologies.md, "Valkey").
+//
 // The pipeline runs on a plain client of the key's primary, never through
 // a ClusterClient's own pipeline: go-redis v9.23 sends the keyless WAIT of
 // such a pipeline to the primaries in turn, so two times in three it
