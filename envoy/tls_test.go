@@ -46,6 +46,7 @@ func envoyUpstreamTLS(p testPKI) [2]string {
 // TestEndToEnd_TLS: Envoy talks to idemproxy over mutual TLS, and idemproxy
 // talks to a Redis that only accepts TLS and an ACL user with a password.
 func TestEndToEnd_TLS(t *testing.T) {
+	testenv.NeedsRedisTLS(t)
 	t.Parallel()
 	pki := newTestPKI(t)
 	redisTLSPort := testenv.Port(t)

@@ -26,6 +26,7 @@ var leastPrivilegeACL = []string{"--user", "idemproxy", "on", ">s3cret-pw", "~id
 // under Sentinel a failover is followed over TLS too.
 func TestTopology_TLS(t *testing.T) {
 	testenv.NeedsBinaries(t)
+	testenv.NeedsRedisTLS(t)
 	pki := newTestPKI(t)
 	files := &redistopo.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, CAFile: pki.CA,
 		ClientCertFile: pki.ClientCert, ClientKeyFile: pki.ClientKey}

@@ -312,3 +312,14 @@ func RedisServerBin(t TB) string {
 	}
 	return bin
 }
+
+// NeedsRedisTLS skips a test that needs the store server's TLS ports when
+// REDIS_FLAVOR=valkey: Valkey's wheel (ValkeyWheel) is built without TLS.
+// TLS is tested on Redis; scripts/test.sh leaves these tests out of its
+// Valkey run by name, so CI never reaches this skip.
+func NeedsRedisTLS(t TB) {
+	t.Helper()
+	if f, _ := RedisFlavor(); f == "valkey" {
+		t.Skip("REDIS_FLAVOR=valkey: the Valkey " + ValkeyVersion + " of " + ValkeyWheel + " is built without TLS; TLS is tested on Redis")
+	}
+}

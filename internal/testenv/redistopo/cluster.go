@@ -270,6 +270,9 @@ func NewCluster(t testenv.TB) *Cluster {
 // NewClusterWith is NewCluster with options; Bin and Dir are the test's.
 func NewClusterWith(t testenv.TB, o ClusterOptions) *Cluster {
 	t.Helper()
+	if o.TLS != nil {
+		testenv.NeedsRedisTLS(t)
+	}
 	o.Bin, o.Dir = testenv.RedisServerBin(t), t.TempDir()
 	c, err := StartCluster(t.Context(), o)
 	if err != nil {

@@ -271,6 +271,9 @@ func NewSentinel(t testenv.TB) *Sentinel {
 // NewSentinelWith is NewSentinel with options; Bin and Dir are the test's.
 func NewSentinelWith(t testenv.TB, o SentinelOptions) *Sentinel {
 	t.Helper()
+	if o.TLS != nil {
+		testenv.NeedsRedisTLS(t)
+	}
 	o.Bin, o.Dir = testenv.RedisServerBin(t), t.TempDir()
 	st, err := StartSentinel(t.Context(), o)
 	if err != nil {
