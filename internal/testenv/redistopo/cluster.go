@@ -20,6 +20,8 @@ import (
 const (
 	// ClusterReadyTimeout bounds creating the cluster and each wait on it.
 	ClusterReadyTimeout = 30 * time.Second
+	// ReshardTimeout bounds Cluster.Reshard (slower on Valkey).
+	ReshardTimeout = 90 * time.Second
 	// clusterBusOffset is where each node's cluster bus listens: port+10000.
 	clusterBusOffset = 10000
 	// maxClusterPort keeps the bus port a valid port.
