@@ -18,14 +18,20 @@ func TestCluster(t *testing.T) {
 	}
 	cc := c.Client(t)
 	ctx := t.Context()
-	require.NoError(t, cc.Set(ctx, "{k}1", "v1", 0).Err())
-
 	old, err := c.PrimaryForKey(ctx, "{k}1")
 	require.NoError(t, err)
-	// The write is on the replica before the primary dies.
-	n, err := old.Client(t).Wait(ctx, 1, time.Second).Result()
+	// The write is on the replica before the primary dies. WAIT counts
+	// the replicas that acknowledged its own connection's writes: on
+	// another connection Valkey 8.1 answers at once, so the SET and the
+	// WAIT share one (a pipeline).
+	pipe := old.Client(t).Pipeline()
+	pipe.Set(ctx, "{k}1", "v1", 0)
+	wait := pipe.Do(ctx, "WAIT", 1, time.Second.Milliseconds())
+	_, err = pipe.Exec(ctx)
 	require.NoError(t, err)
-	require.EqualValues(t, 1, n)
+	acked, err := wait.Int64()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, acked)
 
 	require.NoError(t, c.Kill(ctx, old))
 	start := time.Now()
