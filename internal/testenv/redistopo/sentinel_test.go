@@ -16,12 +16,18 @@ func TestSentinel(t *testing.T) {
 	require.Len(t, st.Sentinels, 3)
 	ctx := t.Context()
 	c := st.Client(t)
-	require.NoError(t, c.Set(ctx, "k", "v1", 0).Err())
 
 	old, err := st.Primary(ctx)
 	require.NoError(t, err)
 	require.Equal(t, st.Data[0].Addr, old.Addr)
-	n, err := old.Client(t).Wait(ctx, 2, time.Second).Result()
+	// WAIT counts acknowledgements of its own connection's writes (on
+	// another, Valkey 8.1 answers at once): the SET and the WAIT share one.
+	pipe := old.Client(t).Pipeline()
+	pipe.Set(ctx, "k", "v1", 0)
+	wait := pipe.Do(ctx, "WAIT", 2, time.Second.Milliseconds())
+	_, err = pipe.Exec(ctx)
+	require.NoError(t, err)
+	n, err := wait.Int64()
 	require.NoError(t, err)
 	require.EqualValues(t, 2, n, "both replicas have the write")
 
