@@ -106,22 +106,10 @@ func (c *Gate) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-c.redis.Kicked():
-			if !sleepCtx(ctx, c.interval/10) {
+			if !sleep(ctx, c.interval/10) {
 				return
 			}
 		}
-	}
-}
-
-// sleepCtx waits d unless ctx ends first; it reports whether it waited.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
