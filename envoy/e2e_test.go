@@ -237,10 +237,12 @@ func TestEndToEnd(t *testing.T) {
 
 // TestEndToEnd_RedisDown proves fail-closed: with Redis gone nothing keyed
 // reaches the backend, clients get a quick 503, and service resumes when
-// Redis is back.
+// Redis is back. This Redis has no persistence, so it comes back empty: a
+// store reset, refused with 503 store-reset until an operator acknowledges
+// it (TestStoreReset_RedisRestart has the rest).
 func TestEndToEnd_RedisDown(t *testing.T) {
 	t.Parallel()
-	s := startStack(t)
+	s := startStack(t, "--admin-token", adminToken)
 	s.redis.Stop()
 
 	key := newKey(t)
@@ -262,8 +264,12 @@ func TestEndToEnd_RedisDown(t *testing.T) {
 	})
 
 	s.redis.Restart(t)
-	testenv.WaitFor(t, 15*time.Second, "a keyed request to succeed again", func() bool {
-		return s.do(t, "POST", "/charge", "", "Idempotency-Key", key).status == http.StatusOK
+	testenv.WaitFor(t, 15*time.Second, "the store reset to be held", func() bool {
+		return s.metric(t, "idemproxy_store_reset_held_primaries") == 1
 	})
+	require.Equal(t, problem+"store-reset", s.do(t, "POST", "/charge", "", "Idempotency-Key", key).problemType())
+	code, _ := s.storeResets(t, "POST", "/ack", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, http.StatusOK, s.do(t, "POST", "/charge", "", "Idempotency-Key", key).status)
 	require.Equal(t, 1, s.executions(t, key))
 }

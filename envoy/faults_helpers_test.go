@@ -217,6 +217,7 @@ const (
 	classReplayed    = "replayed"
 	classInProgress  = "409-in-progress"
 	classUnavailable = "503-store-unavailable"
+	classStoreReset  = "503-store-reset"
 )
 
 // classify names what a reply was; anything unexpected keeps its status,
@@ -232,6 +233,9 @@ func classify(r reply) string {
 	case r.status == http.StatusServiceUnavailable && r.problemType() == problem+"store-unavailable" &&
 		r.header.Get("Retry-After") != "":
 		return classUnavailable
+	case r.status == http.StatusServiceUnavailable && r.problemType() == problem+"store-reset" &&
+		r.header.Get("Retry-After") == "":
+		return classStoreReset
 	}
 	b := string(r.body)
 	if len(b) > 120 {

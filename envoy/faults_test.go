@@ -134,13 +134,32 @@ func manyKeyStorm(t *testing.T, s *faultStack, c *http.Client, scenario string) 
 }
 
 // TestFaults_RedisRestart: Redis restarts empty (no persistence) under a
-// running idemproxy. Readiness and gRPC health go NOT_SERVING and back,
-// idemproxy reconnects by itself, and what Redis forgot runs again: a
-// completed key, and a key whose request was in flight across the restart.
+// running idemproxy. Readiness and gRPC health go NOT_SERVING and back, and
+// idemproxy reconnects by itself. With the defaults, what Redis forgot is
+// refused with 503 store-reset (a completed key, and a key whose request
+// was in flight across the restart), never run again; with
+// --on-store-reset=accept, the opt-in, both run a second time, which is
+// what the test catches.
 func TestFaults_RedisRestart(t *testing.T) {
 	t.Parallel()
-	s := startFaultStack(t, faultConfig{idemproxyArgs: []string{
-		"--lock-ttl", "2s", "--heartbeat", "300ms", "--health-interval", "200ms"}})
+	for _, accept := range []bool{false, true} {
+		name := "default refuses what Redis forgot"
+		if accept {
+			name = "accept runs it again"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			args := []string{"--lock-ttl", "2s", "--heartbeat", "300ms", "--health-interval", "200ms"}
+			if accept {
+				args = append(args, "--on-store-reset", "accept")
+			}
+			redisRestart(t, startFaultStack(t, faultConfig{idemproxyArgs: args}), accept)
+		})
+	}
+}
+
+// redisRestart runs TestFaults_RedisRestart on s.
+func redisRestart(t *testing.T, s *faultStack, accept bool) {
 	done, inFlight := newKey(t), newKey(t)
 	before := s.do(t, "POST", "/charge", "", "Idempotency-Key", done)
 	require.Equal(t, classExecuted, classify(before))
@@ -171,35 +190,40 @@ func TestFaults_RedisRestart(t *testing.T) {
 	default:
 	}
 
-	// The in-flight key's lock is gone: a duplicate runs while the first
-	// still does. The first one's response is then not stored (lease lost).
+	// The in-flight key's lock is gone. The first run's response is then
+	// not stored (lease lost), but its client still gets it.
 	dup := fire(s.client, slow, inFlight)
-	require.Equal(t, classExecuted, classify(dup), "the duplicate runs: Redis forgot the lock")
 	require.Equal(t, classExecuted, classify(testenv.Receive(t, firstRun, 15*time.Second, "the first run's reply")),
 		"the first run's client still gets its response")
-	replay := fire(s.client, slow, inFlight)
-	require.Equal(t, classReplayed, classify(replay))
-	require.Equal(t, string(dup.body), string(replay.body), "the duplicate's response is the one stored")
-
+	again := fire(s.client, slow, inFlight)
 	after := s.do(t, "POST", "/charge", "", "Idempotency-Key", done)
-	require.Equal(t, classExecuted, classify(after), "the completed record was lost: the key runs again")
-	require.NotEqual(t, chargeID(t, before.body), chargeID(t, after.body))
-	require.Equal(t, string(after.body), string(s.do(t, "POST", "/charge", "", "Idempotency-Key", done).body))
 
 	st := s.stats(t)
 	lost := metricFamily(t, s.adminURL, "idemproxy_leases_lost_total")
-	logFigures(t, "redis-restart", "not_serving_after_stop", notServing.Round(time.Millisecond),
+	logFigures(t, "redis-restart", "accept", accept, "not_serving_after_stop", notServing.Round(time.Millisecond),
 		"serving_after_start", ready.Round(time.Millisecond),
-		"executions_completed_key", st.Keys[done], "fence_completed_key", st.Fences[done], "executions_in_flight_key", st.Keys[inFlight],
-		"fence_in_flight_key", st.Fences[inFlight], "stale_fences", st.StaleFences[inFlight],
+		"executions_completed_key", st.Keys[done], "executions_in_flight_key", st.Keys[inFlight],
+		"duplicate", classify(dup), "retry_completed_key", classify(after),
 		"leases_lost_renew", s.metric(t, `idemproxy_leases_lost_total{stage="renew"}`),
 		"leases_lost_complete", s.metric(t, `idemproxy_leases_lost_total{stage="complete"}`),
 		"responses_lease_lost", s.metric(t, `idemproxy_responses_total{result="lease_lost"}`))
-	require.Equal(t, 2, st.Keys[done])
-	require.Equal(t, 2, st.Keys[inFlight])
-	require.EqualValues(t, 1, st.Fences[inFlight], "the fence counter was lost too: both grants got fence 1")
-	require.Zero(t, st.StaleFences[inFlight], "so the backend could not refuse the second run")
 	require.Positive(t, lost, "the first run's lease loss is counted")
+	if accept {
+		require.Equal(t, classExecuted, classify(dup), "accept: the duplicate runs, Redis forgot the lock")
+		require.Equal(t, classReplayed, classify(again))
+		require.Equal(t, string(dup.body), string(again.body), "the duplicate's response is the one stored")
+		require.Equal(t, classExecuted, classify(after), "accept: the completed record was lost, the key runs again")
+		require.NotEqual(t, chargeID(t, before.body), chargeID(t, after.body))
+		require.Equal(t, 2, st.Keys[done])
+		require.Equal(t, 2, st.Keys[inFlight])
+		require.EqualValues(t, 1, st.Fences[inFlight], "the fence counter was lost too: both grants got fence 1")
+		return
+	}
+	for what, r := range map[string]reply{"the in-flight key's duplicate": dup, "its retry": again, "the completed key's retry": after} {
+		require.Equal(t, classStoreReset, classify(r), what)
+	}
+	require.Equal(t, 1, st.Keys[done], "never a second run")
+	require.Equal(t, 1, st.Keys[inFlight], "never a second run")
 }
 
 // TestFaults_LongJob: a job lasting 5 lock TTLs keeps its lock through the

@@ -19,7 +19,10 @@ import (
 // completes it, and answers the message of phase p. A nil reply means the
 // stream ended while the request waited: nobody to answer.
 func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
-	if err := e.srv.gate.Usable(); err != nil {
+	if err := e.srv.gate.Usable(e.req.key); err != nil {
+		if errors.Is(err, idem.ErrStoreReset) {
+			return e.reply(storeReset(), p)
+		}
 		return e.reply(storeUnsafe(), p)
 	}
 	token, err := newToken()
@@ -68,7 +71,7 @@ func (e *exchange) acquire(claim idem.Claim) look {
 // the token holds (never one of another request's); unless the store says
 // it wrote nothing.
 func (e *exchange) unanswered(token string, err error) {
-	if !e.srv.cfg.FailOpen && !errors.Is(err, idem.ErrNotTaken) {
+	if !e.srv.cfg.FailOpen && !errors.Is(err, idem.ErrNotTaken) && !errors.Is(err, idem.ErrStoreReset) {
 		e.lock.token, e.lock.state = token, lockUnanswered
 	}
 }

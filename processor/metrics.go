@@ -19,6 +19,7 @@ const (
 	outcomeInvalidKey       = "invalid_key"
 	outcomeStoreError       = "store_error"
 	outcomeStoreUnsafe      = "store_unsafe"
+	outcomeStoreReset       = "store_reset"
 	outcomeFailOpen         = "fail_open"
 	outcomeNotStored        = "not_stored"
 	outcomeMisconfigured    = "misconfigured"
@@ -46,7 +47,7 @@ const (
 // allOutcomes and allResults are every value of the two labels.
 var (
 	allOutcomes = []string{outcomePassthrough, outcomeAcquired, outcomeReplayed, outcomeConflict,
-		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeFailOpen, outcomeNotStored,
+		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeStoreReset, outcomeFailOpen, outcomeNotStored,
 		outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge, outcomeIdentityRequired}
 	allResults = []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,
 		resultUnknownOutcome, resultLeaseLost, resultStoreError}

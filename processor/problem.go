@@ -23,6 +23,7 @@ var (
 	probMismatch         = problemType{"fingerprint-mismatch", "Idempotency key reused with a different request", 422}
 	probNotStored        = problemType{"response-not-stored", "The original response was not stored", 409}
 	probStoreUnavail     = problemType{"store-unavailable", "Idempotency store unavailable", 503}
+	probStoreReset       = problemType{"store-reset", "Idempotency store lost its records", 503}
 	probMisconfigured    = problemType{"misconfigured", "Idempotency layer misconfigured", 500}
 	probOutcomeUnknown   = problemType{"outcome-unknown", "The outcome of the first request is unknown", 409}
 	probIdentityRequired = problemType{"identity-required", "Verified identity required", 401}

@@ -180,4 +180,4 @@ func (s *Server) detached(ctx context.Context) (context.Context, context.CancelF
 // usable is the gate of a server given none.
 type usable struct{}
 
-func (usable) Usable() error { return nil }
+func (usable) Usable(string) error { return nil }

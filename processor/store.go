@@ -41,12 +41,13 @@ type Store interface {
 	Abandon(ctx context.Context, key, token string, hold time.Duration) error
 }
 
-// StoreGate says whether the store may be trusted with keys at all. A
-// non-nil error refuses every keyed request with 503 store-unavailable,
-// whatever --fail-open says: the store answers, but it could lose what it
-// is given (an evicting Redis), so nothing may run on its word.
+// StoreGate says whether the store may be trusted with a key at all. A
+// non-nil error refuses the keyed request, whatever --fail-open says: the
+// store answers, but it could lose what it is given (an evicting Redis:
+// 503 store-unavailable), or it lost what it was given (an
+// idem.ErrStoreReset: 503 store-reset), so nothing may run on its word.
 type StoreGate interface {
-	Usable() error
+	Usable(key string) error
 }
 
 // timedStore is the Store as the processor calls it: every call bounded

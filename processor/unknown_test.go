@@ -11,7 +11,7 @@ import (
 // gate is a StoreGate the test sets.
 type gate struct{ err error }
 
-func (g *gate) Usable() error { return g.err }
+func (g *gate) Usable(string) error { return g.err }
 
 func TestServer_Process_storeGate(t *testing.T) {
 	for _, failOpen := range []bool{false, true} {

@@ -108,6 +108,17 @@ func storeUnsafe() verdict {
 	return refusal(outcomeStoreUnsafe, probStoreUnavail, "The idempotency store is not safe to use; the request was not run. Retry later.", "1")
 }
 
+// storeReset refuses a request whose key lives on a Redis primary that
+// lost its records: a key it calls free may be one whose completed record
+// was lost, so running it could run it twice. No Retry-After: only an
+// operator's acknowledgement or the end of the retention ends it. The gate
+// logs the reset itself, once.
+func storeReset() verdict {
+	return refusal(outcomeStoreReset, probStoreReset, "The idempotency store lost its records (Redis restarted without persistence, was flushed, "+
+		"or failed over to a replica without the data), so this key's earlier outcome cannot be known; the request was not run. "+
+		"Requests with keys stored there are refused until an operator acknowledges the reset or the retention has passed since it.", "")
+}
+
 // look is one read or acquire of a key: what the store said, or its error.
 type look struct {
 	acq idem.Acquisition
@@ -159,6 +170,10 @@ func existing(acq idem.Acquisition, claim idem.Claim) verdict {
 // set: then the request goes upstream unguarded, without a fence.
 func storeFailure(err error, failOpen bool) verdict {
 	switch {
+	case errors.Is(err, idem.ErrStoreReset):
+		// The store answered: it lost its records. Not a failure that
+		// --fail-open lets requests through.
+		return storeReset().logged(slog.LevelWarn, "request refused: the store-reset marker of its key's slot is missing (the health check decides whether the store lost its records)", "error", err)
 	case failOpen:
 		return verdict{outcome: outcomeFailOpen, fenced: true}.
 			logged(slog.LevelWarn, "store failed; request let through unguarded (fail-open)", "error", err)

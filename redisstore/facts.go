@@ -36,6 +36,31 @@ type NodeFacts struct {
 	// Offline are the promotable replicas of this primary it did not list
 	// as online: a write that must reach every one of them is refused.
 	Offline []string
+
+	mark  markerRead        // its store-reset marker, when asked for
+	slots []redis.SlotRange // cluster: the slots it serves
+}
+
+// markerRead is one primary's store-reset marker as the health check read
+// it: the key (of the lowest slot it serves, on a cluster), the marker,
+// and the primary's clock at the read (ms). key is "" when none was read
+// (no Markers, or a primary that serves no slot); err when the read failed
+// (a slot that moved since the view: nothing is decided this time).
+type markerRead struct {
+	key string
+	m   marker
+	now int64
+	err error
+}
+
+// Probe is what a refresh asks of every primary beyond its facts.
+type Probe struct {
+	// Channel is a channel under the key prefix that nobody subscribes
+	// to: a PUBLISH there tells whether the ACL user may use the channels
+	// that wake waiting duplicates.
+	Channel string
+	// Markers, when set, has each primary's store-reset marker read.
+	Markers *Markers
 }
 
 // Facts is one refresh of the whole topology.
@@ -49,11 +74,8 @@ type Facts struct {
 
 // Refresh reads every primary's facts and the replicas a failover could
 // promote, and keeps both for the durable writes and the acquire
-// deadlines. probe is a channel name under the key prefix, which nobody
-// subscribes to: a PUBLISH there tells whether the ACL user may use the
-// channels that wake waiting duplicates. An error means no primary could
-// even be listed.
-func (t *Topology) Refresh(ctx context.Context, probe string) (Facts, error) {
+// deadlines. An error means no primary could even be listed.
+func (t *Topology) Refresh(ctx context.Context, probe Probe) (Facts, error) {
 	var f Facts
 	var view *replicaView
 	primaries := []string{""}
@@ -90,8 +112,14 @@ func (t *Topology) Refresh(ctx context.Context, probe string) (Facts, error) {
 			if t.mode == ModeCluster {
 				c = t.node(addr)
 			}
-			f.Nodes[i], online[i] = t.askNode(ctx, c, addr, probe)
-			f.Nodes[i].Addr = addr
+			mk := ""
+			if probe.Markers != nil {
+				if slot, ok := lowestSlot(view.slots[addr]); ok || t.mode != ModeCluster {
+					mk = probe.Markers.key(slot)
+				}
+			}
+			f.Nodes[i], online[i] = t.askNode(ctx, c, addr, probe.Channel, mk)
+			f.Nodes[i].Addr, f.Nodes[i].slots = addr, view.slots[addr]
 		})
 	}
 	wg.Wait()
@@ -107,6 +135,18 @@ func (t *Topology) Refresh(ctx context.Context, probe string) (Facts, error) {
 		}
 	}
 	return f, nil
+}
+
+// lowestSlot is the first slot of ranges; false when there is none.
+func lowestSlot(ranges []redis.SlotRange) (int, bool) {
+	if len(ranges) == 0 {
+		return 0, false
+	}
+	low := ranges[0].Start
+	for _, r := range ranges[1:] {
+		low = min(low, r.Start)
+	}
+	return int(low), true
 }
 
 // halfOf is ctx bounded by half the time left before its deadline.
@@ -131,10 +171,11 @@ func (t *Topology) lastView() *replicaView {
 // AOF" into RDB or nothing, and may be refused. On a cluster node, CLUSTER
 // INFO says whether the cluster lets it serve: with a slot uncovered,
 // every node refuses (CLUSTERDOWN) unless cluster-require-full-coverage is
-// off. online are the addresses of the replicas it lists as online.
-func (t *Topology) askNode(ctx context.Context, rdb redis.Cmdable, addr, probe string) (NodeFacts, map[string]bool) {
+// off. online are the addresses of the replicas it lists as online. The
+// store-reset marker mk is read too, when not "".
+func (t *Topology) askNode(ctx context.Context, rdb redis.Cmdable, addr, probe, mk string) (NodeFacts, map[string]bool) {
 	var info, cinfo *redis.StringCmd
-	var save *redis.MapStringStringCmd
+	var save, mark *redis.MapStringStringCmd
 	var pub *redis.IntCmd
 	var now *redis.TimeCmd
 	sent := time.Now()
@@ -146,6 +187,9 @@ func (t *Topology) askNode(ctx context.Context, rdb redis.Cmdable, addr, probe s
 		if t.mode == ModeCluster {
 			cinfo = p.ClusterInfo(ctx)
 		}
+		if mk != "" {
+			mark = p.HGetAll(ctx, mk)
+		}
 		return nil
 	})
 	if err := info.Err(); err != nil {
@@ -156,6 +200,9 @@ func (t *Topology) askNode(ctx context.Context, rdb redis.Cmdable, addr, probe s
 	}
 	fields := parseInfo(info.Val())
 	f := NodeFacts{Policy: fields["maxmemory_policy"], Persist: "unknown"}
+	if mark != nil {
+		f.mark = readMarker(mk, mark, now)
+	}
 	if err := pub.Err(); err != nil && strings.HasPrefix(err.Error(), "NOPERM") {
 		f.Channels = err
 	}
@@ -188,6 +235,20 @@ func (t *Topology) askNode(ctx context.Context, rdb redis.Cmdable, addr, probe s
 		}
 	}
 	return f, online
+}
+
+// readMarker is the marker read by cmd, with the clock read beside it.
+func readMarker(key string, cmd *redis.MapStringStringCmd, now *redis.TimeCmd) markerRead {
+	r := markerRead{key: key}
+	if r.err = now.Err(); r.err != nil {
+		return r
+	}
+	r.now = now.Val().UnixMilli()
+	if r.err = cmd.Err(); r.err != nil {
+		return r
+	}
+	r.m, r.err = parseMarker(cmd.Val())
+	return r
 }
 
 // parseInfo reads the "field:value" lines of an INFO reply.

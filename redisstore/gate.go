@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,9 +34,12 @@ type Gate struct {
 	allowEvicting bool
 	minReplicas   int
 	allReplicas   bool
+	prefix        string
 	probeChannel  string // under the key prefix, for the channel ACL check
 	log           *slog.Logger
 	gauges        gateGauges
+	markers       *Markers
+	resets        *resetWatch
 
 	ready   atomic.Bool
 	closing atomic.Bool
@@ -52,10 +56,12 @@ type Gate struct {
 	lastView    string
 }
 
-// FactSource reads every primary's facts; *Topology is one.
+// FactSource reads every primary's facts and writes the store-reset
+// markers; *Topology is the one.
 type FactSource interface {
-	Refresh(ctx context.Context, probe string) (Facts, error)
+	Refresh(ctx context.Context, probe Probe) (Facts, error)
 	Kicked() <-chan struct{}
+	markerStore
 }
 
 // GateOptions configure a Gate.
@@ -71,7 +77,19 @@ type GateOptions struct {
 	// Report is told the readiness after every check, and false at once
 	// (the gRPC health service); nil: nobody.
 	Report func(ready bool)
+	// Markers, when set, are the store-reset markers the check reads and
+	// writes (marker.go, resets.go): give the Store the same.
+	Markers *Markers
+	// Retention is how long after a store reset the keys of the primary
+	// stay held, unless acknowledged (--retention).
+	Retention time.Duration
+	// AcceptResets notes and logs a store reset but holds nothing
+	// (--on-store-reset=accept: MAY RUN TWICE).
+	AcceptResets bool
 }
+
+// markerWriteTimeout bounds the check's marker writes, at least.
+const markerWriteTimeout = 5 * time.Second
 
 // errNotChecked refuses keyed requests until Redis's eviction policy has
 // been read once: unknown is not safe.
@@ -84,8 +102,9 @@ func NewGate(src FactSource, o GateOptions) (*Gate, error) {
 		return nil, err
 	}
 	c := &Gate{redis: src, report: o.Report, interval: o.Interval, timeout: o.Timeout,
-		allowEvicting: o.AllowEvicting, minReplicas: o.MinReplicas, allReplicas: o.AllReplicas, probeChannel: o.Prefix + "channel-check",
-		log: o.Logger, gauges: g, unsafe: errNotChecked}
+		allowEvicting: o.AllowEvicting, minReplicas: o.MinReplicas, allReplicas: o.AllReplicas, prefix: cmp.Or(o.Prefix, DefaultPrefix), probeChannel: o.Prefix + "channel-check",
+		log: o.Logger, gauges: g, unsafe: errNotChecked, markers: o.Markers}
+	c.resets = newResetWatch(o.Markers, o.Retention, o.AcceptResets, o.Logger, g)
 	if c.report == nil {
 		c.report = func(bool) {}
 	}
@@ -115,7 +134,7 @@ func (c *Gate) Run(ctx context.Context) {
 
 func (c *Gate) check(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, c.timeout)
-	facts, err := c.redis.Refresh(pctx, c.probeChannel)
+	facts, err := c.redis.Refresh(pctx, Probe{Channel: c.probeChannel, Markers: c.markers})
 	cancel()
 	if ctx.Err() != nil || c.closing.Load() {
 		return
@@ -144,6 +163,11 @@ func (c *Gate) check(ctx context.Context) {
 	c.noteReplicas(serving)
 	c.noteChannels(serving)
 	c.notePersistence(weakestPersistence(serving))
+	// Writing a new cluster's markers (one per slot) takes longer than a
+	// read; it happens once.
+	mctx, cancel := context.WithTimeout(ctx, max(c.timeout, markerWriteTimeout))
+	c.resets.check(mctx, c.redis, serving)
+	cancel()
 	unsafe := c.notePolicy(evictingPolicy(serving))
 	c.mu.Lock()
 	c.unsafe = unsafe
@@ -172,10 +196,28 @@ func (c *Gate) Shutdown() {
 func (c *Gate) Ready() bool { return c.ready.Load() }
 
 // Usable implements processor.StoreGate: nil unless Redis's eviction
-// policy (or not knowing it yet) makes the store unsafe. A Redis that does
-// not answer is not refused here: the store call itself fails then.
-func (c *Gate) Usable() error {
+// policy (or not knowing it yet) makes the store unsafe, or the primary of
+// key lost its records (an idem.ErrStoreReset, resets.go). A Redis that
+// does not answer is not refused here: the store call itself fails then.
+func (c *Gate) Usable(key string) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.unsafe
+	unsafe := c.unsafe
+	c.mu.Unlock()
+	if unsafe != nil {
+		return unsafe
+	}
+	return c.resets.refuses(keySlot(recordKey(c.prefix, key)))
+}
+
+// StoreResets lists the primaries held after a store reset.
+func (c *Gate) StoreResets() []HeldPrimary { return c.resets.heldNow() }
+
+// AckStoreResets acknowledges every held store reset (an operator's
+// POST /admin/v1/store-resets/ack): the keys of those primaries are
+// served again, by every process, and a key completed before the reset
+// runs again if retried. It returns what it released.
+func (c *Gate) AckStoreResets(ctx context.Context) ([]HeldPrimary, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return c.resets.ack(ctx, c.redis)
 }

@@ -13,6 +13,8 @@ type gateGauges struct {
 	primaries       *prometheus.GaugeVec
 	shortOfReplicas prometheus.Gauge
 	channelsRefused prometheus.Gauge
+	storeResets     prometheus.Counter
+	heldPrimaries   prometheus.Gauge
 }
 
 // persistenceKinds are the values of idemproxy_redis_persistence's label.
@@ -44,8 +46,16 @@ func newGateGauges(reg prometheus.Registerer) (gateGauges, error) {
 			Name: "idemproxy_redis_primaries_short_of_replicas",
 			Help: "Serving primaries with fewer replicas connected than --redis-min-replicas: new keys there are refused with 503.",
 		}),
+		storeResets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "idemproxy_store_resets_total",
+			Help: "Store resets this process noted: a Redis primary that lost its records (restart without persistence, flush, failover to a replica without the data).",
+		}),
+		heldPrimaries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_store_reset_held_primaries",
+			Help: "Redis primaries held after a store reset: their keys get 503 store-reset until --retention has passed or an operator acknowledges (POST /admin/v1/store-resets/ack).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence, g.primaries, g.shortOfReplicas, g.channelsRefused} {
+	for _, c := range []prometheus.Collector{g.ready, g.evicting, g.persistence, g.primaries, g.shortOfReplicas, g.channelsRefused, g.storeResets, g.heldPrimaries} {
 		if err := reg.Register(c); err != nil {
 			return gateGauges{}, err
 		}

@@ -63,7 +63,7 @@ func TestGate_channelACL(t *testing.T) {
 	}, gateWait, gatePoll)
 	require.Contains(t, logs.String(), "add `&idemproxy:*` to the user's ACL")
 	require.Eventually(t, gate.Ready, gateWait, gatePoll, "not refused for it")
-	require.NoError(t, gate.Usable())
+	require.NoError(t, gate.Usable("k"))
 
 	require.NoError(t, admin.Do(t.Context(), "ACL", "SETUSER", "idemproxy", "&idemproxy:*").Err())
 	require.Eventually(t, func() bool { return metric() == 0 }, gateWait, gatePoll)
@@ -87,15 +87,15 @@ func TestGate_evictingPolicy(t *testing.T) {
 		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler),
 		Report: func(ok bool) { reported = append(reported, ok) }})
 	require.NoError(t, err)
-	require.ErrorIs(t, gate.Usable(), errNotChecked)
+	require.ErrorIs(t, gate.Usable("k"), errNotChecked)
 	require.False(t, gate.Ready())
 
 	gate.check(t.Context())
-	require.NoError(t, gate.Usable())
+	require.NoError(t, gate.Usable("k"))
 	require.True(t, gate.Ready())
 	require.NoError(t, admin.ConfigSet(t.Context(), "maxmemory-policy", "allkeys-lru").Err())
 	gate.check(t.Context())
-	require.ErrorContains(t, gate.Usable(), "maxmemory-policy is allkeys-lru")
+	require.ErrorContains(t, gate.Usable("k"), "maxmemory-policy is allkeys-lru")
 	require.False(t, gate.Ready())
 	require.Equal(t, 1.0, gaugeValue(gate.gauges.evicting))
 	require.Equal(t, []bool{false, true, false}, reported, "every check is reported")

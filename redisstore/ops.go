@@ -5,6 +5,7 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -27,12 +28,21 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 		wait = "w"
 	}
 	rk := s.RedisKey(key)
-	reply, res, err := s.execSlice(ctx, acquireScript, []string{rk, rk + fenceSuffix},
+	keys := []string{rk, rk + fenceSuffix}
+	if s.markers != nil {
+		keys = append(keys, s.markers.forRecord(rk))
+	}
+	reply, res, err := s.execSlice(ctx, acquireScript, keys,
 		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, wait, s.deadline(ctx, rk))
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	acq, err := parseAcquire(reply, s.opener(rk))
+	if errors.Is(err, ErrMarkerMissing) && s.topo != nil {
+		// The health check decides whether this is a reset (held until
+		// acknowledged) or a slot whose marker was never written.
+		s.topo.noteMissingMarker(keys[2])
+	}
 	if err != nil || acq.State != idem.StateAcquired {
 		// Only a new lock needs replicas: an existing record was
 		// written (and waited for) by the request that made it.

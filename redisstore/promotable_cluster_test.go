@@ -102,7 +102,7 @@ func TestTopology_RefreshNodeCut(t *testing.T) {
 	for range 5 {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		start := time.Now()
-		f, err := topo.Refresh(ctx, "idemproxy:channel-check")
+		f, err := topo.Refresh(ctx, Probe{Channel: "idemproxy:channel-check"})
 		cancel()
 		require.NoError(t, err)
 		require.Less(t, time.Since(start), 1500*time.Millisecond)

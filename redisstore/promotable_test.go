@@ -37,7 +37,7 @@ func refresh(t *testing.T, topo *Topology) Facts {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
-	f, err := topo.Refresh(ctx, "idemproxy:channel-check")
+	f, err := topo.Refresh(ctx, Probe{Channel: "idemproxy:channel-check"})
 	require.NoError(t, err)
 	return f
 }

@@ -64,3 +64,11 @@ const (
 	// with nobody to settle it.
 	durableDelete
 )
+
+// markerScript writes store-reset markers (marker.go); only the health
+// check runs it, directly on each primary, never batched.
+var (
+	//go:embed lua/marker.lua
+	markerSrc    string
+	markerScript = &script{redis.NewScript(markerSrc), notDurable}
+)

@@ -32,10 +32,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 var (
@@ -48,6 +51,10 @@ var (
 	// ErrLate reports an acquire that reached Redis after its deadline,
 	// when its caller had stopped waiting: no lock was created.
 	ErrLate = errors.New("redisstore: the acquire reached Redis after its deadline; no lock was created")
+	// ErrMarkerMissing reports an acquire of a free key refused because the
+	// store-reset marker of its slot is missing (marker.go): nothing was
+	// written. It is an idem.ErrStoreReset.
+	ErrMarkerMissing = fmt.Errorf("%w: no store-reset marker in the key's slot", idem.ErrStoreReset)
 )
 
 // DefaultPrefix is the key prefix used when Options.Prefix is empty.
@@ -86,6 +93,11 @@ type Options struct {
 	MinReplicas int
 	// ReplicaTimeout bounds that wait. Default DefaultReplicaTimeout.
 	ReplicaTimeout time.Duration
+	// Markers, when set, makes Acquire check the store-reset marker of
+	// the key's slot before it grants a free key (ErrMarkerMissing when it
+	// is missing). nil: no check (--on-store-reset=accept, or a store whose
+	// markers nobody writes).
+	Markers *Markers
 	// Batching, when its Writers is set, sends concurrent calls together
 	// (batch.go); Close stops it. Writes that wait for replicas
 	// (AllReplicas, MinReplicas) are not batched.
@@ -118,6 +130,7 @@ type Store struct {
 	minReplicas    int
 	replicaTimeout time.Duration
 	batch          *batcher // nil: every call is its own write
+	markers        *Markers // nil: acquires do not check them
 	// On a cluster, one batcher per primary, so a write never waits for
 	// another node's replies (created on first use, by address).
 	batching  Batching
@@ -141,7 +154,7 @@ func New(client Client, opts Options) *Store {
 	}
 	s := &Store{client: client, prefix: opts.Prefix, fenceTTL: millis(opts.FenceTTL), keyring: opts.Keyring,
 		minReplicas: max(opts.MinReplicas, 0), replicaTimeout: opts.ReplicaTimeout,
-		topo: opts.Topology, allReplicas: opts.AllReplicas}
+		topo: opts.Topology, allReplicas: opts.AllReplicas, markers: opts.Markers}
 	s.cluster, _ = client.(Cluster)
 	if opts.Batching.Writers > 0 {
 		s.batching = opts.Batching
@@ -179,9 +192,12 @@ func (s *Store) Close() {
 // Cluster hash tag: any sibling key added later for the same record
 // (prefix + "{…}" + suffix) lands in the same slot, so one script can still
 // touch all of them.
-func (s *Store) RedisKey(key string) string {
+func (s *Store) RedisKey(key string) string { return recordKey(s.prefix, key) }
+
+// recordKey is RedisKey under prefix (the Gate finds a key's slot by it).
+func recordKey(prefix, key string) string {
 	sum := sha256.Sum256([]byte(key))
-	return s.prefix + "{" + hex.EncodeToString(sum[:16]) + "}"
+	return prefix + "{" + hex.EncodeToString(sum[:16]) + "}"
 }
 
 // fenceSuffix names a record's fence counter, beside it in the same slot.

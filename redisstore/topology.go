@@ -138,6 +138,9 @@ type Topology struct {
 
 	view   atomic.Pointer[replicaView]
 	clocks clocks
+
+	missingMu sync.Mutex
+	missing   map[string]bool // store-reset markers acquires found missing
 }
 
 // Connect builds the client of o.Mode with idemproxy's connection

@@ -71,6 +71,9 @@ type replicaView struct {
 	master string
 	// cluster: per primary address (every alias), its shard's replicas.
 	shards map[string][]replicaNode
+	// cluster: per primary's connect address, the slots it serves (the
+	// union of the nodes' accounts).
+	slots map[string][]redis.SlotRange
 	// online is, per primary address ("" outside a cluster), the
 	// addresses of the replicas its INFO listed as online.
 	online map[string]map[string]bool
@@ -239,7 +242,7 @@ func (t *Topology) clusterView(ctx context.Context, tlsOn bool) (*replicaView, [
 		})
 	}
 	wg.Wait()
-	v := &replicaView{at: time.Now(), shards: map[string][]replicaNode{}}
+	v := &replicaView{at: time.Now(), shards: map[string][]replicaNode{}, slots: map[string][]redis.SlotRange{}}
 	primaries := map[string]bool{}
 	answered := 0
 	for i, shards := range views {
@@ -281,7 +284,13 @@ func (v *replicaView) addShard(sh redis.ClusterShard, tlsOn bool, primaries map[
 	if primary == nil {
 		return
 	}
-	primaries[connectAddr(*primary, tlsOn)] = true
+	addr := connectAddr(*primary, tlsOn)
+	primaries[addr] = true
+	for _, r := range sh.Slots {
+		if !slices.Contains(v.slots[addr], r) {
+			v.slots[addr] = append(v.slots[addr], r)
+		}
+	}
 	for _, a := range aliases(*primary) {
 		merged := v.shards[a]
 		for _, r := range replicas {

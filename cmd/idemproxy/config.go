@@ -41,6 +41,7 @@ type settings struct {
 	AdminToken      string
 	AdminTokenFile  string
 	OnUnknown       string
+	OnStoreReset    string
 	AllowEvicting   bool
 	AuthTokenFile   string
 	InProgress      string
@@ -70,6 +71,12 @@ type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
+
+// The values of --on-store-reset.
+const (
+	onStoreResetRefuse = "refuse"
+	onStoreResetAccept = "accept"
+)
 
 // envPrefix is shared by every flag's environment variable.
 const envPrefix = "IDEMPROXY_"
@@ -175,6 +182,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.Mode, "mode", processor.ModeEnforce.String(), "enforce, or shadow: decide and store as usual but refuse and replay nothing, counting what enforcement would do (idemproxy_shadow_decisions_total); per route: x-idemproxy-mode")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
 	fs.StringVar(&s.OnUnknown, "on-unknown", processor.OnUnknownHold.String(), "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
+	fs.StringVar(&s.OnStoreReset, "on-store-reset", onStoreResetRefuse, "when a Redis primary lost its records (restarted without persistence, flushed, failed over to a replica without the data; noticed by a marker idemproxy keeps there): refuse (its keys get 503 store-reset until --retention has passed or an operator acknowledges with POST /admin/v1/store-resets/ack) or accept (MAY RUN TWICE: keys completed before the reset run again)")
 	fs.BoolVar(&s.AllowEvicting, "allow-evicting-redis", false, "serve even when Redis's maxmemory-policy may evict keys (MAY RUN TWICE: an evicted lock or response lets a retry run again); default: not ready and 503 until the policy is noeviction")
 	fs.DurationVar(&s.HeldKeysEvery, "held-keys-interval", time.Minute, "how often Redis is scanned to count in-progress and outcome-unknown keys for idemproxy_held_keys (0: never)")
 	fs.StringVar(&p.FenceHeader, "fence-header", p.FenceHeader, "request header carrying the fencing token upstream (empty: none)")
@@ -187,7 +195,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 		p.MaxRequestHeaderBytes = kb << 10
 		return nil
 	})
-	fs.StringVar(&s.AdminToken, "admin-token", "", "bearer token for /admin/v1/keys (empty with no --admin-token-file: endpoint off)")
+	fs.StringVar(&s.AdminToken, "admin-token", "", "bearer token for /admin/v1/keys and /admin/v1/store-resets (empty with no --admin-token-file: those endpoints are off)")
 	fs.StringVar(&s.EncryptionKeys, "encryption-keys", "", "encrypt stored responses at rest (AES-256-GCM): id:base64key[,id:base64key...], the first seals, all open (rotation)")
 	fs.StringVar(&s.EncryptionFile, "encryption-keys-file", "", "file holding the --encryption-keys value (preferred: not visible in ps)")
 	fs.StringVar(&s.AdminTokenFile, "admin-token-file", "", "file holding the admin bearer token (preferred over --admin-token: not visible in ps)")
@@ -269,6 +277,9 @@ func (s *settings) validate() error {
 	}
 	if s.ShutdownGrace < 0 || s.HealthInterval <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must not be negative and --health-interval must be positive"))
+	}
+	if s.OnStoreReset != onStoreResetRefuse && s.OnStoreReset != onStoreResetAccept {
+		errs = append(errs, fmt.Errorf("--on-store-reset %q: want %s or %s", s.OnStoreReset, onStoreResetRefuse, onStoreResetAccept))
 	}
 	if s.HeldKeysEvery < 0 {
 		errs = append(errs, errors.New("--held-keys-interval must not be negative"))

@@ -56,12 +56,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	store := newStore(s, rdb, m)
+	markers, err := redisstore.NewMarkers(s.RedisPrefix, s.mode())
+	if err != nil {
+		return err
+	}
+	store := newStore(s, rdb, markers, m)
 	// After every stream handler (and its settling writes) has returned:
 	// the deferred calls above run later, the client's Close last.
 	defer store.Close()
 	hs := health.NewServer()
-	checker, held, err := newMonitors(s, rdb, store, hs, m, log)
+	checker, held, err := newMonitors(s, rdb, store, markers, hs, m, log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}

@@ -68,8 +68,12 @@ func newMetrics(s settings, rdb *redisstore.Topology) (metrics, error) {
 }
 
 // newStore builds the store on rdb; the caller closes it.
-func newStore(s settings, rdb *redisstore.Topology, m metrics) *redisstore.Store {
+func newStore(s settings, rdb *redisstore.Topology, markers *redisstore.Markers, m metrics) *redisstore.Store {
+	if s.OnStoreReset == onStoreResetAccept {
+		markers = nil // acquires do not check them: MAY RUN TWICE
+	}
 	return redisstore.New(rdb.Client(), redisstore.Options{
+		Markers: markers,
 		Prefix: s.RedisPrefix,
 		// Fences must keep growing for as long as a backend may remember a
 		// key, which is at least as long as we do.
@@ -85,10 +89,11 @@ func newStore(s settings, rdb *redisstore.Topology, m metrics) *redisstore.Store
 
 // newMonitors builds what watches Redis: the readiness gate, which feeds
 // gRPC health, and the count of held keys.
-func newMonitors(s settings, rdb *redisstore.Topology, store *redisstore.Store, hs *health.Server, m metrics, log *slog.Logger) (*redisstore.Gate, *redisstore.HeldKeys, error) {
+func newMonitors(s settings, rdb *redisstore.Topology, store *redisstore.Store, markers *redisstore.Markers, hs *health.Server, m metrics, log *slog.Logger) (*redisstore.Gate, *redisstore.HeldKeys, error) {
 	gate, err := redisstore.NewGate(rdb, redisstore.GateOptions{
 		Interval: s.HealthInterval, Timeout: s.RedisTimeout, AllowEvicting: s.AllowEvicting,
 		MinReplicas: s.MinReplicas, AllReplicas: s.AllReplicas, Prefix: s.RedisPrefix,
+		Markers: markers, Retention: s.Processor.Retention, AcceptResets: s.OnStoreReset == onStoreResetAccept,
 		Registerer: m.reg, Logger: log, Report: servingStatus(hs),
 	})
 	if err != nil {
@@ -104,11 +109,12 @@ func newMonitors(s settings, rdb *redisstore.Topology, store *redisstore.Store, 
 // newAdminHandler serves the admin port; the key endpoint only with an
 // admin token.
 func newAdminHandler(s settings, reg *prometheus.Registry, gate *redisstore.Gate, proc *processor.Server, store *redisstore.Store, log *slog.Logger) http.Handler {
-	var keys http.Handler
+	var keys, resets http.Handler
 	if s.AdminToken != "" {
 		keys = adminapi.Keys{Token: s.AdminToken, ScopeHeaders: s.Processor.ScopeHeaders, Scoper: proc, Store: store, Log: log}
+		resets = adminapi.StoreResets{Token: s.AdminToken, Gate: gate, Log: log}
 	}
-	return adminapi.NewHandler(reg, gate, keys, s.Pprof)
+	return adminapi.NewHandler(reg, gate, keys, resets, s.Pprof)
 }
 
 // logStart says where idemproxy listens, and warns of settings that leave
@@ -121,6 +127,10 @@ func logStart(s settings, grpcAddr, adminAddr net.Addr, log *slog.Logger) {
 			"addr", grpcAddr.String())
 	}
 	log.Info("admin listening", "addr", adminAddr.String())
+	if s.OnStoreReset == onStoreResetAccept {
+		log.Warn("--on-store-reset=accept: when a Redis primary loses its records (a restart without persistence, a flush, a failover to a replica "+
+			"without the data), keys completed before are served as new, and their retries run again (MAY RUN TWICE); the default refuses them with 503 store-reset")
+	}
 	if !s.AllReplicas && s.mode() != redisstore.ModeStandalone {
 		log.Warn(fmt.Sprintf("--redis-min-replicas %d: writes wait for %d replicas, any of them, not for every replica a failover could promote, "+
 			"so a failover can promote one that lacks a lock and a retry then runs a second time (MAY RUN TWICE); the default is all", s.MinReplicas, s.MinReplicas),

@@ -11,12 +11,13 @@ import (
 )
 
 // NewHandler serves liveness, readiness and metrics on their own port, so
-// they never compete with or get exposed next to the data plane; keys, when
-// not nil, serves the authenticated key endpoint.
+// they never compete with or get exposed next to the data plane; keys and
+// resets, when not nil, serve the authenticated key and store-reset
+// endpoints.
 //
 // pprof exposes Go's profiler under /debug/pprof/: off by default, because
 // profiles reveal internals and cost CPU while they run.
-func NewHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys http.Handler, pprof bool) http.Handler {
+func NewHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys, resets http.Handler, pprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -31,6 +32,10 @@ func NewHandler(reg *prometheus.Registry, ready interface{ Ready() bool }, keys 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if keys != nil {
 		mux.Handle("/admin/v1/keys", keys)
+	}
+	if resets != nil {
+		mux.Handle("/admin/v1/store-resets", resets)
+		mux.Handle("/admin/v1/store-resets/ack", resets)
 	}
 	if pprof {
 		mux.HandleFunc("/debug/pprof/", httppprof.Index)

@@ -21,7 +21,7 @@ func TestNewHandler(t *testing.T) {
 	_, err := processor.NewMetrics(reg)
 	require.NoError(t, err)
 	ready := &fakeReady{}
-	h := NewHandler(reg, ready, nil, false)
+	h := NewHandler(reg, ready, nil, nil, false)
 	serve := func(method, path string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))

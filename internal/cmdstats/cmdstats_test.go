@@ -41,13 +41,13 @@ func TestParse(t *testing.T) {
 func TestClassify(t *testing.T) {
 	before := map[string]int64{"evalsha": 100, "hmget": 50, "ping": 1}
 	after := map[string]int64{"evalsha": 300, "eval": 1, "hmget": 250, "ping": 4, "client|setinfo": 1,
-		"incr": 20, "hgetall": 5}
+		"incr": 20, "lrange": 5}
 	got := Classify(before, after)
 	require.Equal(t, Count{
 		Requests:  201 + 5, // scripts, plus a data command no script runs
 		InScripts: 200 + 20,
 		Excluded:  map[string]int64{"ping": 3, "client": 1},
-		Other:     map[string]int64{"hgetall": 5},
+		Other:     map[string]int64{"lrange": 5},
 	}, got)
 }
 

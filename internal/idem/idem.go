@@ -27,6 +27,13 @@ var ErrUnreplicated = errors.New("idem: not acknowledged by enough replicas")
 // Acquire, there is no lock to give back.
 var ErrNotTaken = errors.New("idem: refused before the lock was written")
 
+// ErrStoreReset reports that the store lost its records (Redis restarted
+// without persistence, was flushed, or failed over to a replica without
+// the data), so a key it calls free may be one whose completed record was
+// lost: nothing may run on its word until an operator acknowledges the
+// reset or the retention has passed since it.
+var ErrStoreReset = errors.New("idem: the store lost its records (store reset)")
+
 // State is the state of a key as Acquire found it.
 type State int
 

@@ -4,6 +4,11 @@
 --
 -- KEYS[1]  record hash
 -- KEYS[2]  fence counter of the same key (same hash tag as KEYS[1])
+-- KEYS[3]  optional: the store-reset marker of the same slot (marker.go).
+--          Given and missing, Redis lost its memory (a restart without
+--          persistence, a flush, a failover to a replica without the data):
+--          a free key may be one whose record was lost, so it is not
+--          granted; {"reset"} instead
 -- ARGV[1]  owner token
 -- ARGV[2]  request fingerprint (bytes)
 -- ARGV[3]  lease in milliseconds
@@ -26,6 +31,7 @@
 --   {"acquired", fence}                              a new in-progress record is ours (or the
 --                                                    one an earlier try with this token made)
 --   {"late"}                                         the key was free, but ARGV[9] has passed
+--   {"reset"}                                        the key was free, but KEYS[3] is missing
 --   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
 --                                                    ms more; why is "abandoned" (its owner said so)
@@ -76,6 +82,9 @@ local function waiting()
 end
 
 if not st then
+  if KEYS[3] and redis.call("EXISTS", KEYS[3]) == 0 then
+    return {"reset"}
+  end
   return grant()
 end
 -- Our own token: this is a retry of an acquire whose reply was lost (a
