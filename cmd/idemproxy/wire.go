@@ -74,7 +74,7 @@ func newStore(s settings, rdb *redisstore.Topology, markers *redisstore.Markers,
 	}
 	return redisstore.New(rdb.Client(), redisstore.Options{
 		Markers: markers,
-		Prefix: s.RedisPrefix,
+		Prefix:  s.RedisPrefix,
 		// Fences must keep growing for as long as a backend may remember a
 		// key, which is at least as long as we do.
 		FenceTTL:       max(2*s.Processor.Retention, redisstore.DefaultFenceTTL),
@@ -128,7 +128,7 @@ func logStart(s settings, grpcAddr, adminAddr net.Addr, log *slog.Logger) {
 	}
 	log.Info("admin listening", "addr", adminAddr.String())
 	if s.OnStoreReset == onStoreResetAccept {
-		log.Warn("--on-store-reset=accept: when a Redis primary loses its records (a restart without persistence, a flush, a failover to a replica "+
+		log.Warn("--on-store-reset=accept: when a Redis primary loses its records (a restart without persistence, a flush, a failover to a replica " +
 			"without the data), keys completed before are served as new, and their retries run again (MAY RUN TWICE); the default refuses them with 503 store-reset")
 	}
 	if !s.AllReplicas && s.mode() != redisstore.ModeStandalone {
