@@ -3,6 +3,7 @@ package redisstore
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,11 +29,11 @@ func TestStoreReset_clusterShard(t *testing.T) {
 	m, err := NewMarkers(DefaultPrefix, ModeCluster)
 	require.NoError(t, err)
 	a := newResetProcess(t, topo, m, time.Hour, false)
-	a.gate.check(t.Context())
-	require.NoError(t, a.gate.Usable("k"))
-
 	primaries, err := cl.Primaries(t.Context())
 	require.NoError(t, err)
+	before := usedMemory(t, primaries)
+	a.gate.check(t.Context())
+	require.NoError(t, a.gate.Usable("k"))
 	markers := int64(0)
 	for _, p := range primaries {
 		n, err := p.Client(t).DBSize(t.Context()).Result()
@@ -41,6 +42,7 @@ func TestStoreReset_clusterShard(t *testing.T) {
 		markers += n
 	}
 	require.EqualValues(t, slotCount, markers, "one marker per slot")
+	t.Logf("figures: %d markers take %d bytes of used_memory over the primaries", markers, usedMemory(t, primaries)-before)
 
 	keys := clusterKeys(t, a.store, cl, 30)
 	for k := range keys {
@@ -126,4 +128,18 @@ func restartShardEmpty(t *testing.T, cl *redistopo.Cluster, addr string) {
 	n, err := primary.Client(t).DBSize(t.Context()).Result()
 	require.NoError(t, err)
 	require.Zero(t, n, "the shard came back empty")
+}
+
+// usedMemory sums used_memory over servers.
+func usedMemory(t *testing.T, servers []*redistopo.Server) int64 {
+	t.Helper()
+	var sum int64
+	for _, s := range servers {
+		info, err := s.Client(t).Info(t.Context(), "memory").Result()
+		require.NoError(t, err)
+		n, err := strconv.ParseInt(parseInfo(info)["used_memory"], 10, 64)
+		require.NoError(t, err)
+		sum += n
+	}
+	return sum
 }

@@ -90,6 +90,10 @@ func TestStoreReset_standalone(t *testing.T) {
 	require.NoError(t, a.gate.Usable("k"))
 	require.Contains(t, a.logs.String(), "store-reset marker written: a new store")
 	require.Zero(t, counterValue(a.gate.gauges.storeResets), "a new store is no reset")
+	size, err := rs.Client(t).MemoryUsage(t.Context(), m.key(0)).Result()
+	require.NoError(t, err)
+	t.Logf("figures: the marker takes %d bytes (MEMORY USAGE)", size)
+	require.Less(t, size, int64(200))
 
 	a.complete(t, "k")
 	state, err := a.retry(t, "k")

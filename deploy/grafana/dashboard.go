@@ -81,9 +81,10 @@ func Build() (dashboard.Dashboard, error) {
 		WithPanel(series("Redis latency", "99th and 50th percentile of store calls by operation.", "s",
 			query(`histogram_quantile(0.99, sum by (op, le) (rate(idemproxy_redis_duration_seconds_bucket[$__rate_interval])))`, "p99 {{op}}"),
 			query(`histogram_quantile(0.5, sum by (op, le) (rate(idemproxy_redis_duration_seconds_bucket[$__rate_interval])))`, "p50 {{op}}"))).
-		WithPanel(series("Redis safety", "1 while Redis may evict keys; persistence kind (none: a restart forgets every key).", "short",
+		WithPanel(series("Redis safety", "1 while Redis may evict keys; persistence kind (none: a restart forgets every key); primaries held after a store reset (their keys get 503 store-reset).", "short",
 			query(`max(idemproxy_redis_evicting)`, "evicting"),
-			query(`max by (kind) (idemproxy_redis_persistence)`, "persistence {{kind}}"))).
+			query(`max by (kind) (idemproxy_redis_persistence)`, "persistence {{kind}}"),
+			query(`max(idemproxy_store_reset_held_primaries)`, "held after a store reset"))).
 		WithPanel(series("Open streams", "ext_proc streams open now, per replica.", "short",
 			query(`sum by (instance) (idemproxy_active_streams)`, "{{instance}}"))).
 		Build()
