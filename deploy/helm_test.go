@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"helm.sh/helm/v3/pkg/action"
@@ -275,4 +276,43 @@ func writeTempFile(t *testing.T, name, content string) string {
 	p := filepath.Join(t.TempDir(), name)
 	require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
 	return p
+}
+
+// TestHelmChart_defaultsAreIdemproxys: every setting the chart's default
+// values pass to idemproxy is idemproxy's own default (docs/configuration.md,
+// generated from the flags), but the addresses and files of a deployment:
+// a chart default that differs would be a weaker setting nobody chose
+// (the chart once stored and replayed 5xx by default, which may run twice).
+func TestHelmChart_defaultsAreIdemproxys(t *testing.T) {
+	defaults := map[string]string{}
+	for _, line := range strings.Split(string(readRepoFile(t, "docs", "configuration.md")), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 || !strings.HasPrefix(strings.TrimSpace(cells[2]), "`IDEMPROXY_") {
+			continue
+		}
+		env := strings.Trim(strings.TrimSpace(cells[2]), "`")
+		defaults[env] = strings.Trim(strings.TrimSpace(cells[3]), "`")
+	}
+	require.NotEmpty(t, defaults)
+	deployment := map[string]bool{"IDEMPROXY_REDIS_URL": true, "IDEMPROXY_AUTH_TOKEN_FILE": true}
+	same := func(a, b string) bool {
+		if strings.EqualFold(a, b) {
+			return true
+		}
+		da, errA := time.ParseDuration(a)
+		db, errB := time.ParseDuration(b)
+		return errA == nil && errB == nil && da == db
+	}
+	cm := renderChart(t, nil).configMaps["idemproxy"]
+	require.NotNil(t, cm)
+	for env, v := range cm.Data {
+		want, ok := defaults[env]
+		if !ok || deployment[env] {
+			continue
+		}
+		if want == "(none)" {
+			want = ""
+		}
+		require.True(t, same(v, want), "%s: the chart's default %q is not idemproxy's %q", env, v, want)
+	}
 }
