@@ -6,9 +6,11 @@ package redisstore
 // and their retries would run again. So idemproxy keeps a marker on every
 // primary: a hash with no TTL under the key prefix, with a random epoch.
 // The health check reads each primary's marker with its other facts
-// (resets.go decides); the acquire script checks that the marker of its
-// record's slot exists before it grants a free key, so a request never
-// runs on a store that lost its memory, even before the next health check.
+// (resets.go decides, and notes a reset in every marker of the primary);
+// the acquire script checks that the marker of its record's slot exists
+// and notes no reset before it grants a free key, so a request never runs
+// on a store that lost its memory, even before the next health check, and
+// no process grants one while another has noted the reset.
 //
 // Outside a cluster there is one marker. On a cluster there is one per
 // slot, because a script may only touch keys of one slot: the acquire
@@ -106,6 +108,7 @@ type marker struct {
 	epoch   string
 	born    int64 // ms, the primary's clock
 	reset   int64 // ms; 0: no reset outstanding
+	until   int64 // ms: when the outstanding reset stops holding
 	why     string
 	was     string
 	acked   int64
@@ -120,7 +123,7 @@ func parseMarker(f map[string]string) (marker, error) {
 	if m.epoch == "" {
 		return marker{}, fmt.Errorf("%w: store marker without epoch", ErrCorruptRecord)
 	}
-	for name, dst := range map[string]*int64{"born": &m.born, "reset": &m.reset, "acked": &m.acked} {
+	for name, dst := range map[string]*int64{"born": &m.born, "reset": &m.reset, "until": &m.until, "acked": &m.acked} {
 		v, ok := f[name]
 		if !ok {
 			continue

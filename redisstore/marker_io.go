@@ -49,6 +49,8 @@ type markerWrite struct {
 	epoch string // ARGV[2]
 	arg   string // ARGV[3]
 	why   string // ARGV[4]
+	hold  int64  // ARGV[5], ms
+	at    string // ARGV[6], ms or ""
 }
 
 // writeMarkers runs w on every key, all served by the primary at addr
@@ -64,7 +66,7 @@ func (t *Topology) writeMarkers(ctx context.Context, addr string, keys []string,
 	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ScriptLoad(ctx, markerSrc)
 		for i, k := range keys {
-			cmds[i] = markerScript.EvalSha(ctx, p, []string{k}, w.op, w.epoch, w.arg, w.why)
+			cmds[i] = markerScript.EvalSha(ctx, p, []string{k}, w.op, w.epoch, w.arg, w.why, w.hold, w.at)
 		}
 		return nil
 	})

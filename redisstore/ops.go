@@ -38,7 +38,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	acq, err := parseAcquire(reply, s.opener(rk))
-	if errors.Is(err, ErrMarkerMissing) && s.topo != nil {
+	if errors.Is(err, ErrResetMarker) && s.topo != nil {
 		// The health check decides whether this is a reset (held until
 		// acknowledged) or a slot whose marker was never written.
 		s.topo.noteMissingMarker(keys[2])

@@ -21,7 +21,7 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 	case state == "late" && len(reply) == 1:
 		return idem.Acquisition{}, ErrLate
 	case state == "reset" && len(reply) == 1:
-		return idem.Acquisition{}, ErrMarkerMissing
+		return idem.Acquisition{}, ErrResetMarker
 	case state == "free" && len(reply) == 1:
 		return idem.Acquisition{State: idem.StateFree}, nil
 	case state == "acquired" && len(reply) == 2:

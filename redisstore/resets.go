@@ -151,27 +151,29 @@ func (w *resetWatch) settle(ctx context.Context, ms markerStore, n NodeFacts, ot
 	if err != nil {
 		return marker{}, err
 	}
-	m := r.m
-	if action == markerReset && !w.accept {
-		got, err := ms.writeMarkers(ctx, n.Addr, []string{r.key}, markerWrite{op: "reset", epoch: epoch, arg: seen, why: why})
-		if err != nil {
-			return marker{}, err
-		}
-		m = got[r.key]
-		epoch = m.epoch
-	}
 	// Every slot of the primary gets its marker again (those of a reset
-	// primary are gone too), so acquires there work once it is released.
-	keys := w.keysOf(n)
-	if !slices.Contains(keys, r.key) {
-		keys = append(keys, r.key)
+	// primary are gone too), each noting the reset, so that no process's
+	// acquire grants a key there until it is acknowledged or its hold ends.
+	// The primary's own marker first: the others carry its epoch and the
+	// time of its note, so one acknowledgement clears them all.
+	write := markerWrite{op: "create", epoch: epoch}
+	if action == markerReset && !w.accept {
+		write = markerWrite{op: "reset", epoch: epoch, arg: seen, why: why, hold: w.retention.Milliseconds()}
 	}
-	got, err := ms.writeMarkers(ctx, n.Addr, keys, markerWrite{op: "create", epoch: epoch})
+	got, err := ms.writeMarkers(ctx, n.Addr, []string{r.key}, write)
 	if err != nil {
 		return marker{}, err
 	}
-	if m.reset == 0 {
-		m = got[r.key]
+	m := got[r.key]
+	write.epoch = m.epoch
+	if m.reset != 0 {
+		write.at = strconv.FormatInt(m.reset, 10)
+	}
+	rest := slices.DeleteFunc(w.keysOf(n), func(k string) bool { return k == r.key })
+	if len(rest) > 0 {
+		if _, err := ms.writeMarkers(ctx, n.Addr, rest, write); err != nil {
+			return marker{}, err
+		}
 	}
 	w.seen[r.key] = m.epoch
 	switch {
@@ -193,9 +195,22 @@ func (w *resetWatch) keysOf(n NodeFacts) []string {
 	if !w.markers.perSlot {
 		return []string{n.mark.key}
 	}
+	return w.slotKeys(n.slots)
+}
+
+// heldKeys are the markers noting h's reset.
+func (w *resetWatch) heldKeys(h HeldPrimary) []string {
+	if h.slots == nil {
+		return []string{h.key}
+	}
+	return w.slotKeys(h.slots)
+}
+
+// slotKeys are the markers of the slots in ranges.
+func (w *resetWatch) slotKeys(ranges []redis.SlotRange) []string {
 	var keys []string
-	for _, r := range n.slots {
-		for s := r.Start; s <= r.End && s < slotCount; s++ {
+	for _, r := range ranges {
+		for s := max(r.Start, 0); s <= r.End && s < slotCount; s++ {
 			keys = append(keys, w.markers.key(int(s)))
 		}
 	}
@@ -204,7 +219,7 @@ func (w *resetWatch) keysOf(n NodeFacts) []string {
 
 // holds reports whether m, read on n, holds n's keys, and how.
 func (w *resetWatch) holds(n NodeFacts, m marker) (HeldPrimary, bool) {
-	end := m.reset + w.retention.Milliseconds()
+	end := m.until
 	w.mu.Lock()
 	acked := w.acked[n.mark.key] == m.reset
 	w.mu.Unlock()
@@ -284,7 +299,7 @@ func (w *resetWatch) heldNow() []HeldPrimary {
 func (w *resetWatch) ack(ctx context.Context, ms markerStore) ([]HeldPrimary, error) {
 	var done []HeldPrimary
 	for _, h := range w.heldNow() {
-		_, err := ms.writeMarkers(ctx, h.Primary, []string{h.key}, markerWrite{op: "ack", arg: strconv.FormatInt(h.reset, 10)})
+		_, err := ms.writeMarkers(ctx, h.Primary, w.heldKeys(h), markerWrite{op: "ack", arg: strconv.FormatInt(h.reset, 10)})
 		if err != nil {
 			return done, err
 		}
@@ -304,7 +319,7 @@ func (w *resetWatch) ack(ctx context.Context, ms markerStore) ([]HeldPrimary, er
 }
 
 // repair writes again the markers acquires found missing in slots whose
-// primary still has its own (read this check, not reset): a process that
+// primary still has its own (read this check, noting no reset): a process that
 // stopped while it wrote a new store's markers, or a marker deleted by
 // hand. A primary that lost its records lost its own marker too, and is
 // held by check instead.
@@ -313,7 +328,7 @@ func (w *resetWatch) repair(ctx context.Context, ms markerStore, serving []NodeF
 		slot := keySlot(key)
 		for _, n := range serving {
 			r := n.mark
-			if r.key == "" || r.err != nil || !r.m.present || key == r.key || (w.markers.perSlot && !inRanges(slot, n.slots)) {
+			if r.key == "" || r.err != nil || !r.m.present || r.m.reset != 0 || key == r.key || (w.markers.perSlot && !inRanges(slot, n.slots)) {
 				continue
 			}
 			if _, err := ms.writeMarkers(ctx, n.Addr, []string{key}, markerWrite{op: "create", epoch: w.seen[r.key]}); err != nil {

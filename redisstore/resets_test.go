@@ -103,7 +103,7 @@ func TestStoreReset_standalone(t *testing.T) {
 	rs.Restart(t)
 	state, err = a.retry(t, "k")
 	require.ErrorIs(t, err, idem.ErrStoreReset, "refused before any health check: got %v", state)
-	require.ErrorIs(t, err, ErrMarkerMissing)
+	require.ErrorIs(t, err, ErrResetMarker)
 
 	a.gate.check(t.Context())
 	require.ErrorIs(t, a.gate.Usable("k"), idem.ErrStoreReset)
@@ -117,6 +117,8 @@ func TestStoreReset_standalone(t *testing.T) {
 	require.Len(t, held, 1)
 	require.WithinDuration(t, time.Now().Add(time.Hour), held[0].Until, time.Minute)
 
+	_, err = a.retry(t, "k")
+	require.ErrorIs(t, err, idem.ErrStoreReset, "the rewritten marker notes the reset: no process's acquire grants the key")
 	b := newResetProcess(t, topo, m, time.Hour, false)
 	b.gate.check(t.Context())
 	require.ErrorIs(t, b.gate.Usable("k"), idem.ErrStoreReset, "a process started after the reset holds it too")
@@ -179,6 +181,9 @@ func TestStoreReset_retentionEnds(t *testing.T) {
 		return p.gate.Usable("k") == nil
 	}, 10*time.Second, 50*time.Millisecond)
 	require.Contains(t, p.logs.String(), "store reset hold ended")
+	state, err := p.retry(t, "k")
+	require.NoError(t, err, "the note's hold ended too")
+	require.Equal(t, idem.StateAcquired, state)
 }
 
 // TestStoreReset_accept: --on-store-reset=accept notes and logs the reset

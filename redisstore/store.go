@@ -51,10 +51,11 @@ var (
 	// ErrLate reports an acquire that reached Redis after its deadline,
 	// when its caller had stopped waiting: no lock was created.
 	ErrLate = errors.New("redisstore: the acquire reached Redis after its deadline; no lock was created")
-	// ErrMarkerMissing reports an acquire of a free key refused because the
-	// store-reset marker of its slot is missing (marker.go): nothing was
+	// ErrResetMarker reports an acquire of a free key refused because the
+	// store-reset marker of its slot is missing, or notes a reset that is
+	// neither acknowledged nor past its hold (marker.go): nothing was
 	// written. It is an idem.ErrStoreReset.
-	ErrMarkerMissing = fmt.Errorf("%w: no store-reset marker in the key's slot", idem.ErrStoreReset)
+	ErrResetMarker = fmt.Errorf("%w: the store-reset marker of the key's slot is missing or notes a reset", idem.ErrStoreReset)
 )
 
 // DefaultPrefix is the key prefix used when Options.Prefix is empty.
@@ -94,8 +95,8 @@ type Options struct {
 	// ReplicaTimeout bounds that wait. Default DefaultReplicaTimeout.
 	ReplicaTimeout time.Duration
 	// Markers, when set, makes Acquire check the store-reset marker of
-	// the key's slot before it grants a free key (ErrMarkerMissing when it
-	// is missing). nil: no check (--on-store-reset=accept, or a store whose
+	// the key's slot before it grants a free key (ErrResetMarker when it
+	// is missing or notes a reset). nil: no check (--on-store-reset=accept, or a store whose
 	// markers nobody writes).
 	Markers *Markers
 	// Batching, when its Writers is set, sends concurrent calls together

@@ -6,9 +6,10 @@
 -- KEYS[2]  fence counter of the same key (same hash tag as KEYS[1])
 -- KEYS[3]  optional: the store-reset marker of the same slot (marker.go).
 --          Given and missing, Redis lost its memory (a restart without
---          persistence, a flush, a failover to a replica without the data):
---          a free key may be one whose record was lost, so it is not
---          granted; {"reset"} instead
+--          persistence, a flush, a failover to a replica without the data);
+--          given and noting a reset (field until, ms, still ahead), the
+--          health check found that it did. Either way a free key may be one
+--          whose record was lost, so it is not granted; {"reset"} instead
 -- ARGV[1]  owner token
 -- ARGV[2]  request fingerprint (bytes)
 -- ARGV[3]  lease in milliseconds
@@ -32,6 +33,7 @@
 --                                                    one an earlier try with this token made)
 --   {"late"}                                         the key was free, but ARGV[9] has passed
 --   {"reset"}                                        the key was free, but KEYS[3] is missing
+--                                                    or notes a reset
 --   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
 --                                                    ms more; why is "abandoned" (its owner said so)
@@ -82,8 +84,11 @@ local function waiting()
 end
 
 if not st then
-  if KEYS[3] and redis.call("EXISTS", KEYS[3]) == 0 then
-    return {"reset"}
+  if KEYS[3] then
+    local mk = redis.call("HMGET", KEYS[3], "epoch", "until")
+    if not mk[1] or (mk[2] and tonumber(mk[2]) > clock()) then
+      return {"reset"}
+    end
   end
   return grant()
 end
