@@ -26,7 +26,10 @@ func TestCapacity(t *testing.T) {
 	t.Parallel()
 	srv := redistopo.Start(t)
 	c := srv.Client(t)
-	s := New(c, Options{})
+	plain := New(c, Options{})
+	kr, err := ParseKeyring(newKeySpec(t, "2026-12"))
+	require.NoError(t, err)
+	sealed := New(c, Options{Keyring: kr})
 	var b strings.Builder
 	fmt.Fprintf(&b, "capacity on %s: bytes per key, its record hash and its fence counter\n", serverName(t, c))
 	fmt.Fprintf(&b, "%-40s %10s %6s %10s | %10s %6s %10s | %7s  %s\n", "", "MEMORY", "USAGE", "", "used_memory", "growth", "", "", "")
@@ -34,6 +37,10 @@ func TestCapacity(t *testing.T) {
 	rows := capacityRows()
 	figures := make([]capacityFigures, len(rows))
 	for i, row := range rows {
+		s := plain
+		if row.sealed {
+			s = sealed
+		}
 		f := measureCapacity(t, s, c, row)
 		figures[i] = f
 		fmt.Fprintf(&b, "%-40s %10d %6d %10d | %10.0f %6.0f %10.0f | %7d  %s\n", row.name(), f.record, f.fence, f.record+f.fence,
@@ -62,6 +69,7 @@ type capacityRow struct {
 	// listpackValue is hash-max-listpack-value for the row, 0 for the
 	// servers' default (64): an operator's setting, no code change.
 	listpackValue int
+	sealed        bool // --encryption-keys: hdr and body sealed, field enc
 	wantEncoding  string
 }
 
@@ -69,6 +77,9 @@ func (r capacityRow) name() string {
 	n := r.state
 	if r.state == "completed" {
 		n += ", body " + strconv.Itoa(r.body)
+	}
+	if r.sealed {
+		n += ", sealed"
 	}
 	if r.listpackValue != 0 {
 		n += ", listpack-value " + strconv.Itoa(r.listpackValue)
@@ -92,6 +103,8 @@ func capacityRows() []capacityRow {
 		}
 		rows = append(rows, capacityRow{state: "completed", body: n, wantEncoding: enc})
 	}
+	rows = append(rows, capacityRow{state: "completed", body: 0, sealed: true, wantEncoding: "hashtable"},
+		capacityRow{state: "completed", body: 90, sealed: true, wantEncoding: "hashtable"})
 	for _, n := range []int{90, 1000} {
 		rows = append(rows, capacityRow{state: "completed", body: n, listpackValue: 1 << 10, wantEncoding: "listpack"})
 	}
