@@ -15,5 +15,5 @@ for flavor in redis valkey; do
   note "REDIS_FLAVOR=$flavor go test ./redisstore/ -run '^TestCapacity\$' -count=1 -v"
   # The table is the test's log; the rest of -v's output is left out.
   REDIS_FLAVOR=$flavor go test ./redisstore/ -run '^TestCapacity$' -count=1 -v \
-    | sed -n '/capacity on /,/^--- /p' | sed '$d'
+    | sed -n '/: bytes per key (/,/^--- /p' | sed '$d'
 done
