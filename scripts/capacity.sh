@@ -13,7 +13,8 @@ ensure_redis
 ensure_valkey
 for flavor in redis valkey; do
   note "REDIS_FLAVOR=$flavor go test ./redisstore/ -run '^TestCapacity\$' -count=1 -v"
+  out=$(REDIS_FLAVOR=$flavor go test ./redisstore/ -run '^TestCapacity$' -count=1 -v 2>&1) \
+    || { printf '%s\n' "$out" >&2; die "TestCapacity failed on $flavor"; }
   # The table is the test's log; the rest of -v's output is left out.
-  REDIS_FLAVOR=$flavor go test ./redisstore/ -run '^TestCapacity$' -count=1 -v \
-    | sed -n '/: bytes per key (/,/^--- /p' | sed '$d'
+  printf '%s\n' "$out" | sed -n '/: bytes per key (/,/^--- /p' | sed '$d'
 done
