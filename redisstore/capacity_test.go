@@ -31,7 +31,7 @@ func TestCapacity(t *testing.T) {
 	stores := map[bool]*Store{false: New(c, Options{}), true: New(c, Options{Keyring: kr})}
 	rows := capacityRows()
 	// Once for nothing: the first records a server stores pay for
-	// allocations it keeps (about 30 bytes a key more, over 2000).
+	// allocations it keeps (about 30 bytes a key more, over 2000 keys).
 	measureCapacity(t, stores[false], c, rows[0])
 	figures := make([]capacityFigures, len(rows))
 	for i, row := range rows {
