@@ -114,7 +114,7 @@ func (s *Store) id(rk string) string {
 
 // parseInspect decodes inspect.lua's reply; Redis nil arrives as a nil element.
 func parseInspect(v []any) (KeyInfo, error) {
-	if len(v) != 12 {
+	if len(v) != 13 {
 		return KeyInfo{}, fmt.Errorf("%w: inspect: %d elements", ErrCorruptRecord, len(v))
 	}
 	str := func(i int) string { s, _ := v[i].(string); return s }
@@ -129,7 +129,7 @@ func parseInspect(v []any) (KeyInfo, error) {
 		return 0
 	}
 	info := KeyInfo{LastFence: num(6)}
-	f := recordFields{st: str(0), status: str(1), bs: str(2), fence: str(5), lx: str(7), ct: str(8), sc: str(9)}
+	f := recordFields{st: str(0), status: str(1), bs: str(2), fence: str(5), lx: str(7), ct: str(8), sc: str(9), ctk: str(12)}
 	if f.st == "" {
 		return info, nil
 	}
@@ -142,8 +142,21 @@ func parseInspect(v []any) (KeyInfo, error) {
 	return info, nil
 }
 
-// recordFields are a record's operator-visible hash fields, as read.
-type recordFields struct{ st, status, bs, fence, lx, ct, sc string }
+// recordFields are a record's operator-visible hash fields, as read, and
+// ctk, where a completed record keeps the fence of its grant.
+type recordFields struct{ st, status, bs, fence, lx, ct, sc, ctk string }
+
+// grantFence is the fence of the grant that made the record: field fence
+// of a record in progress or held (and of completed records of earlier
+// versions), else what follows the token digest in ctk (complete.lua).
+func (f recordFields) grantFence() int64 {
+	fence := f.fence
+	if _, after, ok := strings.Cut(f.ctk, ":"); ok && fence == "" {
+		fence = after
+	}
+	n, _ := strconv.ParseInt(fence, 10, 64)
+	return n
+}
 
 // fill sets info's state and times from the fields; now is Redis's clock
 // in milliseconds.
@@ -174,6 +187,6 @@ func (f recordFields) fill(info *KeyInfo, now int64) error {
 	info.BodyStored = f.bs == "1"
 	info.BodyIncomplete = f.bs == "i"
 	info.BodyTrailers = f.bs == "t"
-	info.Fence, _ = strconv.ParseInt(f.fence, 10, 64)
+	info.Fence = f.grantFence()
 	return nil
 }

@@ -100,9 +100,9 @@ func TestStore_Complete(t *testing.T) {
 		fields, ttl := snapshot(t, s, c, "complete")
 		sum := sha1.Sum([]byte(tok))
 		require.Equal(t, map[string]string{
-			"st": "c", "fp": "fp", "status": "200", "hdr": string(encodeHeaders(nil)), "body": "ok", "bs": "1", "enc": "", "fence": "1",
-			"ctk": hex.EncodeToString(sum[:]),
-		}, fields, "the owner token does not outlive the lock, only its digest, to recognise a retried completion")
+			"st": "c", "fp": "fp", "status": "200", "hdr": string(encodeHeaders(nil)), "body": "ok", "bs": "1",
+			"ctk": hex.EncodeToString(sum[:]) + ":1",
+		}, fields, "the owner token does not outlive the lock, only its digest (then the grant's fence), to recognise a retried completion")
 		require.Greater(t, ttl, 59*time.Minute)
 		require.LessOrEqual(t, ttl, time.Hour)
 	})

@@ -186,7 +186,7 @@ func (s *Store) readInfos(ctx context.Context, node scanNode, keys []string) ([]
 	fields := make([]*redis.SliceCmd, len(keys))
 	ttls := make([]*redis.DurationCmd, len(keys))
 	for i, k := range keys {
-		fields[i] = pipe.HMGet(ctx, k, "st", "status", "bs", "fence", "lx", "ct", "sc")
+		fields[i] = pipe.HMGet(ctx, k, "st", "status", "bs", "fence", "lx", "ct", "sc", "ctk")
 		ttls[i] = pipe.PTTL(ctx, k)
 	}
 	_, _ = pipe.Exec(ctx) // each command keeps its own result
@@ -204,7 +204,7 @@ func (s *Store) readInfos(ctx context.Context, node scanNode, keys []string) ([]
 		}
 		v := fields[i].Val()
 		str := func(j int) string { s, _ := v[j].(string); return s }
-		f := recordFields{st: str(0), status: str(1), bs: str(2), fence: str(3), lx: str(4), ct: str(5), sc: str(6)}
+		f := recordFields{st: str(0), status: str(1), bs: str(2), fence: str(3), lx: str(4), ct: str(5), sc: str(6), ctk: str(7)}
 		if f.st == "" {
 			continue // deleted since SCAN saw it
 		}

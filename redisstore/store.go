@@ -10,7 +10,8 @@
 //	st      "p" in progress, "c" completed, "u" outcome unknown (held)
 //	tok     owner token (in progress only)
 //	fp      request fingerprint
-//	fence   fencing token of the grant that created the record
+//	fence   fencing token of the grant that created the record (in
+//	        progress and held; a completed record keeps it in ctk)
 //	lx      end of the lease, ms on the Redis clock (in progress; absent in
 //	        records of the previous version, whose lease was the key's TTL)
 //	ct      when the record was created, ms on the Redis clock
@@ -20,7 +21,13 @@
 //	body    response body (completed only; empty when not stored)
 //	bs      "1" body stored, "0" too large to store, "i" it never ended,
 //	        "t" it ended with trailers (not replayable)
-//	enc     id of the key that sealed hdr and body, "" or absent when plain
+//	enc     id of the key that sealed hdr and body, absent (or "", as
+//	        earlier versions wrote) when plain
+//	ctk     SHA-1 (hex) of the completing owner's token, ":", the fence
+//	        (completed only; earlier versions: the digest alone, and field
+//	        fence), so a retried completion knows it succeeded
+//	ua      Envoy's upstream attempt count, when above 1 (completed only)
+//	w       "1" when a duplicate waits for the record (in progress only)
 //
 // An in-progress record lives for the hold (the retention), not for its
 // lease: when its owner vanishes, the lease ends but the record stays, so

