@@ -31,7 +31,7 @@ func TestStoreReset_clusterShard(t *testing.T) {
 	a := newResetProcess(t, topo, m, time.Hour, false)
 	primaries, err := cl.Primaries(t.Context())
 	require.NoError(t, err)
-	before := usedMemory(t, primaries)
+	before := usedMemoryOf(t, primaries)
 	a.gate.check(t.Context())
 	require.NoError(t, a.gate.Usable("k"))
 	markers := int64(0)
@@ -42,7 +42,7 @@ func TestStoreReset_clusterShard(t *testing.T) {
 		markers += n
 	}
 	require.EqualValues(t, slotCount, markers, "one marker per slot")
-	t.Logf("figures: %d markers take %d bytes of used_memory over the primaries", markers, usedMemory(t, primaries)-before)
+	t.Logf("figures: %d markers take %d bytes of used_memory over the primaries", markers, usedMemoryOf(t, primaries)-before)
 
 	keys := clusterKeys(t, a.store, cl, 30)
 	for k := range keys {
@@ -130,8 +130,8 @@ func restartShardEmpty(t *testing.T, cl *redistopo.Cluster, addr string) {
 	require.Zero(t, n, "the shard came back empty")
 }
 
-// usedMemory sums used_memory over servers.
-func usedMemory(t *testing.T, servers []*redistopo.Server) int64 {
+// usedMemoryOf sums used_memory over servers.
+func usedMemoryOf(t *testing.T, servers []*redistopo.Server) int64 {
 	t.Helper()
 	var sum int64
 	for _, s := range servers {
