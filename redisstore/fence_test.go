@@ -39,6 +39,14 @@ func TestStore_Acquire_fence(t *testing.T) {
 		require.NoError(t, err)
 		require.Greater(t, ttl, DefaultFenceTTL-time.Minute)
 	})
+	t.Run("the counter outlives a route's longer retention", func(t *testing.T) {
+		long := idem.Claim{Token: token(t), Fingerprint: []byte("fp"), Lease: idem.Lease{TTL: time.Second, Hold: 30 * 24 * time.Hour}}
+		_, err := s.Acquire(ctx, "kept-long", long)
+		require.NoError(t, err)
+		ttl, err := c.PTTL(ctx, s.RedisKey("kept-long")+fenceSuffix).Result()
+		require.NoError(t, err)
+		require.Greater(t, ttl, 60*24*time.Hour-time.Minute, "twice the record's hold")
+	})
 	t.Run("a refused acquire takes no fence", func(t *testing.T) {
 		tok := token(t)
 		first, err := s.Acquire(ctx, "held", claim(tok, []byte("fp"), time.Minute))

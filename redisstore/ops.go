@@ -28,12 +28,16 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 		wait = "w"
 	}
 	rk := s.RedisKey(key)
+	// The fence counter outlives the record it guards however long the
+	// route keeps it (x-idemproxy-retention can exceed --retention, from
+	// which Options.FenceTTL derives): a counter that expired first would
+	// start again at 1, below what a backend remembers.
 	keys := []string{rk, rk + fenceSuffix}
 	if s.markers != nil {
 		keys = append(keys, s.markers.forRecord(rk))
 	}
 	reply, res, err := s.execSlice(ctx, acquireScript, keys,
-		c.Token, c.Fingerprint, lease, keyTTL, s.fenceTTL, takeover, c.Scope, wait, s.deadline(ctx, rk))
+		c.Token, c.Fingerprint, lease, keyTTL, max(s.fenceTTL, 2*keyTTL), takeover, c.Scope, wait, s.deadline(ctx, rk))
 	if err != nil {
 		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
 	}
