@@ -206,3 +206,27 @@ func TestStoreReset_accept(t *testing.T) {
 	require.Equal(t, 1.0, counterValue(p.gate.gauges.storeResets))
 	require.Contains(t, p.logs.String(), "MAY RUN TWICE")
 }
+
+// TestStoreReset_upgrade: records written by a store that knew no markers
+// (the previous version) keep working once a new process has written the
+// marker: the first new process takes the store for a new one, and the old
+// records replay.
+func TestStoreReset_upgrade(t *testing.T) {
+	rs := redistopo.Start(t)
+	topo := connectTopo(t, ModeStandalone, rs.URL())
+	old := &resetProcess{store: New(topo.Client(), Options{Topology: topo})}
+	old.complete(t, "before-upgrade")
+
+	m, err := NewMarkers(DefaultPrefix, ModeStandalone)
+	require.NoError(t, err)
+	p := newResetProcess(t, topo, m, time.Hour, false)
+	p.gate.check(t.Context())
+	require.NoError(t, p.gate.Usable("before-upgrade"))
+	require.Zero(t, counterValue(p.gate.gauges.storeResets))
+	state, err := p.retry(t, "before-upgrade")
+	require.NoError(t, err)
+	require.Equal(t, idem.StateCompleted, state, "the old record replays")
+	state, err = old.retry(t, "new-key")
+	require.NoError(t, err)
+	require.Equal(t, idem.StateAcquired, state, "a process of the previous version keeps working beside the marker")
+}
