@@ -52,7 +52,10 @@ go build -o "$state/bin/toxiproxy-server" \
   -ldflags "-X $toxiproxy_pkg.Version=$(go list -m -f '{{.Version}}' "$toxiproxy_pkg")" "$toxiproxy_pkg/cmd/server"
 
 note "starting redis-server on 127.0.0.1:6379"
-redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no >"$state/logs/redis.log" 2>&1 &
+# A fresh store every run (the walkthrough's keys are new), with AOF as in
+# docker-compose.yml.
+rm -rf "$state/redis" && mkdir -p "$state/redis"
+redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly yes --dir "$state/redis" >"$state/logs/redis.log" 2>&1 &
 pids+=($!)
 note "starting the mock payment backend on :8081"
 "$state/bin/backend" --addr 127.0.0.1:8081 >"$state/logs/backend.log" 2>&1 &
