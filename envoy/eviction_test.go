@@ -84,7 +84,11 @@ func TestNeverTwice_EvictingRedis(t *testing.T) {
 	})
 
 	t.Run("with --allow-evicting-redis memory pressure evicts a key, which then runs twice", func(t *testing.T) {
-		s := startStack(t, append([]string{"--allow-evicting-redis"}, evictionFlags...)...)
+		// --on-store-reset=accept too: the pressure may evict the
+		// store-reset marker with the record, and idemproxy would then
+		// hold every key as a store reset (never a second run) instead
+		// of showing the danger this opt-in accepts.
+		s := startStack(t, append([]string{"--allow-evicting-redis", "--on-store-reset", "accept"}, evictionFlags...)...)
 		rdb := s.redis.Client(t)
 		require.NoError(t, rdb.ConfigSet(t.Context(), "maxmemory-policy", "allkeys-lru").Err())
 		testenv.WaitFor(t, 5*time.Second, "the warning", func() bool {

