@@ -106,3 +106,12 @@ func (r *routeDurations) typical(route string) time.Duration {
 	defer r.mu.Unlock()
 	return r.routes[route]
 }
+
+// sampleDuration adds this request's time from its grant to its response,
+// seen in full, to its route's durations: the answer a duplicate waits for
+// is about to be stored.
+func (e *exchange) sampleDuration() {
+	if !e.lock.granted.IsZero() {
+		e.srv.durations.observe(e.req.route, time.Since(e.lock.granted))
+	}
+}
