@@ -12,7 +12,8 @@ package processor
 //
 //	wait = typical - running   while the first request is younger than typical
 //	wait = running             otherwise: retry once it has run twice as long
-//	Retry-After = wait, at most left, rounded up to whole seconds, at least 1
+//	wait = left, rounded down to whole seconds, if that is less
+//	Retry-After = wait rounded up to whole seconds, at least 1
 //
 // So a duplicate of a usual request is told to come back about when it ends;
 // one of an unusually slow request (or of a route with no history yet)
@@ -52,8 +53,10 @@ func estimateRetry(running, left, typical time.Duration) retryHint {
 	if typical > running {
 		h = retryHint{wait: typical - running, basis: basisTypical}
 	}
-	if h.wait > left {
-		h = retryHint{wait: left, basis: basisLease}
+	// Whole seconds of the lease, rounded down: the wait rounded up then
+	// never passes it (but for Retry-After's minimum of 1 s).
+	if lease := left.Truncate(time.Second); h.wait > lease {
+		h = retryHint{wait: lease, basis: basisLease}
 	}
 	return h
 }

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -27,7 +28,8 @@ func TestEstimateRetry(t *testing.T) {
 		{"nothing known (a record without grant time): one second, not the lease", 0, 30 * s, 0, "1", basisRunning},
 		{"nothing run, a known route: its typical duration", 0, 30 * s, 12 * s, "12", basisTypical},
 		{"capped by the lease left", 20 * s, 9 * s, 0, "9", basisLease},
-		{"typical beyond the lease: the lease left", 1 * s, 4500 * ms, 60 * s, "5", basisLease},
+		{"typical beyond the lease: the lease left, rounded down", 1 * s, 4500 * ms, 60 * s, "4", basisLease},
+		{"as long again would pass the lease: its whole seconds", 2300 * ms, 2500 * ms, 0, "2", basisLease},
 		{"lease all but over: at least one second", 10 * s, 10 * ms, 0, "1", basisLease},
 		{"lease over: at least one second", 10 * s, 0, 0, "1", basisLease},
 		{"negative inputs (clock skew) count as none", -5 * s, 30 * s, 2 * s, "2", basisTypical},
@@ -38,6 +40,9 @@ func TestEstimateRetry(t *testing.T) {
 			require.Equal(t, tc.header, h.header())
 			require.Equal(t, tc.basis, h.basis)
 			require.LessOrEqual(t, h.wait, max(tc.left, 0), "never past the lease left")
+			secs, err := strconv.Atoi(h.header())
+			require.NoError(t, err)
+			require.LessOrEqual(t, time.Duration(secs)*time.Second, max(tc.left, time.Second), "nor is Retry-After, but for its 1 s minimum")
 		})
 	}
 }
