@@ -284,7 +284,7 @@ func TestFaults_LongJob(t *testing.T) {
 		refused++
 		retry, err := strconv.Atoi(d.header.Get("Retry-After"))
 		require.NoError(t, err)
-		require.True(t, retry >= 1 && retry <= 2, "Retry-After %d: the lock's remaining TTL, at most 2 s", retry)
+		require.True(t, retry >= 1 && retry <= 2, "Retry-After %d: never past the lock's remaining TTL, at most 2 s", retry)
 	}
 	require.Positive(t, refused)
 	require.Greater(t, sentAt[refused-1], 4*ttl, "duplicates kept getting 409 past 4 lock TTLs")

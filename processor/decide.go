@@ -42,6 +42,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 			e.unanswered(token, w.err)
 		}
 		// Waited once: a key still in progress is now the 409.
+		w.typical = e.typical()
 		v = judge(w.look, claim, e.pol.noWait(), e.srv.cfg.FailOpen)
 	}
 	if v.then == stepGrant {
@@ -63,7 +64,13 @@ func (e *exchange) acquire(claim idem.Claim) look {
 			e.srv.metrics.unreplicated.WithLabelValues("acquire").Inc()
 		}
 	}
-	return look{acq: acq, err: err}
+	return look{acq: acq, err: err, typical: e.typical()}
+}
+
+// typical is the recent duration of a keyed request on this request's
+// route, for the Retry-After of a key in progress (0: none known).
+func (e *exchange) typical() time.Duration {
+	return e.srv.durations.typical(e.req.route)
 }
 
 // unanswered notes that an acquire for token failed with err: Redis may
@@ -80,7 +87,7 @@ func (e *exchange) unanswered(token string, err error) {
 // that lets it go upstream with its fence; unless a record of the
 // previous scope answers it instead.
 func (e *exchange) grant(claim idem.Claim, v verdict) verdict {
-	e.lock.token, e.lock.state = claim.Token, lockAcquired
+	e.lock.token, e.lock.state, e.lock.granted = claim.Token, lockAcquired, time.Now()
 	e.resp.rec.Fingerprint = claim.Fingerprint
 	e.lock.dog = e.srv.startWatchdog(e.ctx, e.id, e.req.key, claim.Token, e.pol)
 	if e.req.legacyKey != "" {
@@ -107,5 +114,5 @@ func (e *exchange) fromLegacy(claim idem.Claim) (v verdict, found bool) {
 		return storeDown().
 			logged(slog.LevelError, "store failed looking up the previous scope; request refused (fail-closed)", "error", err), true
 	}
-	return existing(acq, claim), true
+	return existing(acq, claim, e.typical()), true
 }

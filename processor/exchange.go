@@ -68,7 +68,10 @@ type heldLock struct {
 	// the last successful renewal's sending plus the lock TTL. Settling
 	// writes are retried at least until then.
 	leaseEnd time.Time
-	pending  *write // a settling write that failed in band; finish retries it
+	// granted is when the key became ours: a stored response's duration
+	// since is the route's sample for Retry-After (retryafter.go).
+	granted time.Time
+	pending *write // a settling write that failed in band; finish retries it
 }
 
 // capture is the response of an acquired key, kept to be stored.

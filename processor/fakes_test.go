@@ -295,6 +295,17 @@ func (s *fakeStore) seedInProgress(key string, fp []byte, ttl time.Duration) {
 	s.mem.Put(key, memstore.Entry{Token: "other", Fingerprint: fp, LeaseEnd: now.Add(ttl), Expires: now.Add(24 * time.Hour)})
 }
 
+// seedRunning seeds an in-progress record granted running ago (0: a
+// record without its grant time), its lease ending in left.
+func (s *fakeStore) seedRunning(key string, fp []byte, running, left time.Duration) {
+	now := s.clock.Now()
+	e := memstore.Entry{Token: "other", Fingerprint: fp, LeaseEnd: now.Add(left), Expires: now.Add(24 * time.Hour)}
+	if running > 0 {
+		e.Created = now.Add(-running)
+	}
+	s.mem.Put(key, e)
+}
+
 func (s *fakeStore) seedCompleted(key string, rec idem.Record) {
 	s.mem.Put(key, memstore.Entry{Fingerprint: rec.Fingerprint, Record: &rec, Expires: s.clock.Now().Add(24 * time.Hour)})
 }

@@ -74,7 +74,10 @@ type Metrics struct {
 	waiting     prometheus.Gauge
 	waits       *prometheus.CounterVec
 	waitSeconds prometheus.Histogram
-	shadow      *prometheus.CounterVec
+	// retryAfter is the wait estimated for 409 in-progress refusals, by
+	// what decided it (retryafter.go).
+	retryAfter *prometheus.HistogramVec
+	shadow     *prometheus.CounterVec
 	// unreplicated counts writes fewer replicas acknowledged than asked
 	// (--redis-min-replicas): refused locks and stored-but-exposed responses.
 	unreplicated *prometheus.CounterVec
@@ -126,6 +129,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "How long waiting duplicates were held.",
 			Buckets: []float64{.005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
+		retryAfter: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "idemproxy_retry_after_seconds",
+			Help: "Waits suggested to 409 in-progress duplicates, before rounding up to Retry-After's whole seconds, " +
+				"by basis: typical (the route's recent duration), running (the first request's time so far), lease (the lease left).",
+			Buckets: []float64{.25, .5, 1, 2, 3, 5, 10, 20, 30, 60},
+		}, []string{"basis"}),
 		shadow: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "idemproxy_shadow_decisions_total",
 			Help: "Shadow mode: requests passed upstream that enforcement would have answered itself, by what it would have done.",
@@ -147,7 +156,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if err := reg.Register(m.config); err != nil {
 		return nil, err
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.shadow, m.unreplicated, m.streams, m.upstreamRetries} {
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.retryAfter, m.shadow, m.unreplicated, m.streams, m.upstreamRetries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -179,6 +188,9 @@ func (m *Metrics) zeros() {
 	m.unreplicated.WithLabelValues("complete")
 	m.upstreamRetries.WithLabelValues(retryMayHaveRun)
 	m.upstreamRetries.WithLabelValues(retryDeclaredSafe)
+	for _, b := range []string{basisTypical, basisRunning, basisLease} {
+		m.retryAfter.WithLabelValues(b)
+	}
 }
 
 // observeStore records one store call's latency; a lost lease is a normal

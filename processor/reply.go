@@ -70,6 +70,9 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 		return resp
 	}
 	if !e.pol.shadow() {
+		if v.hint.basis != "" {
+			e.srv.metrics.retryAfter.WithLabelValues(v.hint.basis).Observe(v.hint.wait.Seconds())
+		}
 		return v.answer
 	}
 	e.srv.metrics.shadow.WithLabelValues(v.outcome).Inc()

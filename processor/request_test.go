@@ -157,27 +157,47 @@ func TestServer_Process_decidesAtBufferedBody(t *testing.T) {
 
 func TestServer_Process_inProgress(t *testing.T) {
 	fp := fingerprint("POST", "/charge?x=1", nil)
+	route := routeOf(testAuthority, "/charge?x=1")
 	tests := []struct {
-		name      string
-		remaining time.Duration
-		want      int
+		name          string
+		running, left time.Duration
+		typical       time.Duration // the route's history; 0: none
+		want          int
+		basis         string
 	}{
-		{"rounds the remaining lock time up", 2500 * time.Millisecond, 3},
-		{"at least one second", time.Millisecond, 1},
+		{"no history: the time run so far, rounded up", 2200 * time.Millisecond, 25 * time.Second, 0, 3, basisRunning},
+		{"the route's typical duration less the time run", 1200 * time.Millisecond, 25 * time.Second, 5 * time.Second, 4, basisTypical},
+		{"never past the lease left", 10 * time.Second, 2500 * time.Millisecond, 0, 2, basisLease},
+		{"a record without its grant time: at least one second", 0, 25 * time.Second, 0, 1, basisRunning},
+		{"lease all but over: at least one second", 5 * time.Second, time.Millisecond, 0, 1, basisLease},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := newFakeStore()
-			store.seedInProgress(keyOf("k"), fp, tc.remaining)
+			store.seedRunning(keyOf("k"), fp, tc.running, tc.left)
 			srv, reg := newTestServer(t, store, nil)
+			srv.durations.observe(route, tc.typical)
 			out, err := run(t, srv, endEOF, keyed("POST", "k", true))
 			require.NoError(t, err)
 			_, hs := requireProblem(t, out[0], 409, "in-progress")
 			require.Equal(t, strconv.Itoa(tc.want), headerGet(hs, "retry-after"))
 			require.Equal(t, []string{"acquire"}, store.ops())
 			require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeConflict))
+			require.EqualValues(t, 1, histogramCount(t, reg, "idemproxy_retry_after_seconds", "basis", tc.basis))
 		})
 	}
+}
+
+func TestServer_Process_inProgressLearnsTheRoute(t *testing.T) {
+	store := newFakeStore()
+	srv, _ := newTestServer(t, store, nil)
+	route := routeOf(testAuthority, "/charge?x=1")
+	require.Zero(t, srv.durations.typical(route), "no history yet")
+	out, err := run(t, srv, endEOF, keyed("POST", "first", true), respHeaders(false, ":status", "200"), respBody("x", true))
+	require.NoError(t, err)
+	requireContinue(t, out[0])
+	require.Positive(t, srv.durations.typical(route), "a stored response is the route's first sample")
+	require.Zero(t, srv.durations.typical(routeOf(testAuthority, "/other")), "per route")
 }
 
 func TestServer_Process_fingerprintMismatch(t *testing.T) {

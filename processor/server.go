@@ -47,6 +47,9 @@ type Server struct {
 	meta       *metaCache // nil: no dynamic metadata
 	// retryLog remembers the routes whose upstream retries were logged.
 	retryLog retryLog
+	// durations is each route's recent duration of a keyed request, for
+	// the Retry-After of a key in progress (retryafter.go).
+	durations routeDurations
 }
 
 // Options are the collaborators of a Server.

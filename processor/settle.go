@@ -135,6 +135,7 @@ func deadlineOf(ctx context.Context) time.Time {
 // complete stores the response for the retention period.
 func (e *exchange) complete(inBand bool) {
 	e.resp.collecting = false
+	e.sampleDuration()
 	if e.resp.rec.BodyStored {
 		e.resp.rec.Body = e.resp.body.Bytes()
 	}

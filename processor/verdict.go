@@ -36,6 +36,8 @@ type verdict struct {
 	// then is what the request path must do before replying: reply at
 	// once, take the lock it was granted, or wait.
 	then step
+	// hint is the Retry-After of an in-progress refusal (retryafter.go).
+	hint retryHint
 }
 
 // step is what a verdict asks of the request path before its reply.
@@ -119,10 +121,13 @@ func storeReset() verdict {
 		"Requests with keys stored there are refused until an operator acknowledges the reset or the retention has passed since it.", "")
 }
 
-// look is one read or acquire of a key: what the store said, or its error.
+// look is one read or acquire of a key: what the store said, or its error;
+// and typical, the route's recent duration of a keyed request (0: none
+// known), for the Retry-After of a key in progress.
 type look struct {
-	acq idem.Acquisition
-	err error
+	acq     idem.Acquisition
+	err     error
+	typical time.Duration
 }
 
 // judge decides what a look at the key means for the request that made
@@ -137,12 +142,13 @@ func judge(l look, claim idem.Claim, pol policy, failOpen bool) verdict {
 	case acq.State == idem.StateInProgress && pol.waits() && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
 		return verdict{then: stepWait}
 	default:
-		return existing(acq, claim)
+		return existing(acq, claim, l.typical)
 	}
 }
 
-// existing is the answer a record another request made gives.
-func existing(acq idem.Acquisition, claim idem.Claim) verdict {
+// existing is the answer a record another request made gives; typical is
+// the route's recent duration of a keyed request (0: none known).
+func existing(acq idem.Acquisition, claim idem.Claim, typical time.Duration) verdict {
 	switch {
 	case !bytes.Equal(acq.Fingerprint, claim.Fingerprint):
 		return refusal(outcomeMismatch, probMismatch, "This idempotency key was first used with a different method, path or body.", "")
@@ -156,8 +162,10 @@ func existing(acq idem.Acquisition, claim idem.Claim) verdict {
 		}
 		return v
 	case acq.State == idem.StateInProgress:
-		return refusal(outcomeConflict, probInProgress, "The first request with this idempotency key is still running; retry later.",
-			retryAfterSeconds(acq.LockTTL.Milliseconds()))
+		h := estimateRetry(acq.Running, acq.LockTTL, typical)
+		v := refusal(outcomeConflict, probInProgress, "The first request with this idempotency key is still running; retry later.", h.header())
+		v.hint = h
+		return v
 	case acq.Record == nil || !acq.Record.BodyStored:
 		return refusal(outcomeNotStored, probNotStored, notStoredDetail(acq.Record), "")
 	default:

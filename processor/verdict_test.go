@@ -104,9 +104,11 @@ func TestJudge(t *testing.T) {
 func TestJudge_answers(t *testing.T) {
 	fp := []byte("fp")
 	claim := idem.Claim{Fingerprint: fp}
-	v := judge(look{acq: idem.Acquisition{State: idem.StateInProgress, Fingerprint: fp, LockTTL: 2500 * time.Millisecond}}, claim, policy{}, false)
+	v := judge(look{acq: idem.Acquisition{State: idem.StateInProgress, Fingerprint: fp, LockTTL: 25 * time.Second, Running: 500 * time.Millisecond},
+		typical: 3 * time.Second}, claim, policy{}, false)
 	_, hs := requireProblem(t, v.answer, 409, "in-progress")
-	require.Equal(t, "3", headerGet(hs, "retry-after"), "the lock's remaining TTL, rounded up")
+	require.Equal(t, "3", headerGet(hs, "retry-after"), "the route's typical duration less the time run, rounded up; not the lease left")
+	require.Equal(t, retryHint{wait: 2500 * time.Millisecond, basis: basisTypical}, v.hint)
 
 	v = judge(look{err: idem.ErrUnreplicated}, claim, policy{}, false)
 	p, hs := requireProblem(t, v.answer, 503, "store-unavailable")

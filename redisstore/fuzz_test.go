@@ -106,6 +106,8 @@ func FuzzParseAcquire(f *testing.F) {
 	for _, seed := range [][]byte{
 		seedReply("acquired", int64(7)),
 		seedReply("in_progress", "fp", int64(1500)),
+		seedReply("in_progress", "fp", int64(1500), int64(700)),
+		seedReply("in_progress", "fp", int64(1500), int64(-1)),
 		seedReply("unknown", "fp", int64(-1)),
 		seedReply("completed", "fp", "200", hdr, "k1", "1", ""),
 		seedReply("completed", "fp", "200", hdr, "", "0", ""),
@@ -133,6 +135,7 @@ func FuzzParseAcquire(f *testing.F) {
 			require.Nil(t, acq.Record)
 			// Even a corrupt PTTL over MaxInt64 ns is clamped, never negative.
 			require.GreaterOrEqual(t, acq.LockTTL, time.Duration(0))
+			require.GreaterOrEqual(t, acq.Running, time.Duration(0))
 		case idem.StateCompleted:
 			require.NotNil(t, acq.Record)
 			require.Equal(t, acq.Fingerprint, acq.Record.Fingerprint)
@@ -146,4 +149,28 @@ func FuzzParseAcquire(f *testing.F) {
 			t.Fatalf("state %v", acq.State)
 		}
 	})
+}
+
+// TestParseAcquire_running: the time a key in progress has been held, as
+// this version's scripts report it, and as the previous version's (no
+// element) and a record without a grant time (-1) leave it: 0, not known.
+func TestParseAcquire_running(t *testing.T) {
+	open := (&Store{}).opener(fuzzRedisKey)
+	for _, tc := range []struct {
+		name  string
+		reply []any
+		want  time.Duration
+	}{
+		{"held for 700 ms", []any{"in_progress", "fp", int64(1500), int64(700)}, 700 * time.Millisecond},
+		{"a record without a grant time", []any{"in_progress", "fp", int64(1500), int64(-1)}, 0},
+		{"a reply of the previous version's script", []any{"in_progress", "fp", int64(1500)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			acq, err := parseAcquire(tc.reply, open)
+			require.NoError(t, err)
+			require.Equal(t, idem.StateInProgress, acq.State)
+			require.Equal(t, 1500*time.Millisecond, acq.LockTTL)
+			require.Equal(t, tc.want, acq.Running)
+		})
+	}
 }

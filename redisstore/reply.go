@@ -30,7 +30,7 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 			return idem.Acquisition{}, fmt.Errorf("%w: acquire: no fence", ErrCorruptRecord)
 		}
 		return idem.Acquisition{State: idem.StateAcquired, Fence: fence}, nil
-	case (state == "in_progress" && len(reply) == 3) || (state == "unknown" && len(reply) == 4):
+	case (state == "in_progress" && (len(reply) == 3 || len(reply) == 4)) || (state == "unknown" && len(reply) == 4):
 		fp, ok := reply[1].(string)
 		ms, ok2 := reply[2].(int64)
 		if !ok || !ok2 {
@@ -43,7 +43,14 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 			// scripts never create: report no time left rather than a
 			// negative duration, and clamp so a corrupt value cannot
 			// overflow into a negative wait.
-			LockTTL: time.Duration(min(max(ms, 0), math.MaxInt64/int64(time.Millisecond))) * time.Millisecond,
+			LockTTL: msDuration(ms),
+		}
+		if state == "in_progress" && len(reply) == 4 {
+			// Since its grant; -1 (a record without a grant time) and a
+			// missing element (a script of the previous version) leave 0.
+			if run, ok := reply[3].(int64); ok && run > 0 {
+				acq.Running = msDuration(run)
+			}
 		}
 		if state == "unknown" {
 			why, _ := reply[3].(string)
@@ -66,6 +73,12 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 	default:
 		return idem.Acquisition{}, fmt.Errorf("%w: acquire: unexpected reply %q with %d elements", ErrCorruptRecord, state, len(reply))
 	}
+}
+
+// msDuration is ms milliseconds, clamped to [0, the largest Duration] so a
+// corrupt value cannot overflow into a negative wait.
+func msDuration(ms int64) time.Duration {
+	return time.Duration(min(max(ms, 0), math.MaxInt64/int64(time.Millisecond))) * time.Millisecond
 }
 
 // parseRecord decodes fp, status, hdr, body, bs, enc of a completed record.

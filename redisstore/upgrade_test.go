@@ -58,6 +58,10 @@ func TestStore_previousVersionRecords(t *testing.T) {
 		require.Equal(t, idem.StateInProgress, acq.State)
 		require.Greater(t, acq.LockTTL, 9*time.Second)
 		require.LessOrEqual(t, acq.LockTTL, 10*time.Second)
+		require.Zero(t, acq.Running, "an old record has no grant time: how long it ran is not known")
+		peeked, err := s.Peek(t.Context(), "old-p")
+		require.NoError(t, err)
+		require.Zero(t, peeked.Running)
 	})
 
 	t.Run("an old lock that expired frees the key, as it did before", func(t *testing.T) {

@@ -109,6 +109,11 @@ type Acquisition struct {
 	// LockTTL is the remaining lease of an in-progress record, or the
 	// remaining hold of an unknown outcome.
 	LockTTL time.Duration
+	// Running is how long an in-progress record has been held, since its
+	// grant, on the store's clock: how long the first request has been
+	// running (StateInProgress only). 0 when the store cannot say (a
+	// record of a version that did not note its grant time).
+	Running time.Duration
 	// Expired is set with StateUnknown when the lease ran out without its
 	// owner giving the key up: the owner crashed or lost Redis for longer
 	// than the lease.

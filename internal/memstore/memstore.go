@@ -39,6 +39,9 @@ type Entry struct {
 	// LeaseEnd is when an in-progress lease runs out; Expires when the
 	// whole record goes.
 	LeaseEnd, Expires time.Time
+	// Created is when the key was granted (zero: not known, as a record
+	// of a version that did not note it); Acquire reports the time since.
+	Created time.Time
 	// Record is the stored response, once completed.
 	Record *idem.Record
 	// Unknown is set once the owner abandoned the key: the outcome is
@@ -91,7 +94,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	}
 	s.fences[key]++
 	s.entries[key] = &Entry{Token: c.Token, Fingerprint: bytes.Clone(c.Fingerprint), Scope: c.Scope,
-		Fence: s.fences[key], LeaseEnd: now.Add(c.Lease.TTL), Expires: now.Add(keyTTL(c.Lease))}
+		Fence: s.fences[key], Created: now, LeaseEnd: now.Add(c.Lease.TTL), Expires: now.Add(keyTTL(c.Lease))}
 	return idem.Acquisition{State: idem.StateAcquired, Fence: s.fences[key]}, nil
 }
 
@@ -123,6 +126,9 @@ func report(e *Entry, now time.Time) idem.Acquisition {
 		acq.State, acq.Expired, acq.LockTTL = idem.StateUnknown, true, e.Expires.Sub(now)
 	default:
 		acq.State, acq.LockTTL = idem.StateInProgress, e.LeaseEnd.Sub(now)
+		if !e.Created.IsZero() {
+			acq.Running = max(now.Sub(e.Created), 0)
+		}
 	}
 	return acq
 }

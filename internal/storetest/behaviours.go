@@ -24,6 +24,20 @@ var behaviours = []behaviour{
 		require.LessOrEqual(t, acq.LockTTL, leaseTTL)
 		require.Nil(t, acq.Record)
 	}},
+	{"a held key reports how long it has been held, to Acquire and Peek", func(t *testing.T, s Subject) {
+		grant(t, s.Store, "k", "first", holdLease)
+		s.Wait(100 * time.Millisecond)
+		acq := look(t, s.Store, "k", "second", holdLease)
+		require.Equal(t, idem.StateInProgress, acq.State)
+		// Whole milliseconds on the store's clock: at least the wait, less
+		// a millisecond of rounding, and less than the lease.
+		require.GreaterOrEqual(t, acq.Running, 99*time.Millisecond)
+		require.Less(t, acq.Running, leaseTTL)
+		peeked, err := s.Store.Peek(t.Context(), "k")
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, peeked.Running, acq.Running)
+		require.Less(t, peeked.Running, leaseTTL)
+	}},
 	{"a completed key replays its record exactly", func(t *testing.T, s Subject) {
 		tok, _ := grant(t, s.Store, "k", "fp", holdLease)
 		rec := sampleRecord()

@@ -34,7 +34,9 @@
 --   {"late"}                                         the key was free, but ARGV[9] has passed
 --   {"reset"}                                        the key was free, but KEYS[3] is missing
 --                                                    or notes a reset
---   {"in_progress", fp, ms}                          another owner holds the key; ms of lease left
+--   {"in_progress", fp, ms, run}                     another owner holds the key; ms of lease left;
+--                                                    run: ms since its grant (field ct), -1 for a
+--                                                    record of a version that did not note it
 --   {"unknown", fp, ms, why}                         an earlier run's outcome is unknown; held for
 --                                                    ms more; why is "abandoned" (its owner said so)
 --                                                    or "expired" (its lease ran out: a crash)
@@ -52,7 +54,7 @@
 -- Commands are few on purpose (a test counts them): one HMGET reads every
 -- field any answer needs, and Redis's clock is read only when a lease is
 -- written or compared.
-local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence", "status", "hdr", "body", "bs", "enc")
+local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence", "status", "hdr", "body", "bs", "enc", "ct")
 local st = v[1]
 local now
 local function clock()
@@ -74,6 +76,16 @@ local function grant()
     "lx", string.format("%.0f", at + ARGV[3]), "ct", string.format("%.0f", at), "sc", ARGV[7])
   redis.call("PEXPIRE", KEYS[1], ARGV[4])
   return {"acquired", fence}
+end
+
+-- How long an in-progress record has run, from its grant time ct (ms on
+-- this server's clock, already read to compare lx); -1 without one.
+local function running(ct)
+  ct = tonumber(ct)
+  if not ct then
+    return -1
+  end
+  return math.max(now - ct, 0)
 end
 
 -- The caller waits for this in-progress record: its settlement publishes.
@@ -101,11 +113,11 @@ if st == "p" then
   local lx = tonumber(v[3])
   if not lx then
     waiting()
-    return {"in_progress", v[2], redis.call("PTTL", KEYS[1])}
+    return {"in_progress", v[2], redis.call("PTTL", KEYS[1]), -1}
   end
   if lx > clock() then
     waiting()
-    return {"in_progress", v[2], lx - now}
+    return {"in_progress", v[2], lx - now, running(v[11])}
   end
   if ARGV[6] == "1" then
     return grant()
