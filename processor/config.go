@@ -167,7 +167,7 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if c.ErrorFormat == ErrorFormatTemplate && c.ErrorTemplate == nil {
-		errs = append(errs, errors.New("error format template needs an error template (--error-template-file)"))
+		errs = append(errs, errors.New("--error-format template needs --error-template-file"))
 	}
 	return errors.Join(errs...)
 }
