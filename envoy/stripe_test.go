@@ -180,3 +180,39 @@ func TestStripeGo_RouteShapes(t *testing.T) {
 		t.Logf("template route: %d %s", r.status, r.body)
 	})
 }
+
+// TestStripeGo_ConnectAccounts: one platform key acting for two connected
+// accounts (Stripe-Account), the same idempotency key and body. Unless the
+// account header is in the scope, account B gets account A's charge
+// replayed; with --scope-headers stripe-account each account's runs.
+func TestStripeGo_ConnectAccounts(t *testing.T) {
+	t.Parallel()
+	charges := func(t *testing.T, s *stack) (a, b *stripe.Charge, executions int) {
+		c := stripeClient(s, "", stripe.DefaultMaxNetworkRetries)
+		key := newKey(t)
+		pa, pb := chargeParams(key, 100), chargeParams(key, 100)
+		pa.SetStripeAccount("acct_A")
+		pb.SetStripeAccount("acct_B")
+		a, err := c.New(pa)
+		require.NoError(t, err)
+		b, err = c.New(pb)
+		require.NoError(t, err)
+		return a, b, s.executions(t, key)
+	}
+	t.Run("without the account in the scope, B gets A's charge", func(t *testing.T) {
+		t.Parallel()
+		a, b, n := charges(t, startStack(t))
+		require.Equal(t, a.ID, b.ID, "replayed across accounts")
+		require.Equal(t, "true", b.LastResponse.Header.Get("Idempotent-Replayed"))
+		require.Equal(t, 1, n)
+		t.Logf("no account in the scope: account B got account A's %s, replayed; executions %d", b.ID, n)
+	})
+	t.Run("with --scope-headers stripe-account each account runs its own", func(t *testing.T) {
+		t.Parallel()
+		a, b, n := charges(t, startStack(t, "--scope-headers", "stripe-account"))
+		require.NotEqual(t, a.ID, b.ID)
+		require.Empty(t, b.LastResponse.Header.Get("Idempotent-Replayed"))
+		require.Equal(t, 2, n)
+		t.Logf("stripe-account in the scope: A %s, B %s; executions %d", a.ID, b.ID, n)
+	})
+}
