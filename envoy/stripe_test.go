@@ -137,6 +137,23 @@ func TestStripeGo_RouteShapes(t *testing.T) {
 		t.Logf("problem shape: stripe-go got an untyped error (%.60q...), the 422 sent %d times", err.Error(), sent)
 	})
 
+	t.Run("the default shape: an unknown outcome is retried too, untyped", func(t *testing.T) {
+		key := newKey(t)
+		_, err := stripeClient(s, "", 0).New(chargeParams(key, 100, "hangup", "true"))
+		require.Error(t, err)
+		testenv.WaitFor(t, 10*time.Second, "the key marked an unknown outcome", func() bool {
+			return s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`) >= 1
+		})
+		before := s.outcomes(t, "outcome_unknown")
+		_, err = stripeClient(s, "", stripe.DefaultMaxNetworkRetries).New(chargeParams(key, 100, "hangup", "true"))
+		var se *stripe.Error
+		require.NotErrorAs(t, err, &se)
+		sent := s.outcomes(t, "outcome_unknown") - before
+		require.Equal(t, int(stripe.DefaultMaxNetworkRetries)+1, sent)
+		require.Equal(t, 1, s.executions(t, key))
+		t.Logf("problem shape: outcome-unknown sent %d times, untyped", sent)
+	})
+
 	t.Run("the waiting route: one attempt, the replay at the original's end", func(t *testing.T) {
 		c := stripeClient(s, "/wait", stripe.DefaultMaxNetworkRetries)
 		key := newKey(t)
