@@ -197,3 +197,34 @@ func TestStripeGo_RouteShapes(t *testing.T) {
 		t.Logf("template route: %d %s", r.status, r.body)
 	})
 }
+
+// TestStripeGo_StoreAnswers: with Redis down, nothing runs and the SDK
+// retries with the same key (429 lock_timeout), a bounded number of times;
+// once Redis is back without its records, the store-reset refusal, which
+// no retry loop can end, surfaces at once (typed 503).
+func TestStripeGo_StoreAnswers(t *testing.T) {
+	t.Parallel()
+	s := startStack(t, "--error-format", "stripe")
+	c := stripeClient(s, "", stripe.DefaultMaxNetworkRetries)
+	s.redis.Stop()
+	key := newKey(t)
+	before := s.outcomes(t, "store_error")
+	_, err := c.New(chargeParams(key, 100))
+	se := requireStripeError(t, err, http.StatusTooManyRequests, stripe.ErrorTypeAPI, "lock_timeout")
+	require.Equal(t, problem+"store-unavailable", se.LastResponse.Header.Get("Idempotency-Problem"))
+	sent := s.outcomes(t, "store_error") - before
+	require.Equal(t, int(stripe.DefaultMaxNetworkRetries)+1, sent, "retried with the same key, as often as the SDK retries")
+	require.Zero(t, s.executions(t, key))
+
+	s.redis.Restart(t)
+	testenv.WaitFor(t, 15*time.Second, "the store reset to be held", func() bool {
+		return s.metric(t, "idemproxy_store_reset_held_primaries") == 1
+	})
+	before = s.outcomes(t, "store_reset")
+	_, err = c.New(chargeParams(newKey(t), 100))
+	reset := requireStripeError(t, err, http.StatusServiceUnavailable, stripe.ErrorTypeAPI, "idemproxy_store_reset")
+	require.Equal(t, "false", reset.LastResponse.Header.Get("Stripe-Should-Retry"))
+	require.Equal(t, 1, s.outcomes(t, "store_reset")-before, "sent once")
+	t.Logf("Redis down: typed %d %s, sent %d times, nothing run; store reset: typed %d %s, sent once",
+		se.HTTPStatusCode, se.Code, sent, reset.HTTPStatusCode, reset.Code)
+}
