@@ -3,10 +3,11 @@ package processor
 // The Stripe envelope (--error-format stripe): {"error":{"type","code",
 // "message"}}, which Stripe's SDKs parse into typed errors. The statuses
 // and codes are chosen for the SDKs' retry loops, read from stripe-go
-// v82.5.1 (stripe.go shouldRetry, error.go canRetry): a typed *stripe.Error
-// is retried only when it is a 429 with code lock_timeout, whatever its
-// Stripe-Should-Retry header says; stripe-node and stripe-python obey
-// Stripe-Should-Retry first. docs/errors.md has the table and reasons.
+// v82.5.1 (stripe.go Do, ResponseToError, shouldRetry; error.go canRetry):
+// a typed *stripe.Error is retried only when it is a 429 with code
+// lock_timeout, whatever its Stripe-Should-Retry header says, and an error
+// body it cannot parse (problem+json) is retried whatever its status.
+// docs/errors.md has the table and reasons.
 
 import "encoding/json"
 
