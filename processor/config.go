@@ -95,6 +95,10 @@ type Config struct {
 	// client already got, where giving up leaves the key an unknown
 	// outcome for the retention. Off, FinalizeTimeout alone bounds them.
 	FinalizeUntilLease bool
+	// ErrorFormat is the shape of idemproxy's own error bodies; a route
+	// may choose another. ErrorFormatTemplate renders ErrorTemplate.
+	ErrorFormat   ErrorFormat
+	ErrorTemplate *ErrorTemplate
 	// MetadataNamespace is the dynamic-metadata namespace of the decision
 	// returned to Envoy (observe.go); empty returns none.
 	MetadataNamespace string
@@ -161,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.checkEnums(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ErrorFormat == ErrorFormatTemplate && c.ErrorTemplate == nil {
+		errs = append(errs, errors.New("--error-format template needs --error-template-file"))
 	}
 	return errors.Join(errs...)
 }

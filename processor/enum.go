@@ -8,6 +8,7 @@ package processor
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // InProgress is what a duplicate of a key still in progress (same
@@ -68,6 +69,38 @@ func (v *Mode) UnmarshalText(b []byte) error {
 	return err
 }
 
+// ErrorFormat is the shape of the bodies of idemproxy's own errors:
+// --error-format, per route x-idemproxy-error-format (errorshape.go).
+type ErrorFormat int
+
+const (
+	// ErrorFormatProblem is RFC 9457 application/problem+json.
+	ErrorFormatProblem ErrorFormat = iota
+	// ErrorFormatStripe is Stripe's {"error":{...}} envelope, with the
+	// statuses and codes Stripe's SDKs retry as they should.
+	ErrorFormatStripe
+	// ErrorFormatTemplate is the operator's JSON template
+	// (--error-template-file).
+	ErrorFormatTemplate
+)
+
+var errorFormatNames = [...]string{ErrorFormatProblem: "problem", ErrorFormatStripe: "stripe", ErrorFormatTemplate: "template"}
+
+// String is the format's name.
+func (v ErrorFormat) String() string { return enumName(errorFormatNames[:], int(v)) }
+
+// MarshalText is the format's name.
+func (v ErrorFormat) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
+// UnmarshalText accepts problem, stripe or template.
+func (v *ErrorFormat) UnmarshalText(b []byte) error {
+	n, err := parseEnum(errorFormatNames[:], b)
+	if err == nil {
+		*v = ErrorFormat(n)
+	}
+	return err
+}
+
 // OnUnknown is the policy for unknown outcomes (the request went upstream
 // and no final response was seen, or its owner vanished): --on-unknown.
 type OnUnknown int
@@ -121,7 +154,7 @@ func parseEnum(names []string, b []byte) (int, error) {
 			return i, nil
 		}
 	}
-	return 0, fmt.Errorf("%q must be %s or %s", b, names[0], names[1])
+	return 0, fmt.Errorf("%q must be %s or %s", b, strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 }
 
 // enumName is the name of value n, or a placeholder for a value that is
@@ -137,8 +170,8 @@ func enumName(names []string, n int) string {
 // by conversion from a number, not by UnmarshalText.
 func (c Config) checkEnums() error {
 	if !validEnum(inProgressNames[:], int(c.InProgress)) || !validEnum(modeNames[:], int(c.Mode)) ||
-		!validEnum(onUnknownNames[:], int(c.OnUnknown)) {
-		return fmt.Errorf("in-progress %v, mode %v and on-unknown %v must be valid choices", c.InProgress, c.Mode, c.OnUnknown)
+		!validEnum(onUnknownNames[:], int(c.OnUnknown)) || !validEnum(errorFormatNames[:], int(c.ErrorFormat)) {
+		return fmt.Errorf("in-progress %v, mode %v, on-unknown %v and error format %v must be valid choices", c.InProgress, c.Mode, c.OnUnknown, c.ErrorFormat)
 	}
 	return nil
 }

@@ -230,6 +230,7 @@ func requireProblem(t *testing.T, resp *extprocv3.ProcessingResponse, code int, 
 	ir, hs := immediateOf(t, resp)
 	require.EqualValues(t, code, ir.GetStatus().GetCode())
 	require.Equal(t, "application/problem+json", headerGet(hs, "content-type"))
+	require.Equal(t, "urn:idemproxy:problem:"+slug, headerGet(hs, problemHeader), "the type travels in a header too")
 	var p problem
 	require.NoError(t, json.Unmarshal(ir.GetBody(), &p))
 	require.Equal(t, "urn:idemproxy:problem:"+slug, p.Type)

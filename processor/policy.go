@@ -23,6 +23,7 @@ const (
 	mdInProgress  = "x-idemproxy-in-progress"  // conflict (409) or wait (for the replay)
 	mdMaxWait     = "x-idemproxy-max-wait"     // duration a waiting duplicate is held, at most
 	mdMode        = "x-idemproxy-mode"         // enforce, or shadow (decide, count, refuse nothing)
+	mdErrorFormat = "x-idemproxy-error-format" // problem, stripe or template: the shape of idemproxy's own errors
 	// mdRetries declares the route's Envoy retry policy: never-sent (it
 	// only re-sends requests that never reached the upstream, such as
 	// retry_on reset-before-request) or may-run (the default: an earlier
@@ -45,6 +46,7 @@ type policy struct {
 	inProgress  InProgress    // InProgressWait: a duplicate waits for the replay
 	maxWait     time.Duration // how long it may wait
 	mode        Mode          // ModeShadow: refuse nothing, count what would be
+	shape       shape         // how refusals are rendered (errorshape.go)
 	// retriesNeverSent: the route declares that Envoy retries only what
 	// never reached the upstream (x-idemproxy-retries: never-sent).
 	retriesNeverSent bool
@@ -81,7 +83,8 @@ func (r mdReader) Get(key string) []string { return metadata.ValueFromIncomingCo
 // request rather than guess.
 func (s *Server) policyFor(ctx context.Context) (policy, error) {
 	p := policy{lockTTL: s.cfg.LockTTL, heartbeat: s.cfg.Heartbeat, retention: s.cfg.Retention, onUnknown: s.cfg.OnUnknown,
-		inProgress: s.cfg.InProgress, maxWait: s.cfg.MaxWait, mode: s.cfg.Mode}
+		inProgress: s.cfg.InProgress, maxWait: s.cfg.MaxWait, mode: s.cfg.Mode,
+		shape: shape{format: s.cfg.ErrorFormat, template: s.cfg.ErrorTemplate}}
 	// Each key is looked up alone: FromIncomingContext would copy all of
 	// the stream's metadata, on every stream, to read a few keys that
 	// most routes do not even set.
@@ -123,6 +126,7 @@ func (s *Server) policyFor(ctx context.Context) (policy, error) {
 	}
 	choice(mdInProgress, &p.inProgress)
 	choice(mdMode, &p.mode)
+	p.shape, errs = s.routeShape(md, p.shape, errs)
 	if v := md.Get(mdRetries); len(v) > 0 {
 		switch v[len(v)-1] {
 		case retriesNeverSent:
@@ -140,4 +144,23 @@ func (s *Server) policyFor(ctx context.Context) (policy, error) {
 		errs = append(errs, timings{p.lockTTL, p.heartbeat, p.retention}.check(mdLockTTL, mdHeartbeat, mdRetention))
 	}
 	return p, errors.Join(errs...)
+}
+
+// routeShape applies the route's x-idemproxy-error-format. A route that
+// asks for the template when none was loaded is an operator error; its
+// misconfigured answer keeps the global shape.
+func (s *Server) routeShape(md mdReader, sh shape, errs []error) (shape, []error) {
+	v := md.Get(mdErrorFormat)
+	if len(v) == 0 {
+		return sh, errs
+	}
+	var f ErrorFormat
+	if err := f.UnmarshalText([]byte(v[len(v)-1])); err != nil {
+		return sh, append(errs, fmt.Errorf("%s=%w", mdErrorFormat, err))
+	}
+	if f == ErrorFormatTemplate && sh.template == nil {
+		return sh, append(errs, fmt.Errorf("%s=template, but idemproxy was started without --error-template-file", mdErrorFormat))
+	}
+	sh.format = f
+	return sh, errs
 }

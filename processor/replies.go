@@ -99,15 +99,6 @@ func immediate(status int, headers []idem.Header, body []byte, details string) *
 		}}}
 }
 
-// problemReply answers with an RFC 9457 problem; retryAfter is omitted when "".
-func problemReply(p problemType, detail, retryAfter string) *extprocv3.ProcessingResponse {
-	hs := []idem.Header{{Name: "content-type", Value: problemContentType}}
-	if retryAfter != "" {
-		hs = append(hs, idem.Header{Name: "retry-after", Value: retryAfter})
-	}
-	return immediate(p.status, hs, p.body(detail), "idemproxy_"+p.slug)
-}
-
 // fence adds the grant's fencing token to the request going upstream, or,
 // with fence 0 (no grant: fail-open), removes any the client sent, so a
 // backend never trusts a fence that idemproxy did not issue.

@@ -59,7 +59,11 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 	if v.note.msg != "" {
 		e.logger().Log(context.Background(), v.note.level, v.note.msg, v.note.attrs...)
 	}
-	if v.answer == nil {
+	answer := v.answer
+	if v.refused != nil {
+		answer = problemReply(*v.refused, e.pol.shape)
+	}
+	if answer == nil {
 		resp := p.cont()
 		if v.fence > 0 {
 			e.fenced(v.fence)
@@ -73,11 +77,11 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 		if v.hint.basis != "" {
 			e.srv.metrics.retryAfter.WithLabelValues(v.hint.basis).Observe(v.hint.wait.Seconds())
 		}
-		return v.answer
+		return answer
 	}
 	e.srv.metrics.shadow.WithLabelValues(v.outcome).Inc()
 	// The scope label (authority, identity hash), never the key or body.
 	e.logger().Info("shadow mode: passed upstream what enforcement would have answered itself",
-		"would", v.outcome, "status", int(v.answer.GetImmediateResponse().GetStatus().GetCode()), "scope", e.req.scope)
+		"would", v.outcome, "status", int(answer.GetImmediateResponse().GetStatus().GetCode()), "scope", e.req.scope)
 	return e.srv.fence(p.cont(), 0)
 }

@@ -23,9 +23,11 @@ import (
 type verdict struct {
 	// outcome is the idemproxy_requests_total label, idemproxy.outcome.
 	outcome string
-	// answer is the immediate response (a refusal or a replay); nil sends
-	// the request upstream.
-	answer *extprocv3.ProcessingResponse
+	// answer is the immediate response of a replay; refused is a refusal,
+	// rendered in the route's error format when replied (errorshape.go).
+	// Neither sends the request upstream.
+	answer  *extprocv3.ProcessingResponse
+	refused *refused
 	// fenced sets the fence header on a request sent upstream: the
 	// grant's fence, or, with fence 0, none (a client's own is removed).
 	// Not fenced: the request's headers are left as they are.
@@ -64,7 +66,7 @@ func (v verdict) logged(level slog.Level, msg string, attrs ...any) verdict {
 
 // refusal answers with a problem, nothing upstream.
 func refusal(outcome string, p problemType, detail, retryAfter string) verdict {
-	return verdict{outcome: outcome, answer: problemReply(p, detail, retryAfter)}
+	return verdict{outcome: outcome, refused: &refused{p: p, detail: detail, retryAfter: retryAfter}}
 }
 
 // passthrough lets a request that does not take part go upstream; a keyed

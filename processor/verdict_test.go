@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
@@ -88,9 +89,9 @@ func TestJudge(t *testing.T) {
 			require.Equal(t, tc.fenced, v.fenced)
 			require.Equal(t, tc.fence, v.fence)
 			if tc.status == 0 {
-				require.Nil(t, v.answer)
+				require.Nil(t, answerOf(v))
 			} else {
-				ir, _ := immediateOf(t, v.answer)
+				ir, _ := immediateOf(t, answerOf(v))
 				require.EqualValues(t, tc.status, ir.GetStatus().GetCode())
 			}
 			require.Equal(t, tc.logs, v.note.msg != "", "log line: %q", v.note.msg)
@@ -106,23 +107,31 @@ func TestJudge_answers(t *testing.T) {
 	claim := idem.Claim{Fingerprint: fp}
 	v := judge(look{acq: idem.Acquisition{State: idem.StateInProgress, Fingerprint: fp, LockTTL: 25 * time.Second, Running: 500 * time.Millisecond},
 		typical: 3 * time.Second}, claim, policy{}, false)
-	_, hs := requireProblem(t, v.answer, 409, "in-progress")
+	_, hs := requireProblem(t, answerOf(v), 409, "in-progress")
 	require.Equal(t, "3", headerGet(hs, "retry-after"), "the route's typical duration less the time run, rounded up; not the lease left")
 	require.Equal(t, retryHint{wait: 2500 * time.Millisecond, basis: basisTypical}, v.hint)
 
 	v = judge(look{err: idem.ErrUnreplicated}, claim, policy{}, false)
-	p, hs := requireProblem(t, v.answer, 503, "store-unavailable")
+	p, hs := requireProblem(t, answerOf(v), 503, "store-unavailable")
 	require.Contains(t, p.Detail, "durable on enough replicas")
 	require.Equal(t, "1", headerGet(hs, "retry-after"))
 
 	rec := &idem.Record{Status: 201, BodyStored: true, Body: []byte(`{"id":1}`),
 		Headers: []idem.Header{{Name: "content-type", Value: "application/json"}}}
 	v = judge(look{acq: idem.Acquisition{State: idem.StateCompleted, Fingerprint: fp, Record: rec}}, claim, policy{}, false)
-	ir, hs := immediateOf(t, v.answer)
+	ir, hs := immediateOf(t, answerOf(v))
 	require.Equal(t, `{"id":1}`, string(ir.GetBody()))
 	require.Equal(t, "true", headerGet(hs, replayedHeader))
 
 	v = judge(look{acq: idem.Acquisition{State: idem.StateUnknown, Fingerprint: fp, Expired: true, LockTTL: 1400 * time.Millisecond}},
 		idem.Claim{Fingerprint: fp, Scope: "example.com"}, policy{}, false)
 	require.Equal(t, []any{"scope", "example.com", "held_for", "1s"}, v.note.attrs, "the scope, never the key")
+}
+
+// answerOf is v's immediate response as a problem+json route gets it.
+func answerOf(v verdict) *extprocv3.ProcessingResponse {
+	if v.refused != nil {
+		return problemReply(*v.refused, shape{})
+	}
+	return v.answer
 }

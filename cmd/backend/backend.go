@@ -74,6 +74,7 @@ func (b *backend) routes() http.Handler {
 	mux.Handle("/busy", b.executes(b.busy))
 	mux.Handle("/trailers", b.executes(b.trailers))
 	mux.Handle("/hangup", b.executes(b.hangup))
+	mux.Handle("POST /v1/charges", b.executes(b.stripeCharges))
 	mux.HandleFunc("GET /stats", b.getStats)
 	mux.HandleFunc("POST /stats/reset", b.resetStats)
 	mux.HandleFunc("GET /healthz", healthz)

@@ -46,6 +46,8 @@ type settings struct {
 	AuthTokenFile   string
 	InProgress      string
 	Mode            string
+	ErrorFormat     string
+	ErrorTemplate   string
 	AllowUnauth     bool
 	HeldKeysEvery   time.Duration
 	Pprof           bool
@@ -180,6 +182,8 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.IntVar(&p.MaxWaiters, "max-waiters", p.MaxWaiters, "duplicates held at once per process; beyond, the 409 at once")
 	fs.DurationVar(&p.WaitRecheck, "wait-recheck", p.WaitRecheck, "how often the keys duplicates wait on are read again (one read per key and process, for all its waiters), in case a completion notice was lost")
 	fs.StringVar(&s.Mode, "mode", processor.ModeEnforce.String(), "enforce, or shadow: decide and store as usual but refuse and replay nothing, counting what enforcement would do (idemproxy_shadow_decisions_total); per route: x-idemproxy-mode")
+	fs.StringVar(&s.ErrorFormat, "error-format", processor.ErrorFormatProblem.String(), "shape of idemproxy's own error bodies: problem (RFC 9457 application/problem+json), stripe (Stripe's {\"error\":{...}} envelope, statuses and codes Stripe's SDKs retry correctly) or template (--error-template-file); the problem type is always in the Idempotency-Problem header; per route: x-idemproxy-error-format")
+	fs.StringVar(&s.ErrorTemplate, "error-template-file", "", "JSON file for --error-format template: a string that is exactly {{status}}, {{type}}, {{title}}, {{detail}} or {{retry_after}} becomes that value (status and retry_after as numbers, retry_after null when none); inside a longer string, its text")
 	fs.BoolVar(&p.FailOpen, "fail-open", false, "when Redis fails, let requests through unguarded instead of answering 503")
 	fs.StringVar(&s.OnUnknown, "on-unknown", processor.OnUnknownHold.String(), "when a request may have run upstream but its outcome was never seen (stream cut, timeout, idemproxy crashed): hold (the key is refused with 409 outcome-unknown for --retention, until an operator clears it) or rerun-after-ttl (MAY RUN TWICE: the lock expires after --lock-ttl and a retry runs again)")
 	fs.StringVar(&s.OnStoreReset, "on-store-reset", onStoreResetRefuse, "when a Redis primary lost its records (restarted without persistence, flushed, failed over to a replica without the data; noticed by a marker idemproxy keeps there): refuse (its keys get 503 store-reset until --retention has passed or an operator acknowledges with POST /admin/v1/store-resets/ack) or accept (MAY RUN TWICE: keys completed before the reset run again)")
@@ -214,7 +218,13 @@ func (s *settings) resolve() error {
 		s.AllReplicas = s.mode() != redisstore.ModeStandalone
 	}
 	errs = append(errs, choice("--on-unknown", s.OnUnknown, &s.Processor.OnUnknown),
-		choice("--in-progress", s.InProgress, &s.Processor.InProgress), choice("--mode", s.Mode, &s.Processor.Mode))
+		choice("--in-progress", s.InProgress, &s.Processor.InProgress), choice("--mode", s.Mode, &s.Processor.Mode),
+		choice("--error-format", s.ErrorFormat, &s.Processor.ErrorFormat))
+	if s.ErrorTemplate != "" {
+		tmpl, err := readErrorTemplate(s.ErrorTemplate)
+		errs = append(errs, err)
+		s.Processor.ErrorTemplate = tmpl
+	}
 	if s.AdminTokenFile != "" {
 		tok, err := readSecretFile("--admin-token-file", s.AdminTokenFile)
 		errs = append(errs, err)

@@ -133,6 +133,9 @@ func TestParseSettings_usageErrors(t *testing.T) {
 		{"client CA without a certificate", []string{"--tls-client-ca", "/tmp/ca.crt"}, nil, "needs --tls-cert"},
 		{"redis CA without rediss", []string{"--redis-ca", "/tmp/ca.crt"}, nil, "rediss://"},
 		{"bad encryption key", []string{"--encryption-keys", "k1:bm90LTMyLWJ5dGVz"}, nil, "32 bytes"},
+		{"unknown error format", []string{"--error-format", "xml"}, nil, `--error-format "xml" must be problem, stripe or template`},
+		{"template format without a template", []string{"--error-format", "template"}, nil, "needs --error-template-file"},
+		{"missing error template", []string{"--error-template-file", "/nonexistent/t.json"}, nil, "--error-template-file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -238,4 +241,22 @@ func TestParseSettings_openPort(t *testing.T) {
 		_, err := parseSettings([]string{"--auth-token-file", filepath.Join(dir, "missing")}, env{}.get, io.Discard)
 		require.ErrorContains(t, err, "--auth-token-file")
 	})
+}
+
+func TestParseSettings_errorTemplate(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	require.NoError(t, os.WriteFile(bad, []byte(`{"error":"{{detial}}"`), 0o600))
+	_, err := parseSettings([]string{"--grpc-addr", "127.0.0.1:50051", "--error-format", "template", "--error-template-file", bad}, env{}.get, io.Discard)
+	require.ErrorContains(t, err, "--error-template-file "+bad+": not JSON")
+	require.NoError(t, os.WriteFile(bad, []byte(`{"error":"{{detial}}"}`), 0o600))
+	_, err = parseSettings([]string{"--grpc-addr", "127.0.0.1:50051", "--error-template-file", bad}, env{}.get, io.Discard)
+	require.ErrorContains(t, err, "unknown placeholder {{detial}}", "checked at start even when only routes use it")
+
+	good := filepath.Join(dir, "good.json")
+	require.NoError(t, os.WriteFile(good, []byte(`{"error":{"message":"{{detail}}","status":"{{status}}"}}`), 0o600))
+	s, err := parseSettings([]string{"--grpc-addr", "127.0.0.1:50051"}, env{"IDEMPROXY_ERROR_FORMAT": "template", "IDEMPROXY_ERROR_TEMPLATE_FILE": good}.get, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, processor.ErrorFormatTemplate, s.Processor.ErrorFormat)
+	require.NotNil(t, s.Processor.ErrorTemplate)
 }
