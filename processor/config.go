@@ -95,6 +95,12 @@ type Config struct {
 	// client already got, where giving up leaves the key an unknown
 	// outcome for the retention. Off, FinalizeTimeout alone bounds them.
 	FinalizeUntilLease bool
+	// MaxPendingCompletions bounds the responses kept for a background
+	// completion when the store did not take them within FinalizeTimeout
+	// (pending.go); MaxPendingBytes bounds the bodies and headers they
+	// hold (over it, one is kept as its status alone).
+	MaxPendingCompletions int
+	MaxPendingBytes       int64
 	// MetadataNamespace is the dynamic-metadata namespace of the decision
 	// returned to Envoy (observe.go); empty returns none.
 	MetadataNamespace string
@@ -121,6 +127,8 @@ func DefaultConfig() Config {
 		StoreTimeout:          time.Second,
 		FinalizeTimeout:       5 * time.Second,
 		FinalizeUntilLease:    true,
+		MaxPendingCompletions: 1000,
+		MaxPendingBytes:       64 << 20,
 		MetadataNamespace:     DefaultMetadataNamespace,
 	}
 }
@@ -155,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxStoredBody < 0 {
 		errs = append(errs, fmt.Errorf("max stored body %d must not be negative", c.MaxStoredBody))
+	}
+	if c.MaxPendingCompletions < 0 || c.MaxPendingBytes < 0 {
+		errs = append(errs, errors.New("max pending completions and their bytes must not be negative"))
 	}
 	if c.StoreTimeout <= 0 || c.FinalizeTimeout <= 0 {
 		errs = append(errs, errors.New("store and finalize timeouts must be positive"))

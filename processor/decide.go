@@ -31,7 +31,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 	}
 	claim := idem.Claim{Token: token, Fingerprint: fingerprint(e.req.method, e.req.path, body), Scope: e.req.scope, Lease: e.pol.lease(), Wait: e.pol.waits()}
 	since := time.Now()
-	l := e.acquire(claim)
+	l := e.storing(e.acquire(claim))
 	v := judge(l, claim, e.pol, e.srv.cfg.FailOpen)
 	if v.then == stepWait {
 		w := e.wait(claim, l.acq, since)
@@ -42,7 +42,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 			e.unanswered(token, w.err)
 		}
 		// Waited once: a key still in progress is now the 409.
-		v = judge(w.look, claim, e.pol.noWait(), e.srv.cfg.FailOpen)
+		v = judge(e.storing(w.look), claim, e.pol.noWait(), e.srv.cfg.FailOpen)
 	}
 	if v.then == stepGrant {
 		v = e.grant(claim, v)
@@ -64,6 +64,15 @@ func (e *exchange) acquire(claim idem.Claim) look {
 		}
 	}
 	return look{acq: acq, err: err}
+}
+
+// storing adds to l whether this process holds the response of the key's
+// first request, received and being stored in the background.
+func (e *exchange) storing(l look) look {
+	if l.err == nil && l.acq.State == idem.StateInProgress {
+		l.storing = e.srv.pending.storing(e.req.key)
+	}
+	return l
 }
 
 // unanswered notes that an acquire for token failed with err: Redis may

@@ -69,6 +69,9 @@ type heldLock struct {
 	// writes are retried at least until then.
 	leaseEnd time.Time
 	pending  *write // a settling write that failed in band; finish retries it
+	// settling is when the settling write began: its logs say how long
+	// it was tried, not how long it might have been.
+	settling time.Time
 }
 
 // capture is the response of an acquired key, kept to be stored.

@@ -47,6 +47,10 @@ type Server struct {
 	meta       *metaCache // nil: no dynamic metadata
 	// retryLog remembers the routes whose upstream retries were logged.
 	retryLog retryLog
+	// pending keeps the completions the store did not take in time
+	// (pending.go); stopKeeping starts their drain.
+	pending     *keeper
+	stopKeeping context.CancelFunc
 }
 
 // Options are the collaborators of a Server.
@@ -68,6 +72,9 @@ type Options struct {
 	// Propagator reads the trace context; nil: W3C Trace Context, what
 	// Envoy's OpenTelemetry tracer sends.
 	Propagator propagation.TextMapPropagator
+	// Lifetime is the server's life (nil: until Drain): the background
+	// completions (pending.go) end with it, or with Drain.
+	Lifetime context.Context
 }
 
 // New validates cfg and builds a Server.
@@ -99,6 +106,12 @@ func New(cfg Config, opts Options) (*Server, error) {
 		scope:   map[string]int{},
 	}
 	s.reads = newSharedReads(s.store)
+	life := opts.Lifetime
+	if life == nil {
+		life = context.Background()
+	}
+	life, s.stopKeeping = context.WithCancel(life)
+	s.pending = newKeeper(life, cfg.MaxPendingCompletions, cfg.MaxPendingBytes, opts.Metrics)
 	if opts.TracerProvider != nil {
 		s.tracer = opts.TracerProvider.Tracer("github.com/idemproxy/idemproxy/processor")
 		s.propagator = opts.Propagator

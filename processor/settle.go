@@ -7,6 +7,7 @@ package processor
 // as an unknown outcome for the retention period.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -26,6 +27,17 @@ type write struct {
 	// failed, so its write may have happened all the same (a later
 	// ErrLeaseLost is then most likely our own earlier success).
 	done func(err error, retried bool)
+	// keep, when set, takes a write that still fails after
+	// --finalize-timeout into the background (pending.go): true when it
+	// took it, and then done is its business.
+	keep func(err error) bool
+}
+
+// kept hands a write that still fails after its retries to w.keep;
+// true when kept. A write unreplicated after its retries is not kept:
+// it is written.
+func (w write) kept(err error) bool {
+	return w.keep != nil && retryable(err) && w.keep(err)
 }
 
 // settle stops the watchdog and runs w. In band (Envoy waits for our reply
@@ -35,6 +47,7 @@ type write struct {
 // or the end of the lease, whichever is later.
 func (e *exchange) settle(w write, inBand bool) {
 	e.lock.state = lockDone
+	e.lock.settling = time.Now()
 	// The watchdog stops first: a renewal racing the write would find the
 	// record settled and report a false lease loss.
 	e.lock.dog.stop()
@@ -43,7 +56,9 @@ func (e *exchange) settle(w write, inBand bool) {
 	}
 	if !inBand {
 		err, retried := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
-		w.done(err, retried)
+		if !w.kept(err) {
+			w.done(err, retried)
+		}
 		return
 	}
 	err := w.call(context.WithoutCancel(e.ctx)) // bounded by the store timeout
@@ -87,7 +102,10 @@ const (
 func (s *Server) retrying(stream context.Context, w write, until time.Time) (err error, retried bool) {
 	ctx, cancel := s.detached(stream)
 	defer cancel()
-	if s.cfg.FinalizeUntilLease && until.After(deadlineOf(ctx)) {
+	// A write that can be kept (a completion) is kept in the background
+	// after --finalize-timeout instead, so the stream's goroutine, and
+	// Envoy's stream slot, are not held for the lease.
+	if s.cfg.FinalizeUntilLease && w.keep == nil && until.After(deadlineOf(ctx)) {
 		cancel()
 		ctx, cancel = context.WithDeadline(context.WithoutCancel(stream), until)
 		defer cancel()
@@ -147,7 +165,29 @@ func (e *exchange) complete(inBand bool) {
 			e.completed(rec, err, retried)
 			e.resp.body.Reset()
 		},
+		keep: e.keeper(rec),
 	}, inBand)
+}
+
+// keeper is the keep of rec's completion: nil when completions are not
+// kept (FinalizeUntilLease off, or no room at all).
+func (e *exchange) keeper(rec idem.Record) func(error) bool {
+	cfg := e.srv.cfg
+	if !cfg.FinalizeUntilLease || cfg.MaxPendingCompletions == 0 {
+		return nil
+	}
+	return func(error) bool {
+		// The exchange ends with the stream: p owns a copy of the body.
+		rec.Body = bytes.Clone(rec.Body)
+		p := &pending{key: e.req.key, token: e.lock.token, rec: rec, retention: e.pol.retention, lease: e.pol.lease(),
+			leaseEnd: e.lock.leaseEnd, received: e.lock.settling, log: e.logger(), afterLease: e.afterLease()}
+		if !e.srv.keep(p) {
+			return false
+		}
+		e.settledAs(resultStorePending)
+		e.resp.body.Reset()
+		return true
+	}
 }
 
 // completed counts and logs the result of storing rec.
@@ -173,8 +213,8 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 			"a failover before they catch up loses it, and the key then reads as an unknown outcome", "error", err, "status", rec.Status)
 	case err != nil:
 		e.settledAs(resultStoreError)
-		e.logger().Error("storing the response failed, retried until its lease ended; "+e.afterLease(),
-			"error", err, "status", rec.Status)
+		e.logger().Error("response delivered, but storing it failed, tried for "+e.triedFor()+"; nothing more will be written: once its lease ends, "+e.afterLease(),
+			"error", err, "status", rec.Status, "lease_ends", e.lock.leaseEnd.UTC().Format(time.RFC3339))
 	case rec.BodyStored:
 		e.settledAs(resultStored)
 	case rec.Incomplete:
@@ -198,6 +238,11 @@ func storedResult(rec idem.Record) string {
 		return resultStoredIncomplete
 	}
 	return resultStoredNoBody
+}
+
+// triedFor is how long the settling write has been tried so far.
+func (e *exchange) triedFor() string {
+	return time.Since(e.lock.settling).Round(time.Millisecond).String()
 }
 
 // afterLease says what a key whose lease ended without a settlement
@@ -227,11 +272,13 @@ func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any)
 				e.logger().Warn("the lock was deleted, but not every replica a failover could promote confirmed it until its lease ended; "+
 					"if one that still has it is promoted, "+e.afterLease(), append(attrs, "error", err)...)
 			case retryable(err) && unsure:
-				e.logger().Warn("giving back the lock a failed acquire may have taken failed, retried until its lease ended; "+
-					"if that acquire reached Redis in time, "+e.afterLease(), append(attrs, "error", err)...)
+				// The acquire failed without a definite answer (a timeout,
+				// a broken connection): whether it took a lock is unknown.
+				e.logger().Warn("an acquire failed without saying whether it took the lock, and giving that lock back failed too, tried for "+e.triedFor()+
+					"; if the acquire did take it, once its lease ends "+e.afterLease(), append(attrs, "error", err)...)
 			case retryable(err):
-				e.logger().Error("releasing the lock failed, retried until its lease ended; "+e.afterLease(),
-					append(attrs, "error", err)...)
+				e.logger().Error("releasing the lock failed, tried for "+e.triedFor()+"; nothing more will be written: once its lease ends, "+e.afterLease(),
+					append(attrs, "error", err, "lease_ends", e.lock.leaseEnd.UTC().Format(time.RFC3339))...)
 			case errors.Is(err, idem.ErrLeaseLost) && unsure:
 				e.logger().Debug("the failed acquire had taken no lock", attrs...)
 			default:
@@ -249,7 +296,9 @@ func (e *exchange) finish() {
 		e.lock.pending = nil
 		e.srv.metrics.retries.WithLabelValues(w.op).Inc()
 		err, _ := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
-		w.done(err, true)
+		if !w.kept(err) {
+			w.done(err, true)
+		}
 	case e.lock.state == lockUnanswered:
 		// Acquire failed, so the client got 503 and nothing went
 		// upstream; but Redis may have run the acquire after we stopped
@@ -301,7 +350,7 @@ func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
 				// The record still holds our lease: once it runs out, the
 				// key reads as an unknown outcome all the same.
 				e.settledAs(resultStoreError)
-				e.logger().Error("outcome unknown, and marking the key failed; it is refused as unknown once its lease ends: "+why,
+				e.logger().Error("outcome unknown, and marking the key failed, tried for "+e.triedFor()+"; its record still holds our lease, which is read as an unknown outcome once it ends: "+why,
 					append(attrs, "error", err, "lock_ttl", e.pol.lockTTL.String())...)
 			default:
 				e.logger().Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,
