@@ -102,10 +102,12 @@ const (
 func (s *Server) retrying(stream context.Context, w write, until time.Time) (err error, retried bool) {
 	ctx, cancel := s.detached(stream)
 	defer cancel()
-	// A write that can be kept (a completion) is kept in the background
-	// after --finalize-timeout instead, so the stream's goroutine, and
-	// Envoy's stream slot, are not held for the lease.
-	if s.cfg.FinalizeUntilLease && w.keep == nil && until.After(deadlineOf(ctx)) {
+	// A write that can be kept (a completion) is handed to the background
+	// at --finalize-timeout instead (pending.go), so the stream's
+	// goroutine is not held for the lease; unless it is written and only
+	// waits for replicas, which goes on as before.
+	handoff := deadlineOf(ctx)
+	if s.cfg.FinalizeUntilLease && until.After(deadlineOf(ctx)) {
 		cancel()
 		ctx, cancel = context.WithDeadline(context.WithoutCancel(stream), until)
 		defer cancel()
@@ -124,7 +126,7 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 			// by the replicas).
 			err = prev
 		}
-		if !w.retryable(err) || ctx.Err() != nil {
+		if !w.retryable(err) || ctx.Err() != nil || w.keep != nil && retryable(err) && !time.Now().Before(handoff) {
 			return err, n > 0
 		}
 		s.log.Debug("a settling write failed; trying again", "op", w.op, "attempt", n+1, "error", err)
@@ -195,8 +197,13 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 	m := e.srv.metrics
 	switch {
 	case errors.Is(err, idem.ErrLeaseLost) && retried:
-		e.settledAs(resultStored)
-		e.logger().Info("response stored by an attempt that timed out, most likely: the record is no longer ours to write", "status", rec.Status)
+		// Not our own earlier attempt: the store answers a repeated
+		// completion by its owner with success (it keeps a digest of the
+		// token), so the record is someone else's.
+		e.settledAs(resultLeaseLost)
+		m.leaseLost.WithLabelValues(stageDone).Inc()
+		e.logger().Warn("response delivered, but when an attempt to store it got through, after "+e.triedFor()+", the key was no longer ours "+
+			"(an operator deleted it, or its lease ended and another request took it over); nothing written", "status", rec.Status)
 	case errors.Is(err, idem.ErrLeaseLost):
 		e.settledAs(resultLeaseLost)
 		m.leaseLost.WithLabelValues(stageDone).Inc()
@@ -209,7 +216,7 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 		// catch up loses it.
 		m.unreplicated.WithLabelValues("complete").Inc()
 		m.responses.WithLabelValues(storedResult(rec)).Inc()
-		e.logger().Warn("response stored and delivered, but the replicas --redis-min-replicas asks for did not confirm it until its lease ended; "+
+		e.logger().Warn("response stored and delivered, but the replicas --redis-min-replicas asks for did not confirm it, tried for "+e.triedFor()+"; "+
 			"a failover before they catch up loses it, and the key then reads as an unknown outcome", "error", err, "status", rec.Status)
 	case err != nil:
 		e.settledAs(resultStoreError)
@@ -269,7 +276,7 @@ func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any)
 			e.settledAs(result)
 			switch {
 			case errors.Is(err, idem.ErrUnreplicated):
-				e.logger().Warn("the lock was deleted, but not every replica a failover could promote confirmed it until its lease ended; "+
+				e.logger().Warn("the lock was deleted, but not every replica a failover could promote confirmed it, tried for "+e.triedFor()+"; "+
 					"if one that still has it is promoted, "+e.afterLease(), append(attrs, "error", err)...)
 			case retryable(err) && unsure:
 				// The acquire failed without a definite answer (a timeout,
