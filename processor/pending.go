@@ -41,6 +41,8 @@ type pending struct {
 	received   time.Time // when the response was seen in full
 	bytes      int64     // what it holds against the cap
 	log        *slog.Logger
+	// statusOnly: the body is given up, only the status is written.
+	statusOnly bool
 	// afterLease says what the key reads as once its lease ends with
 	// nothing written (exchange.afterLease).
 	afterLease string
@@ -124,9 +126,14 @@ func (k *keeper) gauges() {
 
 // dropBody turns p into its status alone: what is written when the
 // response itself cannot be.
+// A response that had no replayable body anyway (cut mid-body, trailers,
+// over --max-body-bytes) keeps saying why.
 func (p *pending) dropBody() {
+	p.statusOnly = true
 	p.rec.Body, p.rec.Headers = nil, nil
-	p.rec.BodyStored, p.rec.Incomplete, p.rec.Trailers, p.rec.StoreFailed = false, false, false, true
+	if p.rec.BodyStored {
+		p.rec.BodyStored, p.rec.StoreFailed = false, true
+	}
 }
 
 // Drain settles the pending completions at shutdown: each makes its last

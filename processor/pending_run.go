@@ -26,7 +26,7 @@ func (s *Server) keep(p *pending) bool {
 			"status", p.rec.Status, "pending", s.cfg.MaxPendingCompletions, "lease_ends", p.leaseEnd.UTC().Format(time.RFC3339))
 		return false
 	}
-	if p.rec.StoreFailed {
+	if p.statusOnly {
 		s.metrics.pending.WithLabelValues(pendingBodyDrop).Inc()
 		p.log.Warn("response not stored within --finalize-timeout; kept for a background retry without its body "+
 			"(--max-pending-completion-bytes reached): its status alone will be stored", "status", p.rec.Status)
@@ -46,7 +46,7 @@ func (s *Server) keep(p *pending) bool {
 // settlePending runs p's two phases and says what became of it.
 func (s *Server) settlePending(p *pending) {
 	result, err := "", error(nil)
-	if !p.rec.StoreFailed {
+	if !p.statusOnly {
 		result, err = s.pendingWrite(p, p.leaseEnd, maxBackoff, true)
 	}
 	if result == "" {
@@ -74,7 +74,7 @@ func (s *Server) pendingWrite(p *pending, until time.Time, most time.Duration, r
 		err = s.store.Complete(ctx, p.key, p.token, p.rec, p.retention)
 		switch {
 		case err == nil || errors.Is(err, idem.ErrUnreplicated):
-			if p.rec.StoreFailed {
+			if p.statusOnly {
 				return pendingStatusOnly, err
 			}
 			return pendingStored, err

@@ -172,3 +172,24 @@ func TestServer_Drain(t *testing.T) {
 	require.Contains(t, logs.String(), "neither it nor its status could be stored before the proxy shut down")
 	require.Contains(t, logs.String(), "once its lease ends, the key reads as an unknown outcome")
 }
+
+// TestServer_pending_keepsWhy: a response that had no replayable body
+// anyway (the body never ended) keeps saying so when only its status can
+// be stored in the end.
+func TestServer_pending_keepsWhy(t *testing.T) {
+	store := newFakeStore()
+	store.failUntil("complete", errRedisDown, time.Now().Add(1500*time.Millisecond))
+	store.failOn("renew", errRedisDown)
+	srv, reg, _ := newLoggedServer(t, store, pendingConfig)
+	_, err := run(t, srv, endCanceled, keyed("POST", "k", true), respHeaders(false, ":status", "201"), respBody("part", false))
+	require.NoError(t, err)
+	until(t, "the status written", func() bool { return gauge(t, reg, "idemproxy_pending_completions") == 0 })
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_pending_completions_total", "result", pendingStatusOnly))
+	e, _ := store.entry(keyOf("k"))
+	require.NotNil(t, e.rec)
+	require.True(t, e.rec.Incomplete)
+	require.False(t, e.rec.StoreFailed)
+	p, _ := requireProblem(t, one(t, srv, "k"), 409, "response-not-stored")
+	require.Contains(t, p.Detail, "completed with status 201")
+	require.Contains(t, p.Detail, "never reached the proxy in full")
+}
