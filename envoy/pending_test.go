@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,4 +123,38 @@ func retryUntilAnswered(t *testing.T, s *faultStack, key string) reply {
 		return r.status != http.StatusServiceUnavailable && r.problemType() != "urn:idemproxy:problem:in-progress"
 	})
 	return r
+}
+
+// TestAcquireRefused_logs: with Redis cut off (connections refused), each
+// keyed request gets 503 and nothing runs; the acquire was never sent, so
+// no lock exists and no line speaks of releasing one or of an unknown
+// outcome to come. Healed, each of those keys runs once.
+func TestAcquireRefused_logs(t *testing.T) {
+	t.Parallel()
+	s, tp := startCutStack(t)
+	tp.SetEnabled(t, "redis", false)
+	testenv.WaitFor(t, 10*time.Second, "readiness to report Redis", func() bool {
+		return readyz(s.adminURL) == http.StatusServiceUnavailable
+	})
+	before := len(s.idemproxy.Lines())
+	var keys []string
+	for range 10 {
+		key := newKey(t)
+		keys = append(keys, key)
+		r := s.do(t, "POST", "/charge", `{"amount":1}`, "Idempotency-Key", key)
+		require.Equal(t, http.StatusServiceUnavailable, r.status)
+	}
+	logged := strings.Join(s.idemproxy.Lines()[before:], "\n")
+	require.Equal(t, 10, strings.Count(logged, "store failed; request refused (fail-closed)"), logged)
+	require.Equal(t, 10, strings.Count(logged, "refused before the lock was written"), logged)
+	for _, claim := range []string{"releas", "giving back", "without saying whether it took the lock", "unknown outcome"} {
+		require.NotContains(t, logged, claim)
+	}
+	tp.SetEnabled(t, "redis", true)
+	for _, key := range keys {
+		r := retryUntilAnswered(t, s, key)
+		require.Equal(t, http.StatusOK, r.status)
+		require.False(t, r.replayed())
+		require.Equal(t, 1, s.executions(t, key))
+	}
 }

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/redis/go-redis/v9"
 
@@ -18,10 +19,17 @@ import (
 var refusedPrefixes = []string{"OOM", "READONLY", "NOSCRIPT", "LOADING", "BUSY", "MASTERDOWN",
 	"MISCONF", "CLUSTERDOWN", "NOPERM", "NOAUTH", "WRONGPASS", "NOREPLICAS"}
 
-// refusedOutright reports whether err is a reply in which Redis refused
-// the call before it wrote anything: then no lock exists to give back.
-// A timeout or a broken connection is not: the call may have run.
+// refusedOutright reports whether err says the call wrote nothing: Redis
+// refused it with an error reply, or it was never sent (no connection
+// could be dialled: go-redis's command retries are off, noRetries, so no
+// earlier attempt went out either). Then no lock exists to give back. A
+// timeout or a connection broken after the call was written is not: the
+// call may have run.
 func refusedOutright(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
 		return false

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -11,9 +12,10 @@ import (
 	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
-// An acquire Redis refused with an error reply wrote nothing: it says so
-// (idem.ErrNotTaken), so the processor gives back no lock and logs none.
-// One cut off by a dead Redis may have run: it does not.
+// An acquire Redis refused with an error reply, or that could not even be
+// sent, wrote nothing: it says so (idem.ErrNotTaken), so the processor
+// gives back no lock and logs none. One that timed out may have run: it
+// does not say so.
 func TestStore_Acquire_refusedOutright(t *testing.T) {
 	t.Parallel()
 	s, c, _ := newTestStore(t)
@@ -30,13 +32,27 @@ func TestStore_Acquire_refusedOutright(t *testing.T) {
 		require.Zero(t, n)
 	})
 
-	t.Run("a dead Redis: maybe taken", func(t *testing.T) {
+	t.Run("a stopped Redis (connection refused): never sent, not taken", func(t *testing.T) {
 		srv := redistopo.Start(t)
 		dc := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialerRetries: 1, DialerRetryTimeout: time.Millisecond})
 		t.Cleanup(func() { _ = dc.Close() })
 		ds := New(dc, Options{})
+		acquired(t, ds, "warm", time.Minute) // a pooled connection, to the Redis about to stop
 		srv.Stop()
 		_, err := ds.Acquire(t.Context(), "down", claim(token(t), nil, time.Minute))
+		require.ErrorIs(t, err, idem.ErrNotTaken)
+	})
+	t.Run("a frozen Redis (timeout): maybe taken", func(t *testing.T) {
+		srv := redistopo.Start(t)
+		dc := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+		t.Cleanup(func() { _ = dc.Close() })
+		ds := New(dc, Options{})
+		acquired(t, ds, "warm", time.Minute)
+		require.NoError(t, srv.Pause())
+		t.Cleanup(func() { _ = srv.Resume() })
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		_, err := ds.Acquire(ctx, "frozen", claim(token(t), nil, time.Minute))
 		require.Error(t, err)
 		require.NotErrorIs(t, err, idem.ErrNotTaken)
 	})
