@@ -54,7 +54,7 @@
 //  9. settle.go, finish: at the stream's end, retries a settling write that
 //     failed in band, gives back a lock that never went upstream, and
 //     marks an outcome unknown when the request went upstream unanswered.
-// 10. pending.go, pending_run.go: a response the store did not take within
+//  10. pending.go, pending_run.go: a response the store did not take within
 //     --finalize-timeout is kept and retried in the background, until the
 //     lease would end with its body, then as its status alone; Drain
 //     settles what is left at shutdown.
