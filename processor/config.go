@@ -93,7 +93,10 @@ type Config struct {
 	// still reads as in progress, so a write that gets through after a
 	// partition heals (cuts of 10 s were seen) stores a response the
 	// client already got, where giving up leaves the key an unknown
-	// outcome for the retention. Off, FinalizeTimeout alone bounds them.
+	// outcome for the retention. A completion still failing at
+	// FinalizeTimeout goes on in the background instead (pending.go), so
+	// the stream's goroutine is not held. Off, FinalizeTimeout alone
+	// bounds them, and no completion is kept.
 	FinalizeUntilLease bool
 	// MaxPendingCompletions bounds the responses kept for a background
 	// completion when the store did not take them within FinalizeTimeout
