@@ -67,9 +67,11 @@ func (e *exchange) acquire(claim idem.Claim) look {
 }
 
 // storing adds to l whether this process holds the response of the key's
-// first request, received and being stored in the background.
+// first request, received and being stored in the background: the record
+// then reads as in progress, or, once its lease ran out, as an unknown
+// outcome, and both would tell the client less than is known.
 func (e *exchange) storing(l look) look {
-	if l.err == nil && l.acq.State == idem.StateInProgress {
+	if l.err == nil && (l.acq.State == idem.StateInProgress || l.acq.State == idem.StateUnknown && l.acq.Expired) {
 		l.storing = e.srv.pending.storing(e.req.key)
 	}
 	return l

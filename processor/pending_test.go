@@ -193,3 +193,30 @@ func TestServer_pending_keepsWhy(t *testing.T) {
 	require.Contains(t, p.Detail, "completed with status 201")
 	require.Contains(t, p.Detail, "never reached the proxy in full")
 }
+
+// TestServer_pending_leaseRanOut: once the record's lease has run out
+// while its response is still being stored here, a duplicate reaching this
+// process is told that, not "outcome unknown".
+func TestServer_pending_leaseRanOut(t *testing.T) {
+	store := newFakeStore()
+	store.failOn("complete", errRedisDown)
+	store.failOn("renew", errRedisDown)
+	srv, _, _ := newLoggedServer(t, store, func(c *Config) { pendingConfig(c); c.LockTTL = time.Minute })
+	answered(t, srv, "k")
+	store.advance(2 * time.Minute) // the store's clock: the lease is over
+	p, _ := requireProblem(t, one(t, srv, "k"), 409, "in-progress")
+	require.Contains(t, p.Detail, "has completed with status 200, and its response is being stored")
+}
+
+// TestServer_pending_renews: while the response is retried, the lease is
+// renewed when Redis takes that, so the key stays in progress and ours.
+func TestServer_pending_renews(t *testing.T) {
+	store := newFakeStore()
+	store.failUntil("complete", errRedisDown, time.Now().Add(900*time.Millisecond))
+	srv, reg, _ := newLoggedServer(t, store, pendingConfig)
+	answered(t, srv, "k")
+	before := store.count("renew")
+	until(t, "stored", func() bool { return gauge(t, reg, "idemproxy_pending_completions") == 0 })
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_pending_completions_total", "result", pendingStored))
+	require.Greater(t, store.count("renew"), before, "renewed while the completion was retried")
+}

@@ -140,9 +140,10 @@ func judge(l look, claim idem.Claim, pol policy, failOpen bool) verdict {
 		return verdict{outcome: outcomeAcquired, fenced: true, fence: acq.Fence, then: stepGrant}
 	case acq.State == idem.StateInProgress && pol.waits() && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
 		return verdict{then: stepWait}
-	case acq.State == idem.StateInProgress && l.storing != 0 && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
-		// Not "still running": the upstream answered; only the store has
-		// not taken the response yet (it is retried every second or so).
+	case l.storing != 0 && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
+		// Not "still running", nor an unknown outcome once the lease ran
+		// out: the upstream answered; only the store has not taken the
+		// response yet (it is retried every second or so).
 		return refusal(outcomeConflict, probInProgress, fmt.Sprintf("The first request with this idempotency key has completed "+
 			"with status %d, and its response is being stored; it will not run again. Retry later to get it replayed.", l.storing), "1")
 	default:
