@@ -28,11 +28,11 @@ func (s *Server) keep(p *pending) bool {
 	}
 	if p.statusOnly {
 		s.metrics.pending.WithLabelValues(pendingBodyDrop).Inc()
-		p.log.Warn("response not stored within --finalize-timeout; kept for a background retry without its body "+
+		p.log.Warn("response delivered, but not stored within --finalize-timeout; kept for a background retry without its body "+
 			"(--max-pending-completion-bytes reached): its status alone will be stored", "status", p.rec.Status)
 	} else {
-		p.log.Warn("response not stored within --finalize-timeout; retrying in the background until its lease would end, "+
-			"duplicates meanwhile get 409 in-progress saying the response was received", "status", p.rec.Status,
+		p.log.Warn("response delivered, but not stored within --finalize-timeout; retrying in the background until its lease would end "+
+			"(duplicates reaching this process meanwhile are told it was received)", "status", p.rec.Status,
 			"lease_ends", p.leaseEnd.UTC().Format(time.RFC3339))
 	}
 	s.pending.wg.Add(1)
