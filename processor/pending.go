@@ -55,11 +55,12 @@ type keeper struct {
 	maxBytes int64
 	metrics  *Metrics
 
-	mu    sync.Mutex
-	count int
-	bytes int64
-	keys  map[string]int // key -> status received, for duplicates' answers
-	wg    sync.WaitGroup
+	mu       sync.Mutex
+	draining bool // Drain began: no goroutine is started any more
+	count    int
+	bytes    int64
+	keys     map[string]int // key -> status received, for duplicates' answers
+	wg       sync.WaitGroup
 }
 
 func newKeeper(life context.Context, maxCount int, maxBytes int64, m *Metrics) *keeper {
@@ -76,12 +77,17 @@ func (k *keeper) storing(key string) int {
 
 // admit reserves room for p: false when --max-pending-completions is
 // reached. Over the bytes cap p is kept without its body (its status
-// alone can then be written).
-func (k *keeper) admit(p *pending) bool {
+// alone can then be written). inline says the drain has begun: the caller
+// settles p itself, at once, rather than on a goroutine Drain no longer
+// waits for.
+func (k *keeper) admit(p *pending) (ok, inline bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.count >= k.maxCount {
-		return false
+		return false, false
+	}
+	if !k.draining {
+		k.wg.Add(1)
 	}
 	p.bytes = int64(len(p.rec.Body))
 	for _, h := range p.rec.Headers {
@@ -95,7 +101,7 @@ func (k *keeper) admit(p *pending) bool {
 	k.bytes += p.bytes
 	k.keys[p.key] = p.rec.Status
 	k.gauges()
-	return true
+	return true, k.draining
 }
 
 // shrink gives back what p held beyond its status, once its body is dropped.
@@ -142,6 +148,9 @@ func (p *pending) dropBody() {
 // many were still pending when ctx ended; each logs what became of it.
 func (s *Server) Drain(ctx context.Context) int {
 	s.stopKeeping()
+	s.pending.mu.Lock()
+	s.pending.draining = true
+	s.pending.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.pending.wg.Wait(); close(done) }()
 	select {

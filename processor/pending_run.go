@@ -19,7 +19,8 @@ const maxStatusBackoff = 5 * time.Second
 // keep hands p to a goroutine of its own, tied to the server's lifetime;
 // false when --max-pending-completions refuses it (logged here).
 func (s *Server) keep(p *pending) bool {
-	if !s.pending.admit(p) {
+	ok, inline := s.pending.admit(p)
+	if !ok {
 		s.metrics.pending.WithLabelValues(pendingRefused).Inc()
 		p.log.Error("response delivered, but not stored within --finalize-timeout, and not kept for a background retry: "+
 			"--max-pending-completions are pending already; nothing more will be written: once its lease ends, "+p.afterLease,
@@ -35,7 +36,10 @@ func (s *Server) keep(p *pending) bool {
 			"(duplicates reaching this process meanwhile are told it was received)", "status", p.rec.Status,
 			"lease_ends", p.leaseEnd.UTC().Format(time.RFC3339))
 	}
-	s.pending.wg.Add(1)
+	if inline {
+		s.settlePending(p) // its last attempts: the server's life is over
+		return true
+	}
 	go func() {
 		defer s.pending.wg.Done()
 		s.settlePending(p)

@@ -220,3 +220,16 @@ func TestServer_pending_renews(t *testing.T) {
 	require.EqualValues(t, 1, counter(t, reg, "idemproxy_pending_completions_total", "result", pendingStored))
 	require.Greater(t, store.count("renew"), before, "renewed while the completion was retried")
 }
+
+// TestServer_Drain_thenKept: a completion handed over after the drain
+// began (a stream the grace period cut) is settled at once, inline.
+func TestServer_Drain_thenKept(t *testing.T) {
+	store := newFakeStore()
+	store.failOn("complete", errRedisDown)
+	srv, reg, logs := newLoggedServer(t, store, pendingConfig)
+	require.Zero(t, srv.Drain(t.Context()))
+	answered(t, srv, "k")
+	require.EqualValues(t, 1, counter(t, reg, "idemproxy_pending_completions_total", "result", pendingGaveUp))
+	require.Zero(t, gauge(t, reg, "idemproxy_pending_completions"))
+	require.Contains(t, logs.String(), "before the proxy shut down")
+}
