@@ -160,8 +160,8 @@ func (s *Server) Drain(ctx context.Context) int {
 		s.pending.mu.Lock()
 		defer s.pending.mu.Unlock()
 		if s.pending.count > 0 {
-			s.log.Error("shutdown grace over with completions still pending: their keys read as in progress until their leases end, then as unknown outcomes",
-				"pending", s.pending.count)
+			s.log.Error("shutdown grace over with completions still making their last attempts; what is not written by the time the process exits is lost, "+
+				"and each logs what became of it while it can", "pending", s.pending.count)
 		}
 		return s.pending.count
 	}
