@@ -60,7 +60,8 @@ func TestPrometheus_rulesAndDashboardOnRealTraffic(t *testing.T) {
 	require.Equal(t, http.StatusOK, testenv.Receive(t, done, 20*time.Second, "the slow request"))
 
 	// The outage: Redis goes while a request runs, so its response cannot
-	// be stored (retried, then given up), and keyed requests get 503.
+	// be stored (retried, then kept for a background completion), and
+	// keyed requests get 503.
 	done = slow(key + "-outage")
 	s.redis.Stop()
 	for i := range 10 {

@@ -108,7 +108,7 @@ func TestStripeGo_InUseEndsRetries(t *testing.T) {
 	s := startStack(t, "--error-format", "template", "--error-template-file", tmpl)
 	c := stripeClient(s, "", stripe.DefaultMaxNetworkRetries)
 	key := newKey(t)
-	params := func() *stripe.ChargeParams { return chargeParams(key, 100, "delay", "1s") }
+	params := func() *stripe.ChargeCreateParams { return chargeParams(key, 100, "delay", "1s") }
 	first := goCharge(c, params())
 	testenv.WaitFor(t, 10*time.Second, "the first charge running upstream", func() bool { return s.executions(t, key) == 1 })
 	conflicts := s.outcomes(t, "in_progress_conflict")

@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"testing"
@@ -8,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v82"
-	"github.com/stripe/stripe-go/v82/charge"
 )
 
 // stripeClient is stripe-go v82 pointed at this stack's Envoy, with
@@ -17,20 +17,30 @@ import (
 // each path on the wire, since the SDK refuses paths not under /v1 or /v2.
 // Everything else is the SDK's own: its backoff, its retry rules, its key
 // per call.
-func stripeClient(s *stack, prefix string, retries int64) charge.Client {
-	b := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+func stripeClient(s *stack, prefix string, retries int64) charges {
+	b := stripe.NewBackendsWithConfig(&stripe.BackendConfig{
 		URL:               stripe.String(s.url),
 		MaxNetworkRetries: stripe.Int64(retries),
 		HTTPClient:        &http.Client{Timeout: 40 * time.Second, Transport: prefixed{prefix, http.DefaultTransport}},
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 	})
-	return charge.Client{B: b, Key: "sk_test_idemproxy"}
+	return charges{stripe.NewClient("sk_test_idemproxy", stripe.WithBackends(b))}
+}
+
+// charges creates charges with stripe-go's client (stripe.Client, the
+// API it recommends; the older charge.Client shares its backend, and so
+// its retry rules).
+type charges struct{ sc *stripe.Client }
+
+// New creates the charge p describes.
+func (c charges) New(p *stripe.ChargeCreateParams) (*stripe.Charge, error) {
+	return c.sc.V1Charges.Create(context.Background(), p)
 }
 
 // chargeParams is a charge of amount under key; extra are the backend's
 // test fields (delay, hangup) as name/value pairs.
-func chargeParams(key string, amount int64, extra ...string) *stripe.ChargeParams {
-	p := &stripe.ChargeParams{Amount: stripe.Int64(amount), Currency: stripe.String("usd")}
+func chargeParams(key string, amount int64, extra ...string) *stripe.ChargeCreateParams {
+	p := &stripe.ChargeCreateParams{Amount: stripe.Int64(amount), Currency: stripe.String("usd")}
 	p.SetIdempotencyKey(key)
 	for i := 0; i+1 < len(extra); i += 2 {
 		p.AddExtra(extra[i], extra[i+1])
@@ -57,7 +67,7 @@ type chargeResult struct {
 	done time.Time
 }
 
-func goCharge(c charge.Client, p *stripe.ChargeParams) <-chan chargeResult {
+func goCharge(c charges, p *stripe.ChargeCreateParams) <-chan chargeResult {
 	out := make(chan chargeResult, 1)
 	go func() {
 		ch, err := c.New(p)

@@ -58,7 +58,7 @@ func TestStripeGo_StripeShape(t *testing.T) {
 
 	t.Run("a duplicate of a 1 s charge ends with the replay under the SDK's default retries", func(t *testing.T) {
 		key := newKey(t)
-		params := func() *stripe.ChargeParams { return chargeParams(key, 100, "delay", "1s") }
+		params := func() *stripe.ChargeCreateParams { return chargeParams(key, 100, "delay", "1s") }
 		first := goCharge(c, params())
 		testenv.WaitFor(t, 10*time.Second, "the first charge running upstream", func() bool { return s.executions(t, key) == 1 })
 		conflicts := s.outcomes(t, "in_progress_conflict")
@@ -79,7 +79,7 @@ func TestStripeGo_StripeShape(t *testing.T) {
 
 	t.Run("a duplicate of a 3 s charge outlasts the default retries: a typed 429, never a second run", func(t *testing.T) {
 		key := newKey(t)
-		params := func() *stripe.ChargeParams { return chargeParams(key, 100, "delay", "3s") }
+		params := func() *stripe.ChargeCreateParams { return chargeParams(key, 100, "delay", "3s") }
 		first := goCharge(c, params())
 		testenv.WaitFor(t, 10*time.Second, "the first charge running upstream", func() bool { return s.executions(t, key) == 1 })
 		conflicts := s.outcomes(t, "in_progress_conflict")
@@ -156,7 +156,7 @@ func TestStripeGo_RouteShapes(t *testing.T) {
 	t.Run("the waiting route: one attempt, the replay at the original's end", func(t *testing.T) {
 		c := stripeClient(s, "/wait", stripe.DefaultMaxNetworkRetries)
 		key := newKey(t)
-		params := func() *stripe.ChargeParams { return chargeParams(key, 100, "delay", "3s") }
+		params := func() *stripe.ChargeCreateParams { return chargeParams(key, 100, "delay", "3s") }
 		first := goCharge(c, params())
 		testenv.WaitFor(t, 10*time.Second, "the first charge running upstream", func() bool { return s.executions(t, key) == 1 })
 		conflicts, replays := s.outcomes(t, "in_progress_conflict"), s.outcomes(t, "replayed")

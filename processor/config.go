@@ -93,12 +93,21 @@ type Config struct {
 	// still reads as in progress, so a write that gets through after a
 	// partition heals (cuts of 10 s were seen) stores a response the
 	// client already got, where giving up leaves the key an unknown
-	// outcome for the retention. Off, FinalizeTimeout alone bounds them.
+	// outcome for the retention. A completion still failing at
+	// FinalizeTimeout goes on in the background instead (pending.go), so
+	// the stream's goroutine is not held. Off, FinalizeTimeout alone
+	// bounds them, and no completion is kept.
 	FinalizeUntilLease bool
 	// ErrorFormat is the shape of idemproxy's own error bodies; a route
 	// may choose another. ErrorFormatTemplate renders ErrorTemplate.
 	ErrorFormat   ErrorFormat
 	ErrorTemplate *ErrorTemplate
+	// MaxPendingCompletions bounds the responses kept for a background
+	// completion when the store did not take them within FinalizeTimeout
+	// (pending.go); MaxPendingBytes bounds the bodies and headers they
+	// hold (over it, one is kept as its status alone).
+	MaxPendingCompletions int
+	MaxPendingBytes       int64
 	// MetadataNamespace is the dynamic-metadata namespace of the decision
 	// returned to Envoy (observe.go); empty returns none.
 	MetadataNamespace string
@@ -125,6 +134,8 @@ func DefaultConfig() Config {
 		StoreTimeout:          time.Second,
 		FinalizeTimeout:       5 * time.Second,
 		FinalizeUntilLease:    true,
+		MaxPendingCompletions: 1000,
+		MaxPendingBytes:       64 << 20,
 		MetadataNamespace:     DefaultMetadataNamespace,
 	}
 }
@@ -159,6 +170,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxStoredBody < 0 {
 		errs = append(errs, fmt.Errorf("max stored body %d must not be negative", c.MaxStoredBody))
+	}
+	if c.MaxPendingCompletions < 0 || c.MaxPendingBytes < 0 {
+		errs = append(errs, errors.New("max pending completions and their bytes must not be negative"))
 	}
 	if c.StoreTimeout <= 0 || c.FinalizeTimeout <= 0 {
 		errs = append(errs, errors.New("store and finalize timeouts must be positive"))

@@ -31,7 +31,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 	}
 	claim := idem.Claim{Token: token, Fingerprint: fingerprint(e.req.method, e.req.path, body), Scope: e.req.scope, Lease: e.pol.lease(), Wait: e.pol.waits()}
 	since := time.Now()
-	l := e.acquire(claim)
+	l := e.storing(e.acquire(claim))
 	v := judge(l, claim, e.pol, e.srv.cfg.FailOpen)
 	if v.then == stepWait {
 		w := e.wait(claim, l.acq, since)
@@ -43,7 +43,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 		}
 		// Waited once: a key still in progress is now the 409.
 		w.typical = e.typical()
-		v = judge(w.look, claim, e.pol.noWait(), e.srv.cfg.FailOpen)
+		v = judge(e.storing(w.look), claim, e.pol.noWait(), e.srv.cfg.FailOpen)
 	}
 	if v.then == stepGrant {
 		v = e.grant(claim, v)
@@ -71,6 +71,17 @@ func (e *exchange) acquire(claim idem.Claim) look {
 // route, for the Retry-After of a key in progress (0: none known).
 func (e *exchange) typical() time.Duration {
 	return e.srv.durations.typical(e.req.route)
+}
+
+// storing adds to l whether this process holds the response of the key's
+// first request, received and being stored in the background: the record
+// then reads as in progress, or, once its lease ran out, as an unknown
+// outcome, and both would tell the client less than is known.
+func (e *exchange) storing(l look) look {
+	if l.err == nil && (l.acq.State == idem.StateInProgress || l.acq.State == idem.StateUnknown && l.acq.Expired) {
+		l.storing = e.srv.pending.storing(e.req.key)
+	}
+	return l
 }
 
 // unanswered notes that an acquire for token failed with err: Redis may

@@ -48,9 +48,14 @@
 //     local reply by response.code_details, or without it by its headers,
 //     and envoycheck.go notes a config that lacks what the promise needs
 //     (also from protocol_config, on the first message); otherwise the
-//     response is collected and stored (settle.go, complete, settle, through
-//     timedStore.Complete) before its last chunk goes out.
+//     response is collected and stored (settle_complete.go, complete,
+//     settle.go, settle, through timedStore.Complete) before its last chunk
+//     goes out.
 //  9. settle.go, finish: at the stream's end, retries a settling write that
 //     failed in band, gives back a lock that never went upstream, and
 //     marks an outcome unknown when the request went upstream unanswered.
+//  10. pending.go, pending_run.go: a response the store did not take within
+//     --finalize-timeout is kept and retried in the background, until the
+//     lease would end with its body, then as its status alone; Drain
+//     settles what is left at shutdown.
 package processor

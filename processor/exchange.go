@@ -72,6 +72,9 @@ type heldLock struct {
 	// since is the route's sample for Retry-After (retryafter.go).
 	granted time.Time
 	pending *write // a settling write that failed in band; finish retries it
+	// settling is when the settling write began: its logs say how long
+	// it was tried, not how long it might have been.
+	settling time.Time
 }
 
 // capture is the response of an acquired key, kept to be stored.

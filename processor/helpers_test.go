@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -40,6 +41,12 @@ func newTestServer(t *testing.T, store Store, mut func(*Config)) (*Server, *prom
 	}
 	srv, err := New(cfg, opts)
 	require.NoError(t, err)
+	t.Cleanup(func() {
+		// Pending completions (pending.go) end with the server.
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		srv.Drain(ctx)
+	})
 	return srv, reg
 }
 

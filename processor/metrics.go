@@ -42,6 +42,10 @@ const (
 	resultUnknownOutcome = "unknown_outcome"
 	resultLeaseLost      = "lease_lost"
 	resultStoreError     = "store_error"
+	// resultStorePending: seen in full, not stored within
+	// --finalize-timeout, kept for a background completion (pending.go,
+	// whose idemproxy_pending_completions_total says how it ended).
+	resultStorePending = "store_pending"
 )
 
 // allOutcomes and allResults are every value of the two labels.
@@ -50,7 +54,7 @@ var (
 		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeStoreReset, outcomeFailOpen, outcomeNotStored,
 		outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge, outcomeIdentityRequired}
 	allResults = []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,
-		resultUnknownOutcome, resultLeaseLost, resultStoreError}
+		resultUnknownOutcome, resultLeaseLost, resultStoreError, resultStorePending}
 )
 
 // Watchdog renewal results and the stages at which a lease can be lost.
@@ -84,6 +88,11 @@ type Metrics struct {
 	streams      prometheus.Gauge
 	// upstreamRetries counts keyed responses Envoy retried upstream (attempts.go).
 	upstreamRetries *prometheus.CounterVec
+	// pending completions (pending.go): kept now, their bytes, and what
+	// became of them.
+	pendingNow   prometheus.Gauge
+	pendingBytes prometheus.Gauge
+	pending      *prometheus.CounterVec
 	// config is idemproxy_envoy_config_problems (envoycheck.go).
 	config *configProblems
 }
@@ -151,12 +160,25 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "idemproxy_upstream_retries_total",
 			Help: "Keyed responses that Envoy retried upstream (x-envoy-attempt-count above 1), by kind: may_have_run (an earlier attempt may have run: the request may have run more than once) or declared_never_sent (the route declares x-idemproxy-retries: never-sent).",
 		}, []string{"kind"}),
+		pendingNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_pending_completions",
+			Help: "Responses seen in full whose completion the store did not take within --finalize-timeout, retried in the background right now.",
+		}),
+		pendingBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "idemproxy_pending_completion_bytes",
+			Help: "Bytes of response bodies and headers held by the pending completions (against --max-pending-completion-bytes).",
+		}),
+		pending: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "idemproxy_pending_completions_total",
+			Help: "Pending completions by what became of them: stored (the response), status_only (409 response-not-stored), lease_lost, gave_up (nothing written), refused (--max-pending-completions reached), body_dropped (kept without its body: --max-pending-completion-bytes reached).",
+		}, []string{"result"}),
 	}
 	m.config = newConfigProblems()
 	if err := reg.Register(m.config); err != nil {
 		return nil, err
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.retryAfter, m.shadow, m.unreplicated, m.streams, m.upstreamRetries} {
+	for _, c := range []prometheus.Collector{m.requests, m.responses, m.renewals, m.leaseLost, m.redis, m.retries, m.waiting, m.waits, m.waitSeconds, m.retryAfter, m.shadow, m.unreplicated, m.streams, m.upstreamRetries,
+		m.pendingNow, m.pendingBytes, m.pending} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -190,6 +212,9 @@ func (m *Metrics) zeros() {
 	m.upstreamRetries.WithLabelValues(retryDeclaredSafe)
 	for _, b := range []string{basisTypical, basisRunning, basisLease} {
 		m.retryAfter.WithLabelValues(b)
+	}
+	for _, r := range []string{pendingStored, pendingStatusOnly, pendingLeaseLost, pendingGaveUp, pendingRefused, pendingBodyDrop} {
+		m.pending.WithLabelValues(r)
 	}
 }
 

@@ -45,6 +45,8 @@ func notStoredDetail(rec *idem.Record) string {
 			why = "its response body never reached the proxy in full (the connection broke mid-body)"
 		case rec.Trailers:
 			why = "its response ended with HTTP trailers, which cannot be replayed"
+		case rec.StoreFailed:
+			why = "the idempotency store did not take its response in time (it was unavailable), so only the status was kept"
 		}
 	}
 	return fmt.Sprintf("The request with this idempotency key completed with status %d, but %s; it will not run again.", status, why)

@@ -230,9 +230,10 @@ func TestServer_Process_storesServerErrors(t *testing.T) {
 }
 
 // TestServer_Process_completeUntilLease: a completion that keeps failing
-// past --finalize-timeout (Redis cut off, then back) is retried until the
-// key's lease ends, and stored then; only --finalize-timeout, it is given
-// up and the key left to read as an unknown outcome.
+// past --finalize-timeout (Redis cut off, then back) is kept and retried
+// in the background until the key's lease would end, and stored then;
+// only --finalize-timeout, it is given up and the key left to read as an
+// unknown outcome.
 func TestServer_Process_completeUntilLease(t *testing.T) {
 	for _, untilLease := range []bool{true, false} {
 		t.Run(fmt.Sprintf("until the lease %v", untilLease), func(t *testing.T) {
@@ -249,8 +250,14 @@ func TestServer_Process_completeUntilLease(t *testing.T) {
 			e, ok := store.entry(keyOf("k"))
 			require.True(t, ok)
 			if untilLease {
-				require.NotNil(t, e.rec, "stored once Redis answered, within the lease")
-				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStored))
+				require.Eventually(t, func() bool {
+					e, _ := store.entry(keyOf("k"))
+					return e.rec != nil
+				}, waitFor, 10*time.Millisecond, "stored once Redis answered, within the lease")
+				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStorePending))
+				require.Eventually(t, func() bool {
+					return counter(t, reg, "idemproxy_pending_completions_total", "result", pendingStored) == 1
+				}, waitFor, 10*time.Millisecond)
 			} else {
 				require.Nil(t, e.rec, "given up at --finalize-timeout")
 				require.EqualValues(t, 1, counter(t, reg, "idemproxy_responses_total", "result", resultStoreError))

@@ -50,6 +50,10 @@ type Server struct {
 	// durations is each route's recent duration of a keyed request, for
 	// the Retry-After of a key in progress (retryafter.go).
 	durations routeDurations
+	// pending keeps the completions the store did not take in time
+	// (pending.go); stopKeeping starts their drain.
+	pending     *keeper
+	stopKeeping context.CancelFunc
 }
 
 // Options are the collaborators of a Server.
@@ -71,6 +75,9 @@ type Options struct {
 	// Propagator reads the trace context; nil: W3C Trace Context, what
 	// Envoy's OpenTelemetry tracer sends.
 	Propagator propagation.TextMapPropagator
+	// Lifetime is the server's life (nil: until Drain): the background
+	// completions (pending.go) end with it, or with Drain.
+	Lifetime context.Context
 }
 
 // New validates cfg and builds a Server.
@@ -102,6 +109,12 @@ func New(cfg Config, opts Options) (*Server, error) {
 		scope:   map[string]int{},
 	}
 	s.reads = newSharedReads(s.store)
+	life := opts.Lifetime
+	if life == nil {
+		life = context.Background()
+	}
+	life, s.stopKeeping = context.WithCancel(life)
+	s.pending = newKeeper(life, cfg.MaxPendingCompletions, cfg.MaxPendingBytes, opts.Metrics)
 	if opts.TracerProvider != nil {
 		s.tracer = opts.TracerProvider.Tracer("github.com/idemproxy/idemproxy/processor")
 		s.propagator = opts.Propagator

@@ -23,18 +23,32 @@ type write struct {
 	// comes back with it and holds its key with nobody to settle it.
 	untilReplicated bool
 	// done reports the final result; retried says an earlier attempt
-	// failed, so its write may have happened all the same (a later
-	// ErrLeaseLost is then most likely our own earlier success).
+	// failed, so its write may have happened all the same (for a release
+	// or an abandon, a later ErrLeaseLost is then most likely our own
+	// earlier success; a completion's repeat succeeds instead).
 	done func(err error, retried bool)
+	// keep, when set, takes a write that still fails after
+	// --finalize-timeout into the background (pending.go): true when it
+	// took it, and then done is its business.
+	keep func(err error) bool
+}
+
+// kept hands a write that still fails after its retries to w.keep;
+// true when kept. A write unreplicated after its retries is not kept:
+// it is written.
+func (w write) kept(err error) bool {
+	return w.keep != nil && retryable(err) && w.keep(err)
 }
 
 // settle stops the watchdog and runs w. In band (Envoy waits for our reply
 // to this message) it makes one attempt, bounded like any request-path
 // call, and leaves a failed one to finish, which retries it once the
 // stream is over. Otherwise it retries at once, until --finalize-timeout
-// or the end of the lease, whichever is later.
+// or the end of the lease, whichever is later; but a completion that still
+// fails at --finalize-timeout is handed to the background (pending.go).
 func (e *exchange) settle(w write, inBand bool) {
 	e.lock.state = lockDone
+	e.lock.settling = time.Now()
 	// The watchdog stops first: a renewal racing the write would find the
 	// record settled and report a false lease loss.
 	e.lock.dog.stop()
@@ -43,7 +57,9 @@ func (e *exchange) settle(w write, inBand bool) {
 	}
 	if !inBand {
 		err, retried := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
-		w.done(err, retried)
+		if !w.kept(err) {
+			w.done(err, retried)
+		}
 		return
 	}
 	err := w.call(context.WithoutCancel(e.ctx)) // bounded by the store timeout
@@ -87,6 +103,11 @@ const (
 func (s *Server) retrying(stream context.Context, w write, until time.Time) (err error, retried bool) {
 	ctx, cancel := s.detached(stream)
 	defer cancel()
+	// A write that can be kept (a completion) is handed to the background
+	// at --finalize-timeout instead (pending.go), so the stream's
+	// goroutine is not held for the lease; unless it is written and only
+	// waits for replicas, which goes on as before.
+	handoff := deadlineOf(ctx)
 	if s.cfg.FinalizeUntilLease && until.After(deadlineOf(ctx)) {
 		cancel()
 		ctx, cancel = context.WithDeadline(context.WithoutCancel(stream), until)
@@ -106,7 +127,7 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 			// by the replicas).
 			err = prev
 		}
-		if !w.retryable(err) || ctx.Err() != nil {
+		if !w.retryable(err) || ctx.Err() != nil || w.keep != nil && retryable(err) && !time.Now().Before(handoff) {
 			return err, n > 0
 		}
 		s.log.Debug("a settling write failed; trying again", "op", w.op, "attempt", n+1, "error", err)
@@ -132,73 +153,9 @@ func deadlineOf(ctx context.Context) time.Time {
 	return d
 }
 
-// complete stores the response for the retention period.
-func (e *exchange) complete(inBand bool) {
-	e.resp.collecting = false
-	e.sampleDuration()
-	if e.resp.rec.BodyStored {
-		e.resp.rec.Body = e.resp.body.Bytes()
-	}
-	rec := e.resp.rec
-	e.settle(write{op: "complete", untilReplicated: true,
-		call: func(ctx context.Context) error {
-			return e.srv.store.Complete(ctx, e.req.key, e.lock.token, rec, e.pol.retention)
-		},
-		done: func(err error, retried bool) {
-			e.completed(rec, err, retried)
-			e.resp.body.Reset()
-		},
-	}, inBand)
-}
-
-// completed counts and logs the result of storing rec.
-func (e *exchange) completed(rec idem.Record, err error, retried bool) {
-	m := e.srv.metrics
-	switch {
-	case errors.Is(err, idem.ErrLeaseLost) && retried:
-		e.settledAs(resultStored)
-		e.logger().Info("response stored by an attempt that timed out, most likely: the record is no longer ours to write", "status", rec.Status)
-	case errors.Is(err, idem.ErrLeaseLost):
-		e.settledAs(resultLeaseLost)
-		m.leaseLost.WithLabelValues(stageDone).Inc()
-		e.logger().Warn("lease lost before the response was stored; not overwriting the key's new owner", "status", rec.Status)
-	case errors.Is(err, idem.ErrUnreplicated):
-		// Written on the primary, and written again on each new one, but
-		// never confirmed by the replicas --redis-min-replicas asks for
-		// until the lease ended (the response went out long ago: holding
-		// it would only turn it into Envoy's 504). A failover before they
-		// catch up loses it.
-		m.unreplicated.WithLabelValues("complete").Inc()
-		m.responses.WithLabelValues(storedResult(rec)).Inc()
-		e.logger().Warn("response stored and delivered, but the replicas --redis-min-replicas asks for did not confirm it until its lease ended; "+
-			"a failover before they catch up loses it, and the key then reads as an unknown outcome", "error", err, "status", rec.Status)
-	case err != nil:
-		e.settledAs(resultStoreError)
-		e.logger().Error("storing the response failed, retried until its lease ended; "+e.afterLease(),
-			"error", err, "status", rec.Status)
-	case rec.BodyStored:
-		e.settledAs(resultStored)
-	case rec.Incomplete:
-		e.settledAs(resultStoredIncomplete)
-		e.logger().Info("response stored without its body: the body never completed", "status", rec.Status)
-	case rec.Trailers:
-		m.responses.WithLabelValues(resultStoredTrailers).Inc()
-		e.logger().Info("response stored without its body: it ended with trailers, which cannot be replayed", "status", rec.Status)
-	default:
-		e.settledAs(resultStoredNoBody)
-		e.logger().Info("response stored without its body (over the cap)", "status", rec.Status, "cap", e.srv.cfg.MaxStoredBody)
-	}
-}
-
-// storedResult is the responses_total result of a stored rec.
-func storedResult(rec idem.Record) string {
-	switch {
-	case rec.BodyStored:
-		return resultStored
-	case rec.Incomplete:
-		return resultStoredIncomplete
-	}
-	return resultStoredNoBody
+// triedFor is how long the settling write has been tried so far.
+func (e *exchange) triedFor() string {
+	return time.Since(e.lock.settling).Round(time.Millisecond).String()
 }
 
 // afterLease says what a key whose lease ended without a settlement
@@ -225,14 +182,16 @@ func (e *exchange) releaseWith(result string, inBand, unsure bool, attrs ...any)
 			e.settledAs(result)
 			switch {
 			case errors.Is(err, idem.ErrUnreplicated):
-				e.logger().Warn("the lock was deleted, but not every replica a failover could promote confirmed it until its lease ended; "+
+				e.logger().Warn("the lock was deleted, but not every replica a failover could promote confirmed it, tried for "+e.triedFor()+"; "+
 					"if one that still has it is promoted, "+e.afterLease(), append(attrs, "error", err)...)
 			case retryable(err) && unsure:
-				e.logger().Warn("giving back the lock a failed acquire may have taken failed, retried until its lease ended; "+
-					"if that acquire reached Redis in time, "+e.afterLease(), append(attrs, "error", err)...)
+				// The acquire failed without a definite answer (a timeout,
+				// a broken connection): whether it took a lock is unknown.
+				e.logger().Warn("an acquire failed without saying whether it took the lock, and giving that lock back failed too, tried for "+e.triedFor()+
+					"; if the acquire did take it, once its lease ends "+e.afterLease(), append(attrs, "error", err)...)
 			case retryable(err):
-				e.logger().Error("releasing the lock failed, retried until its lease ended; "+e.afterLease(),
-					append(attrs, "error", err)...)
+				e.logger().Error("releasing the lock failed, tried for "+e.triedFor()+"; nothing more will be written: once its lease ends, "+e.afterLease(),
+					append(attrs, "error", err, "lease_ends", e.lock.leaseEnd.UTC().Format(time.RFC3339))...)
 			case errors.Is(err, idem.ErrLeaseLost) && unsure:
 				e.logger().Debug("the failed acquire had taken no lock", attrs...)
 			default:
@@ -250,7 +209,9 @@ func (e *exchange) finish() {
 		e.lock.pending = nil
 		e.srv.metrics.retries.WithLabelValues(w.op).Inc()
 		err, _ := e.srv.retrying(e.ctx, w, e.lock.leaseEnd)
-		w.done(err, true)
+		if !w.kept(err) {
+			w.done(err, true)
+		}
 	case e.lock.state == lockUnanswered:
 		// Acquire failed, so the client got 503 and nothing went
 		// upstream; but Redis may have run the acquire after we stopped
@@ -302,7 +263,7 @@ func (e *exchange) abandon(why string, inBand bool, attrs ...any) {
 				// The record still holds our lease: once it runs out, the
 				// key reads as an unknown outcome all the same.
 				e.settledAs(resultStoreError)
-				e.logger().Error("outcome unknown, and marking the key failed; it is refused as unknown once its lease ends: "+why,
+				e.logger().Error("outcome unknown, and marking the key failed, tried for "+e.triedFor()+"; its record still holds our lease, which is read as an unknown outcome once it ends: "+why,
 					append(attrs, "error", err, "lock_ttl", e.pol.lockTTL.String())...)
 			default:
 				e.logger().Warn("outcome unknown; key held until an operator clears it or the retention ends: "+why,

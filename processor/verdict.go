@@ -130,6 +130,10 @@ type look struct {
 	acq     idem.Acquisition
 	err     error
 	typical time.Duration
+	// storing is the status of the response to the key's first request,
+	// received in full and being stored by this process in the background
+	// (pending.go); 0 when it is not.
+	storing int
 }
 
 // judge decides what a look at the key means for the request that made
@@ -143,6 +147,12 @@ func judge(l look, claim idem.Claim, pol policy, failOpen bool) verdict {
 		return verdict{outcome: outcomeAcquired, fenced: true, fence: acq.Fence, then: stepGrant}
 	case acq.State == idem.StateInProgress && pol.waits() && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
 		return verdict{then: stepWait}
+	case l.storing != 0 && bytes.Equal(acq.Fingerprint, claim.Fingerprint):
+		// Not "still running", nor an unknown outcome once the lease ran
+		// out: the upstream answered; only the store has not taken the
+		// response yet (it is retried every second or so).
+		return refusal(outcomeConflict, probInProgress, fmt.Sprintf("The first request with this idempotency key has completed "+
+			"with status %d, and its response is being stored; it will not run again. Retry later to get it replayed.", l.storing), "1")
 	default:
 		return existing(acq, claim, l.typical)
 	}

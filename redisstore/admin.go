@@ -34,10 +34,13 @@ type KeyInfo struct {
 	BodyStored     bool          `json:"body_stored,omitempty"`
 	BodyIncomplete bool          `json:"body_incomplete,omitempty"`
 	BodyTrailers   bool          `json:"body_trailers,omitempty"`
-	BodyBytes      int64         `json:"body_bytes,omitempty"`
-	TTL            time.Duration `json:"ttl_ns,omitempty"`
-	Fence          int64         `json:"fence,omitempty"`      // fence of the grant that made the record
-	LastFence      int64         `json:"last_fence,omitempty"` // the key's fence counter
+	// BodyNotStored: the response was seen in full, but the store did not
+	// take it in time; only its status was written (bs "s").
+	BodyNotStored bool          `json:"body_not_stored,omitempty"`
+	BodyBytes     int64         `json:"body_bytes,omitempty"`
+	TTL           time.Duration `json:"ttl_ns,omitempty"`
+	Fence         int64         `json:"fence,omitempty"`      // fence of the grant that made the record
+	LastFence     int64         `json:"last_fence,omitempty"` // the key's fence counter
 	// UpstreamAttempts is Envoy's attempt count for a completed response
 	// that Envoy retried upstream: the request may have run that many
 	// times (docs/envoy-and-mesh.md, Retries). Absent: one attempt.
@@ -187,6 +190,7 @@ func (f recordFields) fill(info *KeyInfo, now int64) error {
 	info.BodyStored = f.bs == "1"
 	info.BodyIncomplete = f.bs == "i"
 	info.BodyTrailers = f.bs == "t"
+	info.BodyNotStored = f.bs == "s"
 	info.Fence = f.grantFence()
 	return nil
 }

@@ -39,7 +39,7 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	reply, res, err := s.execSlice(ctx, acquireScript, keys,
 		c.Token, c.Fingerprint, lease, keyTTL, max(s.fenceTTL, 2*keyTTL), takeover, c.Scope, wait, s.deadline(ctx, rk))
 	if err != nil {
-		return idem.Acquisition{}, fmt.Errorf("redisstore: %s: %w", op, err)
+		return idem.Acquisition{}, notTaken(op, err)
 	}
 	acq, err := parseAcquire(reply, s.opener(rk))
 	if errors.Is(err, ErrResetMarker) && s.topo != nil {
@@ -113,7 +113,7 @@ func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) erro
 }
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
-// is not written, whatever rec.Body holds; rec.Incomplete and rec.Trailers are kept.
+// is not written, whatever rec.Body holds; rec.Incomplete, rec.Trailers and rec.StoreFailed are kept.
 func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
 	const op = "complete"
 	ms, err := checkArgs(op, token, "retention", retention)
@@ -127,6 +127,10 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 		body, bs = nil, "i"
 	case rec.Trailers:
 		body, bs = nil, "t"
+	case rec.StoreFailed:
+		// Read by older versions as a corrupt record (their parseRecord
+		// knows no "s"): their duplicates get 503, never a run.
+		body, bs = nil, "s"
 	default:
 		body, bs = nil, "0"
 	}

@@ -117,6 +117,8 @@ func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, err
 		rec.Incomplete = true
 	case "t":
 		rec.Trailers = true
+	case "s":
+		rec.StoreFailed = true
 	default:
 		return nil, fmt.Errorf("%w: body-stored flag %q", ErrCorruptRecord, bs)
 	}

@@ -20,7 +20,10 @@
 //	hdr     encoded response headers (completed only)
 //	body    response body (completed only; empty when not stored)
 //	bs      "1" body stored, "0" too large to store, "i" it never ended,
-//	        "t" it ended with trailers (not replayable)
+//	        "t" it ended with trailers (not replayable), "s" it was seen
+//	        in full but not stored before its lease ended (status only;
+//	        versions before it read "s" as a corrupt record: they refuse
+//	        the key with 503, never run it)
 //	enc     id of the key that sealed hdr and body, absent (or "", as
 //	        earlier versions wrote) when plain
 //	ctk     SHA-1 (hex) of the completing owner's token, ":", the fence

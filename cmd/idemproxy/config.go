@@ -203,7 +203,9 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.EncryptionKeys, "encryption-keys", "", "encrypt stored responses at rest (AES-256-GCM): id:base64key[,id:base64key...], the first seals, all open (rotation)")
 	fs.StringVar(&s.EncryptionFile, "encryption-keys-file", "", "file holding the --encryption-keys value (preferred: not visible in ps)")
 	fs.StringVar(&s.AdminTokenFile, "admin-token-file", "", "file holding the admin bearer token (preferred over --admin-token: not visible in ps)")
-	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends")
+	fs.DurationVar(&p.FinalizeTimeout, "finalize-timeout", p.FinalizeTimeout, "bound on storing a response or releasing a lock after the stream ends; a response still not stored then is kept and retried in the background (--max-pending-completions)")
+	fs.IntVar(&p.MaxPendingCompletions, "max-pending-completions", p.MaxPendingCompletions, "responses seen in full but not stored within --finalize-timeout, kept and retried in the background at once (until the lease would end, then their status alone); beyond, one is not kept and its key reads as an unknown outcome once its lease ends (0: none kept)")
+	fs.Int64Var(&p.MaxPendingBytes, "max-pending-completion-bytes", p.MaxPendingBytes, "bytes of bodies and headers the pending completions may hold; beyond, one is kept as its status alone (409 response-not-stored)")
 	fs.StringVar(&p.MetadataNamespace, "metadata-namespace", p.MetadataNamespace, "dynamic-metadata namespace of the decision (idemproxy.outcome, .fence, .result) returned to Envoy for its access log; list it in the filter's metadata_options.receiving_namespaces (empty: none)")
 }
 

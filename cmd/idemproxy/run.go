@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer watcher.Close()
 	defer stopWatcher()
 	proc, err := processor.New(s.Processor, processor.Options{Store: store, Gate: checker, Watcher: watcher,
-		Metrics: m.processor, Logger: log, TracerProvider: tp})
+		Metrics: m.processor, Logger: log, TracerProvider: tp, Lifetime: ctx})
 	if err != nil {
 		return usageError{err}
 	}
@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	logStart(s, grpcLis.Addr(), adminLis.Addr(), log)
 	return servers{
-		gate: checker, held: held, health: hs, grpc: gs, grpcLis: grpcLis,
+		gate: checker, held: held, health: hs, grpc: gs, grpcLis: grpcLis, drain: proc.Drain, storeTimeout: s.Processor.StoreTimeout,
 		admin:    &http.Server{Handler: newAdminHandler(s, m.reg, checker, proc, store, log), ReadHeaderTimeout: 5 * time.Second},
 		adminLis: adminLis,
 	}.serve(ctx, s.ShutdownGrace, log)
@@ -125,6 +125,11 @@ type servers struct {
 	grpcLis  net.Listener
 	admin    *http.Server
 	adminLis net.Listener
+	// drain settles the completions still pending (processor.Drain)
+	// after the streams have ended; storeTimeout bounds each of its
+	// last attempts.
+	drain        func(context.Context) int
+	storeTimeout time.Duration
 }
 
 // serve runs the servers and the Redis checks until ctx ends or one of
@@ -154,7 +159,9 @@ func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logge
 		// Not ready for good, so balancers drain us first.
 		r.gate.Shutdown()
 		r.health.Shutdown()
+		start := time.Now()
 		stopGRPC(r.grpc, grace, log)
+		r.drainPending(gctx, start.Add(grace))
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer cancel()
 		return r.admin.Shutdown(sctx)
@@ -164,6 +171,27 @@ func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logge
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// drainPending gives the completions still pending what is left of the
+// grace, and at least two store timeouts (a last try of the response and
+// of its status), then leaves the rest to their leases.
+func (r servers) drainPending(ctx context.Context, until time.Time) {
+	if r.drain == nil {
+		return
+	}
+	until = later(until, time.Now().Add(2*r.storeTimeout))
+	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), until)
+	defer cancel()
+	r.drain(dctx)
+}
+
+// later is the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // loggedError is a failure run has already logged; it unwraps to the

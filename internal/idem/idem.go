@@ -136,13 +136,17 @@ type Record struct {
 	// BodyStored is false when the body was not kept: the key is
 	// completed, but its response cannot be replayed.
 	BodyStored bool
-	// Incomplete and Trailers say why BodyStored is false; with neither
-	// the body was over the cap. Incomplete: the status and headers
-	// arrived, but the body never ended (the client hung up, or the
-	// upstream reset mid-body). Trailers: the response ended with HTTP
-	// trailers, which an immediate response cannot replay.
-	Incomplete bool
-	Trailers   bool
+	// Incomplete, Trailers and StoreFailed say why BodyStored is false;
+	// with none the body was over the cap. Incomplete: the status and
+	// headers arrived, but the body never ended (the client hung up, or
+	// the upstream reset mid-body). Trailers: the response ended with HTTP
+	// trailers, which an immediate response cannot replay. StoreFailed:
+	// the response was seen in full and delivered, but the store did not
+	// take it until its lease ended (or the proxy shut down); only its
+	// status was written afterwards.
+	Incomplete  bool
+	Trailers    bool
+	StoreFailed bool
 	// UpstreamAttempts is Envoy's attempt count for the stored response
 	// (x-envoy-attempt-count) when Envoy retried the request upstream: above
 	// 1, an earlier attempt may have run too. 0: one attempt, or not known

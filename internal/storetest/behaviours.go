@@ -48,9 +48,9 @@ var behaviours = []behaviour{
 		require.Equal(t, &rec, acq.Record)
 	}},
 	{"a record completed without its body keeps the status and why", func(t *testing.T, s Subject) {
-		for key, why := range map[string]idem.Record{"too-large": {}, "cut": {Incomplete: true}, "trailers": {Trailers: true}} {
+		for key, why := range map[string]idem.Record{"too-large": {}, "cut": {Incomplete: true}, "trailers": {Trailers: true}, "store-failed": {StoreFailed: true}} {
 			tok, _ := grant(t, s.Store, key, "fp", holdLease)
-			rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped"), Incomplete: why.Incomplete, Trailers: why.Trailers}
+			rec := idem.Record{Fingerprint: []byte("fp"), Status: 200, Body: []byte("dropped"), Incomplete: why.Incomplete, Trailers: why.Trailers, StoreFailed: why.StoreFailed}
 			require.NoError(t, s.Store.Complete(t.Context(), key, tok, rec, time.Hour))
 			got := look(t, s.Store, key, "fp", holdLease).Record
 			require.NotNil(t, got, key)
@@ -59,6 +59,7 @@ var behaviours = []behaviour{
 			require.Empty(t, got.Body, key)
 			require.Equal(t, why.Incomplete, got.Incomplete, key)
 			require.Equal(t, why.Trailers, got.Trailers, key)
+			require.Equal(t, why.StoreFailed, got.StoreFailed, key)
 		}
 	}},
 	{"release frees the key and the next grant gets the next fence", func(t *testing.T, s Subject) {

@@ -12,7 +12,9 @@
 -- ARGV[5]  encoded headers (opaque here)
 -- ARGV[6]  body (bytes; empty when not stored)
 -- ARGV[7]  "1" body stored, "0" too large to store, "i" the body never ended,
---          "t" the response ended with trailers
+--          "t" the response ended with trailers, "s" it was seen in full
+--          but not stored before its lease ended (status only; opaque
+--          here, as every code is)
 -- ARGV[8]  id of the key that sealed hdr and body, "" when stored plain
 -- ARGV[9]  the record's shard channel: duplicates waiting for the key
 --          (--in-progress=wait, which marks the record with field w) hear
