@@ -6,8 +6,12 @@ package processor
 // (the default), Stripe's {"error":{...}} envelope, or the operator's
 // template. Whatever the shape, the problem type travels in the
 // Idempotency-Problem header, so machines can branch on it everywhere.
+// A gRPC request gets a gRPC status instead, whatever the format
+// (grpcstatus.go).
 
 import (
+	"time"
+
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
@@ -21,23 +25,30 @@ const problemHeader = "idempotency-problem"
 const jsonContentType = "application/json"
 
 // refused is a refusal not yet rendered: its problem, the detail, and the
-// Retry-After seconds ("" for none).
+// Retry-After seconds ("" for none); wait is the in-progress estimate
+// before rounding (0: none), a gRPC call's pushback.
 type refused struct {
 	p          problemType
 	detail     string
 	retryAfter string
+	wait       time.Duration
 }
 
 // shape is how a route renders its refusals: the format, and the parsed
-// --error-template-file (nil when none was given).
+// --error-template-file (nil when none was given); grpc is set per
+// request, for a gRPC call, whose refusals are gRPC statuses.
 type shape struct {
 	format   ErrorFormat
 	template *ErrorTemplate
+	grpc     bool
 }
 
 // problemReply answers refusal r in shape s: the one place a refusal's
 // status, headers and body are made.
 func problemReply(r refused, s shape) *extprocv3.ProcessingResponse {
+	if s.grpc {
+		return grpcReply(r)
+	}
 	status, ctype := r.p.status, problemContentType
 	var body []byte
 	var extra []idem.Header

@@ -55,6 +55,7 @@ type request struct {
 	scope        string // for operators: authority and identity hash
 	legacyKey    string // the previous version's key, during --scope-legacy-until
 	route        string // authority and path prefix, for logs (attempts.go, routeOf)
+	grpc         bool   // a gRPC call: refusals are gRPC statuses (grpcstatus.go)
 }
 
 // heldLock is the key this stream holds (or, after a failed acquire, may
@@ -184,6 +185,9 @@ func (e *exchange) screen(h *extprocv3.HttpHeaders, md map[string]*structpb.Stru
 			e.req.path = headerValue(hv)
 		case e.srv.keyHdrs[name]:
 			keys = append(keys, headerValue(hv))
+		case name == "content-type":
+			e.req.grpc = isGRPC(headerValue(hv))
+			e.srv.readScope(hv, &rs)
 		default:
 			e.srv.readScope(hv, &rs)
 		}

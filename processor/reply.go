@@ -61,7 +61,9 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 	}
 	answer := v.answer
 	if v.refused != nil {
-		answer = problemReply(*v.refused, e.pol.shape)
+		r, s := *v.refused, e.pol.shape
+		r.wait, s.grpc = v.hint.wait, e.req.grpc
+		answer = problemReply(r, s)
 	}
 	if answer == nil {
 		resp := p.cont()
