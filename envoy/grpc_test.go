@@ -1,0 +1,214 @@
+package envoy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+)
+
+// gRPC unary calls through the shipped envoy.yaml's gRPC routes, real
+// Envoy, idemproxy and Redis, with grpc-go's interop TestService behind
+// them and a grpc-go client in front (docs/grpc.md).
+
+// grpcBackendPort is the envoy.yaml edit that points the grpc-backend
+// cluster at addr.
+func grpcBackendPort(t *testing.T, addr string) [2]string {
+	t.Helper()
+	port, err := testenv.PortOf(addr)
+	require.NoError(t, err)
+	return [2]string{"port_value: 8082 }", "port_value: " + port + " }"}
+}
+
+// grpcRouteMetadata is the envoy.yaml edit that adds per-route metadata
+// entries (YAML list lines) to the keyed gRPC routes.
+func grpcRouteMetadata(entries string) [2]string {
+	const block = "typed_per_filter_config: &grpc_never_sent\n" +
+		"                  envoy.filters.http.ext_proc:\n" +
+		"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute\n" +
+		"                    overrides:\n" +
+		"                      grpc_initial_metadata:\n"
+	return [2]string{block, block + entries}
+}
+
+// startGRPCStack starts the stack with the gRPC service behind Envoy.
+func startGRPCStack(t *testing.T, edits ...[2]string) (*stack, *grpcService, testgrpc.TestServiceClient) {
+	t.Helper()
+	svc, addr := startGRPCService(t)
+	s := startStackWith(t, stackConfig{envoyEdits: append([][2]string{grpcBackendPort(t, addr)}, edits...)})
+	return s, svc, grpcClient(t, s.url)
+}
+
+// TestGRPC_UnaryOnce: a keyed UnaryCall runs once; a duplicate while it
+// runs gets UNAVAILABLE with a pushback, one with another message
+// FAILED_PRECONDITION fingerprint-mismatch; the first gets its answer and
+// trailers; a retry after it completed gets FAILED_PRECONDITION
+// response-not-stored (until replays through the upstream path exist).
+func TestGRPC_UnaryOnce(t *testing.T) {
+	s, svc, c := startGRPCStack(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	first := make(chan grpcResult, 1)
+	go func() { first <- unary(ctx, c, "g-once", "hold") }()
+	testenv.WaitFor(t, 10*time.Second, "the first call runs", func() bool { return svc.executions("g-once") == 1 })
+
+	dup := unary(ctx, c, "g-once", "hold")
+	require.Equal(t, codes.Unavailable, dup.code(), dup.st.Message())
+	require.Equal(t, "urn:idemproxy:problem:in-progress", dup.problem())
+	require.Contains(t, dup.st.Message(), "urn:idemproxy:problem:in-progress: The first request with this idempotency key is still running")
+	pushback := dup.trailers.Get("grpc-retry-pushback-ms")
+	require.Len(t, pushback, 1, "grpc-go's retry reads exactly one pushback: %v", dup.trailers)
+	ms, err := strconv.Atoi(pushback[0])
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, ms, 100)
+	t.Logf("in-progress duplicate: %v, pushback %d ms", dup.st, ms)
+
+	wire := rawGRPC(t, s.url, "g-once", "hold")
+	require.Equal(t, 200, wire.StatusCode, "a trailers-only gRPC answer travels in a 200")
+	require.Equal(t, "application/grpc", wire.Header.Get("Content-Type"))
+	require.Equal(t, "14", wire.Header.Get("Grpc-Status"))
+	require.Equal(t, "urn:idemproxy:problem:in-progress", wire.Header.Get("Idempotency-Problem"))
+	require.NotEmpty(t, wire.Header.Get("Grpc-Retry-Pushback-Ms"))
+	t.Logf("on the wire: %d %v", wire.StatusCode, wire.Header)
+
+	other := unary(ctx, c, "g-once", "another message")
+	require.Equal(t, codes.FailedPrecondition, other.code(), other.st.Message())
+	require.Equal(t, "urn:idemproxy:problem:fingerprint-mismatch", other.problem())
+	require.Empty(t, other.trailers.Get("grpc-retry-pushback-ms"))
+
+	close(svc.release)
+	got := testenv.Receive(t, first, 10*time.Second, "the first call's answer")
+	require.Equal(t, codes.OK, got.code(), got.st.Message())
+	require.Equal(t, "charged:hold", string(got.resp.GetPayload().GetBody()))
+	require.Equal(t, []string{"ch_g-once"}, got.trailers.Get("charge-id"))
+
+	retry := unary(ctx, c, "g-once", "hold")
+	require.Equal(t, codes.FailedPrecondition, retry.code(), retry.st.Message())
+	require.Equal(t, "urn:idemproxy:problem:response-not-stored", retry.problem())
+	t.Logf("retry of the completed call: %v", retry.st)
+	require.Equal(t, 1, svc.executions("g-once"), "ran once through every duplicate and retry")
+
+	ok := unary(ctx, c, "g-other", "x")
+	require.Equal(t, codes.OK, ok.code(), "another key runs")
+	require.Equal(t, 1, svc.executions("g-other"))
+}
+
+// rawGRPC sends one keyed UnaryCall over plain HTTP/2 and returns the
+// response as it arrived, to see the HTTP form of a gRPC answer.
+func rawGRPC(t *testing.T, url, key, payload string) *http.Response {
+	t.Helper()
+	msg, err := proto.Marshal(&testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte(payload)}})
+	require.NoError(t, err)
+	frame := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+"/grpc.testing.TestService/UnaryCall", bytes.NewReader(append(frame, msg...)))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	req.Header.Set("Idempotency-Key", key)
+	h2c := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	defer h2c.CloseIdleConnections()
+	resp, err := h2c.RoundTrip(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Empty(t, body, "trailers-only: no message")
+	return resp
+}
+
+// TestGRPC_OutcomeUnknown: a call whose server never answers is cut by the
+// route timeout; it may have run, so its retry is refused with
+// FAILED_PRECONDITION outcome-unknown and does not run again.
+func TestGRPC_OutcomeUnknown(t *testing.T) {
+	_, svc, c := startGRPCStack(t, [2]string{"cluster: grpc-backend\n                  timeout: 60s", "cluster: grpc-backend\n                  timeout: 1s"})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cut := unary(ctx, c, "g-unknown", "never")
+	require.NotEqual(t, codes.OK, cut.code())
+	t.Logf("the cut call: %v", cut.st)
+	retry := unary(ctx, c, "g-unknown", "never")
+	require.Equal(t, codes.FailedPrecondition, retry.code(), retry.st.Message())
+	require.Equal(t, "urn:idemproxy:problem:outcome-unknown", retry.problem())
+	require.Equal(t, 1, svc.executions("g-unknown"))
+}
+
+// TestGRPC_WaitingDuplicate: on a gRPC route with x-idemproxy-in-progress:
+// wait, a duplicate is held until the first call completes. Its answer is
+// then what a retry of a completed call gets today: FAILED_PRECONDITION
+// response-not-stored (the replay needs the upstream replay path). It
+// never runs the call again.
+func TestGRPC_WaitingDuplicate(t *testing.T) {
+	s, svc, c := startGRPCStack(t, grpcRouteMetadata(
+		"                      - { key: x-idemproxy-in-progress, value: wait }\n"+
+			"                      - { key: x-idemproxy-max-wait, value: 25s }\n"))
+	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
+	defer cancel()
+	first := make(chan grpcResult, 1)
+	go func() { first <- unary(ctx, c, "g-wait", "hold") }()
+	testenv.WaitFor(t, 10*time.Second, "the first call runs", func() bool { return svc.executions("g-wait") == 1 })
+	dup := make(chan grpcResult, 1)
+	go func() { dup <- unary(ctx, c, "g-wait", "hold") }()
+	testenv.WaitFor(t, 10*time.Second, "the duplicate waits", func() bool { return s.metric(t, "idemproxy_waiters") == 1 })
+
+	close(svc.release)
+	got := testenv.Receive(t, first, 10*time.Second, "the first call's answer")
+	require.Equal(t, codes.OK, got.code(), got.st.Message())
+	waited := testenv.Receive(t, dup, 10*time.Second, "the waiting duplicate's answer")
+	require.Equal(t, codes.FailedPrecondition, waited.code(), waited.st.Message())
+	require.Equal(t, "urn:idemproxy:problem:response-not-stored", waited.problem())
+	require.Equal(t, 1, svc.executions("g-wait"))
+}
+
+// TestGRPC_Streaming: what keyed streaming calls get (docs/grpc.md, unary
+// only). A client-streaming call that half-closes is buffered whole and
+// runs once like a unary call; a bidi call that waits for an answer
+// before half-closing is held by Envoy (BUFFERED) and never reaches the
+// server: it ends at its deadline, nothing run.
+func TestGRPC_Streaming(t *testing.T) {
+	_, svc, c := startGRPCStack(t)
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "g-bidi")
+	bidiCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	bidi, err := c.FullDuplexCall(bidiCtx)
+	require.NoError(t, err)
+	require.NoError(t, bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}))
+	_, err = bidi.Recv()
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "held until the deadline: %v", err)
+	require.Zero(t, svc.executions("g-bidi"), "a held bidi call never reaches the server")
+
+	in := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "g-in")
+	for i := range 2 {
+		st, err := c.StreamingInputCall(in)
+		require.NoError(t, err)
+		for _, m := range []string{"ab", "cde"} {
+			require.NoError(t, st.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: []byte(m)}}))
+		}
+		resp, err := st.CloseAndRecv()
+		if i == 0 {
+			require.NoError(t, err)
+			require.EqualValues(t, 5, resp.GetAggregatedPayloadSize())
+			continue
+		}
+		require.Equal(t, codes.FailedPrecondition, status.Code(err), "the retry: %v", err)
+	}
+	require.Equal(t, 1, svc.executions("g-in"), "a half-closed client stream runs once")
+}
