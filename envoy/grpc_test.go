@@ -33,7 +33,7 @@ func grpcBackendPort(t *testing.T, addr string) [2]string {
 	t.Helper()
 	port, err := testenv.PortOf(addr)
 	require.NoError(t, err)
-	return [2]string{"port_value: 8082 }", "port_value: " + port + " }"}
+	return [2]string{"port_value: 8090 }", "port_value: " + port + " }"}
 }
 
 // grpcRouteMetadata is the envoy.yaml edit that adds per-route metadata
