@@ -21,7 +21,8 @@ import (
 // grpcService is the gRPC backend of the gRPC tests: grpc-go's interop
 // TestService, counting executions per idempotency key. A UnaryCall's
 // payload steers it: "hold" blocks until release is closed, "never"
-// blocks until the call is cut; anything else is charged at once, with
+// blocks until the call is cut, "decline" fails with a gRPC status (a
+// trailers-only response); anything else is charged at once, with
 // the trailer charge-id.
 type grpcService struct {
 	testgrpc.UnimplementedTestServiceServer
@@ -80,6 +81,12 @@ func (g *grpcService) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest
 	case "never":
 		<-ctx.Done()
 		return nil, status.FromContextError(ctx.Err()).Err()
+	case "decline":
+		// A gRPC error: a trailers-only response.
+		if err := grpc.SetTrailer(ctx, metadata.Pairs("decline-code", "insufficient_funds")); err != nil {
+			return nil, err
+		}
+		return nil, status.Error(codes.FailedPrecondition, "card declined: 100% sure")
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if err := grpc.SetTrailer(ctx, metadata.Pairs("charge-id", "ch_"+strings.Join(md.Get("idempotency-key"), ""))); err != nil {

@@ -212,3 +212,25 @@ func TestGRPC_Streaming(t *testing.T) {
 	}
 	require.Equal(t, 1, svc.executions("g-in"), "a half-closed client stream runs once")
 }
+
+// TestGRPC_ErrorStatusRetry: a call that failed with a gRPC status (a
+// trailers-only response: its headers end the stream) is stored like any
+// response without a body, and its retry is replayed from the record by
+// today's immediate-response path: same code, message and trailing
+// metadata, marked Idempotent-Replayed. (A call that succeeded ends with
+// trailers after its message, which that path cannot replay: TestGRPC_UnaryOnce.)
+func TestGRPC_ErrorStatusRetry(t *testing.T) {
+	_, svc, c := startGRPCStack(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	first := unary(ctx, c, "g-decline", "decline")
+	retry := unary(ctx, c, "g-decline", "decline")
+	for _, r := range []grpcResult{first, retry} {
+		require.Equal(t, codes.FailedPrecondition, r.code())
+		require.Equal(t, "card declined: 100% sure", r.st.Message())
+		require.Equal(t, []string{"insufficient_funds"}, r.trailers.Get("decline-code"))
+	}
+	require.Empty(t, first.trailers.Get("idempotent-replayed"))
+	require.Equal(t, []string{"true"}, retry.trailers.Get("idempotent-replayed"))
+	require.Equal(t, 1, svc.executions("g-decline"))
+}
