@@ -234,3 +234,18 @@ func TestGRPC_ErrorStatusRetry(t *testing.T) {
 	require.Equal(t, []string{"true"}, retry.trailers.Get("idempotent-replayed"))
 	require.Equal(t, 1, svc.executions("g-decline"))
 }
+
+// TestGRPC_ProxyUnavailable: with idemproxy gone, the shipped config's
+// reply (503 proxy-unavailable) reaches a gRPC client as Envoy's gRPC form
+// of a 503: UNAVAILABLE, which retry policies retry, and nothing ran.
+func TestGRPC_ProxyUnavailable(t *testing.T) {
+	s, svc, c := startGRPCStack(t)
+	s.idemproxy.Kill()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	r := unary(ctx, c, "g-down", "x")
+	require.Equal(t, codes.Unavailable, r.code(), r.st.Message())
+	require.Contains(t, r.st.Message(), "urn:idemproxy:problem:proxy-unavailable")
+	t.Logf("idemproxy gone: %v", r.st)
+	require.Zero(t, svc.executions("g-down"))
+}
