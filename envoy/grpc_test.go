@@ -9,12 +9,15 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -248,4 +251,37 @@ func TestGRPC_ProxyUnavailable(t *testing.T) {
 	require.Contains(t, r.st.Message(), "urn:idemproxy:problem:proxy-unavailable")
 	t.Logf("idemproxy gone: %v", r.st)
 	require.Zero(t, svc.executions("g-down"))
+}
+
+// TestGRPC_RetryPolicy: grpc-go's own retry policy (UNAVAILABLE retryable)
+// retries an in-progress duplicate on its pushback and stops at the
+// FAILED_PRECONDITION its retry gets once the first call completed: the
+// codes do what docs/grpc.md says to a real client's retries.
+func TestGRPC_RetryPolicy(t *testing.T) {
+	s, svc, c := startGRPCStack(t)
+	const config = `{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}], "retryPolicy": {
+		"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+		"retryableStatusCodes": ["UNAVAILABLE"]}}]}`
+	conn, err := grpc.NewClient(strings.TrimPrefix(s.url, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(config))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	retrying := testgrpc.NewTestServiceClient(conn)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	first := make(chan grpcResult, 1)
+	go func() { first <- unary(ctx, c, "g-policy", "hold") }()
+	testenv.WaitFor(t, 10*time.Second, "the first call runs", func() bool { return svc.executions("g-policy") == 1 })
+	dup := make(chan grpcResult, 1)
+	go func() { dup <- unary(ctx, retrying, "g-policy", "hold") }()
+	conflicts := `idemproxy_requests_total{outcome="in_progress_conflict"}`
+	testenv.WaitFor(t, 10*time.Second, "the policy retries UNAVAILABLE", func() bool { return s.metric(t, conflicts) >= 2 })
+	close(svc.release)
+	require.Equal(t, codes.OK, testenv.Receive(t, first, 10*time.Second, "the first call").code())
+	got := testenv.Receive(t, dup, 20*time.Second, "the retried duplicate")
+	require.Equal(t, codes.FailedPrecondition, got.code(), "FAILED_PRECONDITION ends the retries: %v", got.st)
+	require.Equal(t, "urn:idemproxy:problem:response-not-stored", got.problem())
+	require.Equal(t, 1, svc.executions("g-policy"))
+	t.Logf("in-progress answers before the policy stopped: %v", s.metric(t, conflicts))
 }
