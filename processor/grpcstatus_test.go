@@ -116,3 +116,14 @@ func TestServer_Process_httpKeepsItsShape(t *testing.T) {
 	require.NoError(t, err)
 	requireProblem(t, out[0], 400, "invalid-key")
 }
+
+func TestServer_Process_grpcShadowLogsTheCode(t *testing.T) {
+	store := newFakeStore()
+	fp := fingerprint("POST", "/grpc.testing.TestService/UnaryCall", []byte("m"))
+	store.seedRunning(storeKey([]string{testAuthority}, "k"), fp, time.Second, 25*time.Second)
+	srv, _, logs := newLoggedServer(t, store, func(c *Config) { c.Mode = ModeShadow })
+	out, err := run(t, srv, endEOF, grpcKeyed("k"), reqBody("m", true))
+	require.NoError(t, err)
+	require.NotNil(t, out[1].GetRequestBody(), "shadow: passed upstream")
+	require.Contains(t, logs.String(), "grpc_status=Unavailable", "the code it would have been, not only the 200 it travels in")
+}

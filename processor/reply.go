@@ -16,6 +16,7 @@ import (
 	"context"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
 )
 
 // phase is the request message a verdict answers, which decides the shape
@@ -83,7 +84,11 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 	}
 	e.srv.metrics.shadow.WithLabelValues(v.outcome).Inc()
 	// The scope label (authority, identity hash), never the key or body.
-	e.logger().Info("shadow mode: passed upstream what enforcement would have answered itself",
-		"would", v.outcome, "status", int(answer.GetImmediateResponse().GetStatus().GetCode()), "scope", e.req.scope)
+	attrs := []any{"would", v.outcome, "status", int(answer.GetImmediateResponse().GetStatus().GetCode()), "scope", e.req.scope}
+	if g := answer.GetImmediateResponse().GetGrpcStatus(); g != nil {
+		// A gRPC answer's status is 200: its code says what it would have been.
+		attrs = append(attrs, "grpc_status", codes.Code(g.GetStatus()).String())
+	}
+	e.logger().Info("shadow mode: passed upstream what enforcement would have answered itself", attrs...)
 	return e.srv.fence(p.cont(), 0)
 }
