@@ -3,10 +3,8 @@ package envoy
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,7 +12,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -125,9 +122,9 @@ func rawGRPC(t *testing.T, url, key, payload string) *http.Response {
 	req.Header.Set("Content-Type", "application/grpc")
 	req.Header.Set("Te", "trailers")
 	req.Header.Set("Idempotency-Key", key)
-	h2c := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, network, addr)
-	}}
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, as gRPC clients speak it
+	h2c := &http.Transport{Protocols: &protocols}
 	defer h2c.CloseIdleConnections()
 	resp, err := h2c.RoundTrip(req)
 	require.NoError(t, err)
