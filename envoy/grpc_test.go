@@ -136,8 +136,9 @@ func rawGRPC(t *testing.T, url, key, payload string) *http.Response {
 }
 
 // TestGRPC_OutcomeUnknown: a call whose server never answers is cut by the
-// route timeout; it may have run, so its retry is refused with
-// FAILED_PRECONDITION outcome-unknown and does not run again.
+// route timeout, or by the client's deadline; it may have run, so its retry
+// is refused with FAILED_PRECONDITION outcome-unknown and does not run
+// again.
 func TestGRPC_OutcomeUnknown(t *testing.T) {
 	_, svc, c := startGRPCStack(t, [2]string{"cluster: grpc-backend\n                  timeout: 60s", "cluster: grpc-backend\n                  timeout: 1s"})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -149,6 +150,16 @@ func TestGRPC_OutcomeUnknown(t *testing.T) {
 	require.Equal(t, codes.FailedPrecondition, retry.code(), retry.st.Message())
 	require.Equal(t, "urn:idemproxy:problem:outcome-unknown", retry.problem())
 	require.Equal(t, 1, svc.executions("g-unknown"))
+
+	// The client's own deadline cuts a call the same way.
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond) // before the route's 1 s
+	defer cancelShort()
+	gone := unary(short, c, "g-deadline", "never")
+	require.Equal(t, codes.DeadlineExceeded, gone.code(), gone.st.Message())
+	retry = unary(ctx, c, "g-deadline", "never")
+	require.Equal(t, codes.FailedPrecondition, retry.code(), retry.st.Message())
+	require.Equal(t, "urn:idemproxy:problem:outcome-unknown", retry.problem())
+	require.Equal(t, 1, svc.executions("g-deadline"))
 }
 
 // TestGRPC_WaitingDuplicate: on a gRPC route with x-idemproxy-in-progress:
