@@ -57,8 +57,8 @@ note "starting redis-server on 127.0.0.1:6379"
 rm -rf "$state/redis" && mkdir -p "$state/redis"
 redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly yes --dir "$state/redis" >"$state/logs/redis.log" 2>&1 &
 pids+=($!)
-note "starting the mock payment backend on :8081"
-"$state/bin/backend" --addr 127.0.0.1:8081 >"$state/logs/backend.log" 2>&1 &
+note "starting the mock payment backend on :8081 (gRPC TestService on :8090)"
+"$state/bin/backend" --addr 127.0.0.1:8081 --grpc-addr 127.0.0.1:8090 >"$state/logs/backend.log" 2>&1 &
 pids+=($!)
 wait_http backend http://127.0.0.1:8081/healthz
 note "starting idemproxy (gRPC :50051, admin :9090)"

@@ -14,6 +14,7 @@ const (
 	envAddr      = "BACKEND_ADDR"
 	envSlowDelay = "BACKEND_SLOW_DELAY"
 	envLogLevel  = "BACKEND_LOG_LEVEL"
+	envGRPCAddr  = "BACKEND_GRPC_ADDR"
 
 	defaultAddr      = ":8081"
 	defaultSlowDelay = 45 * time.Second
@@ -23,6 +24,7 @@ const (
 // config is the validated configuration of one backend run.
 type config struct {
 	addr      string
+	grpcAddr  string // "": no gRPC service
 	slowDelay time.Duration
 	logLevel  slog.Level
 }
@@ -42,6 +44,9 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), stdout, s
 	if v, ok := lookupEnv(envAddr); ok {
 		cfg.addr = v
 	}
+	if v, ok := lookupEnv(envGRPCAddr); ok {
+		cfg.grpcAddr = v
+	}
 	if v, ok := lookupEnv(envSlowDelay); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -60,6 +65,8 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), stdout, s
 	// on stdout and errors on stderr, so it prints nothing and we do it below.
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.addr, "addr", cfg.addr, "listen address (env "+envAddr+")")
+	fs.StringVar(&cfg.grpcAddr, "grpc-addr", cfg.grpcAddr,
+		"listen address of the gRPC TestService (grpc.testing.TestService/UnaryCall charges), \"\" for none (env "+envGRPCAddr+")")
 	fs.DurationVar(&cfg.slowDelay, "slow-delay", cfg.slowDelay,
 		"how long /slow waits before charging (env "+envSlowDelay+")")
 	fs.TextVar(&cfg.logLevel, "log-level", cfg.logLevel,

@@ -61,7 +61,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("backend: listen on %s: %w", cfg.addr, err)
 	}
-	return serve(ctx, ln, newBackend(cfg.slowDelay, log).routes(), log)
+	b := newBackend(cfg.slowDelay, log)
+	if cfg.grpcAddr == "" {
+		return serve(ctx, ln, b.routes(), log)
+	}
+	gln, err := lc.Listen(ctx, "tcp", cfg.grpcAddr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("backend: listen on %s: %w", cfg.grpcAddr, err)
+	}
+	// Either server's failure stops both.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	gerr := make(chan error, 1)
+	go func() {
+		gerr <- serveGRPC(ctx, gln, b, log)
+		cancel()
+	}()
+	err = serve(ctx, ln, b.routes(), log)
+	cancel()
+	return errors.Join(err, <-gerr)
 }
 
 // serve runs an HTTP server on ln until ctx is cancelled, then shuts it down
