@@ -140,13 +140,18 @@ type Record struct {
 	// with none the body was over the cap. Incomplete: the status and
 	// headers arrived, but the body never ended (the client hung up, or
 	// the upstream reset mid-body). Trailers: the response ended with HTTP
-	// trailers, which an immediate response cannot replay. StoreFailed:
+	// trailers; with BodyStored they are kept in TrailerHeaders (replayed
+	// by the replay endpoint, which an immediate response cannot do), and
+	// without it, by records of earlier versions, they were not. StoreFailed:
 	// the response was seen in full and delivered, but the store did not
 	// take it until its lease ended (or the proxy shut down); only its
 	// status was written afterwards.
 	Incomplete  bool
 	Trailers    bool
 	StoreFailed bool
+	// TrailerHeaders are the response's trailers in the order sent (with
+	// Trailers and BodyStored).
+	TrailerHeaders []Header
 	// UpstreamAttempts is Envoy's attempt count for the stored response
 	// (x-envoy-attempt-count) when Envoy retried the request upstream: above
 	// 1, an earlier attempt may have run too. 0: one attempt, or not known
