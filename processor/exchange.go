@@ -129,7 +129,7 @@ func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return continueRequestTrailers(), nil
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return e.onResponseTrailers(), nil
+		return e.onResponseTrailers(m.ResponseTrailers), nil
 	default:
 		return nil, fmt.Errorf("processor: unexpected message %T", m)
 	}

@@ -70,12 +70,19 @@ func responseStatus(hs []*corev3.HeaderValue) int {
 }
 
 // onResponseTrailers ends a response that ends with trailers: its body is
-// complete, but an immediate response cannot carry trailers, so a replay
-// could not be faithful. The key is completed without its body: a retry
-// learns the status (409 response-not-stored), and never runs again.
-func (e *exchange) onResponseTrailers() *extprocv3.ProcessingResponse {
+// complete. An immediate response cannot carry trailers, so with a replay
+// endpoint (Options.Replays) the trailers are stored with the body and a
+// retry is served there; without one the key is completed without its
+// body: a retry learns the status (409 response-not-stored), and never
+// runs again.
+func (e *exchange) onResponseTrailers(t *extprocv3.HttpTrailers) *extprocv3.ProcessingResponse {
 	if e.resp.collecting {
-		e.resp.rec.BodyStored, e.resp.rec.Trailers = false, true
+		e.resp.rec.Trailers = true
+		if e.srv.replays != nil && e.resp.rec.BodyStored {
+			e.resp.rec.TrailerHeaders = e.srv.filter.storable(t.GetTrailers().GetHeaders())
+		} else {
+			e.resp.rec.BodyStored = false
+		}
 		e.complete(true)
 	}
 	return continueResponseTrailers()
