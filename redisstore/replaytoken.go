@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -22,7 +21,8 @@ import (
 // ErrNoReplay reports a replay token that replays nothing: never issued,
 // used already, expired, malformed, or its record is gone; or, from
 // IssueReplay, a key without a completed record with its body stored.
-var ErrNoReplay = errors.New("redisstore: no such replay")
+// It is idem.ErrNoReplay, for the replay endpoint.
+var ErrNoReplay = idem.ErrNoReplay
 
 // replaySuffix follows the record key in a token's key, then the token's
 // random part.

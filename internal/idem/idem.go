@@ -34,6 +34,10 @@ var ErrNotTaken = errors.New("idem: refused before the lock was written")
 // reset or the retention has passed since it.
 var ErrStoreReset = errors.New("idem: the store lost its records (store reset)")
 
+// ErrNoReplay reports a replay token that replays nothing: never issued,
+// used already, expired, malformed, or its record is gone.
+var ErrNoReplay = errors.New("idem: no such replay")
+
 // State is the state of a key as Acquire found it.
 type State int
 
