@@ -75,24 +75,45 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	watcher := store.NewWatcher(wctx, rdb.Client(), log, redisstore.WatcherOptions{Recheck: s.Processor.WaitRecheck})
 	defer watcher.Close()
 	defer stopWatcher()
-	proc, err := processor.New(s.Processor, processor.Options{Store: store, Gate: checker, Watcher: watcher,
-		Metrics: m.processor, Logger: log, TracerProvider: tp, Lifetime: ctx})
+	popts := processor.Options{Store: store, Gate: checker, Watcher: watcher,
+		Metrics: m.processor, Logger: log, TracerProvider: tp, Lifetime: ctx}
+	if s.ReplayAddr != "" {
+		popts.Replays = store
+	}
+	proc, err := processor.New(s.Processor, popts)
 	if err != nil {
 		return usageError{err}
 	}
 
 	// The server is built before anything listens: its TLS and token
 	// files are read here, and a bad one must not leave a port open.
-	gs, err := newGRPCServer(s, m.reg, log, proc, hs)
+	sec, err := newSecurity(s, m.reg, log)
 	if err != nil {
+		return err
+	}
+	gs, err := newGRPCServer(s, sec, m.reg, log, proc, hs)
+	if err != nil {
+		return err
+	}
+	rs, err := newReplayServer(s, sec, m.reg, log, store)
+	if err != nil {
+		gs.Stop()
 		return err
 	}
 	grpcLis, adminLis, err := listen(s, gs)
 	if err != nil {
 		return err
 	}
+	replayLis, err := listenReplay(s, rs)
+	if err != nil {
+		grpcLis.Close()
+		adminLis.Close()
+		gs.Stop()
+		return err
+	}
 	logStart(s, grpcLis.Addr(), adminLis.Addr(), log)
 	return servers{
+		replay: rs, replayLis: replayLis,
 		gate: checker, held: held, health: hs, grpc: gs, grpcLis: grpcLis, drain: proc.Drain, storeTimeout: s.Processor.StoreTimeout,
 		admin:    &http.Server{Handler: newAdminHandler(s, m.reg, checker, proc, store, log), ReadHeaderTimeout: 5 * time.Second},
 		adminLis: adminLis,
@@ -125,6 +146,9 @@ type servers struct {
 	grpcLis  net.Listener
 	admin    *http.Server
 	adminLis net.Listener
+	// replay is the replay endpoint; nil without --replay-addr.
+	replay    *replayServer
+	replayLis net.Listener
 	// drain settles the completions still pending (processor.Drain)
 	// after the streams have ended; storeTimeout bounds each of its
 	// last attempts.
@@ -153,6 +177,9 @@ func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logge
 		}
 		return nil
 	})
+	if r.replay != nil {
+		g.Go(func() error { return r.replay.serve(r.replayLis) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", "grace", grace.String())
@@ -161,6 +188,10 @@ func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logge
 		r.health.Shutdown()
 		start := time.Now()
 		stopGRPC(r.grpc, grace, log)
+		if r.replay != nil {
+			// Replays in flight finish within what is left of the grace.
+			r.replay.stop(gctx, start.Add(grace))
+		}
 		r.drainPending(gctx, start.Add(grace))
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer cancel()

@@ -1,0 +1,131 @@
+package envoy
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+
+	"github.com/idemproxy/idemproxy/internal/testenv"
+)
+
+// h2Backend is the envoy.yaml edit that makes the backend cluster speak
+// HTTP/2 (the backend serves h2c), so its trailers reach Envoy.
+var h2Backend = [2]string{"  - name: backend\n    type: STATIC\n    connect_timeout: 1s\n",
+	"  - name: backend\n    type: STATIC\n    connect_timeout: 1s\n" +
+		"    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n" +
+		"        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n" +
+		"        explicit_http_config:\n          http2_protocol_options: {}\n"}
+
+// startReplayStack is startStack with idemproxy's replay endpoint on and
+// Envoy's idemproxy-replay cluster pointing at it; it returns the
+// endpoint's address too.
+func startReplayStack(t *testing.T, edits ...[2]string) (*stack, string) {
+	t.Helper()
+	envoyBin := testenv.EnvoyBin(t)
+	s := startSharedWith(t)
+	var grpcAddr string
+	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", "--replay-addr", "127.0.0.1:0")
+	replayAddr := s.idemproxy.LogAddr(t, "replay endpoint listening")
+	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, Replay: replayAddr, Edits: edits}, 16)
+	return s, replayAddr
+}
+
+// h2cClient speaks HTTP/2 without TLS (prior knowledge), as gRPC does.
+func h2cClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}}
+}
+
+// sendH2 sends a keyed POST with HTTP/2 and reads the whole response.
+func sendH2(t *testing.T, c *http.Client, url, body string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
+	require.NoError(t, err)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, string(b)
+}
+
+// comparable drops the headers that differ between any two responses
+// (date, Envoy's timing) and the replay marker.
+func comparable(h http.Header) http.Header {
+	h = h.Clone()
+	for _, k := range []string{"Date", "X-Envoy-Upstream-Service-Time", "Idempotent-Replayed"} {
+		h.Del(k)
+	}
+	return h
+}
+
+// TestEndToEnd_ReplayEndpoint: a response that ended with trailers (an
+// HTTP/2 upstream) is stored with them, and its retry is served by
+// idemproxy's replay endpoint through the shipped envoy.yaml's replay
+// route: the same status, headers, body and trailers, the backend run
+// once; the token it used is gone; a client's own x-idemproxy-replay never
+// reaches the endpoint; the endpoint refuses callers without the bearer
+// token.
+func TestEndToEnd_ReplayEndpoint(t *testing.T) {
+	t.Parallel()
+	s, replayAddr := startReplayStack(t, h2Backend)
+	c := h2cClient()
+	t.Run("a response with trailers replays byte for byte, once", func(t *testing.T) {
+		key := newKey(t)
+		first, firstBody := sendH2(t, c, s.url+"/trailers", `{"amount":5000}`, "Idempotency-Key", key)
+		require.Equal(t, http.StatusOK, first.StatusCode, firstBody)
+		require.Equal(t, "sha256:demo", first.Trailer.Get("X-Charge-Checksum"))
+		again, againBody := sendH2(t, c, s.url+"/trailers", `{"amount":5000}`, "Idempotency-Key", key)
+		require.Equal(t, 1, s.executions(t, key))
+		require.Equal(t, first.StatusCode, again.StatusCode, againBody)
+		require.Equal(t, firstBody, againBody)
+		require.Equal(t, "true", again.Header.Get("Idempotent-Replayed"))
+		require.Equal(t, comparable(first.Header), comparable(again.Header))
+		require.Equal(t, first.Trailer, again.Trailer)
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_replay_requests_total{result="served"}`))
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_requests_total{outcome="replayed"}`))
+		keys, err := s.redis.Client(t).Keys(t.Context(), "*:replay:*").Result()
+		require.NoError(t, err)
+		require.Empty(t, keys, "the token was used once and is gone")
+		t.Logf("first %d %q trailer %v; retry %d %q trailer %v", first.StatusCode, firstBody, first.Trailer, again.StatusCode, againBody, again.Trailer)
+	})
+	t.Run("a client's own replay header is removed before the route is chosen", func(t *testing.T) {
+		before := s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`) + s.metric(t, `idemproxy_replay_requests_total{result="served"}`)
+		for _, keyed := range []bool{false, true} {
+			h := []string{"X-Idemproxy-Replay", "0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef"}
+			key := newKey(t)
+			if keyed {
+				h = append(h, "Idempotency-Key", key)
+			}
+			resp, body := sendH2(t, c, s.url+"/trailers", `{"amount":1}`, h...)
+			require.Equal(t, http.StatusOK, resp.StatusCode, body)
+			require.Contains(t, body, `"request_body_bytes":12`, "the backend answered")
+			if keyed {
+				require.Equal(t, 1, s.executions(t, key))
+			}
+		}
+		after := s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`) + s.metric(t, `idemproxy_replay_requests_total{result="served"}`)
+		require.Equal(t, before, after, "nothing reached the replay endpoint")
+	})
+	t.Run("the replay endpoint refuses callers without the bearer token", func(t *testing.T) {
+		resp, body := sendH2(t, c, "http://"+replayAddr+"/trailers", "", "X-Idemproxy-Replay", "0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef")
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, body)
+		resp, body = sendH2(t, c, "http://"+replayAddr+"/trailers", "", "X-Idemproxy-Replay", "0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef",
+			"Authorization", "Bearer "+e2eToken)
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "a made-up token replays nothing: %s", body)
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_replay_requests_total{result="unauthenticated"}`))
+	})
+}
