@@ -87,7 +87,7 @@ func TestRetries_EnvoyYAML(t *testing.T) {
 				require.Contains(t, []any{1.0, 2.0}, rp["num_retries"], "route %s", match)
 				require.Equal(t, "envoy.retry_host_predicates.previous_hosts", dig(t, rp, "retry_host_predicate", "0", "name"))
 			}
-			require.Equal(t, 4, keyed, "/strict/, /wait/ and the two key headers")
+			require.Equal(t, 5, keyed, "the replay route (x-idemproxy-replay), /strict/, /wait/ and the two key headers")
 			require.Equal(t, 1, keyless)
 		})
 	}
