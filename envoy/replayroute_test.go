@@ -129,3 +129,36 @@ func TestEndToEnd_ReplayEndpoint(t *testing.T) {
 		require.EqualValues(t, 1, s.metric(t, `idemproxy_replay_requests_total{result="unauthenticated"}`))
 	})
 }
+
+// TestEndToEnd_ReplayHeaderStripped is the fault test of the early header
+// mutation: with it removed from envoy.yaml, a client's own
+// x-idemproxy-replay picks the replay route, so a keyless request bypasses
+// the backend and reaches the replay endpoint (which, since the made-up
+// token replays nothing, answers 503); as shipped, the same request reaches
+// the backend.
+func TestEndToEnd_ReplayHeaderStripped(t *testing.T) {
+	t.Parallel()
+	const strip = "          early_header_mutation_extensions:\n" +
+		"          - name: envoy.http.early_header_mutation.header_mutation\n" +
+		"            typed_config:\n" +
+		"              \"@type\": type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation\n" +
+		"              mutations:\n" +
+		"              - remove: x-idemproxy-replay\n"
+	forged := []string{"X-Idemproxy-Replay", "0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef"}
+	for name, edits := range map[string][][2]string{"as shipped": nil, "without the strip": {{strip, ""}}} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := startReplayStack(t, edits...)
+			resp, body := sendH2(t, h2cClient(), s.url+"/trailers", `{"amount":1}`, forged...)
+			reached := s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`)
+			t.Logf("%s: status %d, replay endpoint reached %v times", name, resp.StatusCode, reached)
+			if edits == nil {
+				require.Equal(t, http.StatusOK, resp.StatusCode, body)
+				require.Zero(t, reached)
+			} else {
+				require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, body)
+				require.EqualValues(t, 1, reached, "the forged header chose the replay route")
+			}
+		})
+	}
+}
