@@ -102,6 +102,29 @@ func TestEndToEnd_ReplayEndpoint(t *testing.T) {
 		require.Empty(t, keys, "the token was used once and is gone")
 		t.Logf("first %d %q trailer %v; retry %d %q trailer %v", first.StatusCode, firstBody, first.Trailer, again.StatusCode, againBody, again.Trailer)
 	})
+	t.Run("to an HTTP/1.1 client the replay is the response it saw", func(t *testing.T) {
+		key := newKey(t)
+		send := func() (*http.Response, string) {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.url+"/trailers", strings.NewReader(`{"amount":7}`))
+			require.NoError(t, err)
+			req.Header.Set("Idempotency-Key", key)
+			resp, err := s.client.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			return resp, string(b)
+		}
+		first, firstBody := send()
+		again, againBody := send()
+		require.Equal(t, 1, s.executions(t, key))
+		require.Equal(t, 1, again.ProtoMajor)
+		require.Equal(t, first.StatusCode, again.StatusCode, againBody)
+		require.Equal(t, firstBody, againBody)
+		require.Equal(t, "true", again.Header.Get("Idempotent-Replayed"))
+		require.Equal(t, comparable(first.Header), comparable(again.Header))
+		require.Equal(t, first.Trailer, again.Trailer, "Envoy drops trailers towards HTTP/1.1 both times")
+	})
 	t.Run("a client's own replay header is removed before the route is chosen", func(t *testing.T) {
 		before := s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`) + s.metric(t, `idemproxy_replay_requests_total{result="served"}`)
 		for _, keyed := range []bool{false, true} {

@@ -82,6 +82,9 @@ type capture struct {
 	collecting bool // storing the response body
 	rec        idem.Record
 	body       bytes.Buffer
+	// declared is the response's Trailer header (the names of the
+	// trailers it announces), not stored unless trailers follow.
+	declared []idem.Header
 }
 
 // observed is what operators see (observe.go): the decision, the grant's

@@ -58,7 +58,7 @@ func newReplayServer(t *testing.T, store Store, replays Replays, mut func(*Confi
 func TestServer_Process_replayViaEndpoint(t *testing.T) {
 	first := func(t *testing.T, srv *Server) {
 		t.Helper()
-		out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "200", "content-type", "application/grpc"),
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "200", "content-type", "application/grpc", "trailer", "x-checksum"),
 			respBody("data", false), respTrailers())
 		require.NoError(t, err)
 		require.Len(t, out, 4)
@@ -72,6 +72,7 @@ func TestServer_Process_replayViaEndpoint(t *testing.T) {
 		require.True(t, e.rec.Trailers)
 		require.Equal(t, "data", string(e.rec.Body))
 		require.Equal(t, "x-checksum", e.rec.TrailerHeaders[0].Name)
+		require.Equal(t, "x-checksum", headerGet(e.rec.Headers, "trailer"), "the announcement goes with the trailers")
 
 		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
 		require.NoError(t, err)
