@@ -29,10 +29,17 @@ var h2Backend = [2]string{"  - name: backend\n    type: STATIC\n    connect_time
 // endpoint's address too.
 func startReplayStack(t *testing.T, edits ...[2]string) (*stack, string) {
 	t.Helper()
+	return startReplayStackArgs(t, []string{"--replay-addr", "127.0.0.1:0"}, edits...)
+}
+
+// startReplayStackArgs is startReplayStack with idemproxy's flags, which
+// must turn the replay endpoint on.
+func startReplayStackArgs(t *testing.T, args []string, edits ...[2]string) (*stack, string) {
+	t.Helper()
 	envoyBin := testenv.EnvoyBin(t)
 	s := startSharedWith(t)
 	var grpcAddr string
-	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", "--replay-addr", "127.0.0.1:0")
+	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", args...)
 	replayAddr := s.idemproxy.LogAddr(t, "replay endpoint listening")
 	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, Replay: replayAddr, Edits: edits}, 16)
 	return s, replayAddr

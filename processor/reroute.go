@@ -34,11 +34,15 @@ type Replays interface {
 	IssueReplay(ctx context.Context, key string, ttl time.Duration) (string, error)
 }
 
-// viaEndpoint turns v, a replay that only the endpoint can serve, into
+// viaEndpoint turns v, a replay that only the endpoint can serve (or any
+// replay, with Config.ReplayAllViaEndpoint), into
 // the verdict that re-routes the request there with a fresh token; in
 // shadow mode no token is issued (the request goes upstream). Without a
 // replay endpoint the response cannot be replayed: 409 response-not-stored.
 func (e *exchange) viaEndpoint(v verdict) verdict {
+	if v.replayed != nil && e.srv.cfg.ReplayAllViaEndpoint && e.srv.replays != nil {
+		v.via = v.replayed
+	}
 	switch {
 	case v.via == nil:
 		return v

@@ -44,6 +44,8 @@ type verdict struct {
 	// (reroute.go); token, once issued, sends the request there.
 	via   *idem.Record
 	token string
+	// replayed is the record of any replay (with answer or via).
+	replayed *idem.Record
 }
 
 // step is what a verdict asks of the request path before its reply.
@@ -187,9 +189,9 @@ func existing(acq idem.Acquisition, claim idem.Claim, typical time.Duration) ver
 	case acq.Record.Trailers:
 		// An immediate response cannot carry trailers: the replay
 		// endpoint serves it (reroute.go).
-		return verdict{outcome: outcomeReplayed, via: acq.Record}
+		return verdict{outcome: outcomeReplayed, via: acq.Record, replayed: acq.Record}
 	default:
-		return verdict{outcome: outcomeReplayed,
+		return verdict{outcome: outcomeReplayed, replayed: acq.Record,
 			answer: immediate(acq.Record.Status, replayHeaders(acq.Record), acq.Record.Body, "idemproxy_replayed")}
 	}
 }

@@ -164,6 +164,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.TextVar(&s.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	fs.DurationVar(&p.LockTTL, "lock-ttl", p.LockTTL, "lifetime of an in-progress lock without renewal")
 	fs.DurationVar(&p.Heartbeat, "heartbeat", p.Heartbeat, "watchdog renewal interval (shorter than --lock-ttl)")
+	fs.BoolVar(&p.ReplayAllViaEndpoint, "replay-all-via-endpoint", false, "serve every replay from the replay endpoint (--replay-addr), not only responses that ended with trailers: no Envoy local-reply rewriting of Content-Type (no Lua filter needed), at the cost of a second hop")
 	fs.DurationVar(&p.Retention, "retention", p.Retention, "how long a completed response is kept for replay")
 	fs.Var(listFlag{&p.KeyHeaders}, "key-headers", "comma list of headers carrying the idempotency key")
 	fs.Var(listFlag{&p.ScopeHeaders}, "scope-headers", "comma list of trusted identity headers added to the key scope (e.g. x-tenant-id)")
