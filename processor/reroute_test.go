@@ -96,6 +96,24 @@ func TestServer_Process_replayViaEndpoint(t *testing.T) {
 		requireProblem(t, retry[0], 503, "store-unavailable")
 		require.Len(t, store.callsOf("acquire"), 2)
 	})
+	t.Run("every replay goes through the endpoint with ReplayAllViaEndpoint, none without", func(t *testing.T) {
+		for _, all := range []bool{false, true} {
+			store, replays := newFakeStore(), &fakeReplays{}
+			srv, _ := newReplayServer(t, store, replays, func(c *Config) { c.ReplayAllViaEndpoint = all })
+			_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "201"), respBody("{}", true))
+			require.NoError(t, err)
+			retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+			require.NoError(t, err)
+			if all {
+				common, _ := commonOf(retry[0])
+				require.True(t, common.GetClearRouteCache())
+				require.Len(t, replays.issued, 1)
+			} else {
+				require.NotNil(t, retry[0].GetImmediateResponse())
+				require.Empty(t, replays.issued)
+			}
+		}
+	})
 	t.Run("in shadow mode the retry goes upstream without a token", func(t *testing.T) {
 		store, replays := newFakeStore(), &fakeReplays{}
 		srv, reg := newReplayServer(t, store, replays, func(c *Config) { c.Mode = ModeShadow })
