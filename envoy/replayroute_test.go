@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -108,6 +109,19 @@ func TestEndToEnd_ReplayEndpoint(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, keys, "the token was used once and is gone")
 		t.Logf("first %d %q trailer %v; retry %d %q trailer %v", first.StatusCode, firstBody, first.Trailer, again.StatusCode, againBody, again.Trailer)
+		var lines []accessLine
+		testenv.WaitFor(t, 30*time.Second, "two access-log lines", func() bool {
+			lines = s.accessLog("/trailers")
+			return len(lines) >= 2
+		})
+		require.Equal(t, "replayed", lines[1].Outcome, "the access log says replayed")
+		require.Equal(t, "via_upstream", lines[1].Details, "served by the replay endpoint, an upstream")
+		for _, l := range s.envoy.Lines() {
+			require.NotContains(t, l, key, "the key is never logged")
+		}
+		token := regexp.MustCompile(`[0-9a-f]{32}\.[0-9a-f]{32}`)
+		require.False(t, token.MatchString(s.idemproxy.Output()), "no replay token in idemproxy's log")
+		require.False(t, token.MatchString(strings.Join(s.envoy.Lines(), "\n")), "nor in Envoy's")
 	})
 	t.Run("to an HTTP/1.1 client the replay is the response it saw", func(t *testing.T) {
 		key := newKey(t)
