@@ -94,3 +94,45 @@ func cutToken(tok string) (id, random string, ok bool) {
 	}
 	return "", "", false
 }
+
+func TestStore_ReplayEncrypted(t *testing.T) {
+	_, c, _ := newTestStore(t)
+	kr, err := ParseKeyring(newKeySpec(t, "2026-12"))
+	require.NoError(t, err)
+	s := New(c, Options{Keyring: kr})
+	want := completeWithTrailers(t, s, "k")
+	fields, _ := snapshot(t, s, c, "k")
+	require.NotContains(t, fields["hdr"], "grpc-status", "the trailers are sealed with the headers")
+	tok, err := s.IssueReplay(t.Context(), "k", 5*time.Second)
+	require.NoError(t, err)
+	rec, err := s.TakeReplay(t.Context(), tok)
+	require.NoError(t, err)
+	require.Equal(t, want.Headers, rec.Headers)
+	require.Equal(t, want.TrailerHeaders, rec.TrailerHeaders)
+	require.Equal(t, want.Body, rec.Body)
+}
+
+func TestCodec_withTrailers(t *testing.T) {
+	hs := []idem.Header{{Name: "content-type", Value: "application/grpc"}, {Name: "x", Value: ""}}
+	trailers := []idem.Header{{Name: "grpc-status", Value: "0"}, {Name: "grpc-message", Value: "ok"}}
+	gotH, gotT, err := decodeWithTrailers(encodeWithTrailers(hs, trailers))
+	require.NoError(t, err)
+	require.Equal(t, hs, gotH)
+	require.Equal(t, trailers, gotT)
+	t.Run("the previous version's decoder (v1 only, unchanged) refuses it: fails closed", func(t *testing.T) {
+		_, err := decodeHeaders(encodeWithTrailers(hs, trailers))
+		require.ErrorIs(t, err, ErrCorruptRecord)
+	})
+	t.Run("v1 still reads, without trailers", func(t *testing.T) {
+		gotH, gotT, err := decodeWithTrailers(encodeHeaders(hs))
+		require.NoError(t, err)
+		require.Equal(t, hs, gotH)
+		require.Empty(t, gotT)
+	})
+	t.Run("a header count past the fields is corrupt", func(t *testing.T) {
+		b := encodeWithTrailers(hs, nil)
+		b[1] = 9
+		_, _, err := decodeWithTrailers(b)
+		require.ErrorIs(t, err, ErrCorruptRecord)
+	})
+}
