@@ -51,9 +51,9 @@ func TestEnvoyCompose_SameAsEnvoyYAML(t *testing.T) {
 		cluster["type"] = "STATIC"
 		delete(cluster, "dns_lookup_family")
 		sa := dig(t, cluster, "load_assignment", "endpoints", "0", "lb_endpoints", "0", "endpoint", "address", "socket_address").(generic)
-		want := map[string]string{"idemproxy": "idemproxy:50051", "backend": "toxiproxy:8082", "grpc-backend": "backend:8090"}[cluster["name"].(string)]
+		want := map[string]string{"idemproxy": "idemproxy:50051", "idemproxy-replay": "idemproxy:50052", "backend": "toxiproxy:8082", "grpc-backend": "backend:8090"}[cluster["name"].(string)]
 		require.Equal(t, want, fmt.Sprintf("%v:%v", sa["address"], sa["port_value"]), cluster["name"])
-		native := map[string]float64{"idemproxy": 50051, "backend": 8081, "grpc-backend": 8090}[cluster["name"].(string)]
+		native := map[string]float64{"idemproxy": 50051, "idemproxy-replay": 50052, "backend": 8081, "grpc-backend": 8090}[cluster["name"].(string)]
 		sa["address"], sa["port_value"] = "127.0.0.1", native
 	}
 	require.Equal(t, native, compose, "envoy-compose.yaml must stay envoy.yaml with compose addresses")

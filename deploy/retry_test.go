@@ -87,7 +87,7 @@ func TestRetries_EnvoyYAML(t *testing.T) {
 				require.Contains(t, []any{1.0, 2.0}, rp["num_retries"], "route %s", match)
 				require.Equal(t, "envoy.retry_host_predicates.previous_hosts", dig(t, rp, "retry_host_predicate", "0", "name"))
 			}
-			require.Equal(t, 6, keyed, "/strict/, /wait/ and the two key headers, for HTTP and for gRPC")
+			require.Equal(t, 7, keyed, "the replay route (x-idemproxy-replay), /strict/, /wait/ and the two key headers, for HTTP and for gRPC")
 			require.Equal(t, 2, keyless, "HTTP and gRPC")
 		})
 	}

@@ -54,6 +54,11 @@ type Config struct {
 	Heartbeat time.Duration
 	// Retention is how long a completed response is kept for replay.
 	Retention time.Duration
+	// ReplayAllViaEndpoint serves every replay from the replay endpoint
+	// (Options.Replays), not only those an immediate response cannot
+	// reproduce (reroute.go): no Envoy local-reply rewriting of
+	// Content-Type, at the cost of a second hop and a Redis round trip.
+	ReplayAllViaEndpoint bool
 	// MaxStoredBody caps the stored response body; a larger response is
 	// delivered in full but stored without its body.
 	MaxStoredBody int

@@ -48,7 +48,7 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 	if v.then == stepGrant {
 		v = e.grant(claim, v)
 	}
-	return e.reply(v, p)
+	return e.reply(e.viaEndpoint(v), p)
 }
 
 // acquire is the request's first acquire of its key.

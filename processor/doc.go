@@ -35,10 +35,16 @@
 //     for decide to judge again. decide.go, grant makes the request the
 //     key's owner: the watchdog (watchdog.go) and, during
 //     --scope-legacy-until, the previous scope's record (fromLegacy).
-//  7. reply.go, reply: everything the verdict implies, once: the outcome's
-//     metric, span attribute and metadata (observe.go, decided, fenced), its
-//     log line, shadow mode, and the immediate response (replies.go) or the
-//     phase's CONTINUE with the fence header (replies.go, Server.fence).
+//  7. reroute.go, viaEndpoint: a replay that an immediate response cannot
+//     reproduce (ended with trailers; every replay with
+//     Config.ReplayAllViaEndpoint) gets a single-use token (Replays,
+//     redisstore's IssueReplay). reply.go, reply: everything the verdict
+//     implies, once: the outcome's metric, span attribute and metadata
+//     (observe.go, decided, fenced), its log line, shadow mode, and the
+//     immediate response (replies.go), the CONTINUE that re-routes the
+//     request to the replay endpoint (reroute.go, rerouted; package
+//     replay serves it), or the phase's CONTINUE with the fence header
+//     (replies.go, Server.fence).
 //  8. response.go, onResponseHeaders, onResponseBody, onResponseTrailers:
 //     the upstream's answer. Envoy's attempt count first (attempts.go,
 //     retried): a response Envoy retried upstream is counted and logged,

@@ -83,6 +83,9 @@ type capture struct {
 	collecting bool // storing the response body
 	rec        idem.Record
 	body       bytes.Buffer
+	// declared is the response's Trailer header (the names of the
+	// trailers it announces), not stored unless trailers follow.
+	declared []idem.Header
 }
 
 // observed is what operators see (observe.go): the decision, the grant's
@@ -130,7 +133,7 @@ func (e *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return continueRequestTrailers(), nil
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return e.onResponseTrailers(), nil
+		return e.onResponseTrailers(m.ResponseTrailers), nil
 	default:
 		return nil, fmt.Errorf("processor: unexpected message %T", m)
 	}

@@ -44,7 +44,7 @@ func notStoredDetail(rec *idem.Record) string {
 		case rec.Incomplete:
 			why = "its response body never reached the proxy in full (the connection broke mid-body)"
 		case rec.Trailers:
-			why = "its response ended with HTTP trailers, which cannot be replayed"
+			why = "its response ended with HTTP trailers, which cannot be replayed without idemproxy's replay endpoint"
 		case rec.StoreFailed:
 			why = "the idempotency store did not take its response in time (it was unavailable), so only the status was kept"
 		}

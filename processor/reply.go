@@ -66,6 +66,14 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 		r.wait, s.grpc = v.hint.wait, e.req.grpc
 		answer = problemReply(r, s)
 	}
+	if v.token != "" {
+		return rerouted(p, v.token)
+	}
+	if v.via != nil {
+		// Shadow mode (viaEndpoint issued no token): the status it
+		// would have replayed, for the log line below.
+		answer = immediate(v.via.Status, nil, nil, "")
+	}
 	if answer == nil {
 		resp := p.cont()
 		if v.fence > 0 {

@@ -6,9 +6,12 @@ package processor
 import (
 	"bytes"
 	"strconv"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOrigin) *extprocv3.ProcessingResponse {
@@ -46,6 +49,7 @@ func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOr
 	}
 	e.resp.rec.Status = status
 	e.resp.rec.Headers = e.srv.filter.storable(hs)
+	e.resp.declared = declaredTrailers(hs)
 	e.resp.rec.BodyStored = true
 	if h.GetEndOfStream() {
 		e.complete(true)
@@ -70,12 +74,22 @@ func responseStatus(hs []*corev3.HeaderValue) int {
 }
 
 // onResponseTrailers ends a response that ends with trailers: its body is
-// complete, but an immediate response cannot carry trailers, so a replay
-// could not be faithful. The key is completed without its body: a retry
-// learns the status (409 response-not-stored), and never runs again.
-func (e *exchange) onResponseTrailers() *extprocv3.ProcessingResponse {
+// complete. An immediate response cannot carry trailers, so with a replay
+// endpoint (Options.Replays) the trailers are stored with the body and a
+// retry is served there; without one the key is completed without its
+// body: a retry learns the status (409 response-not-stored), and never
+// runs again.
+func (e *exchange) onResponseTrailers(t *extprocv3.HttpTrailers) *extprocv3.ProcessingResponse {
 	if e.resp.collecting {
-		e.resp.rec.BodyStored, e.resp.rec.Trailers = false, true
+		e.resp.rec.Trailers = true
+		if e.srv.replays != nil && e.resp.rec.BodyStored {
+			e.resp.rec.TrailerHeaders = e.srv.filter.storable(t.GetTrailers().GetHeaders())
+			// The replay endpoint sends the trailers as they came, so
+			// their announcement too (an HTTP/1.1 client sees it).
+			e.resp.rec.Headers = append(e.resp.rec.Headers, e.resp.declared...)
+		} else {
+			e.resp.rec.BodyStored = false
+		}
 		e.complete(true)
 	}
 	return continueResponseTrailers()
@@ -100,4 +114,17 @@ func (e *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 		e.complete(true)
 	}
 	return continueResponseBody()
+}
+
+// declaredTrailers is the Trailer header of a response, kept aside: it is
+// stored only with the trailers it announces (an immediate replay, which
+// has none, must not announce any).
+func declaredTrailers(hs []*corev3.HeaderValue) []idem.Header {
+	var out []idem.Header
+	for _, h := range hs {
+		if strings.EqualFold(h.GetKey(), "trailer") {
+			out = append(out, idem.Header{Name: "trailer", Value: headerValue(h)})
+		}
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +56,10 @@ type Server struct {
 	// (pending.go); stopKeeping starts their drain.
 	pending     *keeper
 	stopKeeping context.CancelFunc
+	// replays issues the tokens of replays served by the replay endpoint
+	// (reroute.go); nil: none, such records get 409 response-not-stored.
+	replays   Replays
+	replayTTL time.Duration
 }
 
 // Options are the collaborators of a Server.
@@ -78,6 +84,13 @@ type Options struct {
 	// Lifetime is the server's life (nil: until Drain): the background
 	// completions (pending.go) end with it, or with Drain.
 	Lifetime context.Context
+	// Replays, when set, issues the tokens of the replay endpoint: a
+	// response that ended with trailers is then stored with them and
+	// replayed there (reroute.go). nil: it is stored without its body,
+	// and a retry gets 409 response-not-stored.
+	Replays Replays
+	// ReplayTTL is a replay token's lifetime (0: DefaultReplayTTL).
+	ReplayTTL time.Duration
 }
 
 // New validates cfg and builds a Server.
@@ -107,6 +120,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		meta:    newMetaCache(cfg.MetadataNamespace),
 		keyHdrs: map[string]bool{},
 		scope:   map[string]int{},
+		replays: opts.Replays, replayTTL: cmp.Or(opts.ReplayTTL, DefaultReplayTTL),
 	}
 	s.reads = newSharedReads(s.store)
 	life := opts.Lifetime

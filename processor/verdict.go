@@ -40,6 +40,12 @@ type verdict struct {
 	then step
 	// hint is the Retry-After of an in-progress refusal (retryafter.go).
 	hint retryHint
+	// via is the record of a replay only the replay endpoint can serve
+	// (reroute.go); token, once issued, sends the request there.
+	via   *idem.Record
+	token string
+	// replayed is the record of any replay (with answer or via).
+	replayed *idem.Record
 }
 
 // step is what a verdict asks of the request path before its reply.
@@ -180,8 +186,12 @@ func existing(acq idem.Acquisition, claim idem.Claim, typical time.Duration) ver
 		return v
 	case acq.Record == nil || !acq.Record.BodyStored:
 		return refusal(outcomeNotStored, probNotStored, notStoredDetail(acq.Record), "")
+	case acq.Record.Trailers:
+		// An immediate response cannot carry trailers: the replay
+		// endpoint serves it (reroute.go).
+		return verdict{outcome: outcomeReplayed, via: acq.Record, replayed: acq.Record}
 	default:
-		return verdict{outcome: outcomeReplayed,
+		return verdict{outcome: outcomeReplayed, replayed: acq.Record,
 			answer: immediate(acq.Record.Status, replayHeaders(acq.Record), acq.Record.Body, "idemproxy_replayed")}
 	}
 }

@@ -187,7 +187,7 @@ func (f recordFields) fill(info *KeyInfo, now int64) error {
 	}
 	info.Scope = f.sc
 	info.Status, _ = strconv.Atoi(f.status)
-	info.BodyStored = f.bs == "1"
+	info.BodyStored = f.bs == "1" || f.bs == "T"
 	info.BodyIncomplete = f.bs == "i"
 	info.BodyTrailers = f.bs == "t"
 	info.BodyNotStored = f.bs == "s"

@@ -12,6 +12,12 @@ import (
 // tell old encodings apart instead of misreading them.
 const headersV1 byte = 1
 
+// headersV2 is the encoding of a response that ended with trailers (body
+// flag "T"): version byte, uvarint(number of headers), the headers as in
+// v1, then the trailers as in v1. A version that knows only v1 refuses it
+// as a corrupt record (and the "T" flag before it): fails closed.
+const headersV2 byte = 2
+
 // encodeHeaders encodes headers as a version byte followed, for each header
 // in order, by uvarint(len(name)) name uvarint(len(value)) value. Length
 // prefixes make it binary-safe (no separator can clash with a value) and
@@ -69,4 +75,34 @@ func readField(b []byte) (string, []byte, error) {
 		return "", nil, fmt.Errorf("%w: headers: field of %d bytes, %d left", ErrCorruptRecord, n, len(b))
 	}
 	return string(b[:n]), b[n:], nil
+}
+
+// encodeWithTrailers encodes headers and trailers (headersV2).
+func encodeWithTrailers(hs, trailers []idem.Header) []byte {
+	v1 := encodeHeaders(append(hs[:len(hs):len(hs)], trailers...))
+	b := make([]byte, 0, len(v1)+binary.MaxVarintLen32)
+	b = append(b, headersV2)
+	b = binary.AppendUvarint(b, uint64(len(hs)))
+	return append(b, v1[1:]...)
+}
+
+// decodeWithTrailers reverses encodeWithTrailers; it also reads v1 (no
+// trailers).
+func decodeWithTrailers(b []byte) (hs, trailers []idem.Header, err error) {
+	if len(b) == 0 || b[0] != headersV2 {
+		hs, err = decodeHeaders(b)
+		return hs, nil, err
+	}
+	n, k := binary.Uvarint(b[1:])
+	if k <= 0 {
+		return nil, nil, fmt.Errorf("%w: headers: bad header count", ErrCorruptRecord)
+	}
+	all, err := decodeHeaders(append([]byte{headersV1}, b[1+k:]...))
+	if err != nil {
+		return nil, nil, err
+	}
+	if n > uint64(len(all)) {
+		return nil, nil, fmt.Errorf("%w: headers: %d headers of %d fields", ErrCorruptRecord, n, len(all))
+	}
+	return all[:n:n], all[n:], nil
 }

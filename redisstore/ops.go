@@ -113,7 +113,8 @@ func (s *Store) Renew(ctx context.Context, key, token string, l idem.Lease) erro
 }
 
 // Complete implements processor.Store. When rec.BodyStored is false the body
-// is not written, whatever rec.Body holds; rec.Incomplete, rec.Trailers and rec.StoreFailed are kept.
+// is not written, whatever rec.Body holds; rec.Incomplete, rec.Trailers and rec.StoreFailed are kept;
+// with rec.BodyStored, rec.Trailers stores rec.TrailerHeaders too (body flag "T").
 func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record, retention time.Duration) error {
 	const op = "complete"
 	ms, err := checkArgs(op, token, "retention", retention)
@@ -121,7 +122,12 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 		return err
 	}
 	body, bs := rec.Body, "1"
+	trailers := false
 	switch {
+	case rec.BodyStored && rec.Trailers:
+		// Read by older versions as a corrupt record (their parseRecord
+		// knows no "T", nor headersV2): fail closed.
+		trailers, bs = true, "T"
 	case rec.BodyStored:
 	case rec.Incomplete:
 		body, bs = nil, "i"
@@ -136,6 +142,9 @@ func (s *Store) Complete(ctx context.Context, key, token string, rec idem.Record
 	}
 	rk := s.RedisKey(key)
 	hdr, enc := encodeHeaders(rec.Headers), ""
+	if trailers {
+		hdr = encodeWithTrailers(rec.Headers, rec.TrailerHeaders)
+	}
 	if s.keyring != nil {
 		enc = s.keyring.current
 		if hdr, err = s.keyring.seal(rk+"\x00hdr", hdr); err != nil {

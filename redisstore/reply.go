@@ -82,6 +82,8 @@ func msDuration(ms int64) time.Duration {
 }
 
 // parseRecord decodes fp, status, hdr, body, bs, enc of a completed record.
+// bs "T" (a version with replays served as upstream responses): the body
+// is stored, and hdr (headersV2) carries the trailers too.
 func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, error)) (*idem.Record, error) {
 	var s [6]string
 	for i := range s {
@@ -100,13 +102,18 @@ func parseRecord(f []any, open func(enc, field string, blob []byte) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	headers, err := decodeHeaders(hdrPlain)
+	var headers, trailers []idem.Header
+	if bs == "T" {
+		headers, trailers, err = decodeWithTrailers(hdrPlain)
+	} else {
+		headers, err = decodeHeaders(hdrPlain)
+	}
 	if err != nil {
 		return nil, err
 	}
-	rec := &idem.Record{Fingerprint: []byte(fp), Status: code, Headers: headers}
+	rec := &idem.Record{Fingerprint: []byte(fp), Status: code, Headers: headers, TrailerHeaders: trailers, Trailers: bs == "T"}
 	switch bs {
-	case "1":
+	case "1", "T":
 		plain, err := open(enc, "body", []byte(body))
 		if err != nil {
 			return nil, err

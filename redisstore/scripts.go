@@ -35,6 +35,14 @@ var (
 	abandonSrc    string
 	abandonScript = &script{redis.NewScript(abandonSrc), notDurable}
 
+	//go:embed lua/replay_issue.lua
+	replayIssueSrc    string
+	replayIssueScript = &script{redis.NewScript(replayIssueSrc), notDurable}
+
+	//go:embed lua/replay_take.lua
+	replayTakeSrc    string
+	replayTakeScript = &script{redis.NewScript(replayTakeSrc), notDurable}
+
 	//go:embed lua/inspect.lua
 	inspectSrc    string
 	inspectScript = &script{redis.NewScript(inspectSrc), notDurable}

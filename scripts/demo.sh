@@ -70,7 +70,7 @@ printf '%s\n' "$token" >"$state/auth-token"
 sed "s|Bearer REPLACE_WITH_A_TOKEN_FROM_IDEMPROXY_AUTH_TOKEN_FILE|Bearer $token|" envoy/envoy.yaml >"$state/envoy.yaml"
 grep -q "Bearer $token" "$state/envoy.yaml" || die "envoy/envoy.yaml has no token placeholder to fill"
 umask 022
-"$state/bin/idemproxy" --grpc-addr 127.0.0.1:50051 --admin-addr 127.0.0.1:9090 --auth-token-file "$state/auth-token" \
+"$state/bin/idemproxy" --grpc-addr 127.0.0.1:50051 --replay-addr 127.0.0.1:50052 --admin-addr 127.0.0.1:9090 --auth-token-file "$state/auth-token" \
   --redis-url redis://127.0.0.1:6379/0 >"$state/logs/idemproxy.log" 2>&1 &
 pids+=($!)
 wait_http idemproxy http://127.0.0.1:9090/readyz

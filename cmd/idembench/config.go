@@ -15,10 +15,11 @@ import (
 )
 
 // allScenarios is every scenario, in the order they run.
-var allScenarios = []string{"a", "b", "c", "m", "c1", "d", "e", "dup", "wait", "f"}
+var allScenarios = []string{"a", "b", "c", "m", "c1", "d", "d2", "e", "dup", "wait", "f"}
 
 // defaultScenarios run without --only: all but (c1), which adds a replica
-// to Redis: --only c,c1 compares them in one run.
+// to Redis (--only c,c1 compares them in one run), and (d2), the replays
+// served by the replay endpoint (--only d,d2).
 var defaultScenarios = []string{"a", "b", "c", "m", "d", "e", "dup", "wait", "f"}
 
 // config is one benchmark run's validated settings.

@@ -32,6 +32,8 @@ var loadScenarios = []scenario{
 	{id: "c1", title: "Envoy + idemproxy, new keys, WAIT 1", envoy: envoyDurable, gen: keyed},
 	{id: "d", title: "Envoy + idemproxy, replays", envoy: envoyIdem,
 		gen: func(ctx context.Context, b *bench, _ string) (loadgen.Gen, error) { return b.replays(ctx) }},
+	{id: "d2", title: "Envoy + idemproxy, endpoint replays", envoy: envoyReplay,
+		gen: func(ctx context.Context, b *bench, _ string) (loadgen.Gen, error) { return b.endpointReplays(ctx) }},
 	{id: "e", title: "Envoy + idemproxy, no key", envoy: envoyIdem, gen: unkeyed},
 }
 
@@ -47,8 +49,9 @@ type bench struct {
 	st       *stack
 	progress io.Writer
 	nonce    string // makes this run's keys unique
-	// replayPrefix is set once scenario d's keys are stored.
-	replayPrefix string
+	// replayPrefix is set once scenario d's keys are stored;
+	// endpointPrefix, scenario d2's.
+	replayPrefix, endpointPrefix string
 }
 
 // phase is one load run of a scenario.
@@ -211,6 +214,23 @@ func (b *bench) replays(ctx context.Context) (loadgen.Gen, error) {
 		b.replayPrefix = prefix
 	}
 	return cycledKeys(b.replayPrefix, b.cfg.replayKeys, b.cfg.connections), nil
+}
+
+// endpointReplays is replays for scenario d2, whose keys are stored
+// through its own Envoy.
+func (b *bench) endpointReplays(ctx context.Context) (loadgen.Gen, error) {
+	if b.endpointPrefix == "" {
+		env, err := b.st.Envoy(ctx, envoyReplay)
+		if err != nil {
+			return nil, err
+		}
+		prefix := b.nonce + "-endpoint-replay-"
+		if err := populate(ctx, env.addr, prefix, b.cfg.replayKeys, min(b.cfg.connections, 16)); err != nil {
+			return nil, fmt.Errorf("storing the keys to replay: %w", err)
+		}
+		b.endpointPrefix = prefix
+	}
+	return cycledKeys(b.endpointPrefix, b.cfg.replayKeys, b.cfg.connections), nil
 }
 
 // warmPath sends n requests one by one before a run, so that the

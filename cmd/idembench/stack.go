@@ -31,6 +31,8 @@ type server struct {
 	addr  string  // main listener, host:port
 	admin string  // admin listener, host:port; "" when it has none
 	ext   *server // an Envoy's ext_proc server; nil for none
+	// replay is an idemproxy's replay endpoint, host:port; "" for none.
+	replay string
 }
 
 // envoyKind names the four Envoy setups: which ext_proc server, if any.
@@ -44,6 +46,9 @@ const (
 	envoyHold envoyKind = "hold"      // (f): ext_proc -> the fast-heartbeat idemproxy
 	// (c1): ext_proc -> an idemproxy with --redis-min-replicas 1
 	envoyDurable envoyKind = "durable"
+	// (d2): ext_proc -> an idemproxy serving every replay from its
+	// replay endpoint (--replay-all-via-endpoint)
+	envoyReplay envoyKind = "replay-endpoint"
 )
 
 // stack owns every child process of a run. Servers start when a scenario
@@ -225,6 +230,8 @@ func (s *stack) extProcFor(ctx context.Context, kind envoyKind) (*server, error)
 			return nil, err
 		}
 		return s.Idemproxy(ctx, "idemproxy-durable", "--redis-min-replicas", "1")
+	case envoyReplay:
+		return s.replayIdemproxy(ctx)
 	case envoyHold:
 		// Scenario (f) wants renewals to happen during its short window.
 		return s.Idemproxy(ctx, "idemproxy-hold",
@@ -251,7 +258,7 @@ func (s *stack) Envoy(ctx context.Context, kind envoyKind) (*server, error) {
 	// null server's runs carry the same metadata as idemproxy's.
 	ec := testenv.EnvoyConfig{Backend: be.addr, AuthToken: s.token}
 	if ext != nil {
-		ec.ExtProc = ext.addr
+		ec.ExtProc, ec.Replay = ext.addr, ext.replay
 	}
 	// Tracked only once ready: a try that lost its port to another
 	// process has exited, and must not count as a dead child.
@@ -281,4 +288,22 @@ func (s *stack) alive() error {
 		return fmt.Errorf("redis-server exited during the run:\n%s", s.redis.Output())
 	}
 	return nil
+}
+
+// replayIdemproxy is an idemproxy whose replays all go through its replay
+// endpoint, for scenario (d2).
+func (s *stack) replayIdemproxy(ctx context.Context) (*server, error) {
+	if srv := s.servers["idemproxy-replay"]; srv != nil {
+		return srv, nil
+	}
+	addr, err := testenv.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	srv, err := s.Idemproxy(ctx, "idemproxy-replay", "--replay-addr", addr, "--replay-all-via-endpoint")
+	if err != nil {
+		return nil, err
+	}
+	srv.replay = addr
+	return srv, nil
 }

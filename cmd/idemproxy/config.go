@@ -22,6 +22,7 @@ import (
 // defineFlags, next to each flag's environment variable.
 type settings struct {
 	GRPCAddr        string
+	ReplayAddr      string
 	AdminAddr       string
 	RedisURL        string
 	RedisMode       string
@@ -139,6 +140,7 @@ func envName(flagName string) string {
 func defineFlags(fs *flag.FlagSet, s *settings) {
 	p := &s.Processor
 	fs.StringVar(&s.GRPCAddr, "grpc-addr", ":50051", "ext_proc gRPC listen address")
+	fs.StringVar(&s.ReplayAddr, "replay-addr", "", "replay endpoint listen address, e.g. :50052 (HTTP/2 cleartext, or TLS with --tls-cert; the same --auth-token-file bearer tokens, in the Authorization header): serves the stored responses an immediate response cannot reproduce (ended with trailers), to which idemproxy re-routes their retries (Envoy's idemproxy-replay cluster); empty: off, and such responses are stored without their body (409 response-not-stored)")
 	fs.StringVar(&s.AdminAddr, "admin-addr", ":9090", "admin HTTP listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&s.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user and password allowed); more nodes as ?addr=host:port, the Sentinel primary as ?master_name=NAME")
 	fs.StringVar(&s.RedisMode, "redis-mode", string(redisstore.ModeStandalone), "Redis topology: standalone, cluster (the URL names one or more nodes or a configuration endpoint) or sentinel (the URL names the sentinels)")
@@ -162,6 +164,7 @@ func defineFlags(fs *flag.FlagSet, s *settings) {
 	fs.TextVar(&s.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	fs.DurationVar(&p.LockTTL, "lock-ttl", p.LockTTL, "lifetime of an in-progress lock without renewal")
 	fs.DurationVar(&p.Heartbeat, "heartbeat", p.Heartbeat, "watchdog renewal interval (shorter than --lock-ttl)")
+	fs.BoolVar(&p.ReplayAllViaEndpoint, "replay-all-via-endpoint", false, "serve every replay from the replay endpoint (--replay-addr), not only responses that ended with trailers: no Envoy local-reply rewriting of Content-Type (no Lua filter needed), at the cost of a second hop")
 	fs.DurationVar(&p.Retention, "retention", p.Retention, "how long a completed response is kept for replay")
 	fs.Var(listFlag{&p.KeyHeaders}, "key-headers", "comma list of headers carrying the idempotency key")
 	fs.Var(listFlag{&p.ScopeHeaders}, "scope-headers", "comma list of trusted identity headers added to the key scope (e.g. x-tenant-id)")
@@ -298,6 +301,9 @@ func (s *settings) validate() error {
 	}
 	if !auth.LoopbackOnly(s.GRPCAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
 		errs = append(errs, fmt.Errorf("--grpc-addr %s: %w", s.GRPCAddr, auth.ErrOpenPort))
+	}
+	if s.ReplayAddr != "" && !auth.LoopbackOnly(s.ReplayAddr) && s.TLSClientCA == "" && s.AuthTokenFile == "" && !s.AllowUnauth {
+		errs = append(errs, fmt.Errorf("--replay-addr %s: %w", s.ReplayAddr, auth.ErrOpenPort))
 	}
 	if s.AdminToken != "" && len(s.AdminToken) < 16 {
 		errs = append(errs, errors.New("the admin token must be at least 16 characters"))

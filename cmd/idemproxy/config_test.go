@@ -215,6 +215,14 @@ func TestParseSettings_openPort(t *testing.T) {
 			require.ErrorContains(t, err, "--allow-unauthenticated", addr)
 		}
 	})
+	t.Run("an unauthenticated replay port on every interface is refused too", func(t *testing.T) {
+		_, err := parseSettings([]string{"--grpc-addr", "127.0.0.1:50051", "--replay-addr", ":50052"}, env{}.get, io.Discard)
+		require.ErrorContains(t, err, "--replay-addr :50052")
+		_, err = parseSettings([]string{"--grpc-addr", "127.0.0.1:50051", "--replay-addr", "127.0.0.1:50052"}, env{}.get, io.Discard)
+		require.NoError(t, err)
+		_, err = parseSettings([]string{"--replay-addr", ":50052", "--auth-token-file", tokenFile}, env{}.get, io.Discard)
+		require.NoError(t, err)
+	})
 	t.Run("loopback, a token, mutual TLS or the opt-out are accepted", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"--grpc-addr", "127.0.0.1:50051"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -24,7 +25,7 @@ const extProcService = "envoy.service.ext_proc.v3.ExternalProcessor"
 // TLS (and mutual TLS) from certificate files, bearer tokens from the
 // token file, both reloaded when their files change. The health service
 // is registered too; it is the one service that needs no token.
-func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc extprocv3.ExternalProcessorServer, hs *health.Server) (*grpc.Server, error) {
+func newGRPCServer(s settings, sec security, reg prometheus.Registerer, log *slog.Logger, proc extprocv3.ExternalProcessorServer, hs *health.Server) (*grpc.Server, error) {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.MaxMessageBytes),
 		// A fixed pool of stream goroutines instead of one new goroutine
@@ -35,23 +36,11 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		// before the store and the Redis client close.
 		grpc.WaitForHandlers(true),
 	}
-	if s.TLSCert != "" {
-		reloads, err := tlsconf.NewReloads(reg)
-		if err != nil {
-			return nil, fmt.Errorf("metrics: %w", err)
-		}
-		tlsCfg, err := tlsconf.Server(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads)
-		if err != nil {
-			return nil, usageError{err}
-		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+	if sec.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(sec.tls)))
 	}
-	if s.AuthTokenFile != "" {
-		tokens, err := auth.NewTokenFile(s.AuthTokenFile, log, reg)
-		if err != nil {
-			return nil, usageError{err}
-		}
-		streamAuth, err := auth.NewStreamAuth(tokens.Current, reg, log)
+	if sec.tokens != nil {
+		streamAuth, err := auth.NewStreamAuth(sec.tokens.Current, reg, log)
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
@@ -64,6 +53,35 @@ func newGRPCServer(s settings, reg prometheus.Registerer, log *slog.Logger, proc
 		reflection.Register(gs)
 	}
 	return gs, nil
+}
+
+// security is what guards the ext_proc and the replay port alike: TLS
+// (mutual with --tls-client-ca) and the bearer tokens; nil when off.
+type security struct {
+	tls    *tls.Config
+	tokens *auth.TokenFile
+}
+
+// newSecurity reads the TLS and token files (reloaded when they change).
+func newSecurity(s settings, reg prometheus.Registerer, log *slog.Logger) (security, error) {
+	var sec security
+	if s.TLSCert != "" {
+		reloads, err := tlsconf.NewReloads(reg)
+		if err != nil {
+			return sec, fmt.Errorf("metrics: %w", err)
+		}
+		if sec.tls, err = tlsconf.Server(s.TLSCert, s.TLSKey, s.TLSClientCA, log, reloads); err != nil {
+			return sec, usageError{err}
+		}
+	}
+	if s.AuthTokenFile != "" {
+		tokens, err := auth.NewTokenFile(s.AuthTokenFile, log, reg)
+		if err != nil {
+			return sec, usageError{err}
+		}
+		sec.tokens = tokens
+	}
+	return sec, nil
 }
 
 // servingStatus reports the readiness of the store's gate as gRPC health,

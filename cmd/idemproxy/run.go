@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -75,45 +76,78 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	watcher := store.NewWatcher(wctx, rdb.Client(), log, redisstore.WatcherOptions{Recheck: s.Processor.WaitRecheck})
 	defer watcher.Close()
 	defer stopWatcher()
-	proc, err := processor.New(s.Processor, processor.Options{Store: store, Gate: checker, Watcher: watcher,
-		Metrics: m.processor, Logger: log, TracerProvider: tp, Lifetime: ctx})
+	popts := processor.Options{Store: store, Gate: checker, Watcher: watcher,
+		Metrics: m.processor, Logger: log, TracerProvider: tp, Lifetime: ctx}
+	if s.ReplayAddr != "" {
+		popts.Replays = store
+	}
+	proc, err := processor.New(s.Processor, popts)
 	if err != nil {
 		return usageError{err}
 	}
 
 	// The server is built before anything listens: its TLS and token
 	// files are read here, and a bad one must not leave a port open.
-	gs, err := newGRPCServer(s, m.reg, log, proc, hs)
+	gs, rs, err := newServers(s, m.reg, log, proc, hs, store)
 	if err != nil {
 		return err
 	}
-	grpcLis, adminLis, err := listen(s, gs)
+	lis, err := listen(s, gs, rs)
 	if err != nil {
 		return err
 	}
-	logStart(s, grpcLis.Addr(), adminLis.Addr(), log)
+	logStart(s, lis.grpc.Addr(), lis.admin.Addr(), log)
 	return servers{
-		gate: checker, held: held, health: hs, grpc: gs, grpcLis: grpcLis, drain: proc.Drain, storeTimeout: s.Processor.StoreTimeout,
+		gate: checker, held: held, health: hs, grpc: gs, grpcLis: lis.grpc, drain: proc.Drain, storeTimeout: s.Processor.StoreTimeout,
 		admin:    &http.Server{Handler: newAdminHandler(s, m.reg, checker, proc, store, log), ReadHeaderTimeout: 5 * time.Second},
-		adminLis: adminLis,
+		adminLis: lis.admin, replay: rs, replayLis: lis.replay,
 	}.serve(ctx, s.ShutdownGrace, log)
 }
 
-// listen opens the gRPC and the admin port; on failure it stops gs, whose
-// stream workers run from the start, and closes what it opened.
-func listen(s settings, gs *grpc.Server) (grpcLis, adminLis net.Listener, err error) {
-	grpcLis, err = net.Listen("tcp", s.GRPCAddr)
+// newServers builds the ext_proc server and the replay endpoint (nil
+// without --replay-addr), guarded alike.
+func newServers(s settings, reg prometheus.Registerer, log *slog.Logger, proc *processor.Server, hs *health.Server, store *redisstore.Store) (*grpc.Server, *replayServer, error) {
+	sec, err := newSecurity(s, reg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	gs, err := newGRPCServer(s, sec, reg, log, proc, hs)
+	if err != nil {
+		return nil, nil, err
+	}
+	rs, err := newReplayServer(s, sec, reg, log, store)
 	if err != nil {
 		gs.Stop()
-		return nil, nil, fmt.Errorf("grpc listener: %w", err)
+		return nil, nil, err
 	}
-	adminLis, err = net.Listen("tcp", s.AdminAddr)
-	if err != nil {
-		grpcLis.Close()
-		gs.Stop()
-		return nil, nil, fmt.Errorf("admin listener: %w", err)
+	return gs, rs, nil
+}
+
+// listeners are the ports run serves; replay is nil without an endpoint.
+type listeners struct{ grpc, admin, replay net.Listener }
+
+// listen opens the gRPC, the admin and the replay port; on failure it
+// stops gs, whose stream workers run from the start, and closes what it
+// opened.
+func listen(s settings, gs *grpc.Server, rs *replayServer) (l listeners, err error) {
+	defer func() {
+		if err != nil {
+			for _, c := range []net.Listener{l.grpc, l.admin} {
+				if c != nil {
+					c.Close()
+				}
+			}
+			gs.Stop()
+		}
+	}()
+	if l.grpc, err = net.Listen("tcp", s.GRPCAddr); err != nil {
+		return l, fmt.Errorf("grpc listener: %w", err)
 	}
-	return grpcLis, adminLis, nil
+	if l.admin, err = net.Listen("tcp", s.AdminAddr); err != nil {
+		return l, fmt.Errorf("admin listener: %w", err)
+	}
+	l.replay, err = listenReplay(s, rs)
+	return l, err
 }
 
 // servers is what serve runs until its context ends, and stops in order.
@@ -125,6 +159,9 @@ type servers struct {
 	grpcLis  net.Listener
 	admin    *http.Server
 	adminLis net.Listener
+	// replay is the replay endpoint; nil without --replay-addr.
+	replay    *replayServer
+	replayLis net.Listener
 	// drain settles the completions still pending (processor.Drain)
 	// after the streams have ended; storeTimeout bounds each of its
 	// last attempts.
@@ -153,6 +190,9 @@ func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logge
 		}
 		return nil
 	})
+	if r.replay != nil {
+		g.Go(func() error { return r.replay.serve(r.replayLis) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", "grace", grace.String())
@@ -161,6 +201,10 @@ func (r servers) serve(ctx context.Context, grace time.Duration, log *slog.Logge
 		r.health.Shutdown()
 		start := time.Now()
 		stopGRPC(r.grpc, grace, log)
+		if r.replay != nil {
+			// Replays in flight finish within what is left of the grace.
+			r.replay.stop(gctx, start.Add(grace))
+		}
 		r.drainPending(gctx, start.Add(grace))
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer cancel()

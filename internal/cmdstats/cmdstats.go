@@ -47,7 +47,7 @@ func Parse(info string) (map[string]int64, error) {
 // commands clients send, so they are reported apart: they cost Redis CPU
 // but no round trip. HGETALL is also the health check's read of the
 // store-reset marker, once per primary and check, beside its INFO.
-var scriptInternal = []string{"del", "get", "hexists", "hget", "hgetall", "hmget", "hset", "hdel", "hstrlen", "incr", "pexpire", "pttl", "spublish", "time"}
+var scriptInternal = []string{"del", "get", "hexists", "hget", "hgetall", "hmget", "hset", "hdel", "hstrlen", "incr", "pexpire", "pttl", "set", "spublish", "time"}
 
 // scriptCalls are the commands that run a script: one round trip each.
 var scriptCalls = []string{"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}

@@ -34,6 +34,10 @@ var ErrNotTaken = errors.New("idem: refused before the lock was written")
 // reset or the retention has passed since it.
 var ErrStoreReset = errors.New("idem: the store lost its records (store reset)")
 
+// ErrNoReplay reports a replay token that replays nothing: never issued,
+// used already, expired, malformed, or its record is gone.
+var ErrNoReplay = errors.New("idem: no such replay")
+
 // State is the state of a key as Acquire found it.
 type State int
 
@@ -140,13 +144,18 @@ type Record struct {
 	// with none the body was over the cap. Incomplete: the status and
 	// headers arrived, but the body never ended (the client hung up, or
 	// the upstream reset mid-body). Trailers: the response ended with HTTP
-	// trailers, which an immediate response cannot replay. StoreFailed:
+	// trailers; with BodyStored they are kept in TrailerHeaders (replayed
+	// by the replay endpoint, which an immediate response cannot do), and
+	// without it, by records of earlier versions, they were not. StoreFailed:
 	// the response was seen in full and delivered, but the store did not
 	// take it until its lease ended (or the proxy shut down); only its
 	// status was written afterwards.
 	Incomplete  bool
 	Trailers    bool
 	StoreFailed bool
+	// TrailerHeaders are the response's trailers in the order sent (with
+	// Trailers and BodyStored).
+	TrailerHeaders []Header
 	// UpstreamAttempts is Envoy's attempt count for the stored response
 	// (x-envoy-attempt-count) when Envoy retried the request upstream: above
 	// 1, an earlier attempt may have run too. 0: one attempt, or not known

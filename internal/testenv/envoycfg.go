@@ -16,8 +16,11 @@ const (
 	ListenerMarker = "{ address: 0.0.0.0, port_value: 10000 }"
 	ExtProcMarker  = "port_value: 50051 }"
 	BackendMarker  = "port_value: 8081 }"
+	// ReplayMarker is the port of idemproxy's replay endpoint.
+	ReplayMarker = "port_value: 50052 }"
 	// TokenMarker is the placeholder of the bearer token Envoy sends to
-	// idemproxy (grpc_service.initial_metadata).
+	// idemproxy (grpc_service.initial_metadata, and the replay route's
+	// Authorization header): every occurrence is replaced.
 	TokenMarker = "Bearer REPLACE_WITH_A_TOKEN_FROM_IDEMPROXY_AUTH_TOKEN_FILE"
 	// The ext_proc filter runs from its list entry up to the router's.
 	ExtProcFilterStart = "          - name: envoy.filters.http.ext_proc\n"
@@ -35,9 +38,12 @@ type EnvoyConfig struct {
 	// chain entirely. The then unused idemproxy cluster stays, pointing
 	// nowhere anything listens.
 	ExtProc string
-	// AuthToken replaces the token placeholder; empty leaves it, for an
+	// AuthToken replaces the token placeholders; empty leaves them, for an
 	// ext_proc server that checks no token.
 	AuthToken string
+	// Replay is the host:port of idemproxy's replay endpoint; empty leaves
+	// the shipped port.
+	Replay string
 	// Edits are further exact replacements, each matching once, applied
 	// after the addresses, for tests that need one setting changed.
 	Edits [][2]string
@@ -63,10 +69,20 @@ func RenderEnvoyConfig(src string, c EnvoyConfig) (string, error) {
 		}
 		reps = append(reps, [2]string{ExtProcMarker, "port_value: " + extPort + " }"})
 	}
-	if c.AuthToken != "" {
-		reps = append(reps, [2]string{TokenMarker, "Bearer " + c.AuthToken})
+	if c.Replay != "" {
+		replayPort, err := PortOf(c.Replay)
+		if err != nil {
+			return "", fmt.Errorf("replay: %w", err)
+		}
+		reps = append(reps, [2]string{ReplayMarker, "port_value: " + replayPort + " }"})
 	}
 	cfg := src
+	if c.AuthToken != "" {
+		if !strings.Contains(cfg, TokenMarker) {
+			return "", fmt.Errorf("envoy.yaml: no %q", TokenMarker)
+		}
+		cfg = strings.ReplaceAll(cfg, TokenMarker, "Bearer "+c.AuthToken)
+	}
 	for _, r := range append(reps, c.Edits...) {
 		if cfg, err = ReplaceOnce(cfg, r[0], r[1]); err != nil {
 			return "", err

@@ -1,0 +1,127 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeReplays issues numbered tokens, or fails with err.
+type fakeReplays struct {
+	mu     sync.Mutex
+	issued []string // the keys tokens were issued for
+	err    error
+}
+
+var _ Replays = (*fakeReplays)(nil)
+
+func (f *fakeReplays) IssueReplay(_ context.Context, key string, ttl time.Duration) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return "", f.err
+	}
+	if ttl != DefaultReplayTTL {
+		return "", errors.New("unexpected ttl")
+	}
+	f.issued = append(f.issued, key)
+	return "token-" + key, nil
+}
+
+// newReplayServer is newTestServer with a replay endpoint's tokens.
+func newReplayServer(t *testing.T, store Store, replays Replays, mut func(*Config)) (*Server, *prometheus.Registry) {
+	t.Helper()
+	cfg := DefaultConfig()
+	if mut != nil {
+		mut(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	require.NoError(t, err)
+	srv, err := New(cfg, Options{Store: store, Metrics: m, Replays: replays, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		srv.Drain(ctx)
+	})
+	return srv, reg
+}
+
+func TestServer_Process_replayViaEndpoint(t *testing.T) {
+	first := func(t *testing.T, srv *Server) {
+		t.Helper()
+		out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "200", "content-type", "application/grpc", "trailer", "x-checksum"),
+			respBody("data", false), respTrailers())
+		require.NoError(t, err)
+		require.Len(t, out, 4)
+	}
+	t.Run("a response with trailers is stored with them and replayed through the endpoint", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, reg := newReplayServer(t, store, replays, nil)
+		first(t, srv)
+		e, _ := store.entry(keyOf("k"))
+		require.True(t, e.rec.BodyStored)
+		require.True(t, e.rec.Trailers)
+		require.Equal(t, "data", string(e.rec.Body))
+		require.Equal(t, "x-checksum", e.rec.TrailerHeaders[0].Name)
+		require.Equal(t, "x-checksum", headerGet(e.rec.Headers, "trailer"), "the announcement goes with the trailers")
+
+		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.Nil(t, retry[0].GetImmediateResponse(), "not an immediate response")
+		common, ok := commonOf(retry[0])
+		require.True(t, ok)
+		require.True(t, common.GetClearRouteCache())
+		set := common.GetHeaderMutation().GetSetHeaders()
+		require.Len(t, set, 1)
+		require.Equal(t, ReplayHeader, set[0].GetHeader().GetKey())
+		require.Equal(t, "token-"+keyOf("k"), string(set[0].GetHeader().GetRawValue()))
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeReplayed))
+	})
+	t.Run("a token the store cannot issue refuses the retry: 503, nothing runs", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, _ := newReplayServer(t, store, replays, nil)
+		first(t, srv)
+		replays.err = errors.New("redis down")
+		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		requireProblem(t, retry[0], 503, "store-unavailable")
+		require.Len(t, store.callsOf("acquire"), 2)
+	})
+	t.Run("every replay goes through the endpoint with ReplayAllViaEndpoint, none without", func(t *testing.T) {
+		for _, all := range []bool{false, true} {
+			store, replays := newFakeStore(), &fakeReplays{}
+			srv, _ := newReplayServer(t, store, replays, func(c *Config) { c.ReplayAllViaEndpoint = all })
+			_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "201"), respBody("{}", true))
+			require.NoError(t, err)
+			retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+			require.NoError(t, err)
+			if all {
+				common, _ := commonOf(retry[0])
+				require.True(t, common.GetClearRouteCache())
+				require.Len(t, replays.issued, 1)
+			} else {
+				require.NotNil(t, retry[0].GetImmediateResponse())
+				require.Empty(t, replays.issued)
+			}
+		}
+	})
+	t.Run("in shadow mode the retry goes upstream without a token", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, reg := newReplayServer(t, store, replays, func(c *Config) { c.Mode = ModeShadow })
+		first(t, srv)
+		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		requireContinue(t, retry[0])
+		require.Empty(t, replays.issued)
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_shadow_decisions_total", "would", outcomeReplayed))
+	})
+}
