@@ -40,8 +40,9 @@ func TestEndToEnd_ReplayEndpointGRPC(t *testing.T) {
 	var grpcAddr string
 	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", "--replay-addr", "127.0.0.1:0")
 	replayAddr := s.idemproxy.LogAddr(t, "replay endpoint listening")
+	// The shipped gRPC routes send it to the grpc-backend cluster.
 	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: ln.Addr().String(), Replay: replayAddr,
-		Edits: [][2]string{h2Backend}}, 4)
+		Edits: [][2]string{grpcBackendPort(t, ln.Addr().String())}}, 4)
 
 	conn, err := grpc.NewClient(s.url[len("http://"):], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

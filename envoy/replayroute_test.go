@@ -1,10 +1,7 @@
 package envoy
 
 import (
-	"context"
-	"crypto/tls"
 	"io"
-	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -12,7 +9,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/net/http2"
 
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
@@ -48,10 +44,9 @@ func startReplayStackArgs(t *testing.T, args []string, edits ...[2]string) (*sta
 
 // h2cClient speaks HTTP/2 without TLS (prior knowledge), as gRPC does.
 func h2cClient() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}}
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Timeout: 10 * time.Second, Transport: tr}
 }
 
 // sendH2 sends a keyed POST with HTTP/2 and reads the whole response.

@@ -2,7 +2,6 @@ package replay
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/net/http2"
 
 	"github.com/idemproxy/idemproxy/internal/idem"
 )
@@ -49,11 +47,9 @@ func start(t *testing.T, opts Options) (*http.Client, string) {
 	srv := NewServer(h)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	client := &http.Client{Transport: &http2.Transport{AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}}
-	return client, "http://" + ln.Addr().String()
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true) // h2c, as Envoy speaks it
+	return &http.Client{Transport: tr}, "http://" + ln.Addr().String()
 }
 
 func get(t *testing.T, c *http.Client, url string, hdr ...string) (*http.Response, string) {
