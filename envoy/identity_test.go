@@ -87,7 +87,8 @@ func TestEndToEnd_IdentityScope(t *testing.T) {
 		bad := &stack{backendAddr: s.backendAddr, backend: s.backend}
 		grpcAddr := s.idemproxy.LogAddr(t, "grpc listening")
 		bad.startEnvoy(t, testenv.EnvoyBin(t), testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr,
-			Edits: [][2]string{{"Bearer " + e2eToken, "Bearer not-the-token-0123456789"}}}, 4)
+			// The ext_proc stream's token (the replay route's line ends in " }").
+			Edits: [][2]string{{"Bearer " + e2eToken + "\"\n", "Bearer not-the-token-0123456789\"\n"}}}, 4)
 		key := newKey(t)
 		r := bad.do(t, "POST", "/charge", body, "Idempotency-Key", key)
 		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)

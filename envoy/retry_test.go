@@ -19,16 +19,20 @@ import (
 // (reset-before-request, connect-failure, refused-stream). These tests run
 // that policy, and Istio's old default, through real Envoy.
 
-// shippedRetryOn is the retry_on line of envoy.yaml's keyed routes (one
-// anchor, aliased by every keyed route).
-const shippedRetryOn = "retry_on: reset-before-request,connect-failure,refused-stream\n"
+// keyedRetryAnchor starts the retry policy of envoy.yaml's keyed routes
+// (one anchor, aliased by every keyed route; the replay route has its own
+// copy of the same conditions).
+const keyedRetryAnchor = "retry_policy: &safe_retries\n                    "
+
+// shippedRetryOn is the retry_on line of that anchor.
+const shippedRetryOn = keyedRetryAnchor + "retry_on: reset-before-request,connect-failure,refused-stream\n"
 
 // istioOldDefaultRetries is the edit that gives the keyed routes Istio's
 // default retry policy before EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY (what
 // istio/istio#50506 ran into): 2 retries on connect-failure, refused-stream,
 // unavailable, cancelled and 503. num_retries stays envoy.yaml's 2.
 var istioOldDefaultRetries = [2]string{shippedRetryOn,
-	"retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\n" +
+	keyedRetryAnchor + "retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\n" +
 		"                    retriable_status_codes: [503]\n"}
 
 // refusingAddr returns a loopback address that refuses every connection
@@ -177,7 +181,7 @@ func TestRetry_ResetAfterExecutingIsNotRetried(t *testing.T) {
 // router re-sends the request the backend already ran, three times in all.
 func TestRetry_ResetPolicyRunsTwice(t *testing.T) {
 	t.Parallel()
-	s := startStackWith(t, stackConfig{envoyEdits: [][2]string{{shippedRetryOn, "retry_on: reset,connect-failure\n"}}})
+	s := startStackWith(t, stackConfig{envoyEdits: [][2]string{{shippedRetryOn, keyedRetryAnchor + "retry_on: reset,connect-failure\n"}}})
 	_, r, executions, retried := hangup(t, s)
 	require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)
 	require.Equal(t, 2, retried)
