@@ -206,7 +206,7 @@ func (c *Gate) Usable(key string) error {
 	if unsafe != nil {
 		return unsafe
 	}
-	return c.resets.refuses(keySlot(recordKey(c.prefix, key)))
+	return c.resets.refuses(func() int { return keySlot(recordKey(c.prefix, key)) })
 }
 
 // StoreResets lists the primaries held after a store reset.

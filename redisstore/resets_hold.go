@@ -19,11 +19,17 @@ import (
 )
 
 // refuses is idem.ErrStoreReset, wrapped with what holds it, when the
-// key in slot is held.
-func (w *resetWatch) refuses(slot int) error {
+// key whose slot slotOf gives is held. slotOf (a hash of the key) runs
+// only when a held primary serves some slots only: on every keyed
+// request, nothing is held.
+func (w *resetWatch) refuses(slotOf func() int) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	slot := -1
 	for _, h := range w.held {
+		if h.slots != nil && slot < 0 {
+			slot = slotOf()
+		}
 		if h.slots == nil || inRanges(slot, h.slots) {
 			return fmt.Errorf("%w: %s lost its records at %s (%s); held until %s unless acknowledged",
 				idem.ErrStoreReset, primaryName(h.Primary), h.Since.UTC().Format(time.RFC3339), h.Why, h.Until.UTC().Format(time.RFC3339))
