@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -101,10 +100,7 @@ var ErrBadID = errors.New("redisstore: a record id is 32 lower-case hex digits")
 
 // idKey turns a record id back into its Redis key.
 func (s *Store) idKey(id string) (string, error) {
-	if len(id) != 32 || strings.ToLower(id) != id {
-		return "", ErrBadID
-	}
-	if _, err := hex.DecodeString(id); err != nil {
+	if !isHex(id, 32) {
 		return "", ErrBadID
 	}
 	return s.prefix + "{" + id + "}", nil

@@ -41,7 +41,7 @@ func (s *Store) IssueReplay(ctx context.Context, key string, ttl time.Duration) 
 		return "", fmt.Errorf("redisstore: issue replay: %w", err)
 	}
 	rk := s.RedisKey(key)
-	token := recordID(s.prefix, rk) + "." + hex.EncodeToString(random[:])
+	token := s.id(rk) + "." + hex.EncodeToString(random[:])
 	n, _, err := s.execInt(ctx, replayIssueScript, []string{rk, rk + replaySuffix + hex.EncodeToString(random[:])}, ms)
 	switch {
 	case err != nil:
@@ -56,10 +56,10 @@ func (s *Store) IssueReplay(ctx context.Context, key string, ttl time.Duration) 
 // ErrNoReplay when it replays nothing.
 func (s *Store) TakeReplay(ctx context.Context, token string) (*idem.Record, error) {
 	id, random, ok := strings.Cut(token, ".")
-	if !ok || !isHex(id, 32) || !isHex(random, 32) {
+	rk, err := s.idKey(id)
+	if !ok || err != nil || !isHex(random, 32) {
 		return nil, ErrNoReplay
 	}
-	rk := s.prefix + "{" + id + "}"
 	reply, _, err := s.execSlice(ctx, replayTakeScript, []string{rk, rk + replaySuffix + random})
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: take replay: %w", err)
@@ -71,11 +71,6 @@ func (s *Store) TakeReplay(ctx context.Context, token string) (*idem.Record, err
 		return nil, fmt.Errorf("%w: take replay: %d elements", ErrCorruptRecord, len(reply))
 	}
 	return parseRecord(reply[1:], s.opener(rk))
-}
-
-// recordID is the id inside the braces of record key rk under prefix.
-func recordID(prefix, rk string) string {
-	return strings.TrimSuffix(strings.TrimPrefix(rk, prefix+"{"), "}")
 }
 
 // isHex reports whether s is n lowercase hex digits.
