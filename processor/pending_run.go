@@ -93,12 +93,8 @@ func (s *Server) pendingWrite(p *pending, until time.Time, most time.Duration, r
 		if s.pending.life.Err() != nil || !time.Now().Before(until) {
 			return "", err
 		}
-		t := time.NewTimer(min(backoff, time.Until(until)))
-		select {
-		case <-s.pending.life.Done():
-		case <-t.C:
-		}
-		t.Stop()
+		// Woken early by the drain: one more attempt, then the check above ends it.
+		sleep(s.pending.life, min(backoff, time.Until(until)))
 		backoff = min(2*backoff, most)
 	}
 }

@@ -112,7 +112,12 @@ func (s *Server) fence(resp *extprocv3.ProcessingResponse, fence int64) *extproc
 			Header: &corev3.HeaderValue{Key: s.cfg.FenceHeader, RawValue: strconv.AppendInt(nil, fence, 10)},
 		}}}
 	}
-	common := &extprocv3.CommonResponse{HeaderMutation: mut}
+	return withCommon(resp, &extprocv3.CommonResponse{HeaderMutation: mut})
+}
+
+// withCommon sets common on resp, the CONTINUE of a request phase
+// (headers or body); other replies carry none.
+func withCommon(resp *extprocv3.ProcessingResponse, common *extprocv3.CommonResponse) *extprocv3.ProcessingResponse {
 	switch r := resp.GetResponse().(type) {
 	case *extprocv3.ProcessingResponse_RequestHeaders:
 		r.RequestHeaders.Response = common

@@ -70,14 +70,6 @@ func (e *exchange) viaEndpoint(v verdict) verdict {
 // rerouted is the CONTINUE of phase p that sends the request to the replay
 // endpoint with token.
 func rerouted(p phase, token string) *extprocv3.ProcessingResponse {
-	resp := p.cont()
-	common := &extprocv3.CommonResponse{ClearRouteCache: true, HeaderMutation: &extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: ReplayHeader, RawValue: []byte(token)}}}}}
-	switch r := resp.GetResponse().(type) {
-	case *extprocv3.ProcessingResponse_RequestHeaders:
-		r.RequestHeaders.Response = common
-	case *extprocv3.ProcessingResponse_RequestBody:
-		r.RequestBody.Response = common
-	}
-	return resp
+	return withCommon(p.cont(), &extprocv3.CommonResponse{ClearRouteCache: true, HeaderMutation: &extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: ReplayHeader, RawValue: []byte(token)}}}}})
 }

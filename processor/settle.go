@@ -131,12 +131,8 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 			return err, n > 0
 		}
 		s.log.Debug("a settling write failed; trying again", "op", w.op, "attempt", n+1, "error", err)
-		t := time.NewTimer(min(backoff, time.Until(deadlineOf(ctx))))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, min(backoff, time.Until(deadlineOf(ctx)))) {
 			return err, true
-		case <-t.C:
 		}
 		if ctx.Err() != nil {
 			// Woken at the deadline: another attempt could only fail on
@@ -144,6 +140,18 @@ func (s *Server) retrying(stream context.Context, w write, until time.Time) (err
 			return err, true
 		}
 		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// sleep waits d, or until ctx ends; false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
