@@ -51,10 +51,7 @@ type Keys struct {
 
 // ServeHTTP serves one admin request on keys.
 func (h Keys) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	got, ok := auth.Bearer(r.Header.Get("Authorization"))
-	if !ok || !auth.TokenMatches(got, []string{h.Token}) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
-		writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid bearer token is required.")
+	if !authorized(w, r, h.Token) {
 		return
 	}
 	q := r.URL.Query()
@@ -184,6 +181,18 @@ func (h Keys) list(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, page)
 	}
+}
+
+// authorized reports whether r carries the admin bearer token; when it
+// does not, it has answered 401.
+func authorized(w http.ResponseWriter, r *http.Request, token string) bool {
+	got, ok := auth.Bearer(r.Header.Get("Authorization"))
+	if ok && auth.TokenMatches(got, []string{token}) {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
+	writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid bearer token is required.")
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

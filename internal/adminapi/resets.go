@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http"
 
-	"github.com/idemproxy/idemproxy/internal/auth"
 	"github.com/idemproxy/idemproxy/redisstore"
 )
 
@@ -34,10 +33,7 @@ type heldList struct {
 
 // ServeHTTP serves one request on either path.
 func (h StoreResets) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	got, ok := auth.Bearer(r.Header.Get("Authorization"))
-	if !ok || !auth.TokenMatches(got, []string{h.Token}) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="idemproxy-admin"`)
-		writeProblem(w, http.StatusUnauthorized, "admin-unauthorized", "Unauthorized", "A valid bearer token is required.")
+	if !authorized(w, r, h.Token) {
 		return
 	}
 	switch {
