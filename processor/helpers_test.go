@@ -12,6 +12,7 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,8 +26,19 @@ const waitFor = 5 * time.Second
 const testAuthority = "api.example.com"
 
 // newTestServer builds a Server on store with the defaults, changed by mut,
-// and its own metrics registry.
+// and its own metrics registry; a store that is also a Watcher watches.
 func newTestServer(t *testing.T, store Store, mut func(*Config)) (*Server, *prometheus.Registry) {
+	t.Helper()
+	return newServerWith(t, store, mut, func(o *Options) {
+		if w, ok := store.(Watcher); ok {
+			o.Watcher = w
+		}
+	})
+}
+
+// newServerWith builds a Server on store with the defaults changed by mut,
+// its options (a discarding logger, its own metrics) changed by opt.
+func newServerWith(t *testing.T, store Store, mut func(*Config), opt func(*Options)) (*Server, *prometheus.Registry) {
 	t.Helper()
 	cfg := DefaultConfig()
 	if mut != nil {
@@ -36,9 +48,7 @@ func newTestServer(t *testing.T, store Store, mut func(*Config)) (*Server, *prom
 	m, err := NewMetrics(reg)
 	require.NoError(t, err)
 	opts := Options{Store: store, Metrics: m, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if w, ok := store.(Watcher); ok {
-		opts.Watcher = w
-	}
+	opt(&opts)
 	srv, err := New(cfg, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() {
@@ -262,6 +272,12 @@ func requireSkipRest(t *testing.T, m *filterv3.ProcessingMode) {
 // counter reads one labelled counter from reg.
 func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
+	return labelled(t, reg, name, label, value).GetCounter().GetValue()
+}
+
+// labelled is the series of metric name whose label has value.
+func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string) *dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
@@ -271,13 +287,13 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 		for _, m := range mf.GetMetric() {
 			for _, lp := range m.GetLabel() {
 				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
+					return m
 				}
 			}
 		}
 	}
 	t.Fatalf("metric %s{%s=%q} not found", name, label, value)
-	return 0
+	return nil
 }
 
 // gauge reads an unlabelled gauge from reg.

@@ -16,20 +16,9 @@ import (
 // newLoggedServer is newTestServer with its log kept.
 func newLoggedServer(t *testing.T, store Store, mut func(*Config)) (*Server, *prometheus.Registry, *syncBuffer) {
 	t.Helper()
-	cfg := DefaultConfig()
-	if mut != nil {
-		mut(&cfg)
-	}
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg)
-	require.NoError(t, err)
 	logs := &syncBuffer{}
-	srv, err := New(cfg, Options{Store: store, Metrics: m, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		srv.Drain(ctx)
+	srv, reg := newServerWith(t, store, mut, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	return srv, reg, logs
 }

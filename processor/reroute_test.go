@@ -3,8 +3,6 @@ package processor
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -38,21 +36,7 @@ func (f *fakeReplays) IssueReplay(_ context.Context, key string, ttl time.Durati
 // newReplayServer is newTestServer with a replay endpoint's tokens.
 func newReplayServer(t *testing.T, store Store, replays Replays, mut func(*Config)) (*Server, *prometheus.Registry) {
 	t.Helper()
-	cfg := DefaultConfig()
-	if mut != nil {
-		mut(&cfg)
-	}
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg)
-	require.NoError(t, err)
-	srv, err := New(cfg, Options{Store: store, Metrics: m, Replays: replays, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		srv.Drain(ctx)
-	})
-	return srv, reg
+	return newServerWith(t, store, mut, func(o *Options) { o.Replays = replays })
 }
 
 func TestServer_Process_replayViaEndpoint(t *testing.T) {

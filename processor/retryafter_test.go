@@ -80,20 +80,5 @@ func TestRouteDurations(t *testing.T) {
 // histogramCount reads the sample count of a labelled histogram from reg.
 func histogramCount(t *testing.T, reg *prometheus.Registry, name, label, value string) uint64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetHistogram().GetSampleCount()
-				}
-			}
-		}
-	}
-	t.Fatalf("metric %s{%s=%q} not found", name, label, value)
-	return 0
+	return labelled(t, reg, name, label, value).GetHistogram().GetSampleCount()
 }
