@@ -16,7 +16,14 @@ const adminToken = "e2e-admin-token-0123456789"
 func (s *stack) adminKey(t *testing.T, method, authority, key, token string) (int, map[string]any) {
 	t.Helper()
 	q := url.Values{"authority": {authority}, "key": {key}}
-	req, err := http.NewRequest(method, s.adminURL+"/admin/v1/keys?"+q.Encode(), nil)
+	return s.admin(t, method, "/admin/v1/keys?"+q.Encode(), token)
+}
+
+// admin calls one of idemproxy's admin endpoints with token ("" none) and
+// returns the status and the decoded JSON body.
+func (s *stack) admin(t *testing.T, method, path, token string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.adminURL+path, nil)
 	require.NoError(t, err)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)

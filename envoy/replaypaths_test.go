@@ -2,7 +2,6 @@ package envoy
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -29,15 +28,7 @@ func luaFilter(t *testing.T) string {
 // fetch sends one keyed request with c and reads the response.
 func fetch(t *testing.T, c *http.Client, method, url, key string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, url, nil)
-	require.NoError(t, err)
-	req.Header.Set("Idempotency-Key", key)
-	resp, err := c.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, string(b)
+	return sendWith(t, c, method, url, "", "Idempotency-Key", key)
 }
 
 // TestEndToEnd_ReplayPaths measures whether replays should all be served

@@ -52,7 +52,14 @@ func h2cClient() *http.Client {
 // sendH2 sends a keyed POST with HTTP/2 and reads the whole response.
 func sendH2(t *testing.T, c *http.Client, url, body string, headers ...string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
+	return sendWith(t, c, http.MethodPost, url, body, headers...)
+}
+
+// sendWith sends one request with c, headers as name/value pairs, and reads
+// the whole response.
+func sendWith(t *testing.T, c *http.Client, method, url, body string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
 	require.NoError(t, err)
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Add(headers[i], headers[i+1])

@@ -1,7 +1,6 @@
 package envoy
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -16,17 +15,7 @@ import (
 // acknowledges (path "/ack"). It returns the status and the decoded body.
 func (s *stack) storeResets(t *testing.T, method, path, token string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(method, s.adminURL+"/admin/v1/store-resets"+path, nil)
-	require.NoError(t, err)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var body map[string]any
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
-	return resp.StatusCode, body
+	return s.admin(t, method, "/admin/v1/store-resets"+path, token)
 }
 
 // TestStoreReset_RedisRestart: Redis without persistence restarts under a

@@ -38,17 +38,10 @@ func TestStripeGo_StripeShape(t *testing.T) {
 	})
 
 	t.Run("an unknown outcome: typed 409, not retried", func(t *testing.T) {
-		key := newKey(t)
-		// The backend charges, then resets the connection: Envoy's 503
-		// is not Stripe's shape, and no retry was allowed for this call.
-		_, err := stripeClient(s, "", 0).New(chargeParams(key, 100, "hangup", "true"))
-		require.Error(t, err)
-		testenv.WaitFor(t, 10*time.Second, "the key marked an unknown outcome", func() bool {
-			return s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`) >= 1
-		})
+		key := unknownOutcome(t, s)
 		before := s.outcomes(t, "outcome_unknown")
 		start := time.Now()
-		_, err = c.New(chargeParams(key, 100, "hangup", "true"))
+		_, err := c.New(chargeParams(key, 100, "hangup", "true"))
 		se := requireStripeError(t, err, http.StatusConflict, stripe.ErrorTypeIdempotency, "idemproxy_outcome_unknown")
 		require.Equal(t, "false", se.LastResponse.Header.Get("Stripe-Should-Retry"))
 		require.Equal(t, 1, s.outcomes(t, "outcome_unknown")-before, "sent once: not retried")
@@ -137,14 +130,9 @@ func TestStripeGo_RouteShapes(t *testing.T) {
 	})
 
 	t.Run("the default shape: an unknown outcome is retried too, untyped", func(t *testing.T) {
-		key := newKey(t)
-		_, err := stripeClient(s, "", 0).New(chargeParams(key, 100, "hangup", "true"))
-		require.Error(t, err)
-		testenv.WaitFor(t, 10*time.Second, "the key marked an unknown outcome", func() bool {
-			return s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`) >= 1
-		})
+		key := unknownOutcome(t, s)
 		before := s.outcomes(t, "outcome_unknown")
-		_, err = stripeClient(s, "", stripe.DefaultMaxNetworkRetries).New(chargeParams(key, 100, "hangup", "true"))
+		_, err := stripeClient(s, "", stripe.DefaultMaxNetworkRetries).New(chargeParams(key, 100, "hangup", "true"))
 		var se *stripe.Error
 		require.NotErrorAs(t, err, &se)
 		sent := s.outcomes(t, "outcome_unknown") - before
@@ -227,4 +215,19 @@ func TestStripeGo_StoreAnswers(t *testing.T) {
 	require.Equal(t, 1, s.outcomes(t, "store_reset")-before, "sent once")
 	t.Logf("Redis down: typed %d %s, sent %d times, nothing run; store reset: typed %d %s, sent once",
 		se.HTTPStatusCode, se.Code, sent, reset.HTTPStatusCode, reset.Code)
+}
+
+// unknownOutcome is a key whose charge the backend made, then cut the
+// connection: Envoy's 503 is not Stripe's shape, and no retry was allowed
+// for that call; it returns once idemproxy holds the key as an unknown
+// outcome.
+func unknownOutcome(t *testing.T, s *stack) string {
+	t.Helper()
+	unknown := func() float64 { return s.metric(t, `idemproxy_responses_total{result="unknown_outcome"}`) }
+	before := unknown()
+	key := newKey(t)
+	_, err := stripeClient(s, "", 0).New(chargeParams(key, 100, "hangup", "true"))
+	require.Error(t, err)
+	testenv.WaitFor(t, 10*time.Second, "the key marked an unknown outcome", func() bool { return unknown() > before })
+	return key
 }
