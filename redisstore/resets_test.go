@@ -78,13 +78,10 @@ func (p *resetProcess) retry(t *testing.T, key string) (idem.State, error) {
 // after the reset holds it too, and an acknowledgement releases it
 // everywhere. A fresh store at first start is not a reset.
 func TestStoreReset_standalone(t *testing.T) {
-	rs := redistopo.Start(t)
-	topo := connectTopo(t, ModeStandalone, rs.URL())
-	m, err := NewMarkers(DefaultPrefix, ModeStandalone)
-	require.NoError(t, err)
+	rs, topo, m := standaloneMarked(t)
 	a := newResetProcess(t, topo, m, time.Hour, false)
 
-	_, err = a.retry(t, "before-check")
+	_, err := a.retry(t, "before-check")
 	require.ErrorIs(t, err, idem.ErrStoreReset, "no marker read yet: nothing is granted")
 	a.gate.check(t.Context())
 	require.NoError(t, a.gate.Usable("k"))
@@ -143,10 +140,7 @@ func TestStoreReset_standalone(t *testing.T) {
 // process that read the old epoch notes the reset in the new marker, and
 // the new process then holds too.
 func TestStoreReset_flushAndEpoch(t *testing.T) {
-	rs := redistopo.Start(t)
-	topo := connectTopo(t, ModeStandalone, rs.URL())
-	m, err := NewMarkers(DefaultPrefix, ModeStandalone)
-	require.NoError(t, err)
+	rs, topo, m := standaloneMarked(t)
 	old := newResetProcess(t, topo, m, time.Hour, false)
 	old.gate.check(t.Context())
 	old.complete(t, "k")
@@ -167,10 +161,7 @@ func TestStoreReset_flushAndEpoch(t *testing.T) {
 // TestStoreReset_retentionEnds: the hold ends by itself when the
 // retention has passed since the reset.
 func TestStoreReset_retentionEnds(t *testing.T) {
-	rs := redistopo.Start(t)
-	topo := connectTopo(t, ModeStandalone, rs.URL())
-	m, err := NewMarkers(DefaultPrefix, ModeStandalone)
-	require.NoError(t, err)
+	rs, topo, m := standaloneMarked(t)
 	p := newResetProcess(t, topo, m, 300*time.Millisecond, false)
 	p.gate.check(t.Context())
 	require.NoError(t, rs.Client(t).FlushAll(t.Context()).Err())
@@ -190,10 +181,7 @@ func TestStoreReset_retentionEnds(t *testing.T) {
 // (MAY RUN TWICE) but holds nothing, and its acquires grant the key again:
 // the double execution the default prevents.
 func TestStoreReset_accept(t *testing.T) {
-	rs := redistopo.Start(t)
-	topo := connectTopo(t, ModeStandalone, rs.URL())
-	m, err := NewMarkers(DefaultPrefix, ModeStandalone)
-	require.NoError(t, err)
+	rs, topo, m := standaloneMarked(t)
 	p := newResetProcess(t, topo, m, time.Hour, true)
 	p.gate.check(t.Context())
 	p.complete(t, "k")
@@ -229,4 +217,15 @@ func TestStoreReset_upgrade(t *testing.T) {
 	state, err = old.retry(t, "new-key")
 	require.NoError(t, err)
 	require.Equal(t, idem.StateAcquired, state, "a process of the previous version keeps working beside the marker")
+}
+
+// standaloneMarked is a fresh standalone Redis, a topology on it and the
+// markers of the default prefix.
+func standaloneMarked(t *testing.T) (*redistopo.Server, *Topology, *Markers) {
+	t.Helper()
+	rs := redistopo.Start(t)
+	topo := connectTopo(t, ModeStandalone, rs.URL())
+	m, err := NewMarkers(DefaultPrefix, ModeStandalone)
+	require.NoError(t, err)
+	return rs, topo, m
 }
