@@ -89,7 +89,7 @@ func (e *exchange) storing(l look) look {
 // the token holds (never one of another request's); unless the store says
 // it wrote nothing.
 func (e *exchange) unanswered(token string, err error) {
-	if !e.srv.cfg.FailOpen && !errors.Is(err, idem.ErrNotTaken) && !errors.Is(err, idem.ErrStoreReset) {
+	if !e.srv.cfg.FailOpen && !errors.Is(err, idem.ErrNotTaken) {
 		e.lock.token, e.lock.state = token, lockUnanswered
 	}
 }

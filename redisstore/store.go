@@ -64,8 +64,9 @@ var (
 	// ErrResetMarker reports an acquire of a free key refused because the
 	// store-reset marker of its slot is missing, or notes a reset that is
 	// neither acknowledged nor past its hold (marker.go): nothing was
-	// written. It is an idem.ErrStoreReset.
-	ErrResetMarker = fmt.Errorf("%w: the store-reset marker of the key's slot is missing or notes a reset", idem.ErrStoreReset)
+	// written. It is an idem.ErrStoreReset and an idem.ErrNotTaken.
+	ErrResetMarker = fmt.Errorf("%w: the store-reset marker of the key's slot is missing or notes a reset, so %w",
+		idem.ErrStoreReset, idem.ErrNotTaken)
 )
 
 // DefaultPrefix is the key prefix used when Options.Prefix is empty.
