@@ -17,7 +17,10 @@ package redisstore
 // caches it), TRYAGAIN (a slot in migration) and MOVED or ASK (the slot
 // moved since the map was loaded). go-redis's Script.Run falls back to
 // EVAL only outside a pipeline, and a plain client of one node follows no
-// redirect, so both are done here, the same way for every route.
+// redirect, so both are done here, the same way for every route. (The
+// health check's store-reset markers, up to 16,384 at once, are not a
+// Store call: marker_io.go sends them in one pipeline per primary, the
+// script loaded first.)
 
 import (
 	"context"
