@@ -203,7 +203,7 @@ func storeFailure(err error, failOpen bool) verdict {
 	case errors.Is(err, idem.ErrStoreReset):
 		// The store answered: it lost its records. Not a failure that
 		// --fail-open lets requests through.
-		return storeReset().logged(slog.LevelWarn, "request refused: the store-reset marker of its key's slot is missing (the health check decides whether the store lost its records)", "error", err)
+		return storeReset().logged(slog.LevelWarn, "request refused: the store-reset marker of its key's slot is missing or notes a reset (the health check decides, or decided, whether the store lost its records)", "error", err)
 	case failOpen:
 		return verdict{outcome: outcomeFailOpen, fenced: true}.
 			logged(slog.LevelWarn, "store failed; request let through unguarded (fail-open)", "error", err)
