@@ -37,11 +37,25 @@ if [ "${1:-}" = partitions ]; then
 fi
 
 ./scripts/lint.sh
+# gotest runs go test and, when it fails, repeats the failing tests' names
+# and first lines last: a failing test's dumped logs (Redis, Envoy) can run
+# to thousands of lines, and CI keeps only the end of the output.
+gotest() {
+  local log rc=0
+  log=$(mktemp)
+  go test "$@" 2>&1 | tee "$log" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    note "go test $* failed; the failures:"
+    grep -E -- '^[[:space:]]*--- FAIL|^FAIL|^panic:|^[[:space:]]*[a-z_]+_test\.go:[0-9]+:|^[[:space:]]+(Error|Error Trace|Messages):' "$log" | grep -v -E 'figures:|schedule:' | tail -n 60 >&2 || true
+  fi
+  rm -f "$log"
+  return "$rc"
+}
 # -parallel 4: the end-to-end tests that run in parallel spend most of their
 # time waiting out lock TTLs and slow backends, not on the CPU; the storms,
 # which are CPU-bound, run alone before them.
 note "go test -race ./..."
-go test -race -count=1 -timeout 12m -parallel 4 "$@" ./...
+gotest -race -count=1 -timeout 12m -parallel 4 "$@" ./...
 # The end-to-end core on the oldest supported Envoy: the shipped configs
 # validate, replay, 422, 409, waiting duplicates, unknown outcomes (upstream
 # timeout, connection refused, lost response), Envoy's local replies,
@@ -52,7 +66,7 @@ E2E_CORE='^(TestConfigs_Validate|TestEnvoyVersions_.*|TestEndToEnd|TestEndToEnd_
 if [ -n "${ENVOY_OLDEST_BIN:-}" ]; then
   note "go test -race ./envoy/ on Envoy $ENVOY_OLDEST: the end-to-end core"
   ENVOY_VERSION=$ENVOY_OLDEST ENVOY_BIN=$ENVOY_OLDEST_BIN \
-    go test -race -count=1 -timeout 10m -parallel 4 -run "$E2E_CORE" ./envoy/
+    gotest -race -count=1 -timeout 10m -parallel 4 -run "$E2E_CORE" ./envoy/
 fi
 # The store and topology tests again on Valkey (testenv.ValkeyVersion,
 # unpacked from its PyPI wheel by ensure_valkey; REDIS_FLAVOR=valkey starts
@@ -69,8 +83,8 @@ ensure_valkey
 # twice); until that is understood it runs on Redis only (docs/redis-topologies.md).
 VALKEY_E2E='^(TestTopology_(Cluster|SentinelFailover|SentinelReplicaLag)|TestStoreReset_RedisRestart)$'
 note "go test -race on Valkey: ./redisstore/ ./internal/testenv/redistopo/, and $VALKEY_E2E in ./envoy/"
-REDIS_FLAVOR=valkey go test -race -count=1 -timeout 10m -parallel 4 ./redisstore/ ./internal/testenv/redistopo/
-REDIS_FLAVOR=valkey go test -race -count=1 -timeout 10m -parallel 4 -run "$VALKEY_E2E" ./envoy/
+REDIS_FLAVOR=valkey gotest -race -count=1 -timeout 10m -parallel 4 ./redisstore/ ./internal/testenv/redistopo/
+REDIS_FLAVOR=valkey gotest -race -count=1 -timeout 10m -parallel 4 -run "$VALKEY_E2E" ./envoy/
 # Fuzzing, after the suite (which already ran every seed and committed
 # corpus entry): each target for a bounded number of inputs, one after
 # another, since go test fuzzes one target per run. A count, not a duration:
