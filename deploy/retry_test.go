@@ -63,10 +63,17 @@ func TestRetries_EnvoyYAML(t *testing.T) {
 		t.Run(file, func(t *testing.T) {
 			hcm := dig(t, loadGeneric(t, "envoy", file), "static_resources", "listeners", "0", "filter_chains", "0", "filters", "0", "typed_config")
 			routes := dig(t, hcm, "route_config", "virtual_hosts", "0", "routes").([]any)
-			keyed, keyless := 0, 0
+			keyed, keyless, refused := 0, 0, 0
 			for _, r := range routes {
-				route := dig(t, r, "route").(generic)
 				perFilter, _ := r.(generic)["typed_per_filter_config"].(generic)
+				if _, ok := r.(generic)["direct_response"]; ok {
+					// Keyed gRPC calls to methods not listed: Envoy answers,
+					// nothing is sent upstream, no ext_proc stream is opened.
+					refused++
+					require.Equal(t, true, dig(t, perFilter, "envoy.filters.http.ext_proc", "disabled"))
+					continue
+				}
+				route := dig(t, r, "route").(generic)
 				if extProc, _ := perFilter["envoy.filters.http.ext_proc"].(generic); extProc["disabled"] == true {
 					keyless++
 					require.NotContains(t, route, "retry_policy", "the keyless route keeps what it has")
@@ -89,6 +96,7 @@ func TestRetries_EnvoyYAML(t *testing.T) {
 			}
 			require.Equal(t, 7, keyed, "the replay route (x-idemproxy-replay), /strict/, /wait/ and the two key headers, for HTTP and for gRPC")
 			require.Equal(t, 2, keyless, "HTTP and gRPC")
+			require.Equal(t, 2, refused, "keyed gRPC calls to unlisted methods, for the two key headers")
 		})
 	}
 }

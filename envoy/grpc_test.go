@@ -189,39 +189,66 @@ func TestGRPC_WaitingDuplicate(t *testing.T) {
 	require.Equal(t, 1, svc.executions("g-wait"))
 }
 
-// TestGRPC_Streaming: what keyed streaming calls get (docs/grpc.md, unary
-// only). A client-streaming call that half-closes is buffered whole and
-// runs once like a unary call; a bidi call that waits for an answer
-// before half-closing is held by Envoy (BUFFERED) and never reaches the
-// server: it ends at its deadline, nothing run.
+// TestGRPC_Streaming: keyed streaming calls are refused at once by the
+// shipped routes (docs/grpc.md, unary only): the keyed gRPC routes list
+// the unary methods, and any other keyed call gets FAILED_PRECONDITION
+// streaming-unsupported from Envoy, nothing run. The weaker route (keyed
+// calls to every method, the shape of the config before the list) shows
+// what the list prevents: Envoy holds a bidi call that waits for an
+// answer before half-closing (BUFFERED) until its deadline.
 func TestGRPC_Streaming(t *testing.T) {
-	_, svc, c := startGRPCStack(t)
-	ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "g-bidi")
-	bidiCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	bidi, err := c.FullDuplexCall(bidiCtx)
-	require.NoError(t, err)
-	require.NoError(t, bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}))
-	_, err = bidi.Recv()
-	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "held until the deadline: %v", err)
-	require.Zero(t, svc.executions("g-bidi"), "a held bidi call never reaches the server")
-
-	in := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "g-in")
-	for i := range 2 {
+	t.Run("shipped routes refuse at once", func(t *testing.T) {
+		_, svc, c := startGRPCStack(t)
+		for _, header := range []string{"idempotency-key", "x-idempotency-key"} {
+			ctx := metadata.AppendToOutgoingContext(t.Context(), header, "g-bidi-"+header)
+			bidiCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			bidi, err := c.FullDuplexCall(bidiCtx)
+			require.NoError(t, err)
+			// The refusal may end the stream before the message is sent.
+			_ = bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}})
+			_, err = bidi.Recv()
+			cancel()
+			st := status.Convert(err)
+			require.Equal(t, codes.FailedPrecondition, st.Code(), "%s: %v", header, err)
+			require.True(t, strings.HasPrefix(st.Message(), "urn:idemproxy:problem:streaming-unsupported: "), st.Message())
+			require.Equal(t, []string{"urn:idemproxy:problem:streaming-unsupported"}, bidi.Trailer().Get("idempotency-problem"))
+			require.Zero(t, svc.executions("g-bidi-"+header), "a refused call never reaches the server")
+		}
+		in := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "g-in")
 		st, err := c.StreamingInputCall(in)
 		require.NoError(t, err)
-		for _, m := range []string{"ab", "cde"} {
-			require.NoError(t, st.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: []byte(m)}}))
-		}
-		resp, err := st.CloseAndRecv()
-		if i == 0 {
-			require.NoError(t, err)
-			require.EqualValues(t, 5, resp.GetAggregatedPayloadSize())
-			continue
-		}
-		require.Equal(t, codes.FailedPrecondition, status.Code(err), "the retry: %v", err)
-	}
-	require.Equal(t, 1, svc.executions("g-in"), "a half-closed client stream runs once")
+		_ = st.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: []byte("ab")}})
+		_, err = st.CloseAndRecv()
+		require.Equal(t, codes.FailedPrecondition, status.Code(err), "a client stream is not a listed unary method: %v", err)
+		require.Zero(t, svc.executions("g-in"))
+
+		// Keyless streaming calls pass through; listed unary methods are keyed.
+		bidi, err := c.FullDuplexCall(t.Context())
+		require.NoError(t, err)
+		require.NoError(t, bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}))
+		resp, err := bidi.Recv()
+		require.NoError(t, err, "a keyless bidi call is not idemproxy's")
+		require.Equal(t, "hi", string(resp.GetPayload().GetBody()), "echoed while the call is open")
+		require.NoError(t, bidi.CloseSend())
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		require.Equal(t, codes.OK, unary(ctx, c, "g-unary", "x").code())
+		require.Equal(t, 1, svc.executions("g-unary"))
+	})
+	t.Run("weaker: keyed calls to every method hang", func(t *testing.T) {
+		_, svc, c := startGRPCStack(t, [2]string{
+			"safe_regex: &grpc_unary_methods\n                    regex: '/grpc\\.testing\\.TestService/(UnaryCall|EmptyCall)'",
+			"safe_regex: &grpc_unary_methods\n                    regex: '/.*'"})
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "g-bidi")
+		bidiCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		bidi, err := c.FullDuplexCall(bidiCtx)
+		require.NoError(t, err)
+		require.NoError(t, bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}))
+		_, err = bidi.Recv()
+		require.Equal(t, codes.DeadlineExceeded, status.Code(err), "held until the deadline: %v", err)
+		require.Zero(t, svc.executions("g-bidi"), "a held bidi call never reaches the server")
+	})
 }
 
 // TestGRPC_ErrorStatusRetry: a call that failed with a gRPC status (a

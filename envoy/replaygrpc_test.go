@@ -2,66 +2,47 @@ package envoy
 
 import (
 	"context"
-	"net"
-	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/codes"
 
 	"github.com/idemproxy/idemproxy/internal/testenv"
 )
 
 // TestEndToEnd_ReplayEndpointGRPC: a unary gRPC call with an
-// idempotency-key (grpc-go client and server, the health service as the
+// idempotency-key (grpc-go client, grpc-go's interop TestService as the
 // upstream) runs once; its retry is served by the replay endpoint, and the
 // grpc-go client reads the replayed message and its trailers (grpc-status,
 // trailing metadata) as it read the first.
 func TestEndToEnd_ReplayEndpointGRPC(t *testing.T) {
 	t.Parallel()
-	var calls atomic.Int64
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	gs := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		calls.Add(1)
-		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-charge-checksum", "sha256:grpc"))
-		return h(ctx, req)
-	}))
-	healthpb.RegisterHealthServer(gs, health.NewServer())
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-
+	svc, addr := startGRPCService(t)
 	envoyBin := testenv.EnvoyBin(t)
 	s := startSharedWith(t)
 	var grpcAddr string
 	s.idemproxy, grpcAddr, s.adminURL = runIdemproxy(t, "idemproxy", s.redis.URL(), "127.0.0.1:0", "debug", "--replay-addr", "127.0.0.1:0")
 	replayAddr := s.idemproxy.LogAddr(t, "replay endpoint listening")
 	// The shipped gRPC routes send it to the grpc-backend cluster.
-	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: ln.Addr().String(), Replay: replayAddr,
-		Edits: [][2]string{grpcBackendPort(t, ln.Addr().String())}}, 4)
+	s.startEnvoy(t, envoyBin, testenv.EnvoyConfig{ExtProc: grpcAddr, Backend: s.backendAddr, Replay: replayAddr,
+		Edits: [][2]string{grpcBackendPort(t, addr)}}, 4)
+	c := grpcClient(t, s.url)
 
-	conn, err := grpc.NewClient(s.url[len("http://"):], grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
-	client := healthpb.NewHealthClient(conn)
-	ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", newKey(t))
-	call := func() (*healthpb.HealthCheckResponse, metadata.MD, metadata.MD) {
-		var header, trailer metadata.MD
-		resp, err := client.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&header), grpc.Trailer(&trailer))
-		require.NoError(t, err)
-		return resp, header, trailer
-	}
-	first, _, firstTrailer := call()
-	again, againHeader, againTrailer := call()
-	require.EqualValues(t, 1, calls.Load(), "the call ran once")
-	require.Equal(t, first.GetStatus(), again.GetStatus())
-	require.Equal(t, []string{"sha256:grpc"}, firstTrailer.Get("x-charge-checksum"))
-	require.Equal(t, firstTrailer.Get("x-charge-checksum"), againTrailer.Get("x-charge-checksum"))
-	require.Equal(t, []string{"true"}, againHeader.Get("idempotent-replayed"))
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	key := newKey(t)
+	first := unary(ctx, c, key, "charge 50")
+	again := unary(ctx, c, key, "charge 50")
+	require.Equal(t, codes.OK, first.code(), first.st.Message())
+	require.Equal(t, codes.OK, again.code(), again.st.Message())
+	require.Equal(t, 1, svc.executions(key), "the call ran once")
+	require.Equal(t, "charged:charge 50", string(first.resp.GetPayload().GetBody()))
+	require.Equal(t, string(first.resp.GetPayload().GetBody()), string(again.resp.GetPayload().GetBody()))
+	require.Equal(t, []string{"ch_" + key}, first.trailers.Get("charge-id"))
+	require.Equal(t, first.trailers.Get("charge-id"), again.trailers.Get("charge-id"))
+	require.Equal(t, []string{"true"}, again.header.Get("idempotent-replayed"))
 	require.EqualValues(t, 1, s.metric(t, `idemproxy_replay_requests_total{result="served"}`))
-	t.Logf("first %v trailer %v; retry %v header %v trailer %v", first, firstTrailer, again, againHeader, againTrailer)
+	t.Logf("first %q trailer %v; retry %q header %v trailer %v",
+		first.resp.GetPayload().GetBody(), first.trailers, again.resp.GetPayload().GetBody(), again.header, again.trailers)
 }
