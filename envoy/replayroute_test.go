@@ -184,12 +184,7 @@ func TestEndToEnd_ReplayEndpoint(t *testing.T) {
 // the backend.
 func TestEndToEnd_ReplayHeaderStripped(t *testing.T) {
 	t.Parallel()
-	const strip = "          early_header_mutation_extensions:\n" +
-		"          - name: envoy.http.early_header_mutation.header_mutation\n" +
-		"            typed_config:\n" +
-		"              \"@type\": type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation\n" +
-		"              mutations:\n" +
-		"              - remove: x-idemproxy-replay\n"
+	const strip = "              - remove: x-idemproxy-replay\n"
 	forged := []string{"X-Idemproxy-Replay", "0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef"}
 	for name, edits := range map[string][][2]string{"as shipped": nil, "without the strip": {{strip, ""}}} {
 		t.Run(name, func(t *testing.T) {
@@ -207,4 +202,38 @@ func TestEndToEnd_ReplayHeaderStripped(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEndToEnd_ReplayRouteMissing: idemproxy with its replay endpoint on
+// behind an Envoy without the replay route (an older or hand-written
+// config). The re-routed retry then goes to the backend, but on
+// processor.ReplayPath and without its body, so it runs nothing there; the
+// client gets 500 misconfigured, not the backend's answer, and idemproxy
+// logs why. Before re-routed replays carried that path and no body, the
+// same retry ran the request a second time (executions 2).
+func TestEndToEnd_ReplayRouteMissing(t *testing.T) {
+	t.Parallel()
+	noRoute := [2]string{"                  - name: x-idemproxy-replay\n", "                  - name: x-no-such-header\n"}
+	s, _ := startReplayStack(t, h2Backend, noRoute)
+	c := h2cClient()
+	key := newKey(t)
+	first, firstBody := sendH2(t, c, s.url+"/trailers", `{"amount":5000}`, "Idempotency-Key", key)
+	require.Equal(t, http.StatusOK, first.StatusCode, firstBody)
+	again, againBody := sendH2(t, c, s.url+"/trailers", `{"amount":5000}`, "Idempotency-Key", key)
+	require.Equal(t, 1, s.executions(t, key), "the retry ran nothing at the backend")
+	require.Equal(t, http.StatusInternalServerError, again.StatusCode, againBody)
+	require.Equal(t, "urn:idemproxy:problem:misconfigured", again.Header.Get("Idempotency-Problem"), againBody)
+	require.Empty(t, again.Header.Get("Idempotent-Replayed"))
+	require.Zero(t, s.metric(t, `idemproxy_replay_requests_total{result="served"}`), "the endpoint was never reached")
+	require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="replay_misrouted"}`))
+	testenv.WaitFor(t, 10*time.Second, "idemproxy's error line", func() bool {
+		return strings.Contains(s.idemproxy.Output(), "a replay sent to the replay endpoint was answered by something else")
+	})
+	var lines []accessLine
+	testenv.WaitFor(t, 30*time.Second, "the access-log lines", func() bool {
+		lines = s.accessLog("/trailers") // the request's own path, not processor.ReplayPath
+		return len(lines) == 2
+	})
+	require.Equal(t, "idemproxy_misconfigured", lines[1].Details)
+	t.Logf("retry: %d %s; access log %+v", again.StatusCode, againBody, lines[1])
 }

@@ -56,6 +56,7 @@ type request struct {
 	legacyKey    string // the previous version's key, during --scope-legacy-until
 	route        string // authority and path prefix, for logs (attempts.go, routeOf)
 	grpc         bool   // a gRPC call: refusals are gRPC statuses (grpcstatus.go)
+	rerouted     bool   // sent to the replay endpoint (reroute.go); its response is checked
 }
 
 // heldLock is the key this stream holds (or, after a failed acquire, may

@@ -46,6 +46,10 @@ const (
 	// --finalize-timeout, kept for a background completion (pending.go,
 	// whose idemproxy_pending_completions_total says how it ended).
 	resultStorePending = "store_pending"
+	// resultReplayMisrouted is no acquired key's: the response to a replay
+	// re-routed to the replay endpoint came from something else
+	// (reroute.go, replayNotServed), a config without the replay route.
+	resultReplayMisrouted = "replay_misrouted"
 )
 
 // allOutcomes and allResults are every value of the two labels.
@@ -54,7 +58,7 @@ var (
 		outcomeMismatch, outcomeInvalidKey, outcomeStoreError, outcomeStoreUnsafe, outcomeStoreReset, outcomeFailOpen, outcomeNotStored,
 		outcomeMisconfigured, outcomeKeyRequired, outcomeUnknown, outcomeHeadersTooLarge, outcomeIdentityRequired}
 	allResults = []string{resultStored, resultStoredNoBody, resultStoredIncomplete, resultStoredTrailers, resultReleasedStatus, resultReleasedEarly,
-		resultUnknownOutcome, resultLeaseLost, resultStoreError, resultStorePending}
+		resultUnknownOutcome, resultLeaseLost, resultStoreError, resultStorePending, resultReplayMisrouted}
 )
 
 // Watchdog renewal results and the stages at which a lease can be lost.

@@ -67,7 +67,8 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 		answer = problemReply(r, s)
 	}
 	if v.token != "" {
-		return rerouted(p, v.token)
+		e.req.rerouted = true
+		return rerouted(p, v.token, e.req.path)
 	}
 	if v.via != nil {
 		// Shadow mode (viaEndpoint issued no token): the status it

@@ -23,6 +23,22 @@ import (
 // route selection and to the replay endpoint.
 const ReplayHeader = "x-idemproxy-replay"
 
+// ReplayPath is the path a re-routed replay goes with, its body cleared.
+// The replay endpoint ignores both (the token says what to serve). They
+// are for an Envoy without the replay route: the request then reaches the
+// upstream as a bodiless request to a path no API serves, never as the
+// original request a second time; replayNotServed tells the client.
+const ReplayPath = "/.idemproxy/replay"
+
+// OriginalPathHeader carries a re-routed replay's own path for access logs
+// (the shipped format logs it in place of ReplayPath). Envoy's own
+// x-envoy-original-path is not one ext_proc may set.
+const OriginalPathHeader = "x-idemproxy-original-path"
+
+// replayUnavailable is the problem the replay endpoint answers with when
+// it cannot serve a token (package replay, in Idempotency-Problem).
+const replayUnavailable = problemBase + "replay-unavailable"
+
 // DefaultReplayTTL is how long a replay token lives unless
 // Options.ReplayTTL says otherwise: Envoy uses it within milliseconds.
 const DefaultReplayTTL = 10 * time.Second
@@ -67,9 +83,51 @@ func (e *exchange) viaEndpoint(v verdict) verdict {
 	return v
 }
 
-// rerouted is the CONTINUE of phase p that sends the request to the replay
-// endpoint with token.
-func rerouted(p phase, token string) *extprocv3.ProcessingResponse {
-	return withCommon(p.cont(), &extprocv3.CommonResponse{ClearRouteCache: true, HeaderMutation: &extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: ReplayHeader, RawValue: []byte(token)}}}}})
+// rerouted is the CONTINUE of phase p that sends the request (path was
+// its own) to the replay endpoint with token, on ReplayPath and without
+// its body.
+func rerouted(p phase, token, path string) *extprocv3.ProcessingResponse {
+	common := &extprocv3.CommonResponse{ClearRouteCache: true, HeaderMutation: &extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{
+			{Header: &corev3.HeaderValue{Key: ReplayHeader, RawValue: []byte(token)}},
+			{Header: &corev3.HeaderValue{Key: ":path", RawValue: []byte(ReplayPath)}},
+			{Header: &corev3.HeaderValue{Key: OriginalPathHeader, RawValue: []byte(path)}},
+		}}}
+	if p == phaseBody {
+		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_ClearBody{ClearBody: true}}
+		// Envoy refuses (500) a cleared body whose Content-Length says otherwise.
+		common.HeaderMutation.SetHeaders = append(common.HeaderMutation.SetHeaders,
+			&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-length", RawValue: []byte("0")}})
+	}
+	return withCommon(p.cont(), common)
+}
+
+// replayNotServed checks the response to a re-routed replay. The replay
+// endpoint marks all it answers after authentication: Idempotent-Replayed
+// on a replay, the replay-unavailable problem otherwise. A response
+// without either came from elsewhere: Envoy has no replay route (the
+// upstream got the bodiless ReplayPath request) or the endpoint refused
+// Envoy (401, the route sends no bearer token). The client gets 500
+// misconfigured instead of that answer; nil when the endpoint served it.
+func (e *exchange) replayNotServed(hs []*corev3.HeaderValue) *extprocv3.ProcessingResponse {
+	for _, h := range hs {
+		switch v := headerValue(h); h.GetKey() {
+		case replayedHeader:
+			if v == "true" {
+				return nil
+			}
+		case problemHeader:
+			if v == replayUnavailable {
+				return nil
+			}
+		}
+	}
+	status := responseStatus(hs)
+	e.settledAs(resultReplayMisrouted)
+	e.logger().Error("a replay sent to the replay endpoint was answered by something else: Envoy has no idemproxy-replay route "+
+		"for this request (the upstream got a bodiless "+ReplayPath+" request) or the endpoint refused Envoy; answered 500 misconfigured",
+		"status", status, "route", e.req.route)
+	r := refused{p: probMisconfigured, detail: "The stored response could not be served: the proxy's replay route is missing or " +
+		"misconfigured. The request was not run again."}
+	return problemReply(r, shape{format: e.pol.shape.format, template: e.pol.shape.template, grpc: e.req.grpc})
 }

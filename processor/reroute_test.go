@@ -65,10 +65,55 @@ func TestServer_Process_replayViaEndpoint(t *testing.T) {
 		require.True(t, ok)
 		require.True(t, common.GetClearRouteCache())
 		set := common.GetHeaderMutation().GetSetHeaders()
-		require.Len(t, set, 1)
+		require.Len(t, set, 3)
 		require.Equal(t, ReplayHeader, set[0].GetHeader().GetKey())
 		require.Equal(t, "token-"+keyOf("k"), string(set[0].GetHeader().GetRawValue()))
+		require.Equal(t, ":path", set[1].GetHeader().GetKey())
+		require.Equal(t, ReplayPath, string(set[1].GetHeader().GetRawValue()))
+		require.Nil(t, common.GetBodyMutation(), "a bodiless request has no body to clear")
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeReplayed))
+	})
+	t.Run("a retry with a body goes without it", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, _ := newReplayServer(t, store, replays, nil)
+		for range 2 {
+			out, err := run(t, srv, endEOF, keyed("POST", "kb", false), reqBody(`{"amount":5}`, true),
+				respHeaders(false, ":status", "200", "content-type", "application/grpc"), respBody("data", false), respTrailers())
+			require.NoError(t, err)
+			common, _ := commonOf(out[1])
+			if len(replays.issued) == 0 {
+				require.Nil(t, common.GetBodyMutation(), "the first request runs as sent")
+				continue
+			}
+			require.True(t, common.GetClearRouteCache())
+			require.True(t, common.GetBodyMutation().GetClearBody(), "the re-routed retry carries no body")
+		}
+	})
+	t.Run("the response to a re-routed replay must come from the endpoint", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, reg := newReplayServer(t, store, replays, nil)
+		first(t, srv)
+		for _, c := range []struct {
+			name    string
+			headers []string
+			served  bool
+		}{
+			{"the endpoint's replay", []string{":status", "200", "idempotent-replayed", "true"}, true},
+			{"the endpoint's refusal of a spent token", []string{":status", "503", "idempotency-problem", replayUnavailable}, true},
+			{"the upstream (no replay route)", []string{":status", "404"}, false},
+			{"the endpoint refusing Envoy (no bearer token)", []string{":status", "401", "www-authenticate", "Bearer"}, false},
+		} {
+			out, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(true, c.headers...))
+			require.NoError(t, err, c.name)
+			require.Len(t, out, 2, c.name)
+			if c.served {
+				require.Nil(t, out[1].GetImmediateResponse(), c.name)
+				continue
+			}
+			requireProblem(t, out[1], 500, "misconfigured")
+		}
+		require.Len(t, replays.issued, 4)
+		require.EqualValues(t, 2, counter(t, reg, "idemproxy_responses_total", "result", resultReplayMisrouted))
 	})
 	t.Run("a token the store cannot issue refuses the retry: 503, nothing runs", func(t *testing.T) {
 		store, replays := newFakeStore(), &fakeReplays{}

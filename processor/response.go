@@ -17,10 +17,15 @@ import (
 func (e *exchange) onResponseHeaders(h *extprocv3.HttpHeaders, origin responseOrigin) *extprocv3.ProcessingResponse {
 	skipBody := continueResponseHeaders()
 	skipBody.ModeOverride = skipResponseBody()
+	hs := h.GetHeaders().GetHeaders()
+	if e.req.rerouted {
+		if refusal := e.replayNotServed(hs); refusal != nil {
+			return refusal
+		}
+	}
 	if e.lock.state != lockForwarded {
 		return skipBody
 	}
-	hs := h.GetHeaders().GetHeaders()
 	status := responseStatus(hs)
 	attempts := upstreamAttempts(hs)
 	// An earlier attempt may have run: a response the key would be given

@@ -153,6 +153,9 @@ func write(w http.ResponseWriter, rec *idem.Record) {
 // holds by then), so it is safe.
 func unavailable(w http.ResponseWriter) {
 	w.Header().Set("content-type", "application/problem+json")
+	// The processor tells the endpoint's answers from an upstream's by
+	// this header (or Idempotent-Replayed) on a re-routed replay.
+	w.Header().Set("idempotency-problem", "urn:idemproxy:problem:replay-unavailable")
 	w.Header().Set("retry-after", "1")
 	w.WriteHeader(http.StatusServiceUnavailable)
 	_, _ = w.Write([]byte(`{"type":"urn:idemproxy:problem:replay-unavailable","title":"The stored response could not be served",` +
