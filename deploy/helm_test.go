@@ -106,6 +106,22 @@ func TestHelmChart_defaults(t *testing.T) {
 		requireMounted(t, dep, "idemproxy-auth", "/etc/idemproxy/auth")
 		require.Equal(t, "false", r.configMaps["idemproxy"].Data["IDEMPROXY_ALLOW_UNAUTHENTICATED"])
 	})
+	t.Run("the replay endpoint is on, on deploy/kubernetes's port", func(t *testing.T) {
+		require.Equal(t, ":50052", r.configMaps["idemproxy"].Data["IDEMPROXY_REPLAY_ADDR"])
+		svc := r.services["idemproxy"]
+		require.NotNil(t, svc)
+		var replay *corev1.ServicePort
+		for i, p := range svc.Spec.Ports {
+			if p.Name == "replay" {
+				replay = &svc.Spec.Ports[i]
+			}
+		}
+		require.NotNil(t, replay, "the Service's port replay")
+		require.EqualValues(t, 50052, replay.Port)
+		require.Equal(t, "kubernetes.io/h2c", *replay.AppProtocol)
+		require.Contains(t, r.notes, "name: idemproxy-replay")
+		require.Contains(t, r.notes, "port_value: 50052")
+	})
 	t.Run("NOTES print the Envoy snippet", func(t *testing.T) {
 		for _, want := range []string{
 			"name: envoy.filters.http.ext_proc",
@@ -168,6 +184,7 @@ func TestHelmChart_fullValues(t *testing.T) {
 		np := r.netpols["idemproxy"]
 		require.Equal(t, dep.Spec.Selector.MatchLabels, np.Spec.PodSelector.MatchLabels)
 		require.Equal(t, "grpc", np.Spec.Ingress[0].Ports[0].Port.String())
+		require.Equal(t, "replay", np.Spec.Ingress[0].Ports[1].Port.String(), "the replay port admits the same pods")
 		sm := r.monitors["idemproxy"]
 		require.Equal(t, r.services["idemproxy"].Labels["app.kubernetes.io/instance"], sm.Spec.Selector.MatchLabels["app.kubernetes.io/instance"])
 		require.Equal(t, "http-admin", sm.Spec.Endpoints[0].Port)
@@ -188,6 +205,22 @@ func TestHelmChart_fullValues(t *testing.T) {
 		require.Contains(t, r.notes, "get secret envoy-ext-proc-token")
 		validateEnvoy(t, envoyBinary(t), writeTempFile(t, "notes-envoy.yaml", notesEnvoyConfig(t, r.notes)))
 	})
+}
+
+// TestHelmChart_replayOff: replay.enabled=false renders no replay
+// endpoint, port or Envoy cluster.
+func TestHelmChart_replayOff(t *testing.T) {
+	r := renderChart(t, map[string]any{"replay": map[string]any{"enabled": false}, "networkPolicy": map[string]any{"enabled": true}})
+	require.NotContains(t, r.configMaps["idemproxy"].Data, "IDEMPROXY_REPLAY_ADDR")
+	for _, p := range r.deployments["idemproxy"].Spec.Template.Spec.Containers[0].Ports {
+		require.NotEqual(t, "replay", p.Name)
+	}
+	for _, p := range r.services["idemproxy"].Spec.Ports {
+		require.NotEqual(t, "replay", p.Name)
+	}
+	require.Len(t, r.netpols["idemproxy"].Spec.Ingress[0].Ports, 1)
+	require.NotContains(t, r.notes, "idemproxy-replay")
+	validateEnvoy(t, envoyBinary(t), writeTempFile(t, "notes-envoy.yaml", notesEnvoyConfig(t, r.notes)))
 }
 
 // TestHelmChart_rulesAreTheShippedOnes: the chart carries a copy of
@@ -294,7 +327,7 @@ func TestHelmChart_defaultsAreIdemproxys(t *testing.T) {
 		defaults[env] = strings.Trim(strings.TrimSpace(cells[3]), "`")
 	}
 	require.NotEmpty(t, defaults)
-	deployment := map[string]bool{"IDEMPROXY_REDIS_URL": true, "IDEMPROXY_AUTH_TOKEN_FILE": true}
+	deployment := map[string]bool{"IDEMPROXY_REDIS_URL": true, "IDEMPROXY_AUTH_TOKEN_FILE": true, "IDEMPROXY_REPLAY_ADDR": true}
 	same := func(a, b string) bool {
 		if strings.EqualFold(a, b) {
 			return true

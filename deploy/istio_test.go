@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -53,7 +52,8 @@ func loadEnvoyFilter(t *testing.T, file string) (*networkingv1alpha3.EnvoyFilter
 	require.Equal(t, "EnvoyFilter", obj.Kind)
 	var ef networkingv1alpha3.EnvoyFilter
 	require.NoError(t, protojson.Unmarshal(obj.Spec, &ef))
-	require.Len(t, ef.ConfigPatches, 3, "idemproxy's filter, the one that removes a client's fence, and the attempt counts")
+	require.Len(t, ef.ConfigPatches, 5, "idemproxy's filter, the one that removes a client's fence, the attempt counts, "+
+		"the removal of a client's replay header and the replay route")
 	return &ef, ef.ConfigPatches[0].Patch.Value.AsMap()
 }
 
@@ -176,10 +176,12 @@ func TestIstioEnvoyFilter_Validate(t *testing.T) {
 	bin := envoyBinary(t)
 	for file := range istioFilters {
 		t.Run(file, func(t *testing.T) {
-			_, filter := loadEnvoyFilter(t, file)
+			ef, filter := loadEnvoyFilter(t, file)
 			// Envoy allows Istio's cluster names ("outbound|50051||...") as is.
-			cfg := filterBootstrap(filter,
+			// Every patch applied, as Istio would.
+			cfg := istioBootstrap(t, ef, filter, nil,
 				staticCluster(idemproxyCluster(t), "127.0.0.1", 50051, true),
+				staticCluster(replayCluster(t), "127.0.0.1", 50052, true),
 				staticCluster("backend", "127.0.0.1", 8081, false))
 			path := filepath.Join(t.TempDir(), "bootstrap.json")
 			b, err := json.Marshal(cfg)
@@ -217,13 +219,12 @@ func TestIstioEnvoyFilter_OnlyKeyedRequestsReachIdemproxy(t *testing.T) {
 			require.NoError(t, err)
 			backendPort, err := strconv.Atoi(port)
 			require.NoError(t, err)
-			cfg := filterBootstrapChain([]generic{fenceFilter(t, ef), filter},
+			// Every patch applied as Istio would (the replay route's cluster
+			// is never reached here: idemproxy's stand-in sets no replay header).
+			cfg := istioBootstrap(t, ef, filter, nil,
 				staticCluster(idemproxyCluster(t), "127.0.0.1", procPort, true),
+				staticCluster(replayCluster(t), "127.0.0.1", procPort, true),
 				staticCluster("backend", host, backendPort, false))
-			// The third patch, merged into the virtual host as Istio would.
-			vhost := dig(t, cfg, "static_resources", "listeners", "0", "filter_chains", "0", "filters", "0",
-				"typed_config", "route_config", "virtual_hosts", "0").(generic)
-			maps.Copy(vhost, attemptCountPatch(t, ef))
 			_, listener := runEnvoy(t, bin, cfg)
 
 			var responseAttempts []string
@@ -388,6 +389,7 @@ func TestIstio_Authorization(t *testing.T) {
 		}
 	}
 	require.NotNil(t, grpcRule, "a rule for the gRPC port")
+	require.Contains(t, grpcRule.GetTo()[0].GetOperation().GetPorts(), "50052", "the replay port admits the same workloads")
 	require.NotEmpty(t, grpcRule.GetFrom(), "the gRPC port is for named workloads only")
 	for _, from := range grpcRule.GetFrom() {
 		require.NotEmpty(t, from.GetSource().GetPrincipals())

@@ -111,6 +111,7 @@ func TestKubernetes_Manifests(t *testing.T) {
 		}
 		require.Equal(t, ":50051", cm.Data["IDEMPROXY_GRPC_ADDR"])
 		require.Equal(t, ":9090", cm.Data["IDEMPROXY_ADMIN_ADDR"])
+		require.Equal(t, ":50052", cm.Data["IDEMPROXY_REPLAY_ADDR"], "the replay endpoint is on: gRPC replays need it")
 		require.Equal(t, "redis://redis:6379/0", cm.Data["IDEMPROXY_REDIS_URL"])
 		require.Equal(t, "standalone", cm.Data["IDEMPROXY_REDIS_MODE"])
 		require.NotContains(t, cm.Data, "IDEMPROXY_REDIS_MIN_REPLICAS", "unset: idemproxy's default per topology (1 where Redis replicates)")
@@ -135,7 +136,7 @@ func TestKubernetes_Manifests(t *testing.T) {
 		for _, p := range c.Ports {
 			ports[p.Name] = p.ContainerPort
 		}
-		require.Equal(t, map[string]int32{"grpc": 50051, "admin": 9090}, ports)
+		require.Equal(t, map[string]int32{"grpc": 50051, "replay": 50052, "admin": 9090}, ports)
 		require.Equal(t, "/readyz", c.ReadinessProbe.HTTPGet.Path)
 		require.Equal(t, intstr.FromString("admin"), c.ReadinessProbe.HTTPGet.Port)
 		// Liveness must not follow Redis: restarting pods does not fix Redis.
@@ -173,6 +174,12 @@ func TestKubernetes_Manifests(t *testing.T) {
 		require.Equal(t, intstr.FromString("grpc"), grpc.TargetPort)
 		require.NotNil(t, grpc.AppProtocol)
 		require.Equal(t, "grpc", *grpc.AppProtocol, "Istio and Envoy Gateway need it to speak HTTP/2")
+		replay := svc.Spec.Ports[slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "replay" })]
+		require.EqualValues(t, 50052, replay.Port)
+		require.Equal(t, intstr.FromString("replay"), replay.TargetPort)
+		require.NotNil(t, replay.AppProtocol)
+		require.Equal(t, "kubernetes.io/h2c", *replay.AppProtocol, "HTTP/2 cleartext: trailers stay trailers")
+		require.Len(t, svc.Spec.Ports, 3)
 	})
 	t.Run("Envoy must authenticate: the token from a Secret, read-only", func(t *testing.T) {
 		require.Equal(t, "/etc/idemproxy/auth/token", cm.Data["IDEMPROXY_AUTH_TOKEN_FILE"])
@@ -183,19 +190,21 @@ func TestKubernetes_Manifests(t *testing.T) {
 		require.Equal(t, c.VolumeMounts[0].Name, pod.Volumes[0].Name)
 		require.Equal(t, "idemproxy-auth", pod.Volumes[0].Secret.SecretName)
 	})
-	t.Run("only labelled client pods reach the gRPC port", func(t *testing.T) {
+	t.Run("only labelled client pods reach the gRPC and replay ports", func(t *testing.T) {
 		np := o.netpols["idemproxy"]
 		require.NotNil(t, np)
 		require.Equal(t, dep.Spec.Selector.MatchLabels, np.Spec.PodSelector.MatchLabels)
 		require.Equal(t, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, np.Spec.PolicyTypes)
 		byPort := map[int32]map[string]string{}
 		for _, rule := range np.Spec.Ingress {
-			require.Len(t, rule.Ports, 1)
 			require.Len(t, rule.From, 1)
-			byPort[rule.Ports[0].Port.IntVal] = rule.From[0].PodSelector.MatchLabels
+			for _, p := range rule.Ports {
+				byPort[p.Port.IntVal] = rule.From[0].PodSelector.MatchLabels
+			}
 		}
 		require.Equal(t, map[int32]map[string]string{
 			50051: {"idemproxy.io/client": "true"},
+			50052: {"idemproxy.io/client": "true"},
 			9090:  {"idemproxy.io/admin": "true"},
 		}, byPort)
 	})
