@@ -98,7 +98,7 @@ func runFailover(t *testing.T, s *stack, f failover, scenario string, durable bo
 	promotions := f.promotions() - promotionsBefore
 	st := s.stats(t)
 	logFigures(t, scenario, "keys", len(keys), "locks_on_killed_primary", share, "executions", sumKeys(st.Keys, keys),
-		"ran_twice", fig.twice, "lost_responses", fig.lost, "first_200", fig.firstOK,
+		"ran_twice", fig.twice, "lost_responses", fig.lost, "lost_final", fmt.Sprint(fig.lostFinal), "first_200", fig.firstOK,
 		"statuses", fmt.Sprint(fig.statuses), "new_keys_before_restart", fmt.Sprint(degraded), "promoted_after", promoted.Round(time.Millisecond),
 		"restarted_after", restarted.Round(time.Millisecond),
 		"not_ready_for", unready.Round(100*time.Millisecond), "all_settled_after", settled.Round(time.Millisecond),
