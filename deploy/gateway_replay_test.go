@@ -94,7 +94,7 @@ func TestEnvoyGateway_ReplayRoutes(t *testing.T) {
 			port = &svc.Spec.Ports[i]
 		}
 	}
-	require.NotNil(t, port, "deploy/kubernetes' Service has the port replay")
+	require.NotNil(t, port, "deploy/kubernetes' Service has the port replay (50052, appProtocol kubernetes.io/h2c: issue 23's naming contract)")
 	require.NotNil(t, port.AppProtocol)
 	require.Equal(t, "kubernetes.io/h2c", *port.AppProtocol, "Envoy Gateway speaks HTTP/2 to it: the trailers stay trailers")
 	require.Equal(t, nativeReplayPort(t), port.Port, "envoy.yaml's idemproxy-replay cluster port")
