@@ -21,11 +21,8 @@ import (
 // it too (checked below).
 const replayHeader = "x-idemproxy-replay"
 
-// What these tests cannot show: Envoy Gateway's translation of the
-// manifests into Envoy config is not run (no controller here), and whether
-// its Envoy re-selects the replay rule after idemproxy's clear_route_cache
-// is untested (envoyproxy/envoy#43708 reports it did not, on Envoy Gateway
-// 1.7). docs/envoy-and-mesh.md, Envoy Gateway, says what to check.
+// These tests read the manifests; gateway_translate_test.go runs them
+// through Envoy Gateway's translator and a real Envoy (opt-in, $EGCTL).
 
 // replayRule is one match of a replay rule: the path (HTTPRoute) or method
 // (GRPCRoute) it shares with the keyed rules after it, its header matches,
