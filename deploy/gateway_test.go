@@ -17,16 +17,22 @@ import (
 type envoyGateway struct {
 	policies []*egv1a1.EnvoyExtensionPolicy
 	routes   map[string]*gwapiv1.HTTPRoute
+	grpc     map[string]*gwapiv1.GRPCRoute
 	grants   []*gwapiv1b1.ReferenceGrant
 	proxies  []*egv1a1.EnvoyProxy
 	traffic  []*egv1a1.BackendTrafficPolicy
 	tls      []*gwapiv1.BackendTLSPolicy
+	clients  []*egv1a1.ClientTrafficPolicy
 }
+
+// envoyGatewayFiles are the manifests of deploy/envoy-gateway, all of them.
+var envoyGatewayFiles = []string{"extension-policy.yaml", "httproute.yaml", "grpcroute.yaml", "referencegrant.yaml",
+	"mtls.yaml", "retry-policy.yaml", "client-traffic-policy.yaml"}
 
 func loadEnvoyGateway(t *testing.T) envoyGateway {
 	t.Helper()
-	eg := envoyGateway{routes: map[string]*gwapiv1.HTTPRoute{}}
-	for _, file := range []string{"extension-policy.yaml", "httproute.yaml", "referencegrant.yaml", "mtls.yaml", "retry-policy.yaml"} {
+	eg := envoyGateway{routes: map[string]*gwapiv1.HTTPRoute{}, grpc: map[string]*gwapiv1.GRPCRoute{}}
+	for _, file := range envoyGatewayFiles {
 		for _, doc := range yamlDocs(t, readRepoFile(t, "deploy", "envoy-gateway", file)) {
 			switch apiVersion, kind := typeOf(t, doc); apiVersion + " " + kind {
 			case "gateway.envoyproxy.io/v1alpha1 EnvoyExtensionPolicy":
@@ -37,6 +43,14 @@ func loadEnvoyGateway(t *testing.T) envoyGateway {
 				var v gwapiv1.HTTPRoute
 				decodeStrict(t, doc, &v)
 				eg.routes[v.Name] = &v
+			case "gateway.networking.k8s.io/v1 GRPCRoute":
+				var v gwapiv1.GRPCRoute
+				decodeStrict(t, doc, &v)
+				eg.grpc[v.Name] = &v
+			case "gateway.envoyproxy.io/v1alpha1 ClientTrafficPolicy":
+				var v egv1a1.ClientTrafficPolicy
+				decodeStrict(t, doc, &v)
+				eg.clients = append(eg.clients, &v)
 			case "gateway.envoyproxy.io/v1alpha1 BackendTrafficPolicy":
 				var v egv1a1.BackendTrafficPolicy
 				decodeStrict(t, doc, &v)
@@ -60,7 +74,9 @@ func loadEnvoyGateway(t *testing.T) envoyGateway {
 	}
 	require.Len(t, eg.policies, 1)
 	require.Len(t, eg.routes, 2)
+	require.Len(t, eg.grpc, 2)
 	require.Len(t, eg.grants, 1)
+	require.Len(t, eg.clients, 1)
 	return eg
 }
 
@@ -108,9 +124,9 @@ func TestEnvoyGateway_References(t *testing.T) {
 	require.NotNil(t, keyed)
 	require.NotNil(t, catchAll)
 
-	t.Run("policy attaches to the keyed route only", func(t *testing.T) {
+	t.Run("policy attaches to the keyed routes only", func(t *testing.T) {
 		refs := policy.Spec.TargetRefs
-		require.Len(t, refs, 1)
+		require.Len(t, refs, 2, "payments-keyed and payments-grpc-keyed")
 		require.Equal(t, gwapiv1.Group("gateway.networking.k8s.io"), refs[0].Group)
 		require.Equal(t, gwapiv1.Kind("HTTPRoute"), refs[0].Kind)
 		require.Equal(t, gwapiv1.ObjectName(keyed.Name), refs[0].Name)
@@ -135,7 +151,7 @@ func TestEnvoyGateway_References(t *testing.T) {
 		ref := policy.Spec.ExtProc[0].BackendRefs[0].BackendObjectReference
 		g := eg.grants[0]
 		require.Equal(t, string(*ref.Namespace), g.Namespace)
-		require.Len(t, g.Spec.From, 1)
+		require.Len(t, g.Spec.From, 3, "the policy, and the HTTPRoute and GRPCRoute replay rules")
 		require.Equal(t, gwapiv1.Group("gateway.envoyproxy.io"), g.Spec.From[0].Group)
 		require.Equal(t, gwapiv1.Kind("EnvoyExtensionPolicy"), g.Spec.From[0].Kind)
 		require.Equal(t, gwapiv1.Namespace(policy.Namespace), g.Spec.From[0].Namespace)
@@ -146,7 +162,7 @@ func TestEnvoyGateway_References(t *testing.T) {
 	t.Run("keyed route matches exactly the key headers", func(t *testing.T) {
 		keyHeaders := strings.Split(decodeConfigMapValue(t, "IDEMPROXY_KEY_HEADERS"), ",")
 		var matched []string
-		for _, rule := range keyed.Spec.Rules {
+		for _, rule := range keyed.Spec.Rules[1:] { // [0]: the replay rule (gateway_replay_test.go)
 			require.Len(t, rule.Matches, 1)
 			m := rule.Matches[0]
 			require.Len(t, m.Headers, 1, "one key header per rule: matches within a rule are ANDed")
@@ -182,7 +198,7 @@ func TestEnvoyGateway_References(t *testing.T) {
 		p := eg.tls[0]
 		ref := policy.Spec.ExtProc[0].BackendRefs[0].BackendObjectReference
 		require.Equal(t, string(*ref.Namespace), p.Namespace)
-		require.Len(t, p.Spec.TargetRefs, 1)
+		require.Len(t, p.Spec.TargetRefs, 2, "the ext_proc port and the replay port")
 		require.Equal(t, gwapiv1.Kind("Service"), p.Spec.TargetRefs[0].Kind)
 		require.Equal(t, ref.Name, p.Spec.TargetRefs[0].Name)
 		require.Equal(t, gwapiv1.SectionName("grpc"), *p.Spec.TargetRefs[0].SectionName, "the Service port named grpc")

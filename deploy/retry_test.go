@@ -160,21 +160,25 @@ func TestRetries_IstioVirtualServices(t *testing.T) {
 
 // TestRetries_EnvoyGatewayPolicy: deploy/envoy-gateway/retry-policy.yaml
 // decodes strictly into Envoy Gateway's BackendTrafficPolicy, attaches to
-// the keyed HTTPRoute only, and its triggers are exactly the safe ones, with
+// the keyed HTTPRoute and GRPCRoute only, and its triggers are exactly the safe ones, with
 // no status codes and no per-retry timeout. (Envoy Gateway's translation,
 // which adds the previous_hosts predicate, is not run here.)
 func TestRetries_EnvoyGatewayPolicy(t *testing.T) {
 	eg := loadEnvoyGateway(t)
 	require.Len(t, eg.traffic, 1)
 	p := eg.traffic[0]
-	keyed := eg.routes["payments-keyed"]
+	keyed, keyedGRPC := eg.routes["payments-keyed"], eg.grpc["payments-grpc-keyed"]
 	require.NotNil(t, keyed)
-	require.Len(t, p.Spec.TargetRefs, 1)
-	ref := p.Spec.TargetRefs[0]
-	require.Equal(t, gwapiv1.Group("gateway.networking.k8s.io"), ref.Group)
-	require.Equal(t, gwapiv1.Kind("HTTPRoute"), ref.Kind)
-	require.Equal(t, gwapiv1.ObjectName(keyed.Name), ref.Name, "the keyed route only")
+	require.NotNil(t, keyedGRPC)
+	require.Len(t, p.Spec.TargetRefs, 2)
+	for i, want := range []struct{ kind, name string }{{"HTTPRoute", keyed.Name}, {"GRPCRoute", keyedGRPC.Name}} {
+		ref := p.Spec.TargetRefs[i]
+		require.Equal(t, gwapiv1.Group("gateway.networking.k8s.io"), ref.Group)
+		require.Equal(t, gwapiv1.Kind(want.kind), ref.Kind)
+		require.Equal(t, gwapiv1.ObjectName(want.name), ref.Name, "the keyed routes only")
+	}
 	require.Equal(t, keyed.Namespace, p.Namespace)
+	require.Equal(t, keyedGRPC.Namespace, p.Namespace)
 
 	r := p.Spec.Retry
 	require.NotNil(t, r)

@@ -31,8 +31,9 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 6379 8081 50051 9090 10000 9901 8474 10001; do
-  port_busy "$port" && die "port $port is already in use; stop whatever listens there (the demo uses 6379, 8081, 50051, 9090, 9901, 10000, 8474, 10001)"
+ports="6379 8081 8090 50051 50052 9090 10000 9901 8474 10001"
+for port in $ports; do
+  port_busy "$port" && die "port $port is already in use; stop whatever listens there (the demo uses ${ports// /, })"
 done
 
 wait_http() { # name url
@@ -50,6 +51,13 @@ go build -o "$state/bin/" ./cmd/idemproxy ./cmd/backend
 toxiproxy_pkg=github.com/Shopify/toxiproxy/v2
 go build -o "$state/bin/toxiproxy-server" \
   -ldflags "-X $toxiproxy_pkg.Version=$(go list -m -f '{{.Version}}' "$toxiproxy_pkg")" "$toxiproxy_pkg/cmd/server"
+# grpcurl for the walkthrough's gRPC step, pinned; built once into .demo/bin
+# (go install sets no -version, so the binary's module version is checked).
+grpcurl_version=v1.9.3
+if ! go version -m "$state/bin/grpcurl" 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+github.com/fullstorydev/grpcurl[[:space:]]+$grpcurl_version[[:space:]]"; then
+  note "building grpcurl $grpcurl_version"
+  GOBIN="$PWD/$state/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$grpcurl_version"
+fi
 
 note "starting redis-server on 127.0.0.1:6379"
 # A fresh store every run (the walkthrough's keys are new), with AOF as in
@@ -61,7 +69,7 @@ note "starting the mock payment backend on :8081 (gRPC TestService on :8090)"
 "$state/bin/backend" --addr 127.0.0.1:8081 --grpc-addr 127.0.0.1:8090 >"$state/logs/backend.log" 2>&1 &
 pids+=($!)
 wait_http backend http://127.0.0.1:8081/healthz
-note "starting idemproxy (gRPC :50051, admin :9090)"
+note "starting idemproxy (gRPC :50051, replay endpoint :50052, admin :9090)"
 # A fresh token for this run: idemproxy accepts only streams that carry it,
 # and Envoy's copy of envoy.yaml sends it. Never committed, never reused.
 umask 077
@@ -89,7 +97,7 @@ curl -sf -o /dev/null --max-time 5 http://127.0.0.1:8474/proxies -H 'Content-Typ
 cat <<'TXT'
 
 IdemProxy demo is up: Envoy on http://localhost:10000, and through Toxiproxy
-on http://localhost:10001 (logs in .demo/logs/).
+on http://localhost:10001 (logs in .demo/logs/, grpcurl in .demo/bin/).
 Try, in another terminal:
 
   # 1. Charge $50. It runs at the backend.
@@ -123,7 +131,19 @@ Try, in another terminal:
   #    the first charge back, and the backend's count stays at 1.
   deploy/demo/lost-response.sh
 
-  # 8. What idemproxy saw.
+  # 8. gRPC: a keyed UnaryCall through Envoy (the key is call metadata, so
+  #    the reflection stream grpcurl opens first stays keyless). The retry
+  #    gets the same message and trailer (charge-id: ch_grpc_1) from
+  #    idemproxy's replay endpoint, with idempotent-replayed: true; the
+  #    backend ran it once. Bytes are base64 in grpcurl's JSON: NTAwMA== is
+  #    "5000", the answer Y2hfZ3JwY18xOiA1MDAw is "ch_grpc_1: 5000".
+  .demo/bin/grpcurl -plaintext -v -rpc-header 'idempotency-key: grpc-order-1' \
+    -d '{"payload":{"body":"NTAwMA=="}}' localhost:10000 grpc.testing.TestService/UnaryCall
+  .demo/bin/grpcurl -plaintext -v -rpc-header 'idempotency-key: grpc-order-1' \
+    -d '{"payload":{"body":"NTAwMA=="}}' localhost:10000 grpc.testing.TestService/UnaryCall
+  curl -s localhost:8081/stats          # "grpc-order-1": 1
+
+  # 9. What idemproxy saw.
   curl -s localhost:9090/metrics | grep '^idemproxy_requests_total'
 
 Ctrl-C stops everything.
