@@ -15,11 +15,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/idemproxy/idemproxy/internal/testenv"
 	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
@@ -175,21 +173,27 @@ func TestEnvoyGateway_Translated(t *testing.T) {
 		require.Equal(t, 1, s.runs(t, ""), "the backend ran it, as any keyless request")
 		require.EqualValues(t, 0, s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`), "never reached the replay endpoint")
 	})
-	t.Run("gRPC: runs once, no replay without trailers", func(t *testing.T) {
+	// Envoy Gateway's ext_proc skips response trailers; idemproxy asks for
+	// them on gRPC calls (mode_override, allowModeOverride is on), so the
+	// retry is re-routed by the GRPCRoute's replay rule and replayed.
+	t.Run("gRPC: runs once, its retry replayed with the trailers", func(t *testing.T) {
 		conn, err := grpc.NewClient(strings.TrimPrefix(s.url, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithAuthority("payments.example.com"))
 		require.NoError(t, err)
 		defer conn.Close()
 		client := testgrpc.NewTestServiceClient(conn)
 		ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "eg-grpc-1")
-		var trailer metadata.MD
-		_, err = client.UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.Trailer(&trailer))
+		served := s.metric(t, `idemproxy_replay_requests_total{result="served"}`)
+		var trailer, againHeader, againTrailer metadata.MD
+		first, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.Trailer(&trailer))
 		require.NoError(t, err)
 		require.Equal(t, []string{"ch_grpc_1"}, trailer.Get("charge-id"))
-		_, err = client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
-		st := status.Convert(err)
-		require.Equal(t, codes.FailedPrecondition, st.Code())
-		require.True(t, strings.HasPrefix(st.Message(), "urn:idemproxy:problem:response-not-stored"), st.Message())
+		again, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.Header(&againHeader), grpc.Trailer(&againTrailer))
+		require.NoError(t, err, "the replay")
+		require.Equal(t, first.GetPayload().GetBody(), again.GetPayload().GetBody())
+		require.Equal(t, []string{"ch_grpc_1"}, againTrailer.Get("charge-id"))
+		require.Equal(t, []string{"true"}, againHeader.Get("idempotent-replayed"))
+		require.Equal(t, served+1, s.metric(t, `idemproxy_replay_requests_total{result="served"}`))
 		require.Equal(t, 1, s.runs(t, "eg-grpc-1"))
 	})
 }

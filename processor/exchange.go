@@ -169,7 +169,11 @@ func (e *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Prot
 		// BUFFERED: Envoy holds the headers until we answer the body.
 		e.req.waitingBody = true
 		e.req.bodyBuffered = pc.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED
-		return continueRequestHeaders(), nil
+		resp := continueRequestHeaders()
+		if e.req.grpc && pc != nil {
+			resp.ModeOverride = withResponseTrailers(pc)
+		}
+		return resp, nil
 	}
 	return e.decide(nil, phaseHeaders), nil
 }

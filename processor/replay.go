@@ -42,7 +42,7 @@ func notStoredDetail(rec *idem.Record) string {
 		status = rec.Status
 		switch {
 		case rec.Incomplete:
-			why = "its response body never reached the proxy in full (the connection broke mid-body)"
+			why = "its response never reached the proxy in full (the connection broke mid-body, or the response ended with trailers that the proxy does not pass on to idempotency checks)"
 		case rec.Trailers:
 			why = "its response ended with HTTP trailers, which cannot be replayed without idemproxy's replay endpoint"
 		case rec.StoreFailed:

@@ -60,6 +60,24 @@ func skipRest() *filterv3.ProcessingMode {
 	}
 }
 
+// withResponseTrailers keeps the body modes Envoy reported (pc) and asks
+// for the response trailers. A gRPC response always ends with trailers,
+// and without them its end never reaches us: a config that skips them
+// (Envoy Gateway 1.9 cannot send them with a streamed body) would leave
+// every keyed call's retry a 409 response-not-stored. Envoy applies an
+// override only with allow_mode_override (the shipped configs, Envoy
+// Gateway's allowModeOverride); without it nothing changes.
+func withResponseTrailers(pc *extprocv3.ProtocolConfiguration) *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+		RequestBodyMode:     pc.GetRequestBodyMode(),
+		ResponseBodyMode:    pc.GetResponseBodyMode(),
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: filterv3.ProcessingMode_SEND,
+	}
+}
+
 // skipResponseBody keeps the configured request modes but stops the
 // response body stream (a response we will not store).
 func skipResponseBody() *filterv3.ProcessingMode {

@@ -88,7 +88,10 @@ func (e *exchange) completed(rec idem.Record, err error, retried bool) {
 		e.settledAs(resultStored)
 	case rec.Incomplete:
 		e.settledAs(resultStoredIncomplete)
-		e.logger().Info("response stored without its body: the body never completed", "status", rec.Status)
+		// Envoy sends no end for a body cut off, nor for one that ended
+		// with trailers under response_trailer_mode SKIP (no override).
+		e.logger().Info("response stored without its body: its end never reached idemproxy (the body broke off, or it ended with trailers "+
+			"that Envoy's ext_proc filter does not send: response_trailer_mode SKIP)", "status", rec.Status)
 	case rec.Trailers:
 		m.responses.WithLabelValues(resultStoredTrailers).Inc()
 		e.logger().Info("response stored without its body: it ended with trailers, which cannot be replayed", "status", rec.Status)

@@ -59,10 +59,11 @@ gotest -race -count=1 -timeout 12m -parallel 4 "$@" ./...
 # The end-to-end core on the oldest supported Envoy: the shipped configs
 # validate, replay, 422, 409, waiting duplicates, unknown outcomes (upstream
 # timeout, connection refused, lost response), Envoy's local replies,
-# trailers, shadow mode and the retry tests. Where Envoy versions differ
+# trailers, shadow mode, the retry tests, replays through the replay
+# endpoint (HTTP and gRPC, a missing replay route) and keyed streaming calls. Where Envoy versions differ
 # (docs/envoy-and-mesh.md, "Supported Envoy versions"), these are the tests
 # that show it.
-E2E_CORE='^(TestConfigs_Validate|TestEnvoyVersions_.*|TestEndToEnd|TestEndToEnd_(ReplayFidelity|UnknownOutcome|UpstreamTimeout|BackendUnreachable|LostResponse|OnUnknownHold|ProxyLocalReplies|Trailers|RoutePolicy|Fence)|TestWait_(DuplicatesGetTheReplay|Ends)|TestShadow|TestRetry.*)$'
+E2E_CORE='^(TestConfigs_Validate|TestEnvoyVersions_.*|TestEndToEnd|TestEndToEnd_(ReplayFidelity|UnknownOutcome|UpstreamTimeout|BackendUnreachable|LostResponse|OnUnknownHold|ProxyLocalReplies|Trailers|RoutePolicy|Fence|ReplayEndpoint|ReplayEndpointGRPC|ReplayRouteMissing|ReplayHeaderStripped)|TestWait_(DuplicatesGetTheReplay|Ends)|TestShadow|TestRetry.*|TestGRPC_Streaming)$'
 if [ -n "${ENVOY_OLDEST_BIN:-}" ]; then
   note "go test -race ./envoy/ on Envoy $ENVOY_OLDEST: the end-to-end core"
   ENVOY_VERSION=$ENVOY_OLDEST ENVOY_BIN=$ENVOY_OLDEST_BIN \
