@@ -63,6 +63,15 @@ func TestStore_AcquireIssuesReplay(t *testing.T) {
 		_, err = s.TakeReplay(t.Context(), acq.ReplayToken)
 		require.ErrorIs(t, err, ErrNoReplay, "single use")
 	})
+	t.Run("through batched writes too", func(t *testing.T) {
+		b := New(c, Options{Batching: Batching{Writers: 1, MaxBatch: 8}})
+		t.Cleanup(b.Close)
+		acq, err := b.Acquire(t.Context(), "T", askingClaim(t, false))
+		require.NoError(t, err)
+		rec, err := s.TakeReplay(t.Context(), acq.ReplayToken)
+		require.NoError(t, err, "taken by another store (another replica's endpoint)")
+		require.Equal(t, want.Body, rec.Body)
+	})
 	t.Run("each acquire draws its own token", func(t *testing.T) {
 		a, err := s.Acquire(t.Context(), "T", askingClaim(t, false))
 		require.NoError(t, err)
