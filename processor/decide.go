@@ -29,7 +29,8 @@ func (e *exchange) decide(body []byte, p phase) *extprocv3.ProcessingResponse {
 	if err != nil {
 		return e.reply(storeFailure(err, e.srv.cfg.FailOpen), p)
 	}
-	claim := idem.Claim{Token: token, Fingerprint: fingerprint(e.req.method, e.req.path, body), Scope: e.req.scope, Lease: e.pol.lease(), Wait: e.pol.waits()}
+	claim := idem.Claim{Token: token, Fingerprint: fingerprint(e.req.method, e.req.path, body), Scope: e.req.scope, Lease: e.pol.lease(),
+		Wait: e.pol.waits(), Replay: e.replayAsk()}
 	since := time.Now()
 	l := e.storing(e.acquire(claim))
 	v := judge(l, claim, e.pol, e.srv.cfg.FailOpen)

@@ -37,10 +37,12 @@
 //     --scope-legacy-until, the previous scope's record (fromLegacy).
 //  7. reroute.go, viaEndpoint: a replay that an immediate response cannot
 //     reproduce (ended with trailers; every replay with
-//     Config.ReplayAllViaEndpoint) gets a single-use token (Replays,
-//     redisstore's IssueReplay). reply.go, reply: everything the verdict
-//     implies, once: the outcome's metric, span attribute and metadata
-//     (observe.go, decided, fenced), its log line, shadow mode, and the
+//     Config.ReplayAllViaEndpoint) gets a single-use token: the one the
+//     acquire issued (idem.Claim.Replay, asked for by replayAsk), else
+//     one from Replays (redisstore's IssueReplay). reply.go, reply:
+//     everything the verdict implies, once: the outcome's metric, span
+//     attribute and metadata (observe.go, decided, fenced), its log
+//     line, shadow mode, and the
 //     immediate response (replies.go), the CONTINUE that re-routes the
 //     request to the replay endpoint (reroute.go, rerouted; package
 //     replay serves it), or the phase's CONTINUE with the fence header

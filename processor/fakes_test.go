@@ -90,6 +90,7 @@ type storeCall struct {
 	scope          string
 	lease          idem.Lease
 	ttl            time.Duration // lease asked for, or retention, or hold
+	replay         idem.ReplayAsk
 	rec            idem.Record
 	ctxErr         error
 	hasDeadline    bool
@@ -119,6 +120,10 @@ type fakeStore struct {
 	failTil map[string]time.Time // op -> calls fail until then (wall clock)
 	// peekGate, when set, holds Peeks until it is closed (holdPeeks).
 	peekGate chan struct{}
+	// issuesReplays makes Acquire issue the replay tokens a claim asks for
+	// (idem.Claim.Replay) as redisstore does, "acquired-<key>"; without it
+	// none are (as memstore), so the processor issues them itself.
+	issuesReplays bool
 }
 
 var (
@@ -169,11 +174,26 @@ func (s *fakeStore) do(ctx context.Context, c storeCall, act func() error) error
 
 func (s *fakeStore) Acquire(ctx context.Context, key string, c idem.Claim) (acq idem.Acquisition, err error) {
 	err = s.do(ctx, storeCall{op: "acquire", key: key, token: c.Token, fp: c.Fingerprint, scope: c.Scope,
-		lease: c.Lease, ttl: c.Lease.TTL}, func() error {
+		lease: c.Lease, ttl: c.Lease.TTL, replay: c.Replay}, func() error {
 		acq, err = s.mem.Acquire(ctx, key, c)
+		if s.issuesReplays && err == nil {
+			acq.ReplayToken = replayIssued(key, c, acq)
+		}
 		return err
 	})
 	return acq, err
+}
+
+// replayIssued is the token redisstore's acquire issues for claim c that
+// found acq: for a completed record with c's fingerprint and its body
+// stored, that ended with trailers or, when c asks for all, any.
+func replayIssued(key string, c idem.Claim, acq idem.Acquisition) string {
+	rec := acq.Record
+	if c.Replay.TTL <= 0 || acq.State != idem.StateCompleted || rec == nil || !rec.BodyStored ||
+		!bytes.Equal(rec.Fingerprint, c.Fingerprint) || !rec.Trailers && !c.Replay.All {
+		return ""
+	}
+	return "acquired-" + key
 }
 
 func (s *fakeStore) Peek(ctx context.Context, key string) (acq idem.Acquisition, err error) {

@@ -17,6 +17,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // ReplayHeader carries a replay token from idemproxy's reply to Envoy's
@@ -50,11 +52,24 @@ type Replays interface {
 	IssueReplay(ctx context.Context, key string, ttl time.Duration) (string, error)
 }
 
+// replayAsk is what a request's acquire asks for: a replay token with a
+// completed record that the replay endpoint is to serve, issued in the
+// acquire's round trip (two round trips for such a replay, not three);
+// none without a replay endpoint, or in shadow mode, which issues none.
+func (e *exchange) replayAsk() idem.ReplayAsk {
+	if e.srv.replays == nil || e.pol.shadow() {
+		return idem.ReplayAsk{}
+	}
+	return idem.ReplayAsk{TTL: e.srv.replayTTL, All: e.srv.cfg.ReplayAllViaEndpoint}
+}
+
 // viaEndpoint turns v, a replay that only the endpoint can serve (or any
-// replay, with Config.ReplayAllViaEndpoint), into
-// the verdict that re-routes the request there with a fresh token; in
-// shadow mode no token is issued (the request goes upstream). Without a
-// replay endpoint the response cannot be replayed: 409 response-not-stored.
+// replay, with Config.ReplayAllViaEndpoint), into the verdict that
+// re-routes the request there with a token: the one its acquire issued
+// (replayAsk), or else a fresh one (a waiting duplicate's replay, found by
+// a shared read, has none); in shadow mode no token is issued (the request
+// goes upstream). Without a replay endpoint the response cannot be
+// replayed: 409 response-not-stored.
 func (e *exchange) viaEndpoint(v verdict) verdict {
 	if v.replayed != nil && e.srv.cfg.ReplayAllViaEndpoint && e.srv.replays != nil {
 		v.via = v.replayed
@@ -67,6 +82,9 @@ func (e *exchange) viaEndpoint(v verdict) verdict {
 		rec.BodyStored = false
 		return refusal(outcomeNotStored, probNotStored, notStoredDetail(&rec), "")
 	case e.pol.shadow():
+		return v
+	case v.issued != "":
+		v.token = v.issued
 		return v
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)

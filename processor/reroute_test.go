@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemproxy/idemproxy/internal/idem"
 )
 
 // fakeReplays issues numbered tokens, or fails with err.
@@ -152,5 +155,128 @@ func TestServer_Process_replayViaEndpoint(t *testing.T) {
 		requireContinue(t, retry[0])
 		require.Empty(t, replays.issued)
 		require.EqualValues(t, 1, counter(t, reg, "idemproxy_shadow_decisions_total", "would", outcomeReplayed))
+	})
+}
+
+// hasSeries says whether reg has a series of metric name whose label has
+// value.
+func hasSeries(t *testing.T, reg *prometheus.Registry, name, label, value string) bool {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if mf.GetName() == name && lp.GetName() == label && lp.GetValue() == value {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// replayToken is the token a re-routed replay carries.
+func replayToken(t *testing.T, out []*extprocv3.ProcessingResponse) string {
+	t.Helper()
+	common, ok := commonOf(out[0])
+	require.True(t, ok)
+	require.True(t, common.GetClearRouteCache(), "re-routed")
+	set := common.GetHeaderMutation().GetSetHeaders()
+	require.Equal(t, ReplayHeader, set[0].GetHeader().GetKey())
+	return string(set[0].GetHeader().GetRawValue())
+}
+
+// TestServer_Process_replayTokenFromAcquire: the acquire asks for the
+// replay token (two round trips for a replay through the endpoint, not
+// three), the processor uses the one it got, and issues one itself only
+// when it got none.
+func TestServer_Process_replayTokenFromAcquire(t *testing.T) {
+	trailers := func(t *testing.T, srv *Server, key string) {
+		t.Helper()
+		_, err := run(t, srv, endEOF, keyed("POST", key, true), respHeaders(false, ":status", "200", "content-type", "application/grpc"),
+			respBody("data", false), respTrailers())
+		require.NoError(t, err)
+	}
+	t.Run("a replay with trailers goes with the acquire's token: no IssueReplay, no issue_replay latency", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		store.issuesReplays = true
+		srv, reg := newReplayServer(t, store, replays, nil)
+		trailers(t, srv, "k")
+		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.Equal(t, "acquired-"+keyOf("k"), replayToken(t, retry))
+		require.Empty(t, replays.issued)
+		require.False(t, hasSeries(t, reg, "idemproxy_redis_duration_seconds", "op", "issue_replay"))
+		for _, c := range store.callsOf("acquire") {
+			require.Equal(t, idem.ReplayAsk{TTL: DefaultReplayTTL}, c.replay, "every acquire asks, trailers only")
+		}
+		require.EqualValues(t, 1, counter(t, reg, "idemproxy_requests_total", "outcome", outcomeReplayed))
+	})
+	t.Run("with ReplayAllViaEndpoint every replay goes with the acquire's token, with its ReplayTTL", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		store.issuesReplays = true
+		srv, _ := newServerWith(t, store, func(c *Config) { c.ReplayAllViaEndpoint = true },
+			func(o *Options) { o.Replays, o.ReplayTTL = replays, 3*time.Second })
+		_, err := run(t, srv, endEOF, keyed("POST", "k", true), respHeaders(false, ":status", "201"), respBody("{}", true))
+		require.NoError(t, err)
+		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.Equal(t, "acquired-"+keyOf("k"), replayToken(t, retry))
+		require.Empty(t, replays.issued)
+		require.Equal(t, idem.ReplayAsk{TTL: 3 * time.Second, All: true}, store.callsOf("acquire")[1].replay)
+	})
+	t.Run("without a token from the acquire the processor issues one", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, reg := newReplayServer(t, store, replays, nil)
+		trailers(t, srv, "k")
+		retry, err := run(t, srv, endEOF, keyed("POST", "k", true))
+		require.NoError(t, err)
+		require.Equal(t, "token-"+keyOf("k"), replayToken(t, retry))
+		require.Equal(t, []string{keyOf("k")}, replays.issued)
+		require.EqualValues(t, 1, histogramCount(t, reg, "idemproxy_redis_duration_seconds", "op", "issue_replay"))
+	})
+	t.Run("no token is asked for without a replay endpoint, nor in shadow mode", func(t *testing.T) {
+		for _, c := range []struct {
+			name    string
+			replays Replays
+			mode    Mode
+		}{{"no endpoint", nil, ModeEnforce}, {"shadow", &fakeReplays{}, ModeShadow}} {
+			store := newFakeStore()
+			store.issuesReplays = true
+			srv, _ := newServerWith(t, store, func(cfg *Config) { cfg.Mode, cfg.ReplayAllViaEndpoint = c.mode, true },
+				func(o *Options) { o.Replays = c.replays })
+			trailers(t, srv, "k")
+			_, err := run(t, srv, endEOF, keyed("POST", "k", true))
+			require.NoError(t, err)
+			for _, call := range store.callsOf("acquire") {
+				require.Zero(t, call.replay, c.name)
+			}
+		}
+	})
+	t.Run("a waiting duplicate's replay (a shared read, no token) gets one from IssueReplay", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		store.issuesReplays = true
+		srv, _ := newServerWith(t, store, func(c *Config) { waitConfig(10 * time.Second)(c); c.ReplayAllViaEndpoint = true },
+			func(o *Options) { o.Replays, o.Watcher = replays, store })
+		first := serve(t, srv)
+		requireContinue(t, first.roundTrip(keyed("POST", "k", true)))
+		dup := startWaiter(t, srv, store)
+		first.roundTrip(respHeaders(false, ":status", "201"))
+		first.roundTrip(respBody("charged", true))
+		require.Equal(t, "token-"+keyOf("k"), replayToken(t, []*extprocv3.ProcessingResponse{dup.reply()}))
+		require.Equal(t, []string{keyOf("k")}, replays.issued)
+		dup.end(endEOF)
+		require.NoError(t, dup.wait())
+	})
+	t.Run("a token issued with a record another fingerprint refuses is never used", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		store.issuesReplays = true
+		srv, _ := newReplayServer(t, store, replays, nil)
+		trailers(t, srv, "k")
+		out, err := run(t, srv, endEOF, keyed("PUT", "k", true))
+		require.NoError(t, err)
+		requireProblem(t, out[0], 422, "fingerprint-mismatch")
+		require.Empty(t, replays.issued)
 	})
 }

@@ -98,6 +98,21 @@ func TestStore_cluster(t *testing.T) {
 		})
 	}
 
+	t.Run("replay tokens issued by acquires are taken on every primary", func(t *testing.T) {
+		for _, replicas := range []int{0, 1} {
+			s := New(cc, Options{Prefix: fmt.Sprintf("replay%d:", replicas), MinReplicas: replicas, ReplicaTimeout: time.Second})
+			for k := range clusterKeys(t, s, cl, 12) {
+				want := completeWithTrailers(t, s, k)
+				acq, err := s.Acquire(t.Context(), k, askingClaim(t, false))
+				require.NoError(t, err, "the token key shares the record's slot: no CROSSSLOT")
+				require.Equal(t, idem.StateCompleted, acq.State)
+				rec, err := s.TakeReplay(t.Context(), acq.ReplayToken)
+				require.NoError(t, err, k)
+				require.Equal(t, want.TrailerHeaders, rec.TrailerHeaders)
+			}
+		}
+	})
+
 	t.Run("each WAIT runs on the primary that ran its script", func(t *testing.T) {
 		s := New(cc, Options{Prefix: "wait:", MinReplicas: 1, ReplicaTimeout: time.Second})
 		for _, n := range cl.Running() {

@@ -72,6 +72,13 @@ func TestScripts_commandsPerOperation(t *testing.T) {
 		{"acquire, completed (replay)", func() {
 			require.Equal(t, idem.StateCompleted, acquire("k", false).State)
 		}, map[string]int{"hmget": 1}},
+		{"acquire, completed, a replay token asked for (replay through the endpoint)", func() {
+			cl := claim(token(t), fp, time.Minute)
+			cl.Replay = idem.ReplayAsk{TTL: time.Second, All: true}
+			acq, err := s.Acquire(t.Context(), "k", cl)
+			require.NoError(t, err)
+			require.NotEmpty(t, acq.ReplayToken)
+		}, map[string]int{"hmget": 1, "set": 1}},
 		{"acquire, in progress, the caller waits", func() {
 			owner = acquired(t, s, "w", time.Minute)
 			require.NoError(t, c.ConfigResetStat(t.Context()).Err())

@@ -36,8 +36,15 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	if s.markers != nil {
 		keys = append(keys, s.markers.forRecord(rk))
 	}
-	reply, res, err := s.execSlice(ctx, acquireScript, keys,
-		c.Token, c.Fingerprint, lease, keyTTL, max(s.fenceTTL, 2*keyTTL), takeover, c.Scope, wait, s.deadline(ctx, rk))
+	offer, err := s.offerReplay(op, rk, c.Replay)
+	if err != nil {
+		return idem.Acquisition{}, err
+	}
+	args := []any{c.Token, c.Fingerprint, lease, keyTTL, max(s.fenceTTL, 2*keyTTL), takeover, c.Scope, wait, s.deadline(ctx, rk)}
+	if offer.key != "" {
+		keys, args = append(keys, offer.key), append(args, offer.args...)
+	}
+	reply, res, err := s.execSlice(ctx, acquireScript, keys, args...)
 	if err != nil {
 		return idem.Acquisition{}, notTaken(op, err)
 	}
@@ -50,6 +57,9 @@ func (s *Store) Acquire(ctx context.Context, key string, c idem.Claim) (idem.Acq
 	if err != nil || acq.State != idem.StateAcquired {
 		// Only a new lock needs replicas: an existing record was
 		// written (and waited for) by the request that made it.
+		if err == nil && acq.State == idem.StateCompleted {
+			acq.ReplayToken = offer.issued(reply)
+		}
 		return acq, err
 	}
 	if err := s.unreplicated(res); err != nil {

@@ -60,7 +60,8 @@ func parseAcquire(reply []any, open func(enc, field string, blob []byte) ([]byte
 			acq.State, acq.Expired = idem.StateUnknown, why == "expired"
 		}
 		return acq, nil
-	case state == "completed" && len(reply) == 7:
+	case state == "completed" && (len(reply) == 7 || len(reply) == 8):
+		// An 8th element says a replay token was issued (Store.Acquire).
 		rec, err := parseRecord(reply[1:], open)
 		if err != nil {
 			return idem.Acquisition{}, err

@@ -102,6 +102,23 @@ type Claim struct {
 	// Wait says the caller will wait for the key if it is in progress:
 	// the store then makes sure the key's settlement is announced.
 	Wait bool
+	// Replay asks for a replay token with a completed record that the
+	// replay endpoint is to serve; the zero value asks for none.
+	Replay ReplayAsk
+}
+
+// ReplayAsk asks Acquire to issue a replay token, as a separate
+// IssueReplay would, in the same step that finds a completed record with
+// its body stored and the claim's fingerprint (Acquisition.ReplayToken):
+// one store round trip fewer for a replay through the replay endpoint.
+// A record that is not replayed gets none.
+type ReplayAsk struct {
+	// TTL is the token's lifetime; 0 asks for no token.
+	TTL time.Duration
+	// All asks for a token with every such record (the processor's
+	// ReplayAllViaEndpoint); otherwise only with one that ended with
+	// trailers, which an immediate response cannot replay.
+	All bool
 }
 
 // Acquisition is the result of Acquire.
@@ -128,6 +145,10 @@ type Acquisition struct {
 	// grows with every grant of the key, so a backend can refuse a request
 	// whose lease was lost to a newer one.
 	Fence int64
+	// ReplayToken is the replay token issued for Record when the claim
+	// asked for one (Claim.Replay) and Record is one it asked for; "" when
+	// none was issued.
+	ReplayToken string
 }
 
 // Record is a completed response as stored for replay.

@@ -27,6 +27,15 @@
 -- ARGV[9]  deadline, ms on this server's clock (TIME), "" for none: past it
 --          the caller has given up waiting for the reply (and answered its
 --          client 503), so no new lock is created; {"late"} instead
+-- ARGV[10] optional: a replay token's lifetime in milliseconds, "" or absent
+--          for none. Given, a completed record with its body stored and
+--          this request's fingerprint ARGV[2] gets a replay token as
+--          replay_issue.lua would issue it (the same key, value and TTL), in
+--          this round trip: the token key is then the last of KEYS (KEYS[3]
+--          without a marker, KEYS[4] with one). Only for a record the
+--          replay endpoint is to serve: one that ended with trailers (bs
+--          "T"), or, with ARGV[11] "1", any (bs "1")
+-- ARGV[11] "1": a token for every replayable record (--replay-all-via-endpoint)
 --
 -- Returns one of:
 --   {"acquired", fence}                              a new in-progress record is ours (or the
@@ -42,6 +51,8 @@
 --                                                    or "expired" (its lease ran out: a crash)
 --   {"completed", fp, status, hdr, body, bs, enc}    the stored response; enc is the
 --                                                    sealing key id, "" when plain
+--   {"completed", fp, status, hdr, body, bs, enc, "1"}  the same, and the replay token
+--                                                    asked for by ARGV[10] was issued
 --
 -- The lease ends at field lx (ms, Redis clock), inside a record that lives
 -- for the hold: so a retry can tell "forwarded, then the owner vanished"
@@ -54,8 +65,15 @@
 -- Commands are few on purpose (a test counts them): one HMGET reads every
 -- field any answer needs, and Redis's clock is read only when a lease is
 -- written or compared.
-local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence", "status", "hdr", "body", "bs", "enc", "ct")
+local v = redis.call("HMGET", KEYS[1], "st", "fp", "lx", "tok", "fence", "status", "hdr", "body", "bs", "enc", "ct", "ctk")
 local st = v[1]
+local marker, replayKey = KEYS[3], nil
+if ARGV[10] and ARGV[10] ~= "" then
+  replayKey = KEYS[#KEYS]
+  if #KEYS < 4 then
+    marker = nil
+  end
+end
 local now
 local function clock()
   if not now then
@@ -96,8 +114,8 @@ local function waiting()
 end
 
 if not st then
-  if KEYS[3] then
-    local mk = redis.call("HMGET", KEYS[3], "epoch", "until")
+  if marker then
+    local mk = redis.call("HMGET", marker, "epoch", "until")
     if not mk[1] or (mk[2] and tonumber(mk[2]) > clock()) then
       return {"reset"}
     end
@@ -127,4 +145,12 @@ end
 if st == "u" then
   return {"unknown", v[2], redis.call("PTTL", KEYS[1]), "abandoned"}
 end
-return {"completed", v[2], v[6], v[7], v[8], v[9], v[10] or ""}
+local reply = {"completed", v[2], v[6], v[7], v[8], v[9], v[10] or ""}
+-- The replay token, as replay_issue.lua writes it: holding the record's
+-- completion digest (ctk), so it replays this record only. A request with
+-- another fingerprint is refused, not replayed: no token for it.
+if replayKey and st == "c" and v[2] == ARGV[2] and v[12] and (v[9] == "T" or (v[9] == "1" and ARGV[11] == "1")) then
+  redis.call("SET", replayKey, v[12], "PX", ARGV[10])
+  reply[8] = "1"
+end
+return reply
