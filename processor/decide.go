@@ -126,5 +126,7 @@ func (e *exchange) fromLegacy(claim idem.Claim) (v verdict, found bool) {
 		return storeDown().
 			logged(slog.LevelError, "store failed looking up the previous scope; request refused (fail-closed)", "error", err), true
 	}
-	return existing(acq, claim, e.typical()), true
+	v = existing(acq, claim, e.typical())
+	v.recordKey = e.req.legacyKey
+	return v, true
 }

@@ -145,6 +145,18 @@ func TestServer_Process_legacyScope(t *testing.T) {
 		_, held := store.entry(keyOfCredential("Bearer a", "k"))
 		require.False(t, held)
 	})
+	t.Run("a previous-scope record only the replay endpoint can serve gets a token for its own key", func(t *testing.T) {
+		store, replays := newFakeStore(), &fakeReplays{}
+		srv, _ := newReplayServer(t, store, replays, func(c *Config) { c.ScopeLegacyUntil = time.Now().Add(time.Hour) })
+		rec := idem.Record{Fingerprint: fingerprint("POST", "/charge?x=1", nil), Status: 200, Body: []byte("first"), BodyStored: true, Trailers: true}
+		store.seedCompleted(legacy(testAuthority+":80"), rec)
+		out, err := run(t, srv, endEOF, withAuth(testAuthority+":80", "Bearer a"))
+		require.NoError(t, err)
+		common, ok := commonOf(out[0])
+		require.True(t, ok)
+		require.True(t, common.GetClearRouteCache(), "re-routed to the replay endpoint")
+		require.Equal(t, []string{legacy(testAuthority + ":80")}, replays.issued, "the token replays the record where it lives")
+	})
 	t.Run("a key new in both schemes runs, at the cost of one peek", func(t *testing.T) {
 		store := newFakeStore()
 		srv, _ := newTestServer(t, store, func(c *Config) { c.ScopeLegacyUntil = time.Now().Add(time.Hour) })

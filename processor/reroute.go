@@ -90,7 +90,11 @@ func (e *exchange) viaEndpoint(v verdict) verdict {
 	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
 	defer cancel()
 	start := time.Now()
-	token, err := e.srv.replays.IssueReplay(ctx, e.req.key, e.srv.replayTTL)
+	key := e.req.key
+	if v.recordKey != "" {
+		key = v.recordKey
+	}
+	token, err := e.srv.replays.IssueReplay(ctx, key, e.srv.replayTTL)
 	e.srv.metrics.observeStore("issue_replay", start, err)
 	if err != nil {
 		// The record was there a moment ago: Redis failed, or an operator

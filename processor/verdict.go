@@ -47,6 +47,9 @@ type verdict struct {
 	via    *idem.Record
 	token  string
 	issued string
+	// recordKey is the store key via lives under when it is not the
+	// request's own (a record of the previous scope, fromLegacy).
+	recordKey string
 	// replayed is the record of any replay (with answer or via).
 	replayed *idem.Record
 }
