@@ -24,9 +24,12 @@ const replayHeader = "x-idemproxy-replay"
 // These tests read the manifests; gateway_translate_test.go runs them
 // through Envoy Gateway's translator and a real Envoy (opt-in: -tags egtranslate, $EGCTL).
 
-// replayRule is one match of a replay rule: the path (HTTPRoute) or method
-// (GRPCRoute) it shares with the keyed rules after it, its header matches,
-// and where it sends the request.
+// replayPath is the path idemproxy sends a re-routed replay on
+// (processor.ReplayPath, not imported for the same reason).
+const replayPath = "/.idemproxy/replay"
+
+// replayRule is one match of a replay rule: its header matches, and where
+// it sends the request.
 type replayRule struct {
 	where   string
 	headers []gwapiv1.HTTPHeaderMatch
@@ -35,11 +38,12 @@ type replayRule struct {
 }
 
 // keyedReplayRules checks that each keyed route's first rule is its replay
-// rule and that it wins over every keyed match of the route by the Gateway
-// API's precedence: the same path or method, as many header matches, and
-// first in the route (the tie-break within a route is rule order; Envoy
-// Gateway 1.9 sorts stably). A keyed match with a more specific path would
-// win over the replay rule, and its retry would run again.
+// rule and that it matches exactly replayPath: the path idemproxy moves a
+// re-routed replay to, which no other rule of the route can match as
+// specifically (an exact path wins over every prefix, whatever the rule
+// order), so a re-routed retry never lands on a keyed rule again. The
+// GRPCRoute's is the method /.idemproxy/replay (service ".idemproxy",
+// method "replay"): the same path.
 func keyedReplayRules(t *testing.T, eg envoyGateway) []replayRule {
 	t.Helper()
 	var out []replayRule
@@ -48,31 +52,26 @@ func keyedReplayRules(t *testing.T, eg envoyGateway) []replayRule {
 	first := http.Spec.Rules[0]
 	require.Len(t, first.Matches, 1)
 	require.Len(t, first.BackendRefs, 1)
+	require.NotNil(t, first.Matches[0].Path)
+	require.Equal(t, gwapiv1.PathMatchExact, *first.Matches[0].Path.Type)
+	require.Equal(t, replayPath, *first.Matches[0].Path.Value)
 	out = append(out, replayRule{where: "HTTPRoute " + http.Name, headers: first.Matches[0].Headers,
 		backend: first.BackendRefs[0].BackendObjectReference, timeout: first.Timeouts.Request})
-	for _, rule := range http.Spec.Rules[1:] {
-		for _, m := range rule.Matches {
-			require.Equal(t, first.Matches[0].Path, m.Path, "every keyed match has the replay rule's path")
-			require.Len(t, m.Headers, len(first.Matches[0].Headers))
-		}
-	}
 	grpc := eg.grpc["payments-grpc-keyed"]
 	require.NotNil(t, grpc)
 	gfirst := grpc.Spec.Rules[0]
 	require.Len(t, gfirst.Matches, 1)
 	require.Len(t, gfirst.BackendRefs, 1)
+	m := gfirst.Matches[0].Method
+	require.NotNil(t, m)
+	require.Equal(t, gwapiv1.GRPCMethodMatchExact, *m.Type)
+	require.Equal(t, replayPath, "/"+*m.Service+"/"+*m.Method)
 	var headers []gwapiv1.HTTPHeaderMatch
 	for _, h := range gfirst.Matches[0].Headers {
 		headers = append(headers, gwapiv1.HTTPHeaderMatch{Type: (*gwapiv1.HeaderMatchType)(h.Type), Name: gwapiv1.HTTPHeaderName(h.Name), Value: h.Value})
 	}
 	out = append(out, replayRule{where: "GRPCRoute " + grpc.Name, headers: headers,
 		backend: gfirst.BackendRefs[0].BackendObjectReference})
-	for _, rule := range grpc.Spec.Rules[1:] {
-		for _, m := range rule.Matches {
-			require.Equal(t, gfirst.Matches[0].Method, m.Method, "every keyed match has the replay rule's method")
-			require.Len(t, m.Headers, len(gfirst.Matches[0].Headers))
-		}
-	}
 	return out
 }
 
@@ -198,14 +197,19 @@ func TestEnvoyGateway_GRPCRoutes(t *testing.T) {
 	require.Equal(t, keyed.Namespace, eg.policies[0].Namespace)
 
 	keyHeaders := strings.Split(decodeConfigMapValue(t, "IDEMPROXY_KEY_HEADERS"), ",")
-	var matched []string
-	for _, rule := range keyed.Spec.Rules[1:] {
+	require.Len(t, keyed.Spec.Rules, 3, "the replay rule, the unary methods by name, every other method with a key")
+	for i, rule := range keyed.Spec.Rules[1:] {
+		var matched []string
 		require.Len(t, rule.Matches, len(keyHeaders))
 		for _, m := range rule.Matches {
 			require.NotNil(t, m.Method)
 			require.Equal(t, gwapiv1.GRPCMethodMatchExact, *m.Method.Type)
 			require.NotNil(t, m.Method.Service)
-			require.NotNil(t, m.Method.Method, "a method by name: streaming methods must not be keyed")
+			if i == 1 {
+				require.Nil(t, m.Method.Method, "every other method: a keyed call never bypasses idemproxy")
+			} else {
+				require.NotNil(t, m.Method.Method, "the unary methods by name")
+			}
 			require.Len(t, m.Headers, 1)
 			require.Equal(t, gwapiv1.GRPCHeaderMatchRegularExpression, *m.Headers[0].Type)
 			require.Equal(t, ".*", m.Headers[0].Value, "any value: presence is what counts")
@@ -213,8 +217,8 @@ func TestEnvoyGateway_GRPCRoutes(t *testing.T) {
 		}
 		require.Empty(t, rule.Filters)
 		require.Equal(t, keyless.Spec.Rules[0].BackendRefs, rule.BackendRefs)
+		require.ElementsMatch(t, keyHeaders, matched)
 	}
-	require.ElementsMatch(t, keyHeaders, matched)
 
 	require.Len(t, keyless.Spec.Rules, 1)
 	require.Len(t, keyless.Spec.Rules[0].Matches, 1)

@@ -72,10 +72,16 @@ func startEGStack(t *testing.T, egctl string, leaveOut string, edits ...[2]strin
 	return s
 }
 
-// post sends a POST for payments.example.com with the given headers.
+// post sends a POST /charge for payments.example.com with the given headers.
 func (s *egStack) post(t *testing.T, body string, headers ...string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.url+"/charge", strings.NewReader(body))
+	return s.postTo(t, "/charge", body, headers...)
+}
+
+// postTo is post to path.
+func (s *egStack) postTo(t *testing.T, path, body string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.url+path, strings.NewReader(body))
 	require.NoError(t, err)
 	req.Host = "payments.example.com"
 	for i := 0; i+1 < len(headers); i += 2 {
@@ -131,23 +137,18 @@ func TestEnvoyGateway_Translated(t *testing.T) {
 	s := startEGStack(t, egctl, "")
 
 	t.Run("route table", func(t *testing.T) {
-		var names, first []string
+		var replays []string
 		for _, r := range egRoutes(t, s.configs) {
 			name, _, _ := strings.Cut(r["name"].(string), "/match/")
-			names = append(names, name)
 			if hs, ok := dig(t, r, "match").(generic)["headers"].([]any); ok && dig(t, hs[0], "name") == replayHeader {
-				first = append(first, name)
+				replays = append(replays, name)
+				require.Equal(t, replayPath, dig(t, r, "match", "path"), "an exact path: no keyed rule can match it")
 			}
 		}
-		require.Equal(t, []string{"grpcroute/payments/payments-grpc-keyed/rule/0", "httproute/payments/payments-keyed/rule/0"}, first)
-		require.Equal(t, []string{
-			"grpcroute/payments/payments-grpc-keyed/rule/0", "grpcroute/payments/payments-grpc-keyed/rule/1",
-			"grpcroute/payments/payments-grpc-keyed/rule/1", "grpcroute/payments/payments-grpc/rule/0",
-			"httproute/payments/payments-keyed/rule/0", "httproute/payments/payments-keyed/rule/1",
-			"httproute/payments/payments-keyed/rule/2", "httproute/payments/payments/rule/0",
-		}, names, "Envoy takes the first match: each replay rule before its keyed rules")
+		require.ElementsMatch(t, []string{"grpcroute/payments/payments-grpc-keyed/rule/0", "httproute/payments/payments-keyed/rule/0"}, replays)
 		hcm := egHCM(t, s.configs)
 		require.Equal(t, replayHeader, dig(t, hcm, "earlyHeaderMutationExtensions", "0", "typedConfig", "mutations", "0", "remove"))
+		require.Equal(t, "x-idemproxy-original-path", dig(t, hcm, "earlyHeaderMutationExtensions", "0", "typedConfig", "mutations", "1", "remove"))
 		for _, f := range dig(t, hcm, "httpFilters").([]any) {
 			if strings.HasPrefix(dig(t, f, "name").(string), "envoy.filters.http.ext_proc/") {
 				mode := dig(t, f, "typedConfig", "processingMode").(generic)
@@ -171,6 +172,8 @@ func TestEnvoyGateway_Translated(t *testing.T) {
 		resp, _ := s.post(t, `{"amount":1}`, replayHeader, "forged-token")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		require.Equal(t, 1, s.runs(t, ""), "the backend ran it, as any keyless request")
+		resp, _ = s.postTo(t, replayPath, `{"amount":1}`, replayHeader, "forged-token")
+		require.Equal(t, http.StatusNotFound, resp.StatusCode, "on the replay path too: the backend's 404")
 		require.EqualValues(t, 0, s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`), "never reached the replay endpoint")
 	})
 	// Envoy Gateway's ext_proc skips response trailers; idemproxy asks for
@@ -196,19 +199,44 @@ func TestEnvoyGateway_Translated(t *testing.T) {
 		require.Equal(t, served+1, s.metric(t, `idemproxy_replay_requests_total{result="served"}`))
 		require.Equal(t, 1, s.runs(t, "eg-grpc-1"))
 	})
+	// A method the keyed GRPCRoute does not name (EmptyCall; the backend
+	// answers UNIMPLEMENTED) still goes through idemproxy with a key: its
+	// retry is idemproxy's replay, never a second call.
+	t.Run("gRPC: a keyed call to an unnamed method goes through idemproxy", func(t *testing.T) {
+		conn, err := grpc.NewClient(strings.TrimPrefix(s.url, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority("payments.example.com"))
+		require.NoError(t, err)
+		defer conn.Close()
+		client := testgrpc.NewTestServiceClient(conn)
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "idempotency-key", "eg-grpc-empty")
+		replayed := s.metric(t, `idemproxy_requests_total{outcome="replayed"}`)
+		acquired := s.metric(t, `idemproxy_requests_total{outcome="acquired"}`)
+		for range 2 {
+			_, _ = client.EmptyCall(ctx, &testgrpc.Empty{})
+		}
+		require.Equal(t, acquired+1, s.metric(t, `idemproxy_requests_total{outcome="acquired"}`), "the first call took the key")
+		require.Equal(t, replayed+1, s.metric(t, `idemproxy_requests_total{outcome="replayed"}`), "the second was replayed")
+	})
 }
 
-// httpReplayRule is httproute.yaml's replay rule, and the end of the keyed
-// rule after which the fault test moves it.
+// httpReplayRule and grpcReplayRule are the replay rules, and lastKeyedRule
+// the end of the keyed HTTP rule after which a fault test moves the first.
 const (
 	httpReplayRule = `  - matches:
-    - path: { type: PathPrefix, value: / }
+    - path: { type: Exact, value: /.idemproxy/replay }
       headers:
       - { type: RegularExpression, name: x-idemproxy-replay, value: ".+" }
     backendRefs:
     - { name: idemproxy, namespace: idemproxy, port: 50052 }
     timeouts:
       request: 10s
+`
+	grpcReplayRule = `  - matches:
+    - method: { type: Exact, service: .idemproxy, method: replay }
+      headers:
+      - { type: RegularExpression, name: x-idemproxy-replay, value: ".+" }
+    backendRefs:
+    - { name: idemproxy, namespace: idemproxy, port: 50052 }
 `
 	lastKeyedRule = `      - { type: RegularExpression, name: x-idempotency-key, value: ".*" }
     backendRefs:
@@ -225,24 +253,35 @@ func TestEnvoyGateway_TranslatedFaults(t *testing.T) {
 	if egctl == "" {
 		t.Fatalf("set %s to an egctl v1.9.1 binary: GOBIN=$PWD/bin go install github.com/envoyproxy/gateway/cmd/egctl@v1.9.1 (see gateway_xds_test.go)", egctlEnv)
 	}
-	// idemproxy sends a re-routed replay on /.idemproxy/replay without its
-	// body, and checks that the replay endpoint answered: with the rule
-	// misplaced the backend gets that bodiless request (no charge; before
-	// idemproxy did so, the retry charged a second time here) and the
-	// client gets 500 misconfigured.
-	t.Run("replay rule after the keyed rules: the retry fails, nothing runs twice", func(t *testing.T) {
+	// The replay rule matches the exact path idemproxy moves a re-routed
+	// replay to, so its place among the rules does not matter.
+	t.Run("replay rule after the keyed rules: still the one selected", func(t *testing.T) {
 		s := startEGStack(t, egctl, "", [2]string{httpReplayRule, ""}, [2]string{lastKeyedRule, lastKeyedRule + httpReplayRule})
-		first, _ := s.post(t, `{"amount":5000}`, "Idempotency-Key", "eg-http-last")
+		first, firstBody := s.post(t, `{"amount":5000}`, "Idempotency-Key", "eg-http-last")
 		again, againBody := s.post(t, `{"amount":5000}`, "Idempotency-Key", "eg-http-last")
+		require.Equal(t, http.StatusOK, first.StatusCode)
+		require.Equal(t, http.StatusOK, again.StatusCode, againBody)
+		require.Equal(t, firstBody, againBody)
+		require.Equal(t, 1, s.runs(t, "eg-http-last"))
+		require.EqualValues(t, 1, s.metric(t, `idemproxy_replay_requests_total{result="served"}`))
+	})
+	// Without the replay rules the re-routed retry reaches the backend on
+	// /.idemproxy/replay without its body (no charge; before idemproxy
+	// moved it there, a misplaced rule charged a second time here) and the
+	// client gets 500 misconfigured.
+	t.Run("no replay rules: the retry fails, nothing runs twice", func(t *testing.T) {
+		s := startEGStack(t, egctl, "", [2]string{httpReplayRule, ""}, [2]string{grpcReplayRule, ""})
+		first, _ := s.post(t, `{"amount":5000}`, "Idempotency-Key", "eg-http-none")
+		again, againBody := s.post(t, `{"amount":5000}`, "Idempotency-Key", "eg-http-none")
 		require.Equal(t, http.StatusOK, first.StatusCode)
 		require.Equal(t, http.StatusInternalServerError, again.StatusCode, againBody)
 		require.Contains(t, againBody, "urn:idemproxy:problem:misconfigured")
-		require.Equal(t, 1, s.runs(t, "eg-http-last"), "the re-selected route was the keyed rule again, but ran nothing")
+		require.Equal(t, 1, s.runs(t, "eg-http-none"), "the bodiless /.idemproxy/replay request ran nothing")
 		require.EqualValues(t, 1, s.metric(t, `idemproxy_responses_total{result="replay_misrouted"}`))
 	})
 	t.Run("no ClientTrafficPolicy: a client's header reaches the replay endpoint", func(t *testing.T) {
 		s := startEGStack(t, egctl, "client-traffic-policy.yaml")
-		resp, _ := s.post(t, `{"amount":1}`, replayHeader, "forged-token")
+		resp, _ := s.postTo(t, replayPath, `{"amount":1}`, replayHeader, "forged-token")
 		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 		require.EqualValues(t, 1, s.metric(t, `idemproxy_replay_requests_total{result="no_replay"}`))
 		require.Equal(t, 0, s.runs(t, ""), "the backend never saw it")
