@@ -144,7 +144,13 @@ func TestAcquireRefused_logs(t *testing.T) {
 		r := s.do(t, "POST", "/charge", `{"amount":1}`, "Idempotency-Key", key)
 		require.Equal(t, http.StatusServiceUnavailable, r.status)
 	}
-	logged := strings.Join(s.idemproxy.Lines()[before:], "\n")
+	// idemproxy writes each line before its answer leaves, but the test
+	// reads its output on another goroutine: wait for the tenth.
+	var logged string
+	testenv.WaitFor(t, 5*time.Second, "ten refusals logged", func() bool {
+		logged = strings.Join(s.idemproxy.Lines()[before:], "\n")
+		return strings.Count(logged, "store failed; request refused (fail-closed)") >= 10
+	})
 	require.Equal(t, 10, strings.Count(logged, "store failed; request refused (fail-closed)"), logged)
 	require.Equal(t, 10, strings.Count(logged, "refused before the lock was written"), logged)
 	for _, claim := range []string{"releas", "giving back", "without saying whether it took the lock", "unknown outcome"} {

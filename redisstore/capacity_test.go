@@ -49,9 +49,16 @@ func TestCapacity(t *testing.T) {
 			require.Less(t, n, 1.3*float64(row.body)+2048, "%s: %s", row.name(), what)
 		}
 		// A row of few keys (the 1,000,000-byte bodies: 67) divides the
-		// key table's growth by few: seen up to 253 bytes a counter.
+		// key table's growth by few, and when the table doubles during
+		// the row (its bucket array reallocated) that lands on those few
+		// keys: seen up to 253 bytes a counter, and once 543 (CI). The
+		// bound for such rows is the 2 KiB of the record's.
 		require.Greater(t, f.grownFence, 50.0, "%s: a fence counter", row.name())
-		require.Less(t, f.grownFence, 400.0, "%s: a fence counter", row.name())
+		bound := 400.0
+		if f.records < 100 {
+			bound = 2048
+		}
+		require.Less(t, f.grownFence, bound, "%s: a fence counter", row.name())
 	}
 }
 
