@@ -43,6 +43,14 @@ type shape struct {
 	grpc     bool
 }
 
+// shape is the shape of the exchange's refusals: its route's error
+// format, as gRPC statuses for a gRPC call.
+func (e *exchange) shape() shape {
+	s := e.pol.shape
+	s.grpc = e.req.grpc
+	return s
+}
+
 // problemReply answers refusal r in shape s: the one place a refusal's
 // status, headers and body are made.
 func problemReply(r refused, s shape) *extprocv3.ProcessingResponse {

@@ -62,9 +62,9 @@ func (e *exchange) reply(v verdict, p phase) *extprocv3.ProcessingResponse {
 	}
 	answer := v.answer
 	if v.refused != nil {
-		r, s := *v.refused, e.pol.shape
-		r.wait, s.grpc = v.hint.wait, e.req.grpc
-		answer = problemReply(r, s)
+		r := *v.refused
+		r.wait = v.hint.wait
+		answer = problemReply(r, e.shape())
 	}
 	if v.token != "" {
 		e.req.rerouted = true

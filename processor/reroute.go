@@ -81,10 +81,7 @@ func (e *exchange) viaEndpoint(v verdict) verdict {
 		rec := *v.via
 		rec.BodyStored = false
 		return refusal(outcomeNotStored, probNotStored, notStoredDetail(&rec), "")
-	case e.pol.shadow():
-		return v
-	case v.issued != "":
-		v.token = v.issued
+	case e.pol.shadow(), v.token != "":
 		return v
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.srv.cfg.StoreTimeout)
@@ -151,5 +148,5 @@ func (e *exchange) replayNotServed(hs []*corev3.HeaderValue) *extprocv3.Processi
 		"status", status, "route", e.req.route)
 	r := refused{p: probMisconfigured, detail: "The stored response could not be served: the proxy's replay route is missing or " +
 		"misconfigured. The request was not run again."}
-	return problemReply(r, shape{format: e.pol.shape.format, template: e.pol.shape.template, grpc: e.req.grpc})
+	return problemReply(r, e.shape())
 }

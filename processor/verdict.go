@@ -41,12 +41,11 @@ type verdict struct {
 	// hint is the Retry-After of an in-progress refusal (retryafter.go).
 	hint retryHint
 	// via is the record of a replay only the replay endpoint can serve
-	// (reroute.go); token, once issued, sends the request there. issued is
-	// a token the acquire issued with the record (idem.Claim.Replay), which
-	// viaEndpoint uses instead of issuing one.
-	via    *idem.Record
-	token  string
-	issued string
+	// (reroute.go); token, once issued, sends the request there: the one
+	// the acquire issued with the record (idem.Claim.Replay), or
+	// viaEndpoint's.
+	via   *idem.Record
+	token string
 	// recordKey is the store key via lives under when it is not the
 	// request's own (a record of the previous scope, fromLegacy).
 	recordKey string
@@ -195,9 +194,9 @@ func existing(acq idem.Acquisition, claim idem.Claim, typical time.Duration) ver
 	case acq.Record.Trailers:
 		// An immediate response cannot carry trailers: the replay
 		// endpoint serves it (reroute.go).
-		return verdict{outcome: outcomeReplayed, via: acq.Record, replayed: acq.Record, issued: acq.ReplayToken}
+		return verdict{outcome: outcomeReplayed, via: acq.Record, replayed: acq.Record, token: acq.ReplayToken}
 	default:
-		return verdict{outcome: outcomeReplayed, replayed: acq.Record, issued: acq.ReplayToken,
+		return verdict{outcome: outcomeReplayed, replayed: acq.Record, token: acq.ReplayToken,
 			answer: immediate(acq.Record.Status, replayHeaders(acq.Record), acq.Record.Body, "idemproxy_replayed")}
 	}
 }
