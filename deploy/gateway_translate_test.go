@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,7 +19,6 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/idemproxy/idemproxy/internal/testenv"
-	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // egStack is deploy/envoy-gateway as Envoy Gateway translates it, run by a
@@ -41,19 +39,10 @@ type egStack struct {
 func startEGStack(t *testing.T, egctl string, leaveOut string, edits ...[2]string) *egStack {
 	t.Helper()
 	envoyBin := testenv.EnvoyBin(t)
-	bins := t.TempDir()
-	require.NoError(t, testenv.GoBuild(mustAbs(t, root), bins, false, "./cmd/idemproxy", "./cmd/backend"))
-	redis := redistopo.Start(t)
-	backend := testenv.Start(t, testenv.Command{Name: "backend", Path: filepath.Join(bins, "backend"),
-		Args: []string{"--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}})
-	s := &egStack{backend: backend.LogAddr(t, "listening"), client: &http.Client{Timeout: 20 * time.Second}}
-	idem := testenv.Start(t, testenv.Command{Name: "idemproxy", Path: filepath.Join(bins, "idemproxy"), Args: []string{
-		"--grpc-addr", "127.0.0.1:0", "--replay-addr", "127.0.0.1:0", "--replay-all-via-endpoint",
-		"--admin-addr", "127.0.0.1:0", "--redis-url", redis.URL()}})
-	s.admin = idem.LogAddr(t, "admin listening")
-	idem.Ready(t, 10*time.Second, testenv.HTTPOK(http.DefaultClient, "http://"+s.admin+"/readyz"))
-	up := egUpstreams{"10.0.0.10:8080": s.backend, "10.0.0.11:9000": backend.LogAddr(t, "grpc listening"),
-		"10.0.0.12:50051": idem.LogAddr(t, "grpc listening"), "10.0.0.12:50052": idem.LogAddr(t, "replay endpoint listening")}
+	p := startProcs(t, []string{"--grpc-addr", "127.0.0.1:0"}, []string{"--replay-addr", "127.0.0.1:0", "--replay-all-via-endpoint"})
+	s := &egStack{backend: p.backendHTTP, admin: p.admin, client: &http.Client{Timeout: 20 * time.Second}}
+	up := egUpstreams{"10.0.0.10:8080": s.backend, "10.0.0.11:9000": p.backend.LogAddr(t, "grpc listening"),
+		"10.0.0.12:50051": p.extProc, "10.0.0.12:50052": p.idemproxy.LogAddr(t, "replay endpoint listening")}
 	var files []string
 	for _, f := range envoyGatewayFiles {
 		if f != "mtls.yaml" && f != leaveOut {

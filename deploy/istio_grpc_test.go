@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -23,7 +22,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/idemproxy/idemproxy/internal/testenv"
-	"github.com/idemproxy/idemproxy/internal/testenv/redistopo"
 )
 
 // The EnvoyFilters' gRPC replays end to end: a real Envoy on a bootstrap
@@ -44,23 +42,12 @@ type istioGRPCStack struct {
 
 func startIstioGRPCStack(t *testing.T) *istioGRPCStack {
 	t.Helper()
-	bins := t.TempDir()
-	require.NoError(t, testenv.GoBuild(mustAbs(t, root), bins, false, "./cmd/idemproxy", "./cmd/backend"))
-	redis := redistopo.Start(t)
 	s := &istioGRPCStack{token: "istio-replay-test-token-0123456789abcdef"}
-	backend := testenv.Start(t, testenv.Command{Name: "backend", Path: filepath.Join(bins, "backend"),
-		Args: []string{"--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}})
-	s.backendHTTP = backend.LogAddr(t, "listening")
-	s.backendGRPC = backend.LogAddr(t, "grpc listening")
-	idemproxy := testenv.Start(t, testenv.Command{Name: "idemproxy", Path: filepath.Join(bins, "idemproxy"), Args: []string{
-		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--replay-addr", "127.0.0.1:0",
-		"--redis-url", redis.URL(), "--auth-token-file", writeTempFile(t, "token", s.token+"\n"),
-		"--health-interval", "200ms",
-	}})
-	s.extProc = idemproxy.LogAddr(t, "grpc listening")
-	s.replay = idemproxy.LogAddr(t, "replay endpoint listening")
-	s.adminURL = "http://" + idemproxy.LogAddr(t, "admin listening")
-	idemproxy.Ready(t, 10*time.Second, testenv.HTTPOK(http.DefaultClient, s.adminURL+"/readyz"))
+	p := startProcs(t, []string{"--grpc-addr", "127.0.0.1:0"}, []string{"--replay-addr", "127.0.0.1:0",
+		"--auth-token-file", writeTempFile(t, "token", s.token+"\n"), "--health-interval", "200ms"})
+	s.backendHTTP, s.backendGRPC = p.backendHTTP, p.backend.LogAddr(t, "grpc listening")
+	s.extProc, s.replay = p.extProc, p.idemproxy.LogAddr(t, "replay endpoint listening")
+	s.adminURL = "http://" + p.admin
 	return s
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,19 +28,10 @@ type observedStack struct {
 func startObservedStack(t *testing.T) *observedStack {
 	t.Helper()
 	envoyBin := testenv.EnvoyBin(t)
-	bins := t.TempDir()
-	require.NoError(t, testenv.GoBuild(mustAbs(t, root), bins, false, "./cmd/idemproxy", "./cmd/backend"))
-	s := &observedStack{redis: redistopo.Start(t), client: &http.Client{Timeout: 20 * time.Second}}
-	backend := testenv.Start(t, testenv.Command{Name: "backend", Path: filepath.Join(bins, "backend"),
-		Args: []string{"--addr", "127.0.0.1:0", "--slow-delay", "3s"}})
-	backendAddr := backend.LogAddr(t, "listening")
-	s.idemproxy = testenv.Start(t, testenv.Command{Name: "idemproxy", Path: filepath.Join(bins, "idemproxy"), Args: []string{
-		"--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--redis-url", s.redis.URL(),
-		"--health-interval", "200ms", "--held-keys-interval", "1s", "--finalize-timeout", "2s",
-	}})
-	grpcAddr := s.idemproxy.LogAddr(t, "grpc listening")
-	s.adminAddr = s.idemproxy.LogAddr(t, "admin listening")
-	s.idemproxy.Ready(t, 10*time.Second, testenv.HTTPOK(http.DefaultClient, "http://"+s.adminAddr+"/readyz"))
+	p := startProcs(t, []string{"--slow-delay", "3s"},
+		[]string{"--health-interval", "200ms", "--held-keys-interval", "1s", "--finalize-timeout", "2s"})
+	s := &observedStack{redis: p.redis, idemproxy: p.idemproxy, adminAddr: p.admin, client: &http.Client{Timeout: 20 * time.Second}}
+	backendAddr, grpcAddr := p.backendHTTP, p.extProc
 	_, listener, _ := testenv.StartEnvoyOnFreePorts(t, envoyBin, func(l, a int) string {
 		c := testenv.EnvoyConfig{Listener: l, Admin: a, Backend: backendAddr, ExtProc: grpcAddr}
 		return testenv.WriteEnvoyConfig(t, repoPath("envoy", "envoy.yaml"), c)
